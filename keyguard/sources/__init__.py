@@ -1,0 +1,1 @@
+"""Sources of keys: every input keyguard reads resolves to one immutable ``KeySet``."""
