@@ -1,1 +1,41 @@
-"""keyguard."""
+"""keyguard: why a checkpoint does not load into a PyTorch model, and a safe fix when there is one.
+
+Importing keyguard never imports torch; torch is imported only for inputs that need it.
+"""
+
+from keyguard._exceptions import (
+    AdapterConfigError,
+    HeaderError,
+    KeyguardError,
+    KeyMismatchError,
+    MissingDependencyError,
+    PlanError,
+    ShardIndexError,
+    SourceError,
+    UnsafePickleError,
+    UnsupportedVersionError,
+)
+from keyguard._summary import SourceSummary, summarize
+from keyguard._version import __version__
+from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterConfigError",
+    "HeaderError",
+    "KeyMismatchError",
+    "KeySet",
+    "KeyguardError",
+    "MissingDependencyError",
+    "PlanError",
+    "ShardIndexError",
+    "SourceError",
+    "SourceSummary",
+    "TensorInfo",
+    "UnsafePickleError",
+    "UnsupportedVersionError",
+    "__version__",
+    "read_keys",
+    "summarize",
+    "write_manifest",
+]

@@ -90,9 +90,7 @@ class MissingDependencyError(KeyguardError, ImportError):
         self.package = package
         self.needed_for = needed_for
         self.extra = extra
-        super().__init__(
-            f"{package} is needed {needed_for}; install it with: pip install 'keyguard[{extra}]'"
-        )
+        super().__init__(f"{package} is needed {needed_for}; install it with: pip install 'keyguard[{extra}]'")
 
 
 class PlanError(KeyguardError, ValueError):

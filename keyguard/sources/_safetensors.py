@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import gc
 import json
+import operator
 import os
 import re
-import operator
-from itertools import repeat
 from collections.abc import Iterable
-from typing import Any, Final
+from itertools import repeat
+from typing import Final
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
+from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError
 from keyguard.sources._keyset import KeySet, TensorInfo
 
 #: The safetensors library refuses headers above this size; so does keyguard.
@@ -37,25 +38,6 @@ _SHAPE: Final = slice(2, -2)
 _OFFSETS: Final = slice(2, -3)
 _SHAPE_TEXT: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*")
 _METADATA_PREFIX: Final = '{"__metadata__":'
-
-
-class _DuplicateKeyError(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKeyError(key)
-            seen.add(key)
-    return obj
-
-
-_STRICT_DECODER: Final = json.JSONDecoder(object_pairs_hook=_pairs_without_duplicates)
 
 
 def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -> KeySet:
@@ -166,8 +148,8 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
     pos = 1
     if text.startswith(_METADATA_PREFIX):
         try:
-            raw_meta, pos = _STRICT_DECODER.raw_decode(text, len(_METADATA_PREFIX))
-        except (ValueError, _DuplicateKeyError):
+            raw_meta, pos = STRICT_DECODER.raw_decode(text, len(_METADATA_PREFIX))
+        except (ValueError, DuplicateKeyError):
             return None
         if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
             return None
@@ -192,11 +174,11 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
     keys, dtypes, shape_pieces, offset_pieces = pieces[1::10], pieces[5::10], pieces[8::10], pieces[10::10]
     # Each piece is ':[S],' (or ':[A,B]},'); slicing off the fixed ends and checking that they join back into
     # the same text proves every piece had those ends, with one comparison per column.
-    shape_texts = list(map(operator.getitem, shape_pieces, repeat(_SHAPE)))
+    shape_texts: list[str] = list(map(operator.getitem, shape_pieces, repeat(_SHAPE)))
     if "".join(shape_pieces) != ":[" + "],:[".join(shape_texts) + "],":
         return None
     offset_pieces[-1] += ","  # the last entry closes without the comma
-    offset_texts = list(map(operator.getitem, offset_pieces, repeat(_OFFSETS)))
+    offset_texts: list[str] = list(map(operator.getitem, offset_pieces, repeat(_OFFSETS)))
     if "".join(offset_pieces) != ":[" + "]},:[".join(offset_texts) + "]},":
         return None
     numbers = ",".join(offset_texts)
@@ -225,9 +207,7 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
         expected: Iterable[int] = map(by_shape.__getitem__, shape_texts)
     else:
         columns = list(zip(shape_texts, dtypes))
-        by_pair = {
-            pair: _nbytes(path, keys[columns.index(pair)], pair[1], shapes[pair[0]]) for pair in set(columns)
-        }
+        by_pair = {pair: _nbytes(path, keys[columns.index(pair)], pair[1], shapes[pair[0]]) for pair in set(columns)}
         expected = map(by_pair.__getitem__, columns)
     if any(map(operator.ne, map(operator.sub, ends, starts), expected)):
         for key, dtype, shape_text, start, end in zip(keys, dtypes, shape_texts, starts, ends):
@@ -248,8 +228,8 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
 
 def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
     try:
-        obj = _STRICT_DECODER.decode(text)
-    except _DuplicateKeyError as exc:
+        obj = STRICT_DECODER.decode(text)
+    except DuplicateKeyError as exc:
         raise HeaderError(
             path,
             "duplicate-key",
@@ -321,9 +301,7 @@ def _entry_error(path: str, key: str, what: str) -> HeaderError:
     return HeaderError(path, "invalid-entry", f"tensor entry {key!r} {what}", key=key)
 
 
-def _raise_size(
-    path: str, key: str, dtype: str, shape: tuple[int, ...], nbytes: int, start: int, end: int
-) -> None:
+def _raise_size(path: str, key: str, dtype: str, shape: tuple[int, ...], nbytes: int, start: int, end: int) -> None:
     if end < start:
         raise HeaderError(
             path,

@@ -1,0 +1,108 @@
+"""Collapse numbered blocks: ``model.layers.{0..31}.mlp.up_proj.weight`` instead of 32 lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
+
+# A dotted segment made only of digits: a position in a ModuleList / Sequential.
+_NUMBERED: Final = re.compile(r"(?:(?<=^)|(?<=\.))([0-9]+)(?=\.|$)")
+HOLE: Final = "\x00"  # stands for a numbered segment inside a template
+
+T = TypeVar("T", bound=Hashable)
+
+
+def template(key: str) -> tuple[str, tuple[int, ...]]:
+    """Split a key into its template (numbered segments replaced by ``HOLE``) and the numbers.
+
+    >>> template("model.layers.3.mlp.experts.17.w1")
+    ('model.layers.\\x00.mlp.experts.\\x00.w1', (3, 17))
+    """
+    parts = _NUMBERED.split(key)
+    if len(parts) == 1:
+        return key, ()
+    return HOLE.join(parts[0::2]), tuple(map(int, parts[1::2]))
+
+
+def render_numbers(values: Iterable[int], *, limit: int = 24) -> str:
+    """Render a set of indices compactly: ``{0..31}``, ``{0,2,5..9}``; long lists are summarised."""
+    ordered = sorted(set(values))
+    if len(ordered) == 1:
+        return str(ordered[0])
+    runs: list[str] = []
+    start = previous = ordered[0]
+    for value in [*ordered[1:], None]:
+        if value is not None and value == previous + 1:
+            previous = value
+            continue
+        runs.append(
+            str(start)
+            if start == previous
+            else (f"{start},{previous}" if previous == start + 1 else f"{start}..{previous}")
+        )
+        if value is not None:
+            start = previous = value
+    text = ",".join(runs)
+    if len(text) > limit:
+        text = f"{ordered[0]}..{ordered[-1]}: {len(ordered)} of {ordered[-1] - ordered[0] + 1}"
+    return "{" + text + "}"
+
+
+@dataclass
+class KeyGroup(Generic[T]):
+    """Keys sharing one template (and one extra grouping value, such as shape and dtype)."""
+
+    template: str
+    extra: T
+    keys: list[str] = field(default_factory=list)
+    numbers: list[set[int]] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+    @property
+    def complete(self) -> bool:
+        """True when the keys are every combination of the numbers shown (a full grid of blocks)."""
+        total = 1
+        for values in self.numbers:
+            total *= len(values)
+        return total == len(self.keys)
+
+    @property
+    def pattern(self) -> str:
+        """The template with each numbered position rendered as its set of values."""
+        if not self.numbers:
+            return self.template
+        pieces = self.template.split(HOLE)
+        out = [pieces[0]]
+        for values, piece in zip(self.numbers, pieces[1:]):
+            out.append(render_numbers(values))
+            out.append(piece)
+        return "".join(out)
+
+
+def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> list[KeyGroup[T]]:
+    """Group keys by template (and by ``extra(key)`` when given), in order of first appearance."""
+    groups: dict[tuple[str, object], KeyGroup[T]] = {}
+    for key in keys:
+        shape, numbers = template(key)
+        value = extra(key) if extra is not None else None
+        group = groups.get((shape, value))
+        if group is None:
+            group = groups[shape, value] = KeyGroup(shape, value, [], [set() for _ in numbers])  # type: ignore[arg-type]
+        group.keys.append(key)
+        for position, number in zip(group.numbers, numbers):
+            position.add(number)
+    return list(groups.values())
+
+
+def pattern_of(keys: Sequence[str]) -> str:
+    """One pattern summarising ``keys`` (the first group's pattern, with ``+N more`` when they do not share one)."""
+    groups: list[KeyGroup[None]] = collapse(keys)
+    if not groups:
+        return ""
+    head = groups[0].pattern
+    return head if len(groups) == 1 else f"{head} (+{len(groups) - 1} more patterns)"

@@ -1,0 +1,169 @@
+"""What a source holds, summarised for people (``keyguard inspect``): counts, sizes, dtypes, grouped keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from keyguard._dtypes import dtype_label
+from keyguard._patterns import collapse
+from keyguard.sources._keyset import KeySet
+
+
+class KeyGroupSummary(BaseModel):
+    """Keys sharing a pattern, a shape and a dtype."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pattern: str
+    shape: list[int] | None
+    dtype: str | None
+    count: int
+    complete: bool
+
+
+class SourceSummary(BaseModel):
+    """The result of ``keyguard.summarize``; ``keyguard inspect --format json`` prints it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: str = "keyguard.inspect/v1"
+    source: str | None
+    source_format: str
+    tensors: int
+    parameters: int
+    bytes: int
+    shapes_known: bool
+    dtypes: dict[str, int]
+    files: list[str]
+    metadata: dict[str, str]
+    unwrapped: str | None
+    architecture: str | None
+    tied: list[list[str]]
+    non_persistent: list[str]
+    notes: list[str]
+    adapter_config: dict[str, Any] | None
+    groups: list[KeyGroupSummary]
+
+
+def summarize(keys: KeySet) -> SourceSummary:
+    """Summarise a ``KeySet``: totals, dtypes and the keys grouped with numbered blocks collapsed."""
+    groups = collapse(keys, lambda key: (keys[key].shape, keys[key].dtype))
+    return SourceSummary(
+        source=keys.location,
+        source_format=keys.format,
+        tensors=len(keys),
+        parameters=keys.num_parameters,
+        bytes=keys.total_bytes,
+        shapes_known=keys.shapes_known,
+        dtypes={dtype_label(k): v for k, v in keys.dtype_counts().most_common()},
+        files=list(keys.files),
+        metadata=dict(keys.metadata),
+        unwrapped=keys.unwrapped,
+        architecture=keys.architecture,
+        tied=[list(g) for g in keys.tied],
+        non_persistent=sorted(keys.non_persistent),
+        notes=list(keys.notes),
+        adapter_config=keys.adapter.model_dump(mode="json", exclude_defaults=True)
+        if keys.adapter is not None
+        else None,
+        groups=[
+            KeyGroupSummary(
+                pattern=g.pattern,
+                shape=list(g.extra[0]) if g.extra[0] is not None else None,
+                dtype=g.extra[1],
+                count=g.count,
+                complete=g.complete,
+            )
+            for g in groups
+        ],
+    )
+
+
+def human_count(n: int) -> str:
+    """``1234567`` -> ``1.23M``."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    """``2147483648`` -> ``2.00 GiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def render_summary(summary: SourceSummary, *, max_groups: int | None = 40, width: int = 100) -> str:
+    """Render a summary as a readable screen: a header block, then one row per key group."""
+    from tabulate import tabulate
+
+    head: list[tuple[str, str]] = [
+        ("Source", f"{summary.source} ({summary.source_format})"),
+        ("Tensors", f"{summary.tensors:,}" + (f" in {len(summary.files)} files" if len(summary.files) > 1 else "")),
+    ]
+    if summary.shapes_known:
+        head.append(("Parameters", f"{human_count(summary.parameters)} ({summary.parameters:,})"))
+        head.append(("Data", human_bytes(summary.bytes)))
+    head.append(("Dtypes", ", ".join(f"{k} x{v:,}" for k, v in summary.dtypes.items())))
+    if summary.architecture:
+        head.append(("Architecture", summary.architecture))
+    if summary.unwrapped:
+        head.append(("Unwrapped", f"state dict found under {summary.unwrapped!r}"))
+    if summary.metadata:
+        head.append(("Metadata", ", ".join(f"{k}={_short(v)}" for k, v in summary.metadata.items())))
+    if summary.tied:
+        head.append(("Tied", "; ".join(" = ".join(g) for g in summary.tied[:3]) + _more(len(summary.tied), 3)))
+    if summary.non_persistent:
+        head.append(("Non-persistent", ", ".join(summary.non_persistent[:3]) + _more(len(summary.non_persistent), 3)))
+    if summary.adapter_config:
+        cfg = summary.adapter_config
+        head.append(("Adapter", ", ".join(f"{k}={_short(str(v))}" for k, v in cfg.items() if k in _ADAPTER_SHOWN)))
+    for note in summary.notes:
+        head.append(("Note", note))
+    lines = [f"{label:<16}{value}" for label, value in head]
+    shown = summary.groups if max_groups is None else summary.groups[:max_groups]
+    cells = [
+        (
+            g.pattern,
+            "?" if g.shape is None else "[" + ", ".join(map(str, g.shape)) + "]",
+            dtype_label(g.dtype),
+            f"x{g.count:,}" + ("" if g.complete else "*"),
+        )
+        for g in shown
+    ]
+    # give the pattern whatever the other columns (and tabulate's two-space gaps) leave of the width
+    others = sum(max([len(h), *(len(c[i]) for c in cells)]) + 2 for i, h in ((1, "shape"), (2, "dtype"), (3, "count")))
+    pattern_width = max(30, width - others)
+    rows = [[_clip(c[0], pattern_width), *c[1:]] for c in cells]
+    lines.append("")
+    lines.append(tabulate(rows, headers=["key pattern", "shape", "dtype", "count"], tablefmt="simple"))
+    if len(shown) < len(summary.groups):
+        lines.append(f"... {len(summary.groups) - len(shown):,} more groups (--all lists every group)")
+    if any(not g.complete for g in shown):
+        lines.append("* not every combination of the numbered blocks shown is present")
+    return "\n".join(lines)
+
+
+_ADAPTER_SHOWN = ("peft_type", "task_type", "r", "lora_alpha", "target_modules", "modules_to_save", "use_dora")
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip(text: str, limit: int) -> str:
+    """Shorten from the middle: the start says which sub-model, the end which tensor."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 3
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
+
+
+def _more(total: int, shown: int) -> str:
+    return f" (+{total - shown} more)" if total > shown else ""

@@ -1,0 +1,71 @@
+"""Argument parsing, error handling and exit codes shared by every command.
+
+Exit codes: 0 success; 1 findings at or above ``--fail-on`` remain; 2 bad input or usage (one line on stderr, no
+traceback unless ``--debug``); 3 an internal error (a bug in keyguard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from keyguard._exceptions import KeyguardError
+from keyguard._version import __version__
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def _commands() -> list[ModuleType]:
+    from keyguard.cli import _inspect, _snapshot
+
+    return [_inspect, _snapshot]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of any error")
+    parser = argparse.ArgumentParser(
+        prog="keyguard",
+        description="Explain why a checkpoint does not load into a PyTorch model, and fix it safely when possible.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"keyguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in _commands():
+        command.add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    runner: Runner = args.run
+    try:
+        return runner(args)
+    except KeyguardError as exc:
+        if args.debug:
+            raise
+        print(f"keyguard: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("keyguard: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"keyguard: internal error: {type(exc).__name__}: {exc} (this is a bug in keyguard;"
+            " rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,166 @@
+"""PyTorch pickle checkpoints (``.bin``, ``.pt``, ``.pth``, ``.ckpt``), read with ``weights_only=True`` only.
+
+There is no unsafe fallback: a pickle that needs anything beyond tensors and plain containers is refused, and the
+refusal says which global it asked for. Zip-format files are memory-mapped, so no tensor data is read; legacy
+(pre-1.6) files are loaded onto the meta device.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+from keyguard._dtypes import canonical_dtype
+from keyguard._exceptions import SourceError, UnsafePickleError
+from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._torch import import_torch
+
+#: Containers that commonly wrap a state dict, in the order they are preferred.
+CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "state_dict_ema",
+    "model_ema",
+    "ema",
+    "ema_state_dict",
+)
+_LIGHTNING_MARKERS = ("pytorch-lightning_version", "lightning_version")
+_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global:?)\s*(?:GLOBAL\s*)?([\w.]+)", re.IGNORECASE)
+_EXAMPLES = 3
+
+
+def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, container: str | None = None) -> KeySet:
+    """Read the tensors of a PyTorch pickle checkpoint safely and unwrap the usual containers.
+
+    Args:
+        path: the file.
+        name: how ``TensorInfo.file`` names it (defaults to the file name).
+        container: the key (``/``-separated for nested ones) holding the state dict, when the automatic choice is
+            not the one wanted, e.g. ``"model_ema"``.
+
+    Raises:
+        UnsafePickleError: the pickle asks for code (a global ``weights_only`` does not allow).
+        SourceError: missing, a directory, corrupted, or holding no tensors.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise SourceError(path, "is-a-directory", "is a directory, expected a PyTorch checkpoint file")
+    if not os.path.exists(path):
+        raise SourceError(path, "not-found", "no such file")
+    if os.path.getsize(path) == 0:
+        raise SourceError(path, "empty-file", "is empty (0 bytes)")
+    torch = import_torch(f"to read the PyTorch pickle {path}")
+    obj = _load(torch, path)
+    state, unwrapped, notes = _unwrap(path, obj, container)
+    tensors: dict[str, TensorInfo] = {}
+    skipped: list[str] = []
+    by_storage: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    label = name if name is not None else os.path.basename(path)
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            skipped.append(str(key))
+            continue
+        tensors[key] = TensorInfo(tuple(value.shape), canonical_dtype(value.dtype), label)
+        by_storage.setdefault(_storage_identity(value), []).append(key)
+    if skipped:
+        shown = ", ".join(repr(k) for k in skipped[:_EXAMPLES])
+        more = f" and {len(skipped) - _EXAMPLES} more" if len(skipped) > _EXAMPLES else ""
+        notes.append(f"ignored {len(skipped)} non-tensor entr{'y' if len(skipped) == 1 else 'ies'}: {shown}{more}")
+    if not tensors:
+        raise SourceError(path, "no-tensors", "holds no tensors" + (f" under {unwrapped!r}" if unwrapped else ""))
+    tied = tuple(tuple(keys) for keys in by_storage.values() if len(keys) > 1)
+    return KeySet(
+        tensors=tensors,
+        format="torch-pickle",
+        location=path,
+        unwrapped=unwrapped,
+        tied=tied,
+        files=(label,),
+        notes=tuple(notes),
+    )
+
+
+def _load(torch: Any, path: str) -> Any:
+    import pickle
+
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        if is_zip:
+            return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location="meta")
+    except pickle.UnpicklingError as exc:
+        found = _GLOBAL.search(str(exc))
+        wanted = f" asks for {found.group(1)!r}" if found else " needs more than tensors and plain containers"
+        raise UnsafePickleError(
+            path,
+            "unsafe-pickle",
+            f"refused: the pickle{wanted}, which torch.load(weights_only=True) does not allow."
+            " keyguard never loads pickles unsafely; if you trust this file, convert it to safetensors"
+            " where you trust it",
+            global_name=found.group(1) if found else None,
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, TypeError) as exc:
+        what = str(exc).split("\n", 1)[0][:200] or type(exc).__name__
+        raise SourceError(
+            path, "corrupted-pickle", f"is not a readable PyTorch checkpoint (torch.load said: {what})"
+        ) from None
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and any(_looks_like_tensor(v) for v in value.values())
+
+
+def _looks_like_tensor(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "untyped_storage")
+
+
+def _unwrap(path: str, obj: Any, container: str | None) -> tuple[Mapping[Any, Any], str | None, list[str]]:
+    notes: list[str] = []
+    if not isinstance(obj, Mapping):
+        raise SourceError(path, "not-a-state-dict", f"holds a {type(obj).__name__}, not a mapping of tensors")
+    if container is not None:
+        current: Any = obj
+        for part in container.split("/"):
+            if not isinstance(current, Mapping) or part not in current:
+                raise SourceError(path, "no-such-container", f"has no container {container!r}")
+            current = current[part]
+        if not _is_state_dict(current):
+            raise SourceError(path, "no-such-container", f"{container!r} does not hold tensors")
+        return current, container, notes
+    trail: list[str] = []
+    current = obj
+    for _ in range(3):  # e.g. {"model": {"module": {...}}}
+        direct = sum(1 for v in current.values() if _looks_like_tensor(v))
+        candidates = [k for k in CONTAINER_KEYS if k in current and _is_state_dict(current[k])]
+        if not candidates or direct > 0:
+            break
+        if any(marker in current for marker in _LIGHTNING_MARKERS) and not trail:
+            notes.append("PyTorch Lightning checkpoint")
+        others = candidates[1:]
+        if others:
+            listed = ", ".join(repr("/".join([*trail, k])) for k in others)
+            notes.append(f"also holds {listed}; choose one with --container")
+        trail.append(candidates[0])
+        current = current[candidates[0]]
+    if not trail and not _is_state_dict(current):
+        keys = ", ".join(repr(k) for k in list(current)[:6])
+        raise SourceError(
+            path,
+            "no-state-dict",
+            f"holds no tensors at its top level and none of the usual containers (top-level keys: {keys});"
+            " name the container with --container",
+        )
+    return current, "/".join(trail) or None, notes
+
+
+def _storage_identity(tensor: Any) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    storage = tensor.untyped_storage()
+    ptr = storage.data_ptr() or storage._cdata
+    return ptr, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride())

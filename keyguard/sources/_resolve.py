@@ -1,0 +1,170 @@
+"""One entry point that turns any supported input into a ``KeySet``."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+from keyguard._exceptions import SourceError
+from keyguard.sources._keyset import KeySet
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+#: Anything ``read_keys`` accepts.
+Source = Union[str, "os.PathLike[str]", KeySet, Mapping[str, Any], Iterable[str], Any]
+
+
+def read_keys(source: Source, *, container: str | None = None, architecture: str | None = None) -> KeySet:
+    """Read keys, shapes and dtypes from any supported source, without loading tensor data.
+
+    Args:
+        source: one of
+            - a ``.safetensors`` file;
+            - a sharded checkpoint: a folder with ``*.index.json``, or the index file itself;
+            - a PyTorch pickle (``.bin``, ``.pt``, ``.pth``, ``.ckpt``), read with ``weights_only=True`` only;
+            - a Hugging Face model folder (``model.safetensors``, sharded, or ``pytorch_model.bin``);
+            - a folder with only ``config.json`` (the model is built on the meta device);
+            - a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``);
+            - a keyguard manifest (``keyguard.keys/v1`` JSON);
+            - a live ``torch.nn.Module`` (also on the meta device);
+            - a state dict, a mapping of key to shape or ``(shape, dtype)``, or an iterable of keys;
+            - a ``KeySet`` (returned as is).
+        container: for pickles holding several state dicts, the one to read (``"model_ema"``).
+        architecture: for ``config.json`` folders, the model class to build instead of ``architectures[0]``.
+
+    Raises:
+        SourceError: the source cannot be read; the message names the file and the problem.
+        MissingDependencyError: torch or transformers is needed for this source but not installed.
+    """
+    if isinstance(source, KeySet):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(os.fspath(source), container=container, architecture=architecture)
+    from keyguard.sources._torch import is_torch_module
+
+    if is_torch_module(source):
+        from keyguard.sources._module import read_module
+
+        return read_module(source)
+    if isinstance(source, Mapping):
+        from keyguard.sources._memory import read_mapping
+
+        return read_mapping(source)
+    if isinstance(source, Iterable) and not isinstance(source, (bytes, bytearray)):
+        from keyguard.sources._memory import read_iterable
+
+        return read_iterable(source)
+    raise SourceError(
+        None, "unsupported-source", f"cannot read keys from a {type(source).__name__}; see keyguard.read_keys"
+    )
+
+
+def _read_path(path: str, *, container: str | None, architecture: str | None) -> KeySet:
+    if os.path.isdir(path):
+        return _read_folder(path, container=container, architecture=architecture)
+    if not os.path.exists(path):
+        raise SourceError(path, "not-found", "no such file or folder")
+    name = os.path.basename(path)
+    if name.endswith(".safetensors"):
+        from keyguard.sources._safetensors import read_safetensors
+
+        return read_safetensors(path)
+    if name.endswith(".index.json"):
+        from keyguard.sources._sharded import read_sharded
+
+        return read_sharded(path, container=container)
+    if name.endswith(PICKLE_SUFFIXES):
+        from keyguard.sources._pickle import read_pickle
+
+        return read_pickle(path, container=container)
+    if name == "adapter_config.json":
+        return _read_folder(os.path.dirname(path) or ".", container=container, architecture=architecture)
+    if name.endswith(".json"):
+        return _read_json(path, architecture=architecture)
+    return _sniff(path, container=container)
+
+
+def _read_json(path: str, *, architecture: str | None) -> KeySet:
+    from keyguard.sources._jsonfile import load_json_object
+
+    raw = load_json_object(path)
+    if isinstance(raw.get("format"), str) and raw["format"].startswith("keyguard.keys/"):
+        from keyguard.sources._manifest import read_manifest
+
+        return read_manifest(path)
+    if "weight_map" in raw:
+        from keyguard.sources._sharded import read_sharded
+
+        return read_sharded(path)
+    if os.path.basename(path) == "config.json" or "model_type" in raw or "architectures" in raw:
+        from keyguard.sources._config import read_config
+
+        return read_config(os.path.dirname(path) or ".", architecture=architecture)
+    raise SourceError(
+        path,
+        "unknown-json",
+        "is neither a keyguard manifest, a sharded checkpoint index, nor a model config.json",
+    )
+
+
+def _read_folder(folder: str, *, container: str | None, architecture: str | None) -> KeySet:
+    def has(name: str) -> bool:
+        return os.path.isfile(os.path.join(folder, name))
+
+    if has("adapter_config.json"):
+        from keyguard.sources._adapter import read_adapter
+
+        return read_adapter(folder)
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if has(name):
+            from keyguard.sources._sharded import read_sharded
+
+            return read_sharded(os.path.join(folder, name), container=container)
+    if has("model.safetensors"):
+        from keyguard.sources._safetensors import read_safetensors
+
+        return read_safetensors(os.path.join(folder, "model.safetensors"))
+    indexes = sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors.index.json")))
+    if len(indexes) == 1:
+        from keyguard.sources._sharded import read_sharded
+
+        return read_sharded(indexes[0], container=container)
+    if has("pytorch_model.bin"):
+        from keyguard.sources._pickle import read_pickle
+
+        return read_pickle(os.path.join(folder, "pytorch_model.bin"), container=container)
+    singles = sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors")))
+    if len(singles) == 1 and not indexes:
+        from keyguard.sources._safetensors import read_safetensors
+
+        return read_safetensors(singles[0])
+    if has("config.json"):
+        from keyguard.sources._config import read_config
+
+        return read_config(folder, architecture=architecture)
+    found = sorted(os.listdir(folder))[:8]
+    hint = "several candidates; pass the file itself" if len(indexes) > 1 or len(singles) > 1 else "nothing to read"
+    raise SourceError(
+        folder,
+        "unrecognised-folder",
+        f"{hint}: expected model.safetensors, a *.index.json, pytorch_model.bin, adapter_config.json or config.json"
+        f" (found: {', '.join(found) or 'an empty folder'})",
+    )
+
+
+def _sniff(path: str, *, container: str | None) -> KeySet:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        from keyguard.sources._pickle import read_pickle
+
+        return read_pickle(path, container=container)
+    if len(head) > 8 and head[8:9] == b"{":
+        from keyguard.sources._safetensors import read_safetensors
+
+        return read_safetensors(path)
+    raise SourceError(
+        path, "unknown-format", "is not a .safetensors file, a PyTorch checkpoint, or a JSON index/manifest/config"
+    )
