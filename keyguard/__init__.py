@@ -17,17 +17,25 @@ from keyguard._exceptions import (
 )
 from keyguard._summary import SourceSummary, summarize
 from keyguard._version import __version__
+from keyguard.engine import diagnose
+from keyguard.fixes import Applicability, Plan
+from keyguard.report import Finding, Report, Severity
 from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
 
 __all__ = [
     "AdapterConfig",
     "AdapterConfigError",
+    "Applicability",
+    "Finding",
     "HeaderError",
     "KeyMismatchError",
     "KeySet",
     "KeyguardError",
     "MissingDependencyError",
+    "Plan",
     "PlanError",
+    "Report",
+    "Severity",
     "ShardIndexError",
     "SourceError",
     "SourceSummary",
@@ -35,6 +43,7 @@ __all__ = [
     "UnsafePickleError",
     "UnsupportedVersionError",
     "__version__",
+    "diagnose",
     "read_keys",
     "summarize",
     "write_manifest",

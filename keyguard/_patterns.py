@@ -7,8 +7,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
-# A dotted segment made only of digits: a position in a ModuleList / Sequential.
-_NUMBERED: Final = re.compile(r"(?:(?<=^)|(?<=\.))([0-9]+)(?=\.|$)")
+# A dotted segment that is a decimal index: a position in a ModuleList / Sequential. Segments with a leading zero
+# ("01") are names, not indices: turning them into numbers would render them as a different key.
+_NUMBERED: Final = re.compile(r"(?:(?<=^)|(?<=\.))(0|[1-9][0-9]*)(?=\.|$)")
 HOLE: Final = "\x00"  # stands for a numbered segment inside a template
 
 T = TypeVar("T", bound=Hashable)
@@ -29,6 +30,8 @@ def template(key: str) -> tuple[str, tuple[int, ...]]:
 def render_numbers(values: Iterable[int], *, limit: int = 24) -> str:
     """Render a set of indices compactly: ``{0..31}``, ``{0,2,5..9}``; long lists are summarised."""
     ordered = sorted(set(values))
+    if not ordered:
+        return "{}"
     if len(ordered) == 1:
         return str(ordered[0])
     runs: list[str] = []

@@ -126,7 +126,9 @@ def render_summary(summary: SourceSummary, *, max_groups: int | None = 40, width
         head.append(("Adapter", ", ".join(f"{k}={_short(str(v))}" for k, v in cfg.items() if k in _ADAPTER_SHOWN)))
     for note in summary.notes:
         head.append(("Note", note))
-    lines = [f"{label:<16}{value}" for label, value in head]
+    # every line stays shorter than `width`, so it never reaches (and wraps at) a terminal's last column
+    limit = max(width - 1, _LABEL + 20)
+    lines = [line for label, value in head for line in _wrap(label, value, limit)]
     shown = summary.groups if max_groups is None else summary.groups[:max_groups]
     cells = [
         (
@@ -137,17 +139,34 @@ def render_summary(summary: SourceSummary, *, max_groups: int | None = 40, width
         )
         for g in shown
     ]
-    # give the pattern whatever the other columns (and tabulate's two-space gaps) leave of the width
-    others = sum(max([len(h), *(len(c[i]) for c in cells)]) + 2 for i, h in ((1, "shape"), (2, "dtype"), (3, "count")))
-    pattern_width = max(30, width - others)
-    rows = [[_clip(c[0], pattern_width), *c[1:]] for c in cells]
+    # give the pattern whatever the other columns (and tabulate's gaps and padding) leave of the width
+    pattern_width = limit
+    while True:
+        rows = [[_clip(c[0], pattern_width), *c[1:]] for c in cells]
+        table = tabulate(rows, headers=["key pattern", "shape", "dtype", "count"], tablefmt="simple")
+        excess = max(map(len, table.splitlines())) - limit
+        if excess <= 0 or pattern_width <= _MIN_PATTERN:
+            break
+        pattern_width = max(_MIN_PATTERN, pattern_width - excess)
     lines.append("")
-    lines.append(tabulate(rows, headers=["key pattern", "shape", "dtype", "count"], tablefmt="simple"))
+    lines.append(table)
     if len(shown) < len(summary.groups):
         lines.append(f"... {len(summary.groups) - len(shown):,} more groups (--all lists every group)")
     if any(not g.complete for g in shown):
         lines.append("* not every combination of the numbered blocks shown is present")
     return "\n".join(lines)
+
+
+_LABEL = 16  # width of the label column of the header block
+_MIN_PATTERN = 30
+
+
+def _wrap(label: str, value: str, limit: int) -> list[str]:
+    """One header entry, wrapped under its value column."""
+    import textwrap
+
+    pieces = textwrap.wrap(value, width=limit - _LABEL, break_on_hyphens=False) or [""]
+    return [f"{label if i == 0 else '':<{_LABEL}}{piece}".rstrip() for i, piece in enumerate(pieces)]
 
 
 _ADAPTER_SHOWN = ("peft_type", "task_type", "r", "lora_alpha", "target_modules", "modules_to_save", "use_dora")

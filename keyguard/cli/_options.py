@@ -21,3 +21,18 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 def source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"container": args.container, "architecture": args.architecture}
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "markdown", "github"],
+        default="table",
+        help="output format (default: table)",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=["error", "warning", "never"],
+        default="error",
+        help="exit 1 when findings at or above this severity remain (default: error)",
+    )

@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(manifest_json(keys))
     else:
-        write_manifest(keys, args.output)
+        try:
+            write_manifest(keys, args.output)
+        except OSError as exc:  # a missing folder, a directory in the way, no permission: bad input, not a bug
+            from keyguard._exceptions import KeyguardError
+
+            raise KeyguardError(f"{args.output}: cannot write the manifest ({exc.strerror or exc})") from exc
         print(f"wrote {args.output}: {len(keys):,} keys from {keys.location} ({keys.format})", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ class AdapterConfig(BaseModel):
     Unknown fields are kept (PEFT adds fields in most releases); invalid values of known fields are explained.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     peft_type: str | None = None
     task_type: str | None = None

@@ -15,11 +15,12 @@ from keyguard.sources._torch import import_torch, import_transformers
 def read_config(folder: str | os.PathLike[str], *, architecture: str | None = None) -> KeySet:
     """Build ``config.architectures[0]`` (or ``architecture``) on the meta device and read its state-dict keys.
 
-    No weights are read and nothing is downloaded: the config is read from the folder and the model is built with
-    empty (meta) tensors, so even a large model costs milliseconds.
+    No weights are read and nothing is downloaded: the config is read from the folder (or from the config file
+    itself, when ``folder`` names a file) and the model is built with empty (meta) tensors, so even a large model
+    costs milliseconds.
     """
     folder = os.fspath(folder)
-    config_path = os.path.join(folder, "config.json")
+    config_path = folder if os.path.isfile(folder) else os.path.join(folder, "config.json")
     raw = load_json_object(config_path)
     names = raw.get("architectures") or []
     name = architecture or (names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None)
@@ -32,7 +33,10 @@ def read_config(folder: str | os.PathLike[str], *, architecture: str | None = No
         )
     transformers = import_transformers(f"to build the model described by {config_path}")
     torch = import_torch(f"to build the model described by {config_path}")
-    cls = getattr(transformers, name, None)
+    try:
+        cls = getattr(transformers, name, None)
+    except Exception:  # transformers' lazy module imports on attribute access; a broken import is "no such class"
+        cls = None
     if cls is None or not hasattr(cls, "config_class"):
         raise SourceError(
             config_path,
@@ -41,7 +45,7 @@ def read_config(folder: str | os.PathLike[str], *, architecture: str | None = No
             architecture=name,
         )
     try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(config_path, local_files_only=True)
         with torch.device("meta"):
             model = cls(config)
         dtype = _config_dtype(torch, config)
@@ -51,10 +55,12 @@ def read_config(folder: str | os.PathLike[str], *, architecture: str | None = No
         raise
     except Exception as exc:
         raise SourceError(
-            config_path, "cannot-build-model", f"could not build {name} from this config: {exc}"
+            config_path,
+            "cannot-build-model",
+            f"could not build {name} from this config: {_first_line(exc)}",
         ) from None
     keys = read_module(model, format="config", location=folder)
-    return keys.evolve(architecture=name, files=("config.json",))
+    return keys.evolve(architecture=name, files=(os.path.basename(config_path),))
 
 
 def _config_dtype(torch: Any, config: Any) -> Any:
@@ -63,3 +69,8 @@ def _config_dtype(torch: Any, config: Any) -> Any:
     if isinstance(value, str):
         value = getattr(torch, value, None)
     return value if isinstance(value, torch.dtype) else None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

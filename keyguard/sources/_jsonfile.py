@@ -50,6 +50,8 @@ def load_json_object(path: str | os.PathLike[str], error: type[SourceError] = So
         raise error(path, "not-found", "no such file") from None
     except PermissionError:
         raise error(path, "unreadable", "permission denied") from None
+    except OSError as exc:  # a path through a file (NotADirectoryError), an I/O error, ...
+        raise error(path, "unreadable", f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,8 +23,8 @@ class ManifestTensor(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shape: list[int] | None = None
-    dtype: str | None = None
+    shape: list[Annotated[int, Field(strict=True, ge=0)]] | None = None
+    dtype: Annotated[str, Field(strict=True)] | None = None
 
 
 class ManifestSource(BaseModel):

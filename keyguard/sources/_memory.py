@@ -8,13 +8,14 @@ from typing import Any
 from keyguard._dtypes import canonical_dtype
 from keyguard._exceptions import SourceError
 from keyguard.sources._keyset import KeySet, SourceFormat, TensorInfo
+from keyguard.sources._torch import is_torch_tensor
 
 
 def read_mapping(mapping: Mapping[Any, Any], *, location: str | None = None) -> KeySet:
     """Read a state dict (key -> tensor), key -> shape, key -> (shape, dtype), or key -> ``TensorInfo``."""
     tensors: dict[str, TensorInfo] = {}
     kinds: set[SourceFormat] = set()
-    by_identity: dict[int, list[str]] = {}
+    by_identity: dict[object, list[str]] = {}
     for key, value in mapping.items():
         if not isinstance(key, str):
             raise SourceError(location, "invalid-key", f"keys must be strings, found {type(key).__name__} {key!r}")
@@ -22,7 +23,7 @@ def read_mapping(mapping: Mapping[Any, Any], *, location: str | None = None) -> 
         tensors[key] = info
         kinds.add(kind)
         if kind == "state-dict":
-            by_identity.setdefault(id(value), []).append(key)
+            by_identity.setdefault(_identity(value), []).append(key)
     fmt: SourceFormat = "state-dict" if kinds == {"state-dict"} else ("keys" if kinds == {"keys"} else "shapes")
     return KeySet(
         tensors=tensors,
@@ -62,7 +63,19 @@ def _info(key: str, value: Any, location: str | None) -> tuple[TensorInfo, Sourc
     )
 
 
+def _identity(value: Any) -> object:
+    """What makes two values one tensor: ``model.state_dict()`` detaches every entry, so tied weights arrive as
+    distinct tensor objects over one storage; compare torch tensors by storage and view, anything else by object."""
+    if is_torch_tensor(value):
+        from keyguard.sources._pickle import _storage_identity
+
+        return _storage_identity(value)
+    return id(value)
+
+
 def _shape(key: str, value: Any, location: str | None) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise SourceError(location, "invalid-shape", f"shape of {key!r} is {value!r}; expected non-negative ints")
     dims = tuple(value)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
         raise SourceError(location, "invalid-shape", f"shape of {key!r} is {value!r}; expected non-negative ints")

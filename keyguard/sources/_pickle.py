@@ -2,12 +2,15 @@
 
 There is no unsafe fallback: a pickle that needs anything beyond tensors and plain containers is refused, and the
 refusal says which global it asked for. Zip-format files are memory-mapped, so no tensor data is read; legacy
-(pre-1.6) files are loaded onto the meta device.
+(pre-1.6) files are loaded with ``torch.serialization.skip_data``: their storages are allocated (address space
+only, never touched) but not read, which keeps tensors that share a storage sharing it, so tied weights are seen.
+Where that is unavailable or the allocation fails, they are loaded onto the meta device, where sharing is lost.
 """
 
 from __future__ import annotations
 
 import os
+import pickletools
 import re
 import zipfile
 from collections.abc import Mapping
@@ -33,7 +36,17 @@ CONTAINER_KEYS = (
 )
 _LIGHTNING_MARKERS = ("pytorch-lightning_version", "lightning_version")
 _GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global:?)\s*(?:GLOBAL\s*)?([\w.]+)", re.IGNORECASE)
+_OPERAND = re.compile(r"Unsupported operand (\d+)")
+_CODE_MARKERS = (
+    "unrecognized function",
+    "Can only create new object",
+    "Can only build",
+    "must be imported to load",
+)
+_PICKLE_OPCODES = frozenset(op.code for op in pickletools.opcodes)
 _EXAMPLES = 3
+_EXTRA_STATE = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
+_MAX_DEPTH = 3  # levels of containers unwrapped automatically
 
 
 def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, container: str | None = None) -> KeySet:
@@ -64,6 +77,9 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
     by_storage: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
     label = name if name is not None else os.path.basename(path)
     for key, value in state.items():
+        if isinstance(key, str) and _is_extra_state(key) and not isinstance(value, torch.Tensor):
+            tensors[key] = TensorInfo(None, None, label)  # a module's get_extra_state(): a key a strict load needs
+            continue
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             skipped.append(str(key))
             continue
@@ -73,7 +89,7 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
         shown = ", ".join(repr(k) for k in skipped[:_EXAMPLES])
         more = f" and {len(skipped) - _EXAMPLES} more" if len(skipped) > _EXAMPLES else ""
         notes.append(f"ignored {len(skipped)} non-tensor entr{'y' if len(skipped) == 1 else 'ies'}: {shown}{more}")
-    if not tensors:
+    if all(info.shape is None for info in tensors.values()):
         raise SourceError(path, "no-tensors", "holds no tensors" + (f" under {unwrapped!r}" if unwrapped else ""))
     tied = tuple(tuple(keys) for keys in by_storage.values() if len(keys) > 1)
     return KeySet(
@@ -94,9 +110,14 @@ def _load(torch: Any, path: str) -> Any:
     try:
         if is_zip:
             return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-        return torch.load(path, weights_only=True, map_location="meta")
+        return _load_legacy(torch, path)
     except pickle.UnpicklingError as exc:
-        found = _GLOBAL.search(str(exc))
+        text = str(exc)
+        if not _asks_for_code(text):
+            raise SourceError(
+                path, "corrupted-pickle", f"is not a readable PyTorch checkpoint (torch.load said: {_inner(text)})"
+            ) from None
+        found = _GLOBAL.search(text)
         wanted = f" asks for {found.group(1)!r}" if found else " needs more than tensors and plain containers"
         raise UnsafePickleError(
             path,
@@ -106,15 +127,62 @@ def _load(torch: Any, path: str) -> Any:
             " where you trust it",
             global_name=found.group(1) if found else None,
         ) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, TypeError) as exc:
-        what = str(exc).split("\n", 1)[0][:200] or type(exc).__name__
+    except Exception as exc:  # truncated or garbage files fail anywhere in torch.load, with any exception type
+        first = str(exc).split("\n", 1)[0][:200]
+        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise SourceError(
             path, "corrupted-pickle", f"is not a readable PyTorch checkpoint (torch.load said: {what})"
         ) from None
 
 
+def _load_legacy(torch: Any, path: str) -> Any:
+    # On the meta device torch gives every tensor its own storage, even tensors saved over one storage (the
+    # tied weights of `model.state_dict()`); skipping the data keeps real, shared (and untouched) storages.
+    skip_data = getattr(torch.serialization, "skip_data", None)
+    if skip_data is not None:
+        try:
+            with skip_data():
+                return torch.load(path, weights_only=True, map_location="cpu")
+        except RuntimeError as exc:
+            if "alloc" not in str(exc):
+                raise
+    return torch.load(path, weights_only=True, map_location="meta")
+
+
+def _asks_for_code(message: str) -> bool:
+    """Whether a ``weights_only`` refusal is about code (globals, calls, objects) rather than broken bytes."""
+    if _GLOBAL.search(message) or any(marker in message for marker in _CODE_MARKERS):
+        return True
+    operand = _OPERAND.search(message)
+    # an opcode the weights-only unpickler does not implement (INST, OBJ, EXT1...) is a request for code;
+    # a byte that is no pickle opcode at all means the file is not a pickle
+    return operand is not None and chr(int(operand.group(1))) in _PICKLE_OPCODES
+
+
+def _inner(message: str) -> str:
+    """The unpickler's own sentence from torch's long ``weights_only`` message."""
+    paragraphs = [p.strip() for p in message.split("\n\n") if p.strip()]
+    useful = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))]
+    return (useful[-1] if useful else message.strip() or "UnpicklingError").split("\n", 1)[0][:200]
+
+
+def _is_extra_state(key: str) -> bool:
+    return key == _EXTRA_STATE or key.endswith("." + _EXTRA_STATE)
+
+
 def _is_state_dict(value: Any) -> bool:
     return isinstance(value, Mapping) and any(_looks_like_tensor(v) for v in value.values())
+
+
+def _holds_tensors(value: Any, levels: int) -> bool:
+    """A state dict, or a usual container holding one within ``levels`` levels."""
+    if _is_state_dict(value):
+        return True
+    return (
+        levels > 1
+        and isinstance(value, Mapping)
+        and any(k in value and _holds_tensors(value[k], levels - 1) for k in CONTAINER_KEYS)
+    )
 
 
 def _looks_like_tensor(value: Any) -> bool:
@@ -136,9 +204,9 @@ def _unwrap(path: str, obj: Any, container: str | None) -> tuple[Mapping[Any, An
         return current, container, notes
     trail: list[str] = []
     current = obj
-    for _ in range(3):  # e.g. {"model": {"module": {...}}}
+    for depth in range(_MAX_DEPTH):  # e.g. {"model": {"module": {...}}}
         direct = sum(1 for v in current.values() if _looks_like_tensor(v))
-        candidates = [k for k in CONTAINER_KEYS if k in current and _is_state_dict(current[k])]
+        candidates = [k for k in CONTAINER_KEYS if k in current and _holds_tensors(current[k], _MAX_DEPTH - depth)]
         if not candidates or direct > 0:
             break
         if any(marker in current for marker in _LIGHTNING_MARKERS) and not trail:

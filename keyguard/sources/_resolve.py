@@ -101,7 +101,7 @@ def _read_json(path: str, *, architecture: str | None) -> KeySet:
     if os.path.basename(path) == "config.json" or "model_type" in raw or "architectures" in raw:
         from keyguard.sources._config import read_config
 
-        return read_config(os.path.dirname(path) or ".", architecture=architecture)
+        return read_config(path, architecture=architecture)
     raise SourceError(
         path,
         "unknown-json",
@@ -117,11 +117,10 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._adapter import read_adapter
 
         return read_adapter(folder)
-    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if has(name):
-            from keyguard.sources._sharded import read_sharded
+    if has("model.safetensors.index.json"):
+        from keyguard.sources._sharded import read_sharded
 
-            return read_sharded(os.path.join(folder, name), container=container)
+        return read_sharded(os.path.join(folder, "model.safetensors.index.json"), container=container)
     if has("model.safetensors"):
         from keyguard.sources._safetensors import read_safetensors
 
@@ -131,6 +130,12 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._sharded import read_sharded
 
         return read_sharded(indexes[0], container=container)
+    # pickles come after every safetensors layout, as transformers prefers them: a folder converted to safetensors
+    # often keeps its old pytorch_model*.bin files, and the loader reads the safetensors ones
+    if has("pytorch_model.bin.index.json"):
+        from keyguard.sources._sharded import read_sharded
+
+        return read_sharded(os.path.join(folder, "pytorch_model.bin.index.json"), container=container)
     if has("pytorch_model.bin"):
         from keyguard.sources._pickle import read_pickle
 
@@ -144,6 +149,8 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._config import read_config
 
         return read_config(folder, architecture=architecture)
+    if os.path.basename(os.path.normpath(folder)).endswith((".safetensors", ".json", *PICKLE_SUFFIXES)):
+        raise SourceError(folder, "is-a-directory", "is a directory, expected a checkpoint file")
     found = sorted(os.listdir(folder))[:8]
     hint = "several candidates; pass the file itself" if len(indexes) > 1 or len(singles) > 1 else "nothing to read"
     raise SourceError(
@@ -155,8 +162,13 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
 
 
 def _sniff(path: str, *, container: str | None) -> KeySet:
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise SourceError(path, "unreadable", exc.strerror or type(exc).__name__) from None
+    if not head:
+        raise SourceError(path, "empty-file", "is empty (0 bytes)")
     if head[:2] == b"PK" or head[:1] == b"\x80":
         from keyguard.sources._pickle import read_pickle
 

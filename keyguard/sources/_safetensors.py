@@ -5,9 +5,11 @@ The format: 8 bytes little-endian header length ``N``, ``N`` bytes of UTF-8 JSON
 buffer. Offsets are relative to the buffer; together the tensors must cover it exactly, without holes or overlap.
 
 Headers written by the safetensors library have one canonical layout (no whitespace, fields in a fixed order). Those
-are parsed by one regular expression pass, which is faster than ``json.loads`` of the same bytes because it builds
-no per-tensor dicts. Any other layout goes through ``json.loads`` with a duplicate-key check. Both paths accept
-exactly the JSON they describe and feed the same validation.
+are parsed column by column with C-level string operations, which is faster than ``json.loads`` of the same bytes
+because it builds no per-tensor dicts. Any other layout goes through ``json.loads`` with a duplicate-key check. Both
+paths accept exactly the JSON they describe and feed the same validation. The canonical path never reports an error
+itself: anything it cannot prove valid goes to the json path, so every error names the first offending tensor in
+document order, whichever layout the header has.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ _JSON_WS: Final = " \t\n\r"
 _FIXED_PIECES: Final = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9, "data_offsets"))
 _SHAPE: Final = slice(2, -2)
 _OFFSETS: Final = slice(2, -3)
-_SHAPE_TEXT: Final = re.compile(r"(?:0|[1-9][0-9]*)(?:,(?:0|[1-9][0-9]*))*")
+_NUMBER: Final = r"(?:0|[1-9][0-9]*)"  # a JSON non-negative integer: ASCII digits, no leading zeros
+_SHAPE_TEXT: Final = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*")
+# The offset texts of all entries joined with '"' (which no piece contains): exactly two numbers per entry.
+_OFFSET_PAIRS: Final = re.compile(rf'{_NUMBER},{_NUMBER}(?:"{_NUMBER},{_NUMBER})*')
+#: No file holds more than 2**64 bytes; a shape that needs more is refused before its size is computed in full.
+_MAX_TENSOR_BITS: Final = 8 << 64
 _METADATA_PREFIX: Final = '{"__metadata__":'
 
 
@@ -107,10 +114,12 @@ def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
             header = f.read(n)
     except IsADirectoryError:
         raise SourceError(path, "is-a-directory", "is a directory, expected a .safetensors file") from None
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise SourceError(path, "not-found", "no such file") from None
     except PermissionError:
         raise SourceError(path, "unreadable", "permission denied") from None
+    except OSError as exc:  # I/O error, name too long, symlink loop...
+        raise SourceError(path, "unreadable", exc.strerror or str(exc)) from None
     if len(header) != n:  # the file shrank while we read it
         raise HeaderError(path, "truncated", "file ended inside the header")
     return header, 8 + n, size
@@ -149,7 +158,7 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
     if text.startswith(_METADATA_PREFIX):
         try:
             raw_meta, pos = STRICT_DECODER.raw_decode(text, len(_METADATA_PREFIX))
-        except (ValueError, DuplicateKeyError):
+        except (ValueError, RecursionError, DuplicateKeyError):
             return None
         if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
             return None
@@ -161,9 +170,11 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
         pos += 1
     elif text == "{}":
         return metadata, {}, base
+    elif not text.startswith("{"):
+        return None
     body = text[pos:-1]
-    if not text.endswith("}") or "\\" in body or not body.isprintable():
-        return None  # escapes or control characters: only the json path reads those right
+    if not text.endswith("}") or "\\" in body:
+        return None  # escapes: only the json path reads those right
     pieces = body.split('"')
     count = len(pieces) // 10
     if len(pieces) != 10 * count + 1 or pieces[0] or not count:
@@ -172,6 +183,9 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
         if pieces[index::10].count(fixed) != count:
             return None
     keys, dtypes, shape_pieces, offset_pieces = pieces[1::10], pieces[5::10], pieces[8::10], pieces[10::10]
+    # Keys are the only free text left: dtypes must be known names, the other pieces are checked below.
+    if not "".join(keys).isprintable():
+        return None  # control characters (which JSON forbids unescaped) or other unusual characters
     # Each piece is ':[S],' (or ':[A,B]},'); slicing off the fixed ends and checking that they join back into
     # the same text proves every piece had those ends, with one comparison per column.
     shape_texts: list[str] = list(map(operator.getitem, shape_pieces, repeat(_SHAPE)))
@@ -181,39 +195,31 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
     offset_texts: list[str] = list(map(operator.getitem, offset_pieces, repeat(_OFFSETS)))
     if "".join(offset_pieces) != ":[" + "]},:[".join(offset_texts) + "]},":
         return None
-    numbers = ",".join(offset_texts)
-    if (
-        numbers.count(",") != 2 * count - 1
-        or list(map(str.count, offset_texts, repeat(","))).count(1) != count
-        or not numbers.isascii()
-        or not numbers.replace(",", "").isdigit()
-    ):
+    # One pass proves every entry holds two JSON integers (ASCII digits, no leading zeros, none empty).
+    if not _OFFSET_PAIRS.fullmatch('"'.join(offset_texts)):
         return None
-    bounds = numbers.split(",")
-    values = list(map(int, bounds))
-    if len(numbers) != len(",".join(map(str, values))):
-        return None  # a number with leading zeros, which JSON forbids
+    try:  # int() refuses numbers longer than sys.get_int_max_str_digits(); so does the json path
+        values = list(map(int, ",".join(offset_texts).split(",")))
+        shapes: dict[str, tuple[int, ...]] = {}
+        for shape_text in set(shape_texts):
+            if shape_text and not _SHAPE_TEXT.fullmatch(shape_text):
+                return None
+            shapes[shape_text] = tuple(map(int, shape_text.split(","))) if shape_text else ()
+        distinct_dtypes = set(dtypes)
+        if len(distinct_dtypes) == 1:  # the common case: size depends on the shape alone
+            (dtype,) = distinct_dtypes
+            by_shape = {text: _nbytes(path, "", dtype, shape) for text, shape in shapes.items()}
+            expected: Iterable[int] = map(by_shape.__getitem__, shape_texts)
+        else:
+            columns = list(zip(shape_texts, dtypes))
+            by_pair = {pair: _nbytes(path, "", pair[1], shapes[pair[0]]) for pair in set(columns)}
+            expected = map(by_pair.__getitem__, columns)
+    except (ValueError, HeaderError):  # HeaderError: unknown dtype or impossible shape, reported by the json path
+        return None
     starts = list(map(base.__add__, values[0::2]))
     ends = list(map(base.__add__, values[1::2]))
-    shapes: dict[str, tuple[int, ...]] = {}
-    for shape_text in set(shape_texts):
-        if shape_text and not _SHAPE_TEXT.fullmatch(shape_text):
-            return None
-        shapes[shape_text] = tuple(map(int, shape_text.split(","))) if shape_text else ()
-    distinct_dtypes = set(dtypes)
-    if len(distinct_dtypes) == 1:  # the common case: size depends on the shape alone
-        (dtype,) = distinct_dtypes
-        by_shape = {text: _nbytes(path, keys[0], dtype, shape) for text, shape in shapes.items()}
-        expected: Iterable[int] = map(by_shape.__getitem__, shape_texts)
-    else:
-        columns = list(zip(shape_texts, dtypes))
-        by_pair = {pair: _nbytes(path, keys[columns.index(pair)], pair[1], shapes[pair[0]]) for pair in set(columns)}
-        expected = map(by_pair.__getitem__, columns)
     if any(map(operator.ne, map(operator.sub, ends, starts), expected)):
-        for key, dtype, shape_text, start, end in zip(keys, dtypes, shape_texts, starts, ends):
-            nbytes = _nbytes(path, key, dtype, shapes[shape_text])
-            if end - start != nbytes:
-                _raise_size(path, key, dtype, shapes[shape_text], nbytes, start - base, end - base)
+        return None  # a size mismatch: the json path reports the first one in document order
     infos = map(
         tuple.__new__,
         repeat(TensorInfo),
@@ -357,8 +363,19 @@ def _nbytes(path: str, key: str, dtype: str, shape: tuple[int, ...]) -> int:
             dtype=dtype,
         )
     total_bits = bits
-    for dim in shape:
-        total_bits *= dim
+    if 0 in shape:
+        total_bits = 0
+    else:
+        for dim in shape:
+            total_bits *= dim
+            if total_bits > _MAX_TENSOR_BITS:  # stop before a huge product costs quadratic time
+                raise HeaderError(
+                    path,
+                    "invalid-shape",
+                    f"tensor {key!r} ({dtype}, {len(shape)} dimensions) would need more than 2**64 bytes;"
+                    " no file can hold it",
+                    key=key,
+                )
     if total_bits % 8:
         raise HeaderError(
             path,

@@ -97,6 +97,7 @@ def _inside(index_path: str, folder: str, shard: str) -> str:
     """Resolve a shard name, refusing anything that leads outside the index's folder."""
     if (
         not shard
+        or "\x00" in shard
         or os.path.isabs(shard)
         or shard.startswith(("/", "\\"))
         or ".." in shard.replace("\\", "/").split("/")

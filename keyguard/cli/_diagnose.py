@@ -1,0 +1,62 @@
+"""``keyguard diagnose CHECKPOINT --expected REFERENCE``: explain why a checkpoint does not load."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from keyguard.cli._options import add_report_options, add_source_options
+
+HELP = "explain every key mismatch between a checkpoint and what a model expects"
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("diagnose", help=HELP, description=HELP + ".", parents=[common])
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the weights to load (file, folder, index, adapter)")
+    p.add_argument(
+        "--expected",
+        "-e",
+        required=True,
+        metavar="REFERENCE",
+        help="what the model expects: a config.json folder, a manifest, or a checkpoint that loads",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="leave out keys matching REGEX on either side (repeatable)",
+    )
+    p.add_argument(
+        "--emit",
+        choices=["key-mapping"],
+        help="print the safe plan for other loaders (transformers/PEFT key_mapping, mmengine revise_keys)",
+    )
+    p.add_argument("--plan-out", metavar="PLAN.json", help="also write the safe plan as a keyguard.plan/v1 file")
+    add_report_options(p)
+    add_source_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from keyguard.engine import diagnose
+
+    report = diagnose(
+        args.checkpoint,
+        args.expected,
+        ignore=args.ignore,
+        container=args.container,
+        architecture=args.architecture,
+    )
+    if args.emit == "key-mapping":
+        from keyguard.fixes._emit import render_key_mapping
+
+        keys = [k for finding in report.findings for k in finding.checkpoint_keys]
+        print(render_key_mapping(report.plan, keys, as_json=args.format == "json"))
+    else:
+        print(report.render(args.format))
+    if args.plan_out:
+        report.plan.save(args.plan_out)
+        print(f"wrote the safe plan to {args.plan_out}", file=sys.stderr)
+    return report.exit_code(args.fail_on)

@@ -1,0 +1,870 @@
+"""``diagnose``: explain every difference between the keys a model expects and the keys a checkpoint holds.
+
+Order of work: exact matches; rounds of rule inference on what is left (each round's accepted rules rename the
+open checkpoint keys, so combinations such as a DDP prefix plus a legacy rename are found in two rounds); shape,
+dtype and transpose checks on every mapped pair; fused/split tensors; and what remains becomes missing or
+unexpected, with known-harmless cases explained.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from keyguard._dtypes import dtype_label
+from keyguard._patterns import KeyGroup, collapse
+from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._infer import (
+    Candidate,
+    RenameRule,
+    evaluate,
+    prefix_candidates,
+    segment_candidates,
+    shift_candidates,
+)
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import (
+    AddPrefix,
+    Applicability,
+    Fuse,
+    MapKeys,
+    Rename,
+    ReplacePrefix,
+    Rule,
+    ShiftIndex,
+    Split,
+    StripPrefix,
+    Transpose,
+)
+from keyguard.report import _kinds as kinds
+from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
+from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._resolve import Source, read_keys
+
+MAX_ROUNDS: Final = 6
+EXAMPLES: Final = 3
+PATTERNS: Final = 6
+_FLOAT_DTYPES: Final = frozenset(
+    {
+        "F16",
+        "BF16",
+        "F32",
+        "F64",
+        "F8_E5M2",
+        "F8_E4M3",
+        "F8_E5M2FNUZ",
+        "F8_E4M3FNUZ",
+        "F8_E8M0",
+        "F4",
+        "F6_E2M3",
+        "F6_E3M2",
+    }
+)
+_EMBEDDING: Final = re.compile(
+    r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|embed_in|embed_out|shared|lm_head|embeddings)(?:\.|$)"
+)
+
+
+def diagnose(
+    checkpoint: Source,
+    expected: Source,
+    *,
+    ignore: Iterable[str] = (),
+    container: str | None = None,
+    architecture: str | None = None,
+) -> Report:
+    """Compare the keys a checkpoint holds with the keys a model expects, and explain every difference.
+
+    Args:
+        checkpoint: any source ``keyguard.read_keys`` accepts: the weights to load.
+        expected: any source: what the model expects (a module, a ``config.json`` folder, a manifest, a checkpoint
+            known to load).
+        ignore: regular expressions; keys matching any of them (on either side) are left out and counted.
+        container: for pickle checkpoints holding several state dicts, the one to read.
+        architecture: for ``config.json`` folders, the model class to build.
+
+    Returns:
+        A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
+    """
+    ck = read_keys(checkpoint, container=container)
+    ex = read_keys(expected, architecture=architecture)
+    return _Engine(ck, ex, [re.compile(p) for p in ignore]).run()
+
+
+@dataclass
+class _Accepted:
+    """A rule the engine kept, and the keys it explains."""
+
+    kind: str
+    rules: list[Rule]
+    applicability: Applicability
+    candidate: Candidate
+    pairs: dict[str, str] = field(default_factory=dict)  # original checkpoint key -> expected key
+    note: str | None = None
+
+
+@dataclass
+class _Ambiguity:
+    keys: dict[str, list[str]]  # original checkpoint key -> candidate expected keys
+    rules: list[Rule]
+    why: str
+
+
+class _Engine:
+    def __init__(self, ck: KeySet, ex: KeySet, ignore: Sequence[re.Pattern[str]]) -> None:
+        self.ck_set, self.ex_set = ck, ex
+
+        def kept(keys: KeySet) -> dict[str, TensorInfo]:
+            if not ignore:
+                return dict(keys.tensors)
+            return {k: v for k, v in keys.tensors.items() if not any(p.search(k) for p in ignore)}
+
+        self.C = kept(ck)
+        self.E = kept(ex)
+        self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
+        exact = self.C.keys() & self.E.keys()
+        self.exact = exact
+        self.resolved: dict[str, str] = {k: k for k in self.C if k in exact}
+        self.cur: dict[str, str] = {k: k for k in self.C if k not in exact}  # open key -> current name
+        self.by_cur: dict[str, str] = {v: k for k, v in self.cur.items()}
+        self.open_e: set[str] = {k for k in self.E if k not in exact}
+        self.accepted: list[_Accepted] = []
+        self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
+        self.chain: dict[str, list[int]] = {}  # original key -> accepted rules that renamed it
+        self.ambiguities: list[_Ambiguity] = []
+        self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
+        self.findings: list[Finding] = []
+
+    # ------------------------------------------------------------------------------------------------ driver
+    def run(self) -> Report:
+        for _ in range(MAX_ROUNDS):
+            if not self.cur or not self.open_e or not self._round():
+                break
+        self._fused_split()
+        shape_bad = self._pair_findings()
+        self._leftover_findings()
+        self._ambiguity_findings()
+        return self._report(shape_bad)
+
+    # ---------------------------------------------------------------------------------------------- inference
+    def _round(self) -> bool:
+        names = list(self.by_cur)
+        expected = [k for k in self.E if k in self.open_e]
+        open_names = set(names)
+        candidates = [
+            *prefix_candidates(names, open_names, expected, self.open_e),
+            *segment_candidates(names, expected),
+            *shift_candidates(names, expected),
+        ]
+        unique: dict[str, Candidate] = {}
+        for cand in candidates:
+            previous = unique.get(cand.identity)
+            if previous is None or cand.known > previous.known:
+                unique[cand.identity] = cand
+        scored: list[tuple[int, Candidate]] = []
+        for cand in unique.values():
+            evaluate(cand, names, self.open_e)
+            support = sum(1 for name, target in cand.landing.items() if self._compatible(name, target))
+            if support:
+                scored.append((support, cand))
+        if not scored:
+            return False
+        scored.sort(key=lambda item: (-item[0], not item[1].known, item[1].complexity))
+        taken_c: set[str] = set()
+        taken_e: set[str] = set()
+        progress = False
+        for position, (support, cand) in enumerate(scored):
+            pairs = {n: e for n, e in cand.landing.items() if n not in taken_c and e not in taken_e}
+            if not pairs:
+                continue
+            rivals = [other for s, other in scored if other is not cand and s == support and _conflicts(other, pairs)]
+            if rivals and not (cand.known and not any(r.known for r in rivals)):
+                self._record_tie(cand, rivals, pairs, taken_c, taken_e)
+                progress = True
+                continue
+            if self._accept(cand, pairs):
+                progress = True
+                taken_c.update(pairs)
+                taken_e.update(pairs.values())
+                break  # names changed: re-generate candidates from what is left
+            del position
+        return progress
+
+    def _compatible(self, name: str, target: str) -> bool:
+        a = self.C[self.by_cur[name]]
+        b = self.E[target]
+        return a.shape is None or b.shape is None or a.shape == b.shape
+
+    def _record_tie(
+        self, cand: Candidate, rivals: list[Candidate], pairs: dict[str, str], taken_c: set[str], taken_e: set[str]
+    ) -> None:
+        options: dict[str, list[str]] = {}
+        for name, target in pairs.items():
+            choices = [target] + [r.landing[name] for r in rivals if name in r.landing and r.landing[name] != target]
+            options[self.by_cur[name]] = list(dict.fromkeys(choices))
+        for r in rivals:
+            for name, target in r.landing.items():
+                if name in pairs or name in taken_c:
+                    continue
+                if target in pairs.values():
+                    options.setdefault(self.by_cur[name], []).append(target)
+        for original, choices in options.items():
+            name = self.cur.pop(original)
+            del self.by_cur[name]
+            taken_c.add(name)
+            for target in choices:
+                self.open_e.discard(target)
+                taken_e.add(target)
+        self.ambiguities.append(
+            _Ambiguity(
+                options,
+                [cand.rule, *(r.rule for r in rivals)],
+                "several rules explain these keys equally well",
+            )
+        )
+
+    def _accept(self, cand: Candidate, pairs: dict[str, str]) -> bool:
+        rules = self._narrow(cand, pairs)
+        renamed: dict[str, str] = {}
+        plan = Plan(rules=rules)
+        for name in list(self.by_cur):
+            new = plan.rename_key(name)
+            if new != name:
+                renamed[name] = new
+        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
+        kept = set(self.by_cur) - renamed.keys()
+        resolved_names = set(self.resolved.values())
+        targets = Counter(renamed.values())
+        if any(n in kept or n in resolved_names or targets[n] > 1 for n in renamed.values()):
+            rules = [MapKeys(mapping=dict(pairs))]
+            renamed = dict(pairs)
+        if any(self._renames_resolved(rule) for rule in rules):
+            rules = [MapKeys(mapping=dict(pairs))]
+            renamed = dict(pairs)
+        index = len(self.accepted)
+        accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
+        for name, new in renamed.items():
+            original = self.by_cur.pop(name)
+            self.chain.setdefault(original, []).append(index)
+            if new in self.open_e:
+                del self.cur[original]
+                self.open_e.discard(new)
+                self.resolved[original] = new
+                self.via[original] = index
+                accepted.pairs[original] = new
+            else:
+                self.cur[original] = new
+                self.by_cur[new] = original
+        accepted.applicability, accepted.note = self._applicability(cand, accepted.pairs)
+        update = {"applicability": accepted.applicability, "reason": _code(cand.kind)}
+        accepted.rules = [rule.model_copy(update=update) for rule in rules]
+        self.accepted.append(accepted)
+        return bool(accepted.pairs)
+
+    def _renames_resolved(self, rule: Rule) -> bool:
+        literal = _literal(rule)
+        return any(literal in name and rule.rename(name) is not None for name in self.resolved.values())
+
+    def _narrow(self, cand: Candidate, pairs: dict[str, str]) -> list[Rule]:
+        """The candidate's rule, narrowed until it renames no key that is already right."""
+        rule = cand.rule
+        if isinstance(rule, AddPrefix):
+            scope = sorted({name.split(".", 1)[0] for name in pairs})
+            rule = AddPrefix(prefix=rule.prefix, only=scope)
+        if not self._renames_resolved(rule):
+            return [rule]
+        if isinstance(rule, (StripPrefix, ReplacePrefix)):
+            old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+            new = "" if isinstance(rule, StripPrefix) else rule.new
+            narrowed: list[Rule] = []
+            leftovers: dict[str, str] = {}
+            by_next: dict[str, dict[str, str]] = {}
+            for name, target in pairs.items():
+                head = name[len(old) :].split(".", 1)[0]
+                by_next.setdefault(head, {})[name] = target
+            for head, group in by_next.items():
+                option = ReplacePrefix(old=f"{old}{head}.", new=f"{new}{head}.")
+                if self._renames_resolved(option) or not all(n.startswith(option.old) for n in group):
+                    leftovers.update(group)
+                else:
+                    narrowed.append(option)
+            if leftovers:
+                narrowed.append(MapKeys(mapping=leftovers))
+            return narrowed
+        return [MapKeys(mapping=dict(pairs))]
+
+    def _applicability(self, cand: Candidate, pairs: dict[str, str]) -> tuple[Applicability, str | None]:
+        unknown = 0
+        mixed = 0
+        for original, target in pairs.items():
+            a, b = self.C[original], self.E[target]
+            if a.shape is None or b.shape is None:
+                unknown += 1
+            if a.dtype and b.dtype and (a.dtype in _FLOAT_DTYPES) != (b.dtype in _FLOAT_DTYPES):
+                mixed += 1
+        if mixed:
+            return Applicability.unsafe, f"{mixed} pair(s) match a float tensor with an integer one"
+        if unknown:
+            return Applicability.unsafe, "shapes are unknown on one side, so the mapping cannot be proven"
+        rule = cand.rule
+        known_prefix = isinstance(rule, (StripPrefix, ReplacePrefix, AddPrefix)) and (
+            knowledge.prefix_origin(_prefix_of(rule)) is not None
+        )
+        if len(pairs) < 2 and not cand.known and not known_prefix:
+            return Applicability.unsafe, "inferred from a single key"
+        return Applicability.safe, None
+
+    # -------------------------------------------------------------------------------------------- fused/split
+    def _fused_split(self) -> None:
+        open_names = set(self.by_cur)
+        for name in list(self.by_cur):
+            if name not in self.by_cur:
+                continue
+            parts = name.split(".")
+            for i, segment in enumerate(parts):
+                pieces = knowledge.FUSIONS.get(segment)
+                if not pieces:
+                    continue
+                targets = [".".join([*parts[:i], p, *parts[i + 1 :]]) for p in pieces]
+                if all(t in self.open_e for t in targets) and self._concat_fits(
+                    [self.C[self.by_cur[name]]], [self.E[t] for t in targets]
+                ):
+                    sizes = [_dims(self.E[t])[0] for t in targets]
+                    original = self.by_cur[name]
+                    self._take_fused(Split(source=name, targets=targets, sizes=sizes), [original], targets)
+                    break
+        for target in [k for k in self.E if k in self.open_e]:
+            parts = target.split(".")
+            for i, segment in enumerate(parts):
+                pieces = knowledge.FUSIONS.get(segment)
+                if pieces:
+                    sources = [".".join([*parts[:i], p, *parts[i + 1 :]]) for p in pieces]
+                    if all(s in self.by_cur for s in sources) and self._concat_fits(
+                        [self.E[target]], [self.C[self.by_cur[s]] for s in sources]
+                    ):
+                        self._take_fused(
+                            Fuse(sources=sources, target=target), [self.by_cur[s] for s in sources], [target]
+                        )
+                        break
+            if (
+                target in self.open_e
+                and len(parts) >= 2
+                and parts[-2] == "experts"
+                and parts[-1] in knowledge.STACKED_EXPERTS
+            ):
+                self._stacked_experts(target, parts, open_names)
+
+    def _stacked_experts(self, target: str, parts: list[str], open_names: set[str]) -> None:
+        info = self.E[target]
+        if info.shape is None or len(info.shape) != 3:
+            return
+        count = info.shape[0]
+        base = ".".join(parts[:-1])
+        for family in knowledge.STACKED_EXPERTS[parts[-1]]:
+            sources = [f"{base}.{n}.{piece}.weight" for n in range(count) for piece in family]
+            if not all(s in self.by_cur for s in sources):
+                continue
+            shapes = [_dims(self.C[self.by_cur[s]]) for s in sources]
+            if any(len(s) != 2 for s in shapes):
+                continue
+            fused_rows = sum(s[0] for s in shapes[: len(family)])
+            if (count, fused_rows, shapes[0][1]) != info.shape:
+                continue
+            rule = Fuse(sources=sources, target=target, stack=True, parts=len(family))
+            self._take_fused(rule, [self.by_cur[s] for s in sources], [target])
+            return
+
+    def _concat_fits(self, whole: list[TensorInfo], parts: list[TensorInfo]) -> bool:
+        shape = _dims(whole[0])
+        dims = [_dims(p) for p in parts]
+        if not shape or any(len(d) != len(shape) for d in dims):
+            return False
+        return all(d[1:] == shape[1:] for d in dims) and sum(d[0] for d in dims) == shape[0]
+
+    def _take_fused(self, rule: Rule, originals: list[str], targets: list[str]) -> None:
+        for original in originals:
+            name = self.cur.pop(original)
+            del self.by_cur[name]
+        for target in targets:
+            self.open_e.discard(target)
+        self.fused.append((rule.model_copy(update={"reason": kinds.FUSED_SPLIT.code}), originals, targets))
+
+    # ------------------------------------------------------------------------------------------------ findings
+    def _pair_findings(self) -> set[str]:
+        """Rule findings, then shape / transpose / dtype findings over every mapped pair."""
+        shape_bad: dict[str, str] = {}
+        transposed: list[str] = []
+        dtype_diff: list[str] = []
+        casts: Counter[int] = Counter()
+        for original, target in self.resolved.items():
+            a, b = self.C[original], self.E[target]
+            if a.shape is not None and b.shape is not None and a.shape != b.shape:
+                if len(a.shape) == 2 and a.shape == b.shape[::-1]:
+                    transposed.append(original)
+                else:
+                    shape_bad[original] = target
+            elif a.dtype and b.dtype and a.dtype != b.dtype:
+                if original in self.exact:
+                    dtype_diff.append(original)
+                elif original in self.via:
+                    casts[self.via[original]] += 1
+        problem = set(shape_bad) | set(transposed)
+        for index, acc in enumerate(self.accepted):
+            keys = [k for k, i in self.via.items() if i == index and k not in problem]
+            if keys:
+                self.findings.append(self._rule_finding(acc, keys, casts[index]))
+        if shape_bad:
+            self.findings.append(self._shape_finding(shape_bad))
+        if transposed:
+            rule = Transpose(keys=[self.resolved[k] for k in transposed], reason=kinds.TRANSPOSED.code)
+            self.findings.append(
+                self._finding(
+                    kinds.TRANSPOSED,
+                    f"{len(transposed)} 2-D tensor(s) are stored transposed (e.g. GPT-2 Conv1D weights into nn.Linear)",
+                    transposed,
+                    [self.resolved[k] for k in transposed],
+                    examples=[
+                        Example(
+                            checkpoint=k,
+                            expected=self.resolved[k],
+                            detail=f"{_shape(self.C[k])} vs {_shape(self.E[self.resolved[k]])}",
+                        )
+                        for k in transposed[:EXAMPLES]
+                    ],
+                    fix=Fix(applicability=Applicability.unsafe, rules=[rule], note="transposing changes the data"),
+                    ctx={"count": len(transposed)},
+                )
+            )
+        for fused, originals, targets in self.fused:
+            self.findings.append(self._fused_finding(fused, originals, targets))
+        if dtype_diff:
+            self.findings.append(self._dtype_finding(dtype_diff))
+        return problem
+
+    def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int) -> Finding:
+        cand = acc.candidate
+        rule = cand.rule
+        targets = [self.resolved[k] for k in keys]
+        ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
+        if casts:
+            ctx["dtype_casts"] = casts
+        chained = [k for k in keys if len(self.chain.get(k, [])) > 1]
+        if isinstance(rule, StripPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "extra_prefix"):
+            prefix = rule.prefix if isinstance(rule, StripPrefix) else rule.old[: len(rule.old) - len(rule.new)]
+            origin = knowledge.prefix_origin(prefix)
+            ctx.update(prefix=prefix, origin=origin)
+            message = (
+                f"{len(keys):,} checkpoint key(s) carry the extra prefix '{prefix}'"
+                + (f" (left by {origin})" if origin else "")
+                + ": strip it and they match"
+            )
+            kind = kinds.EXTRA_PREFIX
+        elif isinstance(rule, AddPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "missing_prefix"):
+            prefix = rule.prefix if isinstance(rule, AddPrefix) else rule.new[: len(rule.new) - len(rule.old)]
+            origin = knowledge.prefix_origin(prefix)
+            ctx.update(prefix=prefix, origin=origin)
+            message = (
+                f"{len(keys):,} checkpoint key(s) lack the prefix '{prefix}' the model expects"
+                + (f" ({origin})" if origin else "")
+                + ": add it and they match"
+            )
+            kind = kinds.MISSING_PREFIX
+        elif isinstance(rule, ReplacePrefix):
+            ctx.update(old=rule.old, new=rule.new)
+            message = f"{len(keys):,} checkpoint key(s) start with '{rule.old}' where the model expects '{rule.new}'"
+            kind = kinds.REPLACED_PREFIX
+        elif isinstance(rule, ShiftIndex):
+            ctx.update(prefix=rule.prefix, offset=rule.offset)
+            message = (
+                f"{len(keys):,} key(s) in numbered blocks after '{rule.prefix}' are offset by {-rule.offset:+d}"
+                f" (checkpoint index = model index {-rule.offset:+d})"
+            )
+            kind = kinds.INDEX_SHIFT
+        else:
+            assert isinstance(rule, Rename)
+            ctx.update(old=rule.old, new=rule.new)
+            if rule.old and rule.new:
+                message = f"{len(keys):,} key(s) name a segment '{rule.old}' where the model says '{rule.new}'"
+            elif rule.new:
+                message = f"{len(keys):,} key(s) lack the segment '{rule.new}' the model's keys have"
+            else:
+                message = f"{len(keys):,} key(s) carry a segment '{rule.old}' the model's keys do not have"
+            if rule.new == "default" or rule.old == "default":
+                message += " (PEFT's adapter name)"
+            kind = kinds.RENAMED
+        if chained:
+            message += f"; {len(chained):,} of them also need an earlier rule of the plan"
+        if casts:
+            message += f"; {casts:,} differ in dtype and are cast on load"
+        fix = Fix(applicability=acc.applicability, rules=acc.rules, note=acc.note)
+        return self._finding(
+            kind,
+            message,
+            keys,
+            targets,
+            examples=[Example(checkpoint=k, expected=self.resolved[k]) for k in keys[:EXAMPLES]],
+            fix=fix,
+            ctx=ctx,
+        )
+
+    def _shape_finding(self, bad: dict[str, str]) -> Finding:
+        reasons: Counter[str] = Counter()
+        examples: list[Example] = []
+        for original, target in bad.items():
+            a, b = self.C[original], self.E[target]
+            why = _shape_reason(target, a, b)
+            reasons[why] += 1
+            if len(examples) < EXAMPLES:
+                examples.append(
+                    Example(
+                        checkpoint=original,
+                        expected=target,
+                        detail=f"checkpoint {_shape(a)}, model {_shape(b)}" + (f": {why}" if why else ""),
+                    )
+                )
+        named = [r for r in reasons if r]
+        message = f"{len(bad):,} tensor(s) have another shape than the model's" + (
+            f" ({'; '.join(named)})" if named else ""
+        )
+        return self._finding(
+            kinds.SHAPE_MISMATCH,
+            message,
+            list(bad),
+            list(bad.values()),
+            examples=examples,
+            hint="build the model with the checkpoint's sizes (e.g. resize_token_embeddings, num_labels), or leave"
+            " these keys out with --ignore",
+            ctx={"count": len(bad), "reasons": dict(reasons)},
+        )
+
+    def _fused_finding(self, rule: Rule, originals: list[str], targets: list[str]) -> Finding:
+        if isinstance(rule, Split):
+            message = f"checkpoint tensor '{rule.source}' is fused; the model expects {len(rule.targets)} parts"
+        else:
+            assert isinstance(rule, Fuse)
+            what = "stacked experts" if rule.stack else "one fused tensor"
+            message = f"{len(originals):,} checkpoint tensor(s) are separate; the model expects {what} '{rule.target}'"
+        return self._finding(
+            kinds.FUSED_SPLIT,
+            message,
+            originals,
+            targets,
+            examples=[Example(checkpoint=originals[0], expected=targets[0], detail=rule.describe())],
+            fix=Fix(applicability=Applicability.unsafe, rules=[rule], note="splitting or fusing changes the data"),
+            ctx={"count": len(originals), "rule": rule.describe()},
+        )
+
+    def _dtype_finding(self, keys: list[str]) -> Finding:
+        pairs = Counter((self.C[k].dtype, self.E[k].dtype) for k in keys)
+        text = ", ".join(f"{dtype_label(a)} -> {dtype_label(b)} x{n:,}" for (a, b), n in pairs.most_common(4))
+        mixed = sum(n for (a, b), n in pairs.items() if a and b and (a in _FLOAT_DTYPES) != (b in _FLOAT_DTYPES))
+        message = f"{len(keys):,} tensor(s) differ in dtype (checkpoint -> model: {text}); load_state_dict casts them"
+        if mixed:
+            message += f"; {mixed:,} pair a float with an integer tensor, which usually means a wrong match"
+        return self._finding(
+            kinds.DTYPE_MISMATCH,
+            message,
+            keys,
+            keys,
+            examples=[
+                Example(
+                    checkpoint=k, expected=k, detail=f"{dtype_label(self.C[k].dtype)} vs {dtype_label(self.E[k].dtype)}"
+                )
+                for k in keys[:EXAMPLES]
+            ],
+            ctx={"count": len(keys), "pairs": {f"{a}->{b}": n for (a, b), n in pairs.items()}},
+        )
+
+    def _leftover_findings(self) -> None:
+        missing = [k for k in self.E if k in self.open_e]
+        unexpected = [k for k in self.C if k in self.cur]
+        tied = self.ex_set.tied_to()
+        tied_groups = {k: g for g in self.ex_set.tied for k in g}
+        present = set(self.resolved.values())
+        categories: dict[str, list[str]] = {}
+        for key in missing:
+            group = tied_groups.get(key, ())
+            if any(other in present for other in group if other != key):
+                why = "tied"
+            elif self._is_task_head(key):
+                why = "head"
+            elif key.endswith("num_batches_tracked"):
+                why = "legacy"
+            else:
+                why = ""
+            categories.setdefault(why, []).append(key)
+        del tied
+        for why, keys in categories.items():
+            self.findings.append(self._missing_finding(why, keys, unexpected))
+        categories = {}
+        non_persistent = self.ex_set.non_persistent
+        for key in unexpected:
+            name = self.cur[key]
+            if name in non_persistent:
+                why = "non-persistent"
+            elif knowledge.is_legacy_buffer(name):
+                why = "legacy"
+            else:
+                why = ""
+            categories.setdefault(why, []).append(key)
+        for why, keys in categories.items():
+            self.findings.append(self._unexpected_finding(why, keys, missing))
+
+    def _is_task_head(self, key: str) -> bool:
+        if not knowledge.is_task_head(key):
+            return False
+        head = key.split(".", 1)[0]
+        # a head is "absent on purpose" only when the checkpoint holds none of it
+        return not any(k.split(".", 1)[0] == head for k in self.resolved.values())
+
+    def _missing_finding(self, why: str, keys: list[str], unexpected: list[str]) -> Finding:
+        benign = {
+            "tied": "tied to a weight the checkpoint holds (transformers re-ties it; checkpoints leave it out on"
+            " purpose). load_state_dict(strict=True) still reports it: --ignore it",
+            "head": "a task head absent from a base-model checkpoint: it starts from its initialisation, as expected"
+            " when fine-tuning. --ignore it to load the rest strictly",
+            "legacy": "older BatchNorm checkpoints lack num_batches_tracked; PyTorch fills it in",
+        }.get(why)
+        label = {"tied": " (tied weights)", "head": " (a task head)", "legacy": " (legacy)"}.get(why, "")
+        hint = None if why else self._closest(keys, [self.cur[k] for k in unexpected])
+        return self._finding(
+            kinds.MISSING,
+            f"{len(keys):,} expected key(s) are missing from the checkpoint{label}",
+            [],
+            keys,
+            examples=[Example(expected=k) for k in keys[:EXAMPLES]],
+            benign=benign,
+            hint=hint,
+            ctx={"count": len(keys), "category": why or None},
+            pattern_keys=keys,
+        )
+
+    def _unexpected_finding(self, why: str, keys: list[str], missing: list[str]) -> Finding:
+        benign = {
+            "legacy": "legacy buffers older code saved and current models recompute at init; safe to drop:"
+            " --drop-unexpected when fixing, or --ignore",
+            "non-persistent": "non-persistent buffers of the model, never part of its state dict; safe to drop:"
+            " --drop-unexpected when fixing, or --ignore",
+        }.get(why)
+        label = {"legacy": " (legacy buffers)", "non-persistent": " (non-persistent buffers)"}.get(why, "")
+        names = [self.cur[k] for k in keys]
+        renamed = sum(1 for k in keys if self.cur[k] != k)
+        message = f"{len(keys):,} checkpoint key(s) are not expected by the model{label}"
+        if renamed:
+            message += f"; the plan renames {renamed:,} of them without finding a match"
+        return self._finding(
+            kinds.UNEXPECTED,
+            message,
+            keys,
+            [],
+            examples=[
+                Example(checkpoint=k, detail=None if self.cur[k] == k else f"renamed to {self.cur[k]}")
+                for k in keys[:EXAMPLES]
+            ],
+            benign=benign,
+            hint=None if why else self._closest(names, missing),
+            ctx={"count": len(keys), "category": why or None},
+        )
+
+    def _closest(self, keys: list[str], pool: list[str]) -> str | None:
+        if not pool or not keys:
+            return None
+        pool_sample = pool[:2000]
+        hints = []
+        for key in keys[:3]:
+            match = difflib.get_close_matches(key, pool_sample, n=1, cutoff=0.6)
+            if match:
+                hints.append(f"{key} ~ {match[0]}")
+        return "closest candidates: " + "; ".join(hints) if hints else None
+
+    def _ambiguity_findings(self) -> None:
+        for amb in self.ambiguities:
+            keys = list(amb.keys)
+            targets = list(dict.fromkeys(t for ts in amb.keys.values() for t in ts))
+            self.findings.append(
+                self._finding(
+                    kinds.AMBIGUOUS,
+                    f"{len(keys):,} checkpoint key(s) could map to several expected keys ({amb.why})",
+                    keys,
+                    targets,
+                    examples=[
+                        Example(checkpoint=k, expected=" | ".join(amb.keys[k]), detail="candidates")
+                        for k in keys[:EXAMPLES]
+                    ],
+                    fix=Fix(
+                        applicability=Applicability.display_only,
+                        rules=[_display_only(r) for r in amb.rules],
+                        note="never applied: write the mapping you mean in a plan (--plan)",
+                    ),
+                    ctx={"count": len(keys), "candidates": dict(list(amb.keys.items())[:20])},
+                )
+            )
+
+    def _finding(
+        self,
+        kind: kinds.FindingKind,
+        message: str,
+        checkpoint_keys: list[str],
+        expected_keys: list[str],
+        *,
+        examples: list[Example],
+        fix: Fix | None = None,
+        benign: str | None = None,
+        hint: str | None = None,
+        ctx: dict[str, Any] | None = None,
+        pattern_keys: list[str] | None = None,
+    ) -> Finding:
+        keys_for_patterns = pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys)
+        groups: list[KeyGroup[None]] = collapse(keys_for_patterns)
+        patterns = [g.pattern for g in groups[:PATTERNS]]
+        if len(groups) > PATTERNS:
+            patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
+        return Finding(
+            code=kind.code,
+            kind=kind.kind,
+            severity=kind.severity,
+            message=message,
+            count=len(checkpoint_keys) or len(expected_keys),
+            patterns=patterns,
+            examples=examples,
+            fix=fix,
+            benign=benign,
+            hint=hint,
+            checkpoint_keys=checkpoint_keys,
+            expected_keys=expected_keys,
+            ctx=ctx or {},
+        )
+
+    # -------------------------------------------------------------------------------------------------- report
+    def _report(self, problem: set[str]) -> Report:
+        matched = sum(1 for k in self.exact if k not in problem)
+        fixable = sum(
+            1 for k, i in self.via.items() if k not in problem and self.accepted[i].applicability is Applicability.safe
+        )
+        if not self.exact and self.C and self.E:
+            self.findings.insert(0, self._no_overlap(fixable))
+        safe_rules: list[Rule] = []
+        all_rules: list[Rule] = []
+        for acc in self.accepted:
+            if acc.pairs:
+                all_rules.extend(acc.rules)
+                if acc.applicability is Applicability.safe:
+                    safe_rules.extend(acc.rules)
+        for finding in self.findings:
+            if finding.kind in ("transposed", "fused_split") and finding.fix is not None:
+                all_rules.extend(finding.fix.rules)
+        counts = Counter(f.kind for f in self.findings)
+        del counts
+        missing = sum(f.count for f in self.findings if f.kind == "missing")
+        unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
+        shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))
+        ambiguous = sum(f.count for f in self.findings if f.kind == "ambiguous")
+        total = len(self.E) or 1
+        summary = Summary(
+            expected=len(self.E),
+            checkpoint=len(self.C),
+            matched=matched,
+            fixable=fixable,
+            missing=missing,
+            unexpected=unexpected,
+            shape_mismatches=shape,
+            ambiguous=ambiguous,
+            ignored=self.ignored,
+            coverage_before=round(matched / total, 6) if self.E else 1.0,
+            coverage_after=round((matched + fixable) / total, 6) if self.E else 1.0,
+        )
+        order = {"fatal": 0, "error": 1, "warning": 2, "info": 3}
+        findings = sorted(self.findings, key=lambda f: (order[f.severity.value], f.code))
+        return Report(
+            ok=not any(f.severity.at_least(kinds.Severity.error) for f in findings),
+            checkpoint=SourceRef(location=self.ck_set.location, format=self.ck_set.format, tensors=len(self.ck_set)),
+            expected=SourceRef(location=self.ex_set.location, format=self.ex_set.format, tensors=len(self.ex_set)),
+            summary=summary,
+            findings=findings,
+            plan=Plan(rules=safe_rules),
+            unsafe_plan=Plan(rules=all_rules),
+        )
+
+    def _no_overlap(self, fixable: int) -> Finding:
+        if fixable:
+            after = f"; the safe plan maps {fixable:,} of {len(self.E):,} expected keys"
+        else:
+            after = "; no safe plan could map them"
+        return self._finding(
+            kinds.NO_OVERLAP,
+            "no checkpoint key matches the model as the keys stand: load_state_dict(strict=False) would load"
+            f" nothing and leave the model unchanged{after}",
+            [],
+            [],
+            examples=[Example(checkpoint=next(iter(self.C)), expected=next(iter(self.E)), detail="first keys")],
+            ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
+        )
+
+
+def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:
+    inverse = {target: name for name, target in other.landing.items()}
+    for name, target in pairs.items():
+        mine = other.landing.get(name)
+        if mine is not None and mine != target:
+            return True
+        theirs = inverse.get(target)
+        if theirs is not None and theirs != name:
+            return True
+    return False
+
+
+def _display_only(rule: RenameRule | Rule) -> Rule:
+    return rule.model_copy(update={"applicability": Applicability.display_only})
+
+
+def _code(kind: str) -> str:
+    return next(k.code for k in kinds.KINDS.values() if k.kind == kind)
+
+
+def _literal(rule: Rule) -> str:
+    if isinstance(rule, StripPrefix):
+        return rule.prefix
+    if isinstance(rule, ReplacePrefix):
+        return rule.old
+    if isinstance(rule, ShiftIndex):
+        return rule.prefix
+    if isinstance(rule, Rename):
+        return rule.old.split(".")[0] if rule.old else ""
+    return ""
+
+
+def _prefix_of(rule: StripPrefix | ReplacePrefix | AddPrefix) -> str:
+    if isinstance(rule, StripPrefix):
+        return rule.prefix
+    if isinstance(rule, AddPrefix):
+        return rule.prefix
+    if rule.old.endswith(rule.new):
+        return rule.old[: len(rule.old) - len(rule.new)]
+    if rule.new.endswith(rule.old):
+        return rule.new[: len(rule.new) - len(rule.old)]
+    return rule.old
+
+
+def _dims(info: TensorInfo) -> tuple[int, ...]:
+    """The shape, or ``()`` when unknown (callers treat both as "cannot tell")."""
+    return info.shape if info.shape is not None else ()
+
+
+def _shape(info: TensorInfo) -> str:
+    return "?" if info.shape is None else "[" + ", ".join(map(str, info.shape)) + "]"
+
+
+def _shape_reason(key: str, a: TensorInfo, b: TensorInfo) -> str:
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape) or not a.shape:
+        return ""
+    if a.shape[1:] == b.shape[1:] and a.shape[0] != b.shape[0]:
+        delta = b.shape[0] - a.shape[0]
+        if _EMBEDDING.search(key):
+            return f"vocabulary resized by {delta:+d} rows"
+        if knowledge.is_task_head(key) or key.split(".")[-2:-1] in (["classifier"], ["score"]):
+            return f"number of labels changed ({a.shape[0]} -> {b.shape[0]})"
+    return ""

@@ -1,0 +1,218 @@
+"""Inferring rewrite rules from unmatched keys.
+
+Candidate rules are generated from a sample of the unmatched keys (so the cost does not grow with the square of
+the key count) and from their templates (numbered blocks collapsed, so a 94,000-key adapter is a few dozen
+templates), then each candidate is evaluated on every unmatched key. The caller keeps the rules that explain groups
+consistently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from keyguard._patterns import HOLE, template
+from keyguard.engine._knowledge import KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
+from keyguard.engine._segments import anywhere_rule, segment_rule
+from keyguard.fixes._rules import AddPrefix, Rename, ReplacePrefix, ShiftIndex, StripPrefix
+
+RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex
+
+SAMPLE: Final = 400  # keys per side used to generate candidates
+MAX_PREFIX_DEPTH: Final = 4  # segments a prefix may span
+MAX_CANDIDATES: Final = 24  # candidates evaluated on every key per round
+
+
+@dataclass
+class Candidate:
+    """A candidate rule and the evidence for it."""
+
+    rule: RenameRule
+    kind: str
+    known: bool = False
+    votes: int = 0
+    # filled by evaluate(): current checkpoint name -> expected key, for names that land on an open expected key
+    landing: dict[str, str] = field(default_factory=dict)
+    renamed: list[str] = field(default_factory=list)
+
+    @property
+    def identity(self) -> str:
+        return self.rule.model_dump_json()
+
+    @property
+    def complexity(self) -> int:
+        """Smaller is simpler: fewer characters changed."""
+        r = self.rule
+        if isinstance(r, StripPrefix):
+            return len(r.prefix)
+        if isinstance(r, AddPrefix):
+            return len(r.prefix)
+        if isinstance(r, ReplacePrefix):
+            return len(r.old) + len(r.new)
+        if isinstance(r, Rename):
+            return len(r.old) + len(r.new) + 10
+        return 20
+
+
+def sample(items: Sequence[str], size: int = SAMPLE) -> list[str]:
+    """An evenly spread, deterministic sample."""
+    if len(items) <= size:
+        return list(items)
+    step = len(items) / size
+    return [items[int(i * step)] for i in range(size)]
+
+
+def _dots(key: str, limit: int = MAX_PREFIX_DEPTH) -> list[int]:
+    found: list[int] = []
+    start = 0
+    while len(found) < limit:
+        pos = key.find(".", start)
+        if pos < 0:
+            break
+        found.append(pos)
+        start = pos + 1
+    return found
+
+
+def prefix_candidates(
+    names: Sequence[str], open_names: set[str], expected: Sequence[str], open_expected: set[str]
+) -> list[Candidate]:
+    """Strip, add and replace prefix candidates, voted for by sampled keys."""
+    votes: Counter[tuple[str, str, str]] = Counter()
+    sampled = sample(names)
+    suffixes: dict[str, list[str]] = {}
+    for name in sampled:
+        for dot in _dots(name):
+            rest = name[dot + 1 :]
+            if rest in open_expected:
+                votes["strip", name[: dot + 1], ""] += 1
+            if "." in rest:
+                suffixes.setdefault(rest, []).append(name[: dot + 1])
+    for key in sample(expected):
+        for dot in _dots(key):
+            rest = key[dot + 1 :]
+            if rest in open_names:
+                votes["add", key[: dot + 1], ""] += 1
+    if suffixes:
+        # replace: both sides lose a prefix; scan the open expected keys for the sampled names' suffixes
+        pool = expected if len(expected) <= 50_000 else sample(expected, 20_000)
+        for key in pool:
+            for dot in _dots(key):
+                olds = suffixes.get(key[dot + 1 :])
+                if olds:
+                    new = key[: dot + 1]
+                    for old in olds:
+                        if old != new:
+                            votes["replace", old, new] += 1
+    out: list[Candidate] = []
+    for (op, a, b), count in votes.most_common(MAX_CANDIDATES):
+        if op == "strip":
+            out.append(Candidate(StripPrefix(prefix=a), "extra_prefix", votes=count))
+        elif op == "add":
+            out.append(Candidate(AddPrefix(prefix=a), "missing_prefix", votes=count))
+        elif a.endswith(b):
+            out.append(Candidate(ReplacePrefix(old=a, new=b), "extra_prefix", votes=count))
+        elif b.endswith(a):
+            out.append(Candidate(ReplacePrefix(old=a, new=b), "missing_prefix", votes=count))
+        else:
+            out.append(Candidate(ReplacePrefix(old=a, new=b), "replaced_prefix", votes=count))
+    return out
+
+
+def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Candidate]:
+    """Renamed, inserted and removed segments, found by comparing templates segment by segment."""
+    c_templates = Counter(template(n)[0] for n in sample(names, 4 * SAMPLE))
+    e_templates = Counter(template(k)[0] for k in sample(expected, 4 * SAMPLE))
+    masked: dict[tuple[int, tuple[str, ...]], list[tuple[str, ...]]] = {}
+    removed: dict[tuple[str, ...], list[tuple[tuple[str, ...], int]]] = {}
+    e_split = {t: tuple(t.split(".")) for t in e_templates}
+    e_set = set(e_split.values())
+    for parts in e_split.values():
+        for p in range(len(parts)):
+            rest = parts[:p] + parts[p + 1 :]
+            masked.setdefault((p, rest), []).append(parts)
+            removed.setdefault(rest, []).append((parts, p))
+    votes: Counter[tuple[str | None, str, str, str | None]] = Counter()
+    for tc, weight in c_templates.items():
+        parts = tuple(tc.split("."))
+        for p in range(len(parts)):
+            rest = parts[:p] + parts[p + 1 :]
+            for te in masked.get((p, rest), ()):  # one segment renamed
+                old, new = parts[p], te[p]
+                if HOLE in (old, new):
+                    continue
+                votes[_context(parts, p, p + 1), old, new, _right(parts, p + 1)] += weight
+            if rest in e_set and parts[p] != HOLE:  # one segment removed on the expected side
+                votes[_context(parts, p, p + 1), parts[p], "", _right(parts, p + 1)] += weight
+        for te, p in removed.get(parts, ()):  # one segment inserted on the expected side
+            if te[p] != HOLE:
+                votes[_context(te, p, p + 1), "", te[p], _right(te, p + 1)] += weight
+    out: list[Candidate] = []
+    for (left, old, new, right), count in votes.most_common(MAX_CANDIDATES):
+        if left is None and right is None:
+            continue
+        known = is_known_rename(old, new) or (left in PEFT_ADAPTER_SEGMENTS and (old == "" or new == ""))
+        out.append(Candidate(segment_rule(left, old, new, right), "renamed", known=known, votes=count))
+    for old, new in KNOWN_RENAMES.items():
+        for a, b in ((old, new), (new, old)):
+            if any(a in t.split(".") for t in c_templates) and any(b in t.split(".") for t in e_templates):
+                out.append(Candidate(anywhere_rule(a, b), "renamed", known=True, votes=1))
+    return out
+
+
+def _context(parts: tuple[str, ...], start: int, end: int) -> str | None:
+    return parts[start - 1] if start > 0 else None
+
+
+def _right(parts: tuple[str, ...], end: int) -> str | None:
+    return parts[end] if end < len(parts) else None
+
+
+def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Candidate]:
+    """Constant offsets of the first block index in templates found on both sides."""
+    c_first: dict[str, set[int]] = {}
+    e_first: dict[str, set[int]] = {}
+    for pool, target in ((sample(names, 4 * SAMPLE), c_first), (sample(expected, 4 * SAMPLE), e_first)):
+        for key in pool:
+            shape, numbers = template(key)
+            if numbers:
+                target.setdefault(shape, set()).add(numbers[0])
+    out: list[Candidate] = []
+    for shape, c_numbers in c_first.items():
+        e_numbers = e_first.get(shape)
+        if not e_numbers:
+            continue
+        offset = min(e_numbers) - min(c_numbers)
+        if offset:
+            prefix = shape.split(HOLE, 1)[0]
+            out.append(Candidate(ShiftIndex(prefix=prefix, offset=offset), "index_shift", votes=len(c_numbers)))
+    unique: dict[str, Candidate] = {}
+    for cand in out:
+        unique.setdefault(cand.identity, cand)
+    return list(unique.values())
+
+
+def evaluate(cand: Candidate, names: Iterable[str], open_expected: set[str]) -> None:
+    """Apply the candidate to every open checkpoint name; record what it renames and where names land."""
+    rule = cand.rule
+    renamed: list[str] = []
+    landing: dict[str, str] = {}
+    if isinstance(rule, StripPrefix):
+        n = len(rule.prefix)
+        renamed = [k for k in names if k.startswith(rule.prefix)]
+        landing = {k: k[n:] for k in renamed if k[n:] in open_expected}
+    elif isinstance(rule, ReplacePrefix):
+        n = len(rule.old)
+        renamed = [k for k in names if k.startswith(rule.old)]
+        landing = {k: rule.new + k[n:] for k in renamed if rule.new + k[n:] in open_expected}
+    else:
+        for k in names:
+            new = rule.rename(k)
+            if new is not None:
+                renamed.append(k)
+                if new in open_expected:
+                    landing[k] = new
+    cand.renamed = renamed
+    cand.landing = landing

@@ -1,0 +1,65 @@
+"""Export a plan for other loaders: transformers / PEFT ``key_mapping`` and mmengine ``revise_keys``.
+
+transformers applies every matching ``key_mapping`` entry in order (``re.search`` on the key, the match replaced
+once, ``\\1`` as the only back-reference); mmengine applies ``re.sub`` for each ``revise_keys`` pair in order. Rules
+that neither can express (arithmetic index shifts, renames needing two captured groups) are exported as one
+anchored entry per key, computed by running the plan over the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import AddPrefix, MapKeys, Rename, ReplacePrefix, StripPrefix
+
+
+def export_plan(plan: Plan, keys: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``(key_mapping, revise_keys)`` equivalent to the plan's renaming rules on ``keys``."""
+    names = list(dict.fromkeys(keys))
+    key_mapping: dict[str, str] = {}
+    revise: list[tuple[str, str]] = []
+    for rule in plan.rules:
+        if not rule.renames:
+            continue
+        explicit: list[tuple[str, str]] = []
+        for i, name in enumerate(names):
+            new = rule.rename(name)
+            if new is not None:
+                explicit.append((name, new))
+                names[i] = new
+        if isinstance(rule, (StripPrefix, AddPrefix, ReplacePrefix, MapKeys)):
+            pairs = rule.key_mapping()
+            key_mapping.update(pairs)
+            revise.extend(pairs)
+            continue
+        per_key = [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in explicit]
+        key_mapping.update(per_key)
+        if isinstance(rule, Rename):
+            revise.extend(rule.key_mapping())
+        else:
+            revise.extend(per_key)
+    return key_mapping, revise
+
+
+def render_key_mapping(plan: Plan, keys: Iterable[str], *, as_json: bool = False) -> str:
+    """The export as pasteable Python (or JSON)."""
+    key_mapping, revise = export_plan(plan, keys)
+    if as_json:
+        return json.dumps({"key_mapping": key_mapping, "revise_keys": [list(p) for p in revise]}, indent=2)
+    lines = [
+        "# transformers / PEFT: Model.from_pretrained(..., key_mapping=KEY_MAPPING)",
+        "KEY_MAPPING = {",
+        *(f"    {pattern!r}: {replacement!r}," for pattern, replacement in key_mapping.items()),
+        "}",
+        "",
+        "# mmengine: load_checkpoint(model, filename, revise_keys=REVISE_KEYS)",
+        "REVISE_KEYS = [",
+        *(f"    ({pattern!r}, {replacement!r})," for pattern, replacement in revise),
+        "]",
+    ]
+    if not key_mapping:
+        lines.insert(0, "# the safe plan is empty: no renaming to export")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""A fix plan: an ordered list of rules, stored as ``"format": "keyguard.plan/v1"`` JSON."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from keyguard._exceptions import PlanError
+from keyguard.fixes._rules import Applicability, Rule
+
+PLAN_FORMAT = "keyguard.plan/v1"
+V = TypeVar("V")
+
+
+class Plan(BaseModel):
+    """Rules applied in order: each renaming rule rewrites the keys it matches, as left by the rules before it.
+
+    ``Report.plan`` holds the safe rules of a diagnosis; a plan can also be written by hand, saved, reviewed and
+    reused (``Plan.load`` / ``Plan.save``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["keyguard.plan/v1"] = "keyguard.plan/v1"
+    rules: list[Rule] = []
+
+    # -- selection -------------------------------------------------------------------------------------------
+    def at_least(self, level: Applicability | str = Applicability.safe) -> Plan:
+        """The plan restricted to rules at or above ``level`` (``"safe"``: the default; ``"unsafe"``: opt-in)."""
+        wanted = Applicability(level)
+        return Plan(rules=[r for r in self.rules if r.applicability.at_least(wanted)])
+
+    @property
+    def empty(self) -> bool:
+        return not self.rules
+
+    # -- renaming --------------------------------------------------------------------------------------------
+    def rename_key(self, key: str) -> str:
+        """The name ``key`` ends up with after every renaming rule, in order."""
+        for rule in self.rules:
+            if rule.renames:
+                new = rule.rename(key)
+                if new is not None:
+                    key = new
+        return key
+
+    def mapping(self, keys: Iterable[str]) -> dict[str, str]:
+        """Map every key to its new name, refusing collisions.
+
+        Raises:
+            PlanError: two keys would end up under one name (naming them), since that would silently lose a tensor.
+        """
+        result: dict[str, str] = {}
+        owner: dict[str, str] = {}
+        for key in keys:
+            new = self.rename_key(key)
+            clash = owner.get(new)
+            if clash is not None:
+                raise PlanError(
+                    f"plan refused: {clash!r} and {key!r} would both become {new!r}"
+                    " (applying it would silently lose a tensor)"
+                )
+            owner[new] = key
+            result[key] = new
+        return result
+
+    def preview(self, keys: Iterable[str]) -> list[tuple[str, str]]:
+        """``(old, new)`` for every key the plan renames, in input order."""
+        return [(old, new) for old, new in self.mapping(keys).items() if old != new]
+
+    def apply(self, state_dict: Mapping[str, V]) -> dict[str, V]:
+        """Return a new mapping holding the same value objects under their new names (no copy, no device move).
+
+        Only renaming rules are applied here; data rules (transpose, split, fuse) are applied by ``keyguard fix``.
+
+        Raises:
+            PlanError: the plan would make two keys collide.
+        """
+        renamed = self.mapping(state_dict)
+        return {renamed[key]: value for key, value in state_dict.items()}
+
+    # -- storage ---------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_defaults=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the plan as JSON, atomically."""
+        from keyguard._atomic import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        """Read a plan written by ``save`` (or by hand).
+
+        Raises:
+            PlanError: the file is not a valid ``keyguard.plan/v1`` document; the message names the problem.
+        """
+        from keyguard._exceptions import SourceError
+        from keyguard.sources._jsonfile import load_json_object
+
+        try:
+            raw: dict[str, Any] = load_json_object(path)
+        except SourceError as exc:
+            raise PlanError(str(exc)) from None
+        if raw.get("format") != PLAN_FORMAT:
+            raise PlanError(f"{os.fspath(path)}: not a keyguard plan (format is {raw.get('format')!r})")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
+            )
+            raise PlanError(f"{os.fspath(path)}: invalid plan: {problems}") from None

@@ -1,0 +1,271 @@
+"""Rules: the steps of a fix plan, each with an applicability.
+
+Renaming rules (``strip_prefix``, ``add_prefix``, ``replace_prefix``, ``rename``, ``shift_index``, ``map``) change
+keys only. Data rules (``transpose``, ``split``, ``fuse``) change tensors and are never ``safe``; ``drop`` removes
+keys and is only applied when asked for.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+
+class Applicability(str, enum.Enum):
+    """How sure keyguard is that a fix is right; ordered, so "at or above" is one comparison.
+
+    - ``safe``: provably right on the data: a bijection on the keys it covers, onto no key that already exists, with
+      equal shapes and compatible dtypes. Applied automatically.
+    - ``unsafe``: plausible but inferred (a transposed weight, a split of a fused tensor, a rename chosen by
+      similarity). Applied only when the user opts in (``--unsafe-fixes``).
+    - ``display_only``: several candidates fit; shown to help a human decide, never applied.
+    """
+
+    display_only = "display_only"
+    unsafe = "unsafe"
+    safe = "safe"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def at_least(self, other: Applicability) -> bool:
+        return self.rank >= other.rank
+
+
+_RANK = {Applicability.display_only: 0, Applicability.unsafe: 1, Applicability.safe: 2}
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    applicability: Applicability = Applicability.safe
+    reason: str | None = Field(default=None, description="Code of the finding this rule fixes, e.g. KG101")
+    renames: ClassVar[bool] = True
+
+    def rename(self, key: str) -> str | None:  # pragma: no cover - every rule overrides
+        """The new name of ``key``, or ``None`` when the rule does not apply to it."""
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - every rule overrides
+        raise NotImplementedError
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        """This rule as ``(regex, replacement)`` pairs for transformers' / PEFT's ``key_mapping``."""
+        return []
+
+
+class StripPrefix(_Rule):
+    """Remove ``prefix`` from every key that starts with it (``module.`` left by DDP)."""
+
+    op: Literal["strip_prefix"] = "strip_prefix"
+    prefix: str
+
+    def rename(self, key: str) -> str | None:
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else None
+
+    def describe(self) -> str:
+        return f"strip prefix {self.prefix!r}"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        return [(f"^{re.escape(self.prefix)}", "")]
+
+
+class AddPrefix(_Rule):
+    """Prepend ``prefix`` to keys (only those whose first segment is in ``only``, when given)."""
+
+    op: Literal["add_prefix"] = "add_prefix"
+    prefix: str
+    only: list[str] | None = None
+
+    def rename(self, key: str) -> str | None:
+        if self.only is not None and key.split(".", 1)[0] not in self.only:
+            return None
+        return self.prefix + key
+
+    def describe(self) -> str:
+        scope = f" to keys under {', '.join(s + '.' for s in self.only)}" if self.only else ""
+        return f"add prefix {self.prefix!r}{scope}"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        if self.only is None:
+            return [("^", self.prefix)]
+        scope = "|".join(re.escape(s) for s in self.only)
+        return [(rf"^((?:{scope})(?:\.|$))", f"{self.prefix}\\1")]
+
+
+class ReplacePrefix(_Rule):
+    """Replace the leading ``old`` with ``new`` (``transformer.`` -> ``model.``)."""
+
+    op: Literal["replace_prefix"] = "replace_prefix"
+    old: str
+    new: str
+
+    def rename(self, key: str) -> str | None:
+        return self.new + key[len(self.old) :] if key.startswith(self.old) else None
+
+    def describe(self) -> str:
+        return f"replace prefix {self.old!r} with {self.new!r}"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        return [(f"^{re.escape(self.old)}", self.new.replace("\\", "\\\\"))]
+
+
+class Rename(_Rule):
+    """Rewrite keys matching an anchored regular expression (``re.fullmatch``) into ``replacement``.
+
+    ``old`` / ``new`` say in words what is renamed (``gamma`` -> ``weight``).
+    """
+
+    op: Literal["rename"] = "rename"
+    pattern: str
+    replacement: str
+    old: str = ""
+    new: str = ""
+    _compiled: re.Pattern[str] = PrivateAttr()
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._compiled = re.compile(self.pattern)
+
+    def rename(self, key: str) -> str | None:
+        match = self._compiled.fullmatch(key)
+        return match.expand(self.replacement) if match else None
+
+    def describe(self) -> str:
+        if self.old or self.new:
+            return f"rename {self.old!r} to {self.new!r}"
+        return f"rename {self.pattern!r} to {self.replacement!r}"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        pattern = self.pattern if self.pattern.startswith("^") else "^" + self.pattern
+        pattern = pattern if pattern.endswith("$") else pattern + "$"
+        return [(pattern, self.replacement)]
+
+
+class ShiftIndex(_Rule):
+    """Add ``offset`` to the block index that follows ``prefix`` (``model.layers.16.`` -> ``model.layers.0.``)."""
+
+    op: Literal["shift_index"] = "shift_index"
+    prefix: str
+    offset: int
+    _compiled: re.Pattern[str] = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._compiled = re.compile(re.escape(self.prefix) + r"([0-9]+)((?:\..*)?)")
+
+    def rename(self, key: str) -> str | None:
+        match = self._compiled.fullmatch(key)
+        if match is None:
+            return None
+        index = int(match.group(1)) + self.offset
+        return None if index < 0 else f"{self.prefix}{index}{match.group(2)}"
+
+    def describe(self) -> str:
+        return f"shift the index after {self.prefix!r} by {self.offset:+d}"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        return []  # arithmetic: exported as explicit per-index patterns by the emitter
+
+
+class MapKeys(_Rule):
+    """Explicit key-to-key renames."""
+
+    op: Literal["map"] = "map"
+    mapping: dict[str, str]
+
+    def rename(self, key: str) -> str | None:
+        return self.mapping.get(key)
+
+    def describe(self) -> str:
+        return f"rename {len(self.mapping)} key(s) explicitly"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        return [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in self.mapping.items()]
+
+
+class Transpose(_Rule):
+    """Transpose 2-D tensors (GPT-2 ``Conv1D`` weights into ``nn.Linear``). Changes data: never safe."""
+
+    op: Literal["transpose"] = "transpose"
+    keys: list[str]
+    applicability: Applicability = Applicability.unsafe
+    renames: ClassVar[bool] = False
+
+    def rename(self, key: str) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return f"transpose {len(self.keys)} tensor(s)"
+
+
+class Split(_Rule):
+    """Split one fused tensor into parts along ``dim`` (``qkv_proj`` -> ``q_proj``, ``k_proj``, ``v_proj``)."""
+
+    op: Literal["split"] = "split"
+    source: str
+    targets: list[str]
+    sizes: list[int]
+    dim: int = 0
+    applicability: Applicability = Applicability.unsafe
+    renames: ClassVar[bool] = False
+
+    def rename(self, key: str) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return f"split {self.source!r} into {len(self.targets)} along dim {self.dim}"
+
+
+class Fuse(_Rule):
+    """Concatenate several tensors into one along ``dim``; with ``stack``, concatenate each run of ``parts``
+    sources and stack the results along a new dim 0 (per-expert weights -> transformers 5 stacked experts)."""
+
+    op: Literal["fuse"] = "fuse"
+    sources: list[str]
+    target: str
+    dim: int = 0
+    stack: bool = False
+    parts: int = 1
+    applicability: Applicability = Applicability.unsafe
+    renames: ClassVar[bool] = False
+
+    def rename(self, key: str) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        verb = "stack" if self.stack else "concatenate"
+        return f"{verb} {len(self.sources)} tensors into {self.target!r}"
+
+
+class Drop(_Rule):
+    """Leave keys out of the output (only with ``--drop-unexpected`` or an explicit plan)."""
+
+    op: Literal["drop"] = "drop"
+    keys: list[str]
+    applicability: Applicability = Applicability.unsafe
+    renames: ClassVar[bool] = False
+
+    def rename(self, key: str) -> str | None:
+        return None
+
+    def describe(self) -> str:
+        return f"drop {len(self.keys)} key(s)"
+
+
+Rule = Annotated[
+    StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | MapKeys | Transpose | Split | Fuse | Drop,
+    Field(discriminator="op"),
+]
+RENAMING_OPS = ("strip_prefix", "add_prefix", "replace_prefix", "rename", "shift_index", "map")

@@ -1,0 +1,136 @@
+"""The report data model: one pydantic model, JSON ``"format": "keyguard.report/v1"``, many renderers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import Applicability, Rule
+from keyguard.report._kinds import KINDS, Severity
+
+REPORT_FORMAT = "keyguard.report/v1"
+
+
+class Example(BaseModel):
+    """One concrete case of a finding: a checkpoint key, the expected key it maps to, and a detail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checkpoint: str | None = None
+    expected: str | None = None
+    detail: str | None = None
+
+
+class Fix(BaseModel):
+    """How a finding can be fixed: rules and how sure keyguard is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    applicability: Applicability
+    rules: list[Rule] = Field(default_factory=list)
+    note: str | None = None
+
+
+class Finding(BaseModel):
+    """One explained problem covering a group of keys.
+
+    ``message`` is rendered for people from ``ctx``; machines read ``code``/``kind``/``ctx``. Each checkpoint key
+    and each expected key appears in at most one finding.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    kind: str
+    severity: Severity
+    message: str
+    count: int = Field(description="number of keys the finding covers")
+    patterns: list[str] = Field(default_factory=list, description="the keys, numbered blocks collapsed")
+    examples: list[Example] = Field(default_factory=list)
+    fix: Fix | None = None
+    benign: str | None = Field(default=None, description="why this is usually harmless, and the one-flag remedy")
+    hint: str | None = None
+    checkpoint_keys: list[str] = Field(default_factory=list)
+    expected_keys: list[str] = Field(default_factory=list)
+    ctx: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return KINDS[self.code].title
+
+    @property
+    def url(self) -> str:
+        return f"https://keyguard.invalid/docs/findings/{self.code.lower()}/"
+
+
+class SourceRef(BaseModel):
+    """Which source a side of the comparison came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    location: str | None
+    format: str
+    tensors: int
+
+
+class Summary(BaseModel):
+    """Counts over the whole comparison. Coverage is the fraction of expected keys matched."""
+
+    model_config = ConfigDict(frozen=True)
+
+    expected: int
+    checkpoint: int
+    matched: int = Field(description="expected keys present under the same name with the same shape")
+    fixable: int = Field(description="further expected keys the safe plan maps correctly")
+    missing: int
+    unexpected: int
+    shape_mismatches: int
+    ambiguous: int
+    ignored: int = 0
+    coverage_before: float
+    coverage_after: float
+
+
+class Report(BaseModel):
+    """The result of ``keyguard.diagnose``.
+
+    ``ok`` is True when nothing at or above ``error`` was found: ``load_state_dict(strict=True)`` would succeed
+    as the keys stand. ``plan`` holds the safe rules, in order.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    format: Literal["keyguard.report/v1"] = "keyguard.report/v1"
+    ok: bool
+    checkpoint: SourceRef
+    expected: SourceRef
+    summary: Summary
+    findings: list[Finding]
+    plan: Plan = Field(default_factory=Plan)
+    unsafe_plan: Plan = Field(default_factory=Plan, description="safe rules plus those that need --unsafe-fixes")
+
+    def at_least(self, severity: Severity | str) -> list[Finding]:
+        """Findings at or above ``severity``."""
+        level = Severity(severity)
+        return [f for f in self.findings if f.severity.at_least(level)]
+
+    def errors(self) -> list[Finding]:
+        """Findings that would stop ``load_state_dict(strict=True)``."""
+        return self.at_least(Severity.error)
+
+    def exit_code(self, fail_on: Severity | str | None = Severity.error) -> int:
+        """0 when nothing at or above ``fail_on`` remains (``None``/``"never"``: always 0), else 1."""
+        if fail_on is None or fail_on == "never":
+            return 0
+        return 1 if self.at_least(fail_on) else 0
+
+    def render(self, format: str = "table", **options: Any) -> str:
+        """Render as ``table`` (default), ``json``, ``markdown`` or ``github``."""
+        from keyguard.report._render import render
+
+        return render(self, format, **options)
+
+    def __str__(self) -> str:
+        return self.render("table")
