@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
-from keyguard._patterns import KeyGroup, collapse
+from keyguard._patterns import KeyGroup, collapse, template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._infer import (
     Candidate,
@@ -173,7 +173,7 @@ class _Engine:
                 scored.append((support, cand))
         if not scored:
             return False
-        scored.sort(key=lambda item: (-item[0], not item[1].known, item[1].complexity))
+        scored.sort(key=lambda item: (-item[0], not item[1].known, not item[1].general, item[1].complexity))
         taken_c: set[str] = set()
         taken_e: set[str] = set()
         progress = False
@@ -413,10 +413,18 @@ class _Engine:
                 elif original in self.via:
                     casts[self.via[original]] += 1
         problem = set(shape_bad) | set(transposed)
+        merged: dict[object, list[int]] = {}
         for index, acc in enumerate(self.accepted):
-            keys = [k for k, i in self.via.items() if i == index and k not in problem]
+            rule = acc.candidate.rule
+            signature: object = ("rename", rule.old, rule.new, acc.applicability) if isinstance(rule, Rename) else index
+            merged.setdefault(signature, []).append(index)
+        for indices in merged.values():
+            keys = [k for k, i in self.via.items() if i in indices and k not in problem]
             if keys:
-                self.findings.append(self._rule_finding(acc, keys, casts[index]))
+                rules = [r for i in indices for r in self.accepted[i].rules]
+                self.findings.append(
+                    self._rule_finding(self.accepted[indices[0]], keys, sum(casts[i] for i in indices), rules)
+                )
         if shape_bad:
             self.findings.append(self._shape_finding(shape_bad))
         if transposed:
@@ -439,13 +447,17 @@ class _Engine:
                     ctx={"count": len(transposed)},
                 )
             )
+        groups: dict[tuple[str, str], list[tuple[Rule, list[str], list[str]]]] = {}
         for fused, originals, targets in self.fused:
-            self.findings.append(self._fused_finding(fused, originals, targets))
+            anchor = fused.source if isinstance(fused, Split) else getattr(fused, "target", "")
+            groups.setdefault((fused.op, template(anchor)[0]), []).append((fused, originals, targets))
+        for members in groups.values():
+            self.findings.append(self._fused_finding(members))
         if dtype_diff:
             self.findings.append(self._dtype_finding(dtype_diff))
         return problem
 
-    def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int) -> Finding:
+    def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int, rules: list[Rule]) -> Finding:
         cand = acc.candidate
         rule = cand.rule
         targets = [self.resolved[k] for k in keys]
@@ -455,7 +467,8 @@ class _Engine:
         chained = [k for k in keys if len(self.chain.get(k, [])) > 1]
         if isinstance(rule, StripPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "extra_prefix"):
             prefix = rule.prefix if isinstance(rule, StripPrefix) else rule.old[: len(rule.old) - len(rule.new)]
-            origin = knowledge.prefix_origin(prefix)
+            origin = knowledge.prefix_origin(rule.old) if isinstance(rule, ReplacePrefix) else None
+            origin = origin or knowledge.prefix_origin(prefix)
             ctx.update(prefix=prefix, origin=origin)
             message = (
                 f"{len(keys):,} checkpoint key(s) carry the extra prefix '{prefix}'"
@@ -500,7 +513,7 @@ class _Engine:
             message += f"; {len(chained):,} of them also need an earlier rule of the plan"
         if casts:
             message += f"; {casts:,} differ in dtype and are cast on load"
-        fix = Fix(applicability=acc.applicability, rules=acc.rules, note=acc.note)
+        fix = Fix(applicability=acc.applicability, rules=rules, note=acc.note)
         return self._finding(
             kind,
             message,
@@ -541,21 +554,30 @@ class _Engine:
             ctx={"count": len(bad), "reasons": dict(reasons)},
         )
 
-    def _fused_finding(self, rule: Rule, originals: list[str], targets: list[str]) -> Finding:
-        if isinstance(rule, Split):
-            message = f"checkpoint tensor '{rule.source}' is fused; the model expects {len(rule.targets)} parts"
+    def _fused_finding(self, members: list[tuple[Rule, list[str], list[str]]]) -> Finding:
+        rules = [rule for rule, _, _ in members]
+        originals = [k for _, keys, _ in members for k in keys]
+        targets = [k for _, _, keys in members for k in keys]
+        first = rules[0]
+        if isinstance(first, Split):
+            message = (
+                f"{len(rules):,} checkpoint tensor(s) are fused ('{first.source.split('.')[-2]}');"
+                f" the model expects each split in {len(first.targets)} parts"
+            )
         else:
-            assert isinstance(rule, Fuse)
-            what = "stacked experts" if rule.stack else "one fused tensor"
-            message = f"{len(originals):,} checkpoint tensor(s) are separate; the model expects {what} '{rule.target}'"
+            assert isinstance(first, Fuse)
+            what = "stacked-expert tensor(s)" if first.stack else "fused tensor(s)"
+            message = (
+                f"{len(originals):,} separate checkpoint tensor(s) make up {len(rules):,} {what} the model expects"
+            )
         return self._finding(
             kinds.FUSED_SPLIT,
             message,
             originals,
             targets,
-            examples=[Example(checkpoint=originals[0], expected=targets[0], detail=rule.describe())],
-            fix=Fix(applicability=Applicability.unsafe, rules=[rule], note="splitting or fusing changes the data"),
-            ctx={"count": len(originals), "rule": rule.describe()},
+            examples=[Example(checkpoint=members[0][1][0], expected=members[0][2][0], detail=first.describe())],
+            fix=Fix(applicability=Applicability.unsafe, rules=rules, note="splitting or fusing changes the data"),
+            ctx={"count": len(originals), "tensors": len(rules)},
         )
 
     def _dtype_finding(self, keys: list[str]) -> Finding:
@@ -800,7 +822,7 @@ class _Engine:
             f" nothing and leave the model unchanged{after}",
             [],
             [],
-            examples=[Example(checkpoint=next(iter(self.C)), expected=next(iter(self.E)), detail="first keys")],
+            examples=[],
             ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
         )
 

@@ -33,6 +33,7 @@ class Candidate:
     kind: str
     known: bool = False
     votes: int = 0
+    general: bool = False  # a context-free rule: preferred over a contextual one that explains the same keys
     # filled by evaluate(): current checkpoint name -> expected key, for names that land on an open expected key
     landing: dict[str, str] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
@@ -158,7 +159,7 @@ def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Ca
     for old, new in KNOWN_RENAMES.items():
         for a, b in ((old, new), (new, old)):
             if any(a in t.split(".") for t in c_templates) and any(b in t.split(".") for t in e_templates):
-                out.append(Candidate(anywhere_rule(a, b), "renamed", known=True, votes=1))
+                out.append(Candidate(anywhere_rule(a, b), "renamed", known=True, votes=1, general=True))
     return out
 
 

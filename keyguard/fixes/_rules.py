@@ -144,8 +144,12 @@ class Rename(_Rule):
         return match.expand(self.replacement) if match else None
 
     def describe(self) -> str:
-        if self.old or self.new:
-            return f"rename {self.old!r} to {self.new!r}"
+        if self.old and self.new:
+            return f"rename segment {self.old!r} to {self.new!r}"
+        if self.new:
+            return f"insert segment {self.new!r}"
+        if self.old:
+            return f"remove segment {self.old!r}"
         return f"rename {self.pattern!r} to {self.replacement!r}"
 
     def key_mapping(self) -> list[tuple[str, str]]:
