@@ -428,7 +428,7 @@ class _Engine:
         if shape_bad:
             self.findings.append(self._shape_finding(shape_bad))
         if transposed:
-            rule = Transpose(keys=[self.resolved[k] for k in transposed], reason=kinds.TRANSPOSED.code)
+            transpose = Transpose(keys=[self.resolved[k] for k in transposed], reason=kinds.TRANSPOSED.code)
             self.findings.append(
                 self._finding(
                     kinds.TRANSPOSED,
@@ -443,7 +443,7 @@ class _Engine:
                         )
                         for k in transposed[:EXAMPLES]
                     ],
-                    fix=Fix(applicability=Applicability.unsafe, rules=[rule], note="transposing changes the data"),
+                    fix=Fix(applicability=Applicability.unsafe, rules=[transpose], note="transposing changes the data"),
                     ctx={"count": len(transposed)},
                 )
             )
