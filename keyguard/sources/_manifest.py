@@ -121,7 +121,17 @@ def read_manifest(path: str | os.PathLike[str]) -> KeySet:
     if doc.source.adapter_config is not None:
         from keyguard.sources._adapter import AdapterConfig
 
-        adapter = AdapterConfig.model_validate(doc.source.adapter_config)
+        try:
+            adapter = AdapterConfig.model_validate(doc.source.adapter_config)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise SourceError(
+                path,
+                "invalid-manifest",
+                f"invalid manifest: source.adapter_config is not a valid adapter config: {problems}",
+            ) from None
     origin = doc.source
     notes = [f"snapshot of {origin.format} {origin.location or ''}".rstrip(), *origin.notes]
     return KeySet(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -43,10 +44,20 @@ _CODE_MARKERS = (
     "Can only build",
     "must be imported to load",
 )
-_PICKLE_OPCODES = frozenset(op.code for op in pickletools.opcodes)
+# Pickle instructions that import or call (the ones weights_only implements, GLOBAL, REDUCE, NEWOBJ and BUILD, check
+# what they are given and fail with a message naming it)
+_CODE_OPCODES = frozenset(
+    op.code
+    for op in pickletools.opcodes
+    if op.name
+    in {"INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE", "GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "BUILD"}
+)
 _EXAMPLES = 3
 _EXTRA_STATE = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
 _MAX_DEPTH = 3  # levels of containers unwrapped automatically
+_MAX_SCANNED_PICKLES = 8
+# what torch.save itself writes as globals: tensors, storages, parameters, ordered dicts, bytes, numpy scalars
+_TORCH_MODULES = ("torch.", "collections.", "_codecs.", "numpy.")
 
 
 def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, container: str | None = None) -> KeySet:
@@ -108,24 +119,33 @@ def _load(torch: Any, path: str) -> Any:
 
     is_zip = zipfile.is_zipfile(path)
     try:
-        if is_zip:
-            return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-        return _load_legacy(torch, path)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write; the outcome (tensors or an error) says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if is_zip:
+                return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+            return _load_legacy(torch, path)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if not _asks_for_code(text):
-            raise SourceError(
-                path, "corrupted-pickle", f"is not a readable PyTorch checkpoint (torch.load said: {_inner(text)})"
-            ) from None
         found = _GLOBAL.search(text)
-        wanted = f" asks for {found.group(1)!r}" if found else " needs more than tensors and plain containers"
+        name = found.group(1) if found else None
+        if not _asks_for_code(text):
+            # weights_only stopped at an instruction it does not implement (FRAME of protocol 4, the text
+            # instructions of protocol 0) before it met any import: look for imports without executing anything
+            foreign = _foreign_globals(path, is_zip)
+            if not foreign:
+                raise SourceError(
+                    path, "corrupted-pickle", f"is not a readable PyTorch checkpoint (torch.load said: {_inner(text)})"
+                ) from None
+            name = foreign[0]
+        wanted = f" asks for {name!r}" if name else " needs more than tensors and plain containers"
         raise UnsafePickleError(
             path,
             "unsafe-pickle",
             f"refused: the pickle{wanted}, which torch.load(weights_only=True) does not allow."
             " keyguard never loads pickles unsafely; if you trust this file, convert it to safetensors"
             " where you trust it",
-            global_name=found.group(1) if found else None,
+            global_name=name,
         ) from None
     except Exception as exc:  # truncated or garbage files fail anywhere in torch.load, with any exception type
         first = str(exc).split("\n", 1)[0][:200]
@@ -154,9 +174,45 @@ def _asks_for_code(message: str) -> bool:
     if _GLOBAL.search(message) or any(marker in message for marker in _CODE_MARKERS):
         return True
     operand = _OPERAND.search(message)
-    # an opcode the weights-only unpickler does not implement (INST, OBJ, EXT1...) is a request for code;
-    # a byte that is no pickle opcode at all means the file is not a pickle
-    return operand is not None and chr(int(operand.group(1))) in _PICKLE_OPCODES
+    # an instruction the weights-only unpickler does not implement is a request for code when it imports or calls
+    # (INST, OBJ, EXT1...); any other byte (GET, or no pickle instruction at all) means broken or foreign bytes
+    return operand is not None and chr(int(operand.group(1))) in _CODE_OPCODES
+
+
+def _foreign_globals(path: str, is_zip: bool) -> list[str]:
+    """Globals outside torch and the containers it saves, named by the file's pickles (parsed, never run)."""
+    found: list[str] = []
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                members = [n for n in archive.namelist() if n.endswith(".pkl")]
+                for member in members[:_MAX_SCANNED_PICKLES]:
+                    with archive.open(member) as stream:
+                        found += _scan_pickles(stream)
+        else:
+            with open(path, "rb") as stream:
+                found += _scan_pickles(stream)
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        pass
+    return [name for name in dict.fromkeys(found) if not name.startswith(_TORCH_MODULES)]
+
+
+def _scan_pickles(stream: Any) -> list[str]:
+    """The globals of the pickles at the start of ``stream`` (a legacy checkpoint is five in a row)."""
+    names: list[str] = []
+    for _ in range(_MAX_SCANNED_PICKLES):
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in {"GLOBAL", "INST"} and isinstance(arg, str):
+                    names.append(arg.replace(" ", ".", 1))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # the data after the pickles, or a broken one: nothing more to read
+            break
+    return names
 
 
 def _inner(message: str) -> str:
