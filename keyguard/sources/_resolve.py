@@ -82,11 +82,11 @@ def _read_path(path: str, *, container: str | None, architecture: str | None) ->
     if name == "adapter_config.json":
         return _read_folder(os.path.dirname(path) or ".", container=container, architecture=architecture)
     if name.endswith(".json"):
-        return _read_json(path, architecture=architecture)
+        return _read_json(path, container=container, architecture=architecture)
     return _sniff(path, container=container)
 
 
-def _read_json(path: str, *, architecture: str | None) -> KeySet:
+def _read_json(path: str, *, container: str | None, architecture: str | None) -> KeySet:
     from keyguard.sources._jsonfile import load_json_object
 
     raw = load_json_object(path)
@@ -97,7 +97,7 @@ def _read_json(path: str, *, architecture: str | None) -> KeySet:
     if "weight_map" in raw:
         from keyguard.sources._sharded import read_sharded
 
-        return read_sharded(path)
+        return read_sharded(path, container=container)
     if os.path.basename(path) == "config.json" or "model_type" in raw or "architectures" in raw:
         from keyguard.sources._config import read_config
 

@@ -326,6 +326,11 @@ def test_sharded_pickle_in_containers_uses_the_container(tmp_path: Path) -> None
     chosen = read_keys(tmp_path, container="ema")
     assert chosen.unwrapped == "ema"
     assert (chosen["a"].shape, chosen["b"].shape) == ((5,), (6,))
+    # the same through the index file, under its own name or any other
+    assert read_keys(tmp_path / PICKLE_INDEX, container="ema").tensors == chosen.tensors
+    renamed = tmp_path / "weights.json"
+    renamed.write_text((tmp_path / PICKLE_INDEX).read_text())
+    assert read_keys(renamed, container="ema").tensors == chosen.tensors
 
 
 def test_sharded_pickle_mismatch(tmp_path: Path) -> None:
