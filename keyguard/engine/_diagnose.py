@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
-from keyguard._patterns import KeyGroup, collapse, template
+from keyguard._patterns import HOLE, KeyGroup, collapse, template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._infer import (
     Candidate,
@@ -144,6 +144,7 @@ class _Engine:
         for _ in range(MAX_ROUNDS):
             if not self.cur or not self.open_e or not self._round():
                 break
+        self._finalize()
         self._fused_split()
         shape_bad = self._pair_findings()
         self._leftover_findings()
@@ -204,7 +205,11 @@ class _Engine:
     ) -> None:
         options: dict[str, list[str]] = {}
         for name, target in pairs.items():
-            choices = [target] + [r.landing[name] for r in rivals if name in r.landing and r.landing[name] != target]
+            choices = [target] + [
+                r.landing[name]
+                for r in rivals
+                if name in r.landing and r.landing[name] != target and r.landing[name] not in taken_e
+            ]
             options[self.by_cur[name]] = list(dict.fromkeys(choices))
         for r in rivals:
             for name, target in r.landing.items():
@@ -228,7 +233,12 @@ class _Engine:
         )
 
     def _accept(self, cand: Candidate, pairs: dict[str, str]) -> bool:
+        if isinstance(cand.rule, ShiftIndex) and self._group_partly_resolved(cand.rule):
+            # part of the numbered group already matches by name: an offset cannot be told from a coincidence
+            self._ambiguous_pairs(cand, pairs, "some blocks of this numbered group already match as they stand")
+            return True
         rules = self._narrow(cand, pairs)
+        narrowed_rename = isinstance(cand.rule, Rename) and any(isinstance(r, MapKeys) for r in rules)
         renamed: dict[str, str] = {}
         plan = Plan(rules=rules)
         for name in list(self.by_cur):
@@ -245,6 +255,19 @@ class _Engine:
         if any(self._renames_resolved(rule) for rule in rules):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
+        # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
+        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur}
+        suspicious = self._partial_groups(pairs, unscoped)
+        if suspicious:
+            # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
+            # the block numbers may be offset, so the blocks that land could be the wrong ones
+            doubtful = {n: e for n, e in pairs.items() if template(e)[0] in suspicious}
+            self._ambiguous_group(cand, doubtful, suspicious, renamed)
+            pairs = {n: e for n, e in pairs.items() if n not in doubtful}
+            if not pairs:
+                return True
+            rules = [MapKeys(mapping=dict(pairs))]
+            renamed = dict(pairs)
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
         for name, new in renamed.items():
@@ -259,11 +282,89 @@ class _Engine:
             else:
                 self.cur[original] = new
                 self.by_cur[new] = original
-        accepted.applicability, accepted.note = self._applicability(cand, accepted.pairs)
-        update = {"applicability": accepted.applicability, "reason": _code(cand.kind)}
-        accepted.rules = [rule.model_copy(update=update) for rule in rules]
+        if narrowed_rename:
+            accepted.applicability = Applicability.unsafe
+            accepted.note = "the rename also matches keys that are already right, so it is applied key by key"
         self.accepted.append(accepted)
-        return bool(accepted.pairs)
+        return True
+
+    def _finalize(self) -> None:
+        """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
+        than an earlier rule the same keys depend on (a plan applies them in order)."""
+        helped: dict[int, dict[str, str]] = {}
+        for original, target in self.resolved.items():
+            for index in self.chain.get(original, ()):
+                helped.setdefault(index, {})[original] = target
+        for index, acc in enumerate(self.accepted):
+            level, note = self._applicability(acc.candidate, helped.get(index, {}))
+            if level.rank < acc.applicability.rank:
+                acc.applicability, acc.note = level, note
+        for original, chain in self.chain.items():
+            if original in self.via and len(chain) > 1:
+                weakest = min((self.accepted[i] for i in chain), key=lambda a: a.applicability.rank)
+                last = self.accepted[self.via[original]]
+                if weakest.applicability.rank < last.applicability.rank:
+                    last.applicability = weakest.applicability
+                    last.note = f"depends on an earlier rule that is {weakest.applicability.value}"
+        for acc in self.accepted:
+            update = {"applicability": acc.applicability, "reason": _code(acc.candidate.kind)}
+            acc.rules = [rule.model_copy(update=update) for rule in acc.rules]
+
+    def _ambiguous_pairs(self, cand: Candidate, pairs: dict[str, str], why: str) -> None:
+        options: dict[str, list[str]] = {}
+        for name, target in pairs.items():
+            original = self.by_cur.pop(name)
+            del self.cur[original]
+            self.open_e.discard(target)
+            options[original] = [target]
+        self.ambiguities.append(_Ambiguity(options, [cand.rule], why))
+
+    def _ambiguous_group(
+        self, cand: Candidate, doubtful: dict[str, str], templates: set[str], renamed: dict[str, str]
+    ) -> None:
+        """Declare a whole numbered group ambiguous: the blocks that land and those left on both sides."""
+        options: dict[str, list[str]] = {}
+        leftover_e = [e for e in self.open_e if e not in doubtful.values() and template(e)[0] in templates]
+        for name in list(self.by_cur):
+            new = renamed.get(name, name)
+            if name in doubtful or template(new)[0] in templates:
+                original = self.by_cur.pop(name)
+                del self.cur[original]
+                options[original] = [doubtful[name]] if name in doubtful else []
+        for target in [*doubtful.values(), *leftover_e]:
+            self.open_e.discard(target)
+        for original, choices in options.items():
+            choices.extend(e for e in leftover_e if e not in choices)
+        self.ambiguities.append(
+            _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
+        )
+
+    def _partial_groups(self, pairs: dict[str, str], renamed: dict[str, str]) -> set[str]:
+        landed = {template(e)[0] for e in pairs.values()}
+        numbered = {t for t in landed if HOLE in t}
+        if not numbered:
+            return set()
+        targets = set(pairs.values())
+        left_c = {template(renamed.get(n, n))[0] for n in self.by_cur if n not in pairs} & numbered
+        open_first: dict[str, set[int]] = {}
+        for e in self.open_e:
+            if e not in targets:
+                shape, numbers = template(e)
+                if shape in numbered:
+                    open_first.setdefault(shape, set()).add(numbers[0])
+        landed_first: dict[str, set[int]] = {}
+        for e in targets:
+            shape, numbers = template(e)
+            if shape in numbered:
+                landed_first.setdefault(shape, set()).add(numbers[0])
+        suspicious = set(open_first) & left_c
+        # blocks missing *before* the ones that land also suggest an offset (trailing ones: a smaller model)
+        suspicious |= {t for t, low in open_first.items() if min(low) < min(landed_first.get(t, {0}))}
+        return suspicious
+
+    def _group_partly_resolved(self, rule: ShiftIndex) -> bool:
+        block = re.compile(re.escape(rule.prefix) + r"[0-9]+(?:\.|$)")
+        return any(block.match(name) for name in self.resolved.values() if name.startswith(rule.prefix))
 
     def _renames_resolved(self, rule: Rule) -> bool:
         literal = _literal(rule)
@@ -311,11 +412,12 @@ class _Engine:
         if unknown:
             return Applicability.unsafe, "shapes are unknown on one side, so the mapping cannot be proven"
         rule = cand.rule
-        known_prefix = isinstance(rule, (StripPrefix, ReplacePrefix, AddPrefix)) and (
-            knowledge.prefix_origin(_prefix_of(rule)) is not None
-        )
+        known_prefix = (
+            isinstance(rule, (StripPrefix, AddPrefix))
+            or (isinstance(rule, ReplacePrefix) and cand.kind in ("extra_prefix", "missing_prefix"))
+        ) and _prefix_of(rule) in knowledge.KNOWN_PREFIXES
         if len(pairs) < 2 and not cand.known and not known_prefix:
-            return Applicability.unsafe, "inferred from a single key"
+            return Applicability.display_only, "inferred from a single key: a candidate, never applied"
         return Applicability.safe, None
 
     # -------------------------------------------------------------------------------------------- fused/split
@@ -772,7 +874,7 @@ class _Engine:
         safe_rules: list[Rule] = []
         all_rules: list[Rule] = []
         for acc in self.accepted:
-            if acc.pairs:
+            if acc.pairs and acc.applicability.at_least(Applicability.unsafe):
                 all_rules.extend(acc.rules)
                 if acc.applicability is Applicability.safe:
                     safe_rules.extend(acc.rules)

@@ -108,7 +108,10 @@ def prefix_candidates(
                         if old != new:
                             votes["replace", old, new] += 1
     out: list[Candidate] = []
+    per_block = _PerBlock(sampled)
     for (op, a, b), count in votes.most_common(MAX_CANDIDATES):
+        if per_block(a if op != "add" else "") or per_block(b, expected_side=True):
+            continue  # a prefix that singles out one numbered block is an index edit, not a prefix
         if op == "strip":
             out.append(Candidate(StripPrefix(prefix=a), "extra_prefix", votes=count))
         elif op == "add":
@@ -120,6 +123,24 @@ def prefix_candidates(
         else:
             out.append(Candidate(ReplacePrefix(old=a, new=b), "replaced_prefix", votes=count))
     return out
+
+
+class _PerBlock:
+    """Tells whether a prefix ends inside a numbered group, naming one block of several."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+
+    def __call__(self, prefix: str, expected_side: bool = False) -> bool:
+        shape, numbers = template(prefix.rstrip("."))
+        if not numbers:
+            return False
+        if expected_side:
+            return True  # a prefix to add or substitute that names a block number is a guess about the blocks
+        head = shape.split(HOLE, 1)[0]
+        depth = head.count(".")
+        seen = {n.split(".")[depth] for n in self.names if n.startswith(head) and n.count(".") > depth}
+        return len(seen) > 1
 
 
 def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Candidate]:
@@ -185,9 +206,12 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
         e_numbers = e_first.get(shape)
         if not e_numbers:
             continue
-        offset = min(e_numbers) - min(c_numbers)
-        if offset:
-            prefix = shape.split(HOLE, 1)[0]
+        # every offset that puts the first checkpoint block on some expected block; when several explain the
+        # group equally well (blocks dropped at either end), the caller reports a tie instead of guessing
+        low = min(c_numbers)
+        offsets = sorted({e - low for e in e_numbers} - {0}, key=abs)[:16]
+        prefix = shape.split(HOLE, 1)[0]
+        for offset in offsets:
             out.append(Candidate(ShiftIndex(prefix=prefix, offset=offset), "index_shift", votes=len(c_numbers)))
     unique: dict[str, Candidate] = {}
     for cand in out:
