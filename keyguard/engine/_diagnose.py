@@ -333,7 +333,7 @@ class _Engine:
                 options[original] = [doubtful[name]] if name in doubtful else []
         for target in [*doubtful.values(), *leftover_e]:
             self.open_e.discard(target)
-        for original, choices in options.items():
+        for choices in options.values():
             choices.extend(e for e in leftover_e if e not in choices)
         self.ambiguities.append(
             _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
