@@ -9,7 +9,8 @@ from typing import Final, Generic, TypeVar
 
 # A dotted segment that is a decimal index: a position in a ModuleList / Sequential. Segments with a leading zero
 # ("01") are names, not indices: turning them into numbers would render them as a different key.
-_NUMBERED: Final = re.compile(r"(?:(?<=^)|(?<=\.))(0|[1-9][0-9]*)(?=\.|$)")
+# It is matched with its leading dot on the key prefixed by "." (cheaper than a look-behind alternation).
+_NUMBERED: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=\.|$)")
 HOLE: Final = "\x00"  # stands for a numbered segment inside a template
 
 T = TypeVar("T", bound=Hashable)
@@ -21,10 +22,10 @@ def template(key: str) -> tuple[str, tuple[int, ...]]:
     >>> template("model.layers.3.mlp.experts.17.w1")
     ('model.layers.\\x00.mlp.experts.\\x00.w1', (3, 17))
     """
-    parts = _NUMBERED.split(key)
+    parts = _NUMBERED.split("." + key)
     if len(parts) == 1:
         return key, ()
-    return HOLE.join(parts[0::2]), tuple(map(int, parts[1::2]))
+    return ("." + HOLE).join(parts[0::2])[1:], tuple(map(int, parts[1::2]))
 
 
 def render_numbers(values: Iterable[int], *, limit: int = 24) -> str:
@@ -89,17 +90,21 @@ class KeyGroup(Generic[T]):
 
 def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> list[KeyGroup[T]]:
     """Group keys by template (and by ``extra(key)`` when given), in order of first appearance."""
-    groups: dict[tuple[str, object], KeyGroup[T]] = {}
-    for key in keys:
-        shape, numbers = template(key)
-        value = extra(key) if extra is not None else None
-        group = groups.get((shape, value))
-        if group is None:
-            group = groups[shape, value] = KeyGroup(shape, value, [], [set() for _ in numbers])  # type: ignore[arg-type]
-        group.keys.append(key)
-        for position, number in zip(group.numbers, numbers):
-            position.add(number)
-    return list(groups.values())
+    keys = list(keys)
+    split = list(map(template, keys))
+    members: dict[tuple[str, T | None], list[int]] = {}
+    if extra is None:
+        for index, (shape, _) in enumerate(split):
+            members.setdefault((shape, None), []).append(index)
+    else:
+        for index, ((shape, _), value) in enumerate(zip(split, map(extra, keys))):
+            members.setdefault((shape, value), []).append(index)
+    groups: list[KeyGroup[T]] = []
+    for (shape, value), indices in members.items():  # type: ignore[assignment]  # value is T when extra is given
+        numbers = [split[i][1] for i in indices]
+        columns = [set(column) for column in zip(*numbers)] if numbers and numbers[0] else []
+        groups.append(KeyGroup(shape, value, [keys[i] for i in indices], columns))
+    return groups
 
 
 def pattern_of(keys: Sequence[str]) -> str:

@@ -9,10 +9,12 @@ unexpected, with known-harmless cases explained.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
@@ -64,6 +66,8 @@ _FLOAT_DTYPES: Final = frozenset(
         "F6_E3M2",
     }
 )
+_SHAPE_OF: Final = operator.itemgetter(0)  # TensorInfo.shape
+_DTYPE_OF: Final = operator.itemgetter(1)  # TensorInfo.dtype
 _EMBEDDING: Final = re.compile(
     r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|embed_in|embed_out|shared|lm_head|embeddings)(?:\.|$)"
 )
@@ -105,6 +109,7 @@ class _Accepted:
     candidate: Candidate
     pairs: dict[str, str] = field(default_factory=dict)  # original checkpoint key -> expected key
     note: str | None = None
+    touched: list[str] = field(default_factory=list)  # original keys this rule renamed
 
 
 @dataclass
@@ -134,7 +139,8 @@ class _Engine:
         self.open_e: set[str] = {k for k in self.E if k not in exact}
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
-        self.chain: dict[str, list[int]] = {}  # original key -> accepted rules that renamed it
+        self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
+        self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []
@@ -169,7 +175,15 @@ class _Engine:
         scored: list[tuple[int, Candidate]] = []
         for cand in unique.values():
             evaluate(cand, names, self.open_e)
-            support = sum(1 for name, target in cand.landing.items() if self._compatible(name, target))
+        # most landings first; a candidate landing exactly like one already scored shares its support
+        by_size = sorted(unique.values(), key=lambda c: -len(c.landing))
+        for cand in by_size:
+            if not cand.landing:
+                break
+            twin = next(
+                (s for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
+            )
+            support = twin if twin is not None else self._support(cand.landing)
             if support:
                 scored.append((support, cand))
         if not scored:
@@ -182,7 +196,11 @@ class _Engine:
             pairs = {n: e for n, e in cand.landing.items() if n not in taken_c and e not in taken_e}
             if not pairs:
                 continue
-            rivals = [other for s, other in scored if other is not cand and s == support and _conflicts(other, pairs)]
+            rivals = [
+                other
+                for s, other in scored
+                if other is not cand and s == support and other.landing != cand.landing and _conflicts(other, pairs)
+            ]
             if rivals and not (cand.known and not any(r.known for r in rivals)):
                 self._record_tie(cand, rivals, pairs, taken_c, taken_e)
                 progress = True
@@ -195,10 +213,14 @@ class _Engine:
             del position
         return progress
 
-    def _compatible(self, name: str, target: str) -> bool:
-        a = self.C[self.by_cur[name]]
-        b = self.E[target]
-        return a.shape is None or b.shape is None or a.shape == b.shape
+    def _support(self, landing: dict[str, str]) -> int:
+        """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns."""
+        ours = list(map(_SHAPE_OF, map(self.C.__getitem__, map(self.by_cur.__getitem__, landing))))
+        theirs = list(map(_SHAPE_OF, map(self.E.__getitem__, landing.values())))
+        equal: int = sum(map(operator.eq, ours, theirs))
+        if None in ours or None in theirs:
+            equal += sum(1 for a, b in zip(ours, theirs) if (a is None or b is None) and a != b)
+        return equal
 
     def _record_tie(
         self, cand: Candidate, rivals: list[Candidate], pairs: dict[str, str], taken_c: set[str], taken_e: set[str]
@@ -239,24 +261,22 @@ class _Engine:
             return True
         rules = self._narrow(cand, pairs)
         narrowed_rename = isinstance(cand.rule, Rename) and any(isinstance(r, MapKeys) for r in rules)
-        renamed: dict[str, str] = {}
-        plan = Plan(rules=rules)
-        for name in list(self.by_cur):
-            new = plan.rename_key(name)
-            if new != name:
-                renamed[name] = new
+        # narrowed rules rename a subset of what the candidate renames
+        renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
         # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
-        kept = set(self.by_cur) - renamed.keys()
-        resolved_names = set(self.resolved.values())
-        targets = Counter(renamed.values())
-        if any(n in kept or n in resolved_names or targets[n] > 1 for n in renamed.values()):
+        new_names = set(renamed.values())
+        if (
+            len(new_names) != len(renamed)
+            or not new_names.isdisjoint(self.by_cur.keys() - renamed.keys())
+            or not new_names.isdisjoint(self.resolved.values())
+        ):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
         if any(self._renames_resolved(rule) for rule in rules):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
-        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur}
+        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur if n not in pairs}
         suspicious = self._partial_groups(pairs, unscoped)
         if suspicious:
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
@@ -270,18 +290,25 @@ class _Engine:
             renamed = dict(pairs)
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
-        for name, new in renamed.items():
-            original = self.by_cur.pop(name)
-            self.chain.setdefault(original, []).append(index)
-            if new in self.open_e:
-                del self.cur[original]
-                self.open_e.discard(new)
-                self.resolved[original] = new
-                self.via[original] = index
-                accepted.pairs[original] = new
-            else:
-                self.cur[original] = new
-                self.by_cur[new] = original
+        # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
+        originals = list(map(self.by_cur.pop, renamed))
+        accepted.touched = originals
+        for original in originals:
+            first = self.first_rule.setdefault(original, index)
+            if first != index:
+                self.chain.setdefault(original, [first]).append(index)
+        news = list(renamed.values())
+        lands = list(map(self.open_e.__contains__, news))
+        landed = dict(compress(zip(originals, news), lands))
+        stays = dict(compress(zip(originals, news), map(operator.not_, lands)))
+        for original in landed:
+            del self.cur[original]
+        self.open_e.difference_update(landed.values())
+        self.resolved.update(landed)
+        self.via.update(dict.fromkeys(landed, index))
+        accepted.pairs = landed
+        self.cur.update(stays)
+        self.by_cur.update(zip(stays.values(), stays))
         if narrowed_rename:
             accepted.applicability = Applicability.unsafe
             accepted.note = "the rename also matches keys that are already right, so it is applied key by key"
@@ -292,15 +319,14 @@ class _Engine:
         """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
         than an earlier rule the same keys depend on (a plan applies them in order)."""
         helped: dict[int, dict[str, str]] = {}
-        for original, target in self.resolved.items():
-            for index in self.chain.get(original, ()):
-                helped.setdefault(index, {})[original] = target
+        for index, acc in enumerate(self.accepted):
+            helped[index] = {k: self.resolved[k] for k in acc.touched if k in self.resolved}
         for index, acc in enumerate(self.accepted):
             level, note = self._applicability(acc.candidate, helped.get(index, {}))
             if level.rank < acc.applicability.rank:
                 acc.applicability, acc.note = level, note
         for original, chain in self.chain.items():
-            if original in self.via and len(chain) > 1:
+            if original in self.via:
                 weakest = min((self.accepted[i] for i in chain), key=lambda a: a.applicability.rank)
                 last = self.accepted[self.via[original]]
                 if weakest.applicability.rank < last.applicability.rank:
@@ -340,12 +366,14 @@ class _Engine:
         )
 
     def _partial_groups(self, pairs: dict[str, str], renamed: dict[str, str]) -> set[str]:
+        if len(self.open_e) <= len(pairs):
+            return set()  # every open expected key lands: nothing of any group is left over
         landed = {template(e)[0] for e in pairs.values()}
         numbered = {t for t in landed if HOLE in t}
         if not numbered:
             return set()
         targets = set(pairs.values())
-        left_c = {template(renamed.get(n, n))[0] for n in self.by_cur if n not in pairs} & numbered
+        left_c = {template(renamed.get(n, n))[0] for n in renamed} & numbered
         open_first: dict[str, set[int]] = {}
         for e in self.open_e:
             if e not in targets:
@@ -399,16 +427,13 @@ class _Engine:
         return [MapKeys(mapping=dict(pairs))]
 
     def _applicability(self, cand: Candidate, pairs: dict[str, str]) -> tuple[Applicability, str | None]:
-        unknown = 0
-        mixed = 0
-        for original, target in pairs.items():
-            a, b = self.C[original], self.E[target]
-            if a.shape is None or b.shape is None:
-                unknown += 1
-            if a.dtype and b.dtype and (a.dtype in _FLOAT_DTYPES) != (b.dtype in _FLOAT_DTYPES):
-                mixed += 1
+        ours = list(map(self.C.__getitem__, pairs))
+        theirs = list(map(self.E.__getitem__, pairs.values()))
+        unknown = [*map(_SHAPE_OF, ours), *map(_SHAPE_OF, theirs)].count(None)
+        dtype_pairs = set(zip(map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
+        mixed = sum(1 for a, b in dtype_pairs if a and b and (a in _FLOAT_DTYPES) != (b in _FLOAT_DTYPES))
         if mixed:
-            return Applicability.unsafe, f"{mixed} pair(s) match a float tensor with an integer one"
+            return Applicability.unsafe, "some pairs match a float tensor with an integer one"
         if unknown:
             return Applicability.unsafe, "shapes are unknown on one side, so the mapping cannot be proven"
         rule = cand.rule
@@ -502,8 +527,15 @@ class _Engine:
         transposed: list[str] = []
         dtype_diff: list[str] = []
         casts: Counter[int] = Counter()
-        for original, target in self.resolved.items():
-            a, b = self.C[original], self.E[target]
+        originals = list(self.resolved)
+        targets = list(self.resolved.values())
+        ours = list(map(self.C.__getitem__, originals))
+        theirs = list(map(self.E.__getitem__, targets))
+        # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
+        differ = list(map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)))
+        differ_dtype = list(map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
+        for i in compress(range(len(originals)), map(operator.or_, differ, differ_dtype)):
+            original, target, a, b = originals[i], targets[i], ours[i], theirs[i]
             if a.shape is not None and b.shape is not None and a.shape != b.shape:
                 if len(a.shape) == 2 and a.shape == b.shape[::-1]:
                     transposed.append(original)
@@ -566,7 +598,7 @@ class _Engine:
         ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
         if casts:
             ctx["dtype_casts"] = casts
-        chained = [k for k in keys if len(self.chain.get(k, [])) > 1]
+        chained = [k for k in keys if k in self.chain] if self.chain else []
         if isinstance(rule, StripPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "extra_prefix"):
             prefix = rule.prefix if isinstance(rule, StripPrefix) else rule.old[: len(rule.old) - len(rule.new)]
             origin = knowledge.prefix_origin(rule.old) if isinstance(rule, ReplacePrefix) else None
@@ -927,6 +959,23 @@ class _Engine:
             examples=[],
             ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
         )
+
+
+def _rename_all(rules: list[Rule], names: list[str]) -> dict[str, str]:
+    """New names of ``names`` under ``rules`` (only those that change); prefix rules by slicing, in bulk."""
+    if len(rules) == 1 and isinstance(rules[0], (StripPrefix, ReplacePrefix)):
+        rule = rules[0]
+        old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+        new = "" if isinstance(rule, StripPrefix) else rule.new
+        cut = len(old)
+        return {n: new + n[cut:] for n in names if n.startswith(old)}
+    plan = Plan(rules=rules)
+    out: dict[str, str] = {}
+    for name in names:
+        renamed = plan.rename_key(name)
+        if renamed != name:
+            out[name] = renamed
+    return out
 
 
 def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:

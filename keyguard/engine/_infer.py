@@ -8,9 +8,11 @@ consistently.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Final
 
 from keyguard._patterns import HOLE, template
@@ -96,8 +98,10 @@ def prefix_candidates(
             rest = key[dot + 1 :]
             if rest in open_names:
                 votes["add", key[: dot + 1], ""] += 1
-    if suffixes:
+    best = max(votes.values(), default=0)
+    if suffixes and best < 0.9 * len(sampled):
         # replace: both sides lose a prefix; scan the open expected keys for the sampled names' suffixes
+        # (skipped when stripping or adding a prefix already explains nearly the whole sample)
         pool = expected if len(expected) <= 50_000 else sample(expected, 20_000)
         for key in pool:
             for dot in _dots(key):
@@ -219,25 +223,24 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
     return list(unique.values())
 
 
-def evaluate(cand: Candidate, names: Iterable[str], open_expected: set[str]) -> None:
+def evaluate(cand: Candidate, names: Sequence[str], open_expected: set[str]) -> None:
     """Apply the candidate to every open checkpoint name; record what it renames and where names land."""
     rule = cand.rule
     renamed: list[str] = []
     landing: dict[str, str] = {}
-    if isinstance(rule, StripPrefix):
-        n = len(rule.prefix)
-        renamed = [k for k in names if k.startswith(rule.prefix)]
-        landing = {k: k[n:] for k in renamed if k[n:] in open_expected}
-    elif isinstance(rule, ReplacePrefix):
-        n = len(rule.old)
-        renamed = [k for k in names if k.startswith(rule.old)]
-        landing = {k: rule.new + k[n:] for k in renamed if rule.new + k[n:] in open_expected}
+    if isinstance(rule, (StripPrefix, ReplacePrefix)):  # the common case, in bulk with C-level maps
+        old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+        prepend = "" if isinstance(rule, StripPrefix) else rule.new
+        renamed = list(compress(names, map(str.startswith, names, repeat(old))))
+        tails: list[str] = list(map(operator.getitem, renamed, repeat(slice(len(old), None))))
+        targets = list(map(prepend.__add__, tails)) if prepend else tails
+        landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
     else:
         for k in names:
-            new = rule.rename(k)
-            if new is not None:
+            target = rule.rename(k)
+            if target is not None:
                 renamed.append(k)
-                if new in open_expected:
-                    landing[k] = new
+                if target in open_expected:
+                    landing[k] = target
     cand.renamed = renamed
     cand.landing = landing
