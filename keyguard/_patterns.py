@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Final, Generic, TypeVar
 
 # A dotted segment that is a decimal index: a position in a ModuleList / Sequential. Segments with a leading zero
@@ -89,22 +92,37 @@ class KeyGroup(Generic[T]):
 
 
 def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> list[KeyGroup[T]]:
-    """Group keys by template (and by ``extra(key)`` when given), in order of first appearance."""
+    """Group keys by template (and by ``extra(key)`` when given), in order of first appearance.
+
+    Works column-wise (C-level maps over all keys) since findings and ``inspect`` collapse up to millions of keys.
+    """
     keys = list(keys)
-    split = list(map(template, keys))
-    members: dict[tuple[str, T | None], list[int]] = {}
-    if extra is None:
-        for index, (shape, _) in enumerate(split):
-            members.setdefault((shape, None), []).append(index)
-    else:
-        for index, ((shape, _), value) in enumerate(zip(split, map(extra, keys))):
-            members.setdefault((shape, value), []).append(index)
+    pieces = list(map(_NUMBERED.split, map(".".__add__, keys)))
+    evens = map(operator.getitem, pieces, repeat(_EVEN))
+    shapes: list[str] = list(map(operator.getitem, map(("." + HOLE).join, evens), repeat(_AFTER_DOT)))
+    group_keys: list[tuple[str, T | None]] = list(zip(shapes, map(extra, keys) if extra is not None else repeat(None)))
+    # number the groups by first appearance, then a stable sort on that number gathers each group's indices in
+    # order (all C-level; the group values need not be orderable)
+    ids: dict[tuple[str, T | None], int] = dict.fromkeys(group_keys, 0)
+    for number, group_key in enumerate(ids):
+        ids[group_key] = number
+    group_of = list(map(ids.__getitem__, group_keys))
+    order = sorted(range(len(keys)), key=group_of.__getitem__)
+    runs = [list(run) for _, run in itertools.groupby(order, key=group_of.__getitem__)]
     groups: list[KeyGroup[T]] = []
-    for (shape, value), indices in members.items():  # type: ignore[assignment]  # value is T when extra is given
-        numbers = [split[i][1] for i in indices]
-        columns = [set(column) for column in zip(*numbers)] if numbers and numbers[0] else []
-        groups.append(KeyGroup(shape, value, [keys[i] for i in indices], columns))
+    for indices in runs:
+        shape, value = group_keys[indices[0]]
+        columns: list[set[int]] = []
+        if HOLE in shape:
+            odds = map(operator.getitem, map(pieces.__getitem__, indices), repeat(_ODD))
+            columns = [set(map(int, column)) for column in zip(*odds)]
+        groups.append(KeyGroup(shape, value, list(map(keys.__getitem__, indices)), columns))  # type: ignore[arg-type]
     return groups
+
+
+_EVEN: Final = slice(0, None, 2)
+_ODD: Final = slice(1, None, 2)
+_AFTER_DOT: Final = slice(1, None)
 
 
 def pattern_of(keys: Sequence[str]) -> str:

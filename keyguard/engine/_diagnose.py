@@ -21,10 +21,12 @@ from keyguard._dtypes import dtype_label
 from keyguard._patterns import HOLE, KeyGroup, collapse, template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._infer import (
+    SAMPLE,
     Candidate,
     RenameRule,
     evaluate,
     prefix_candidates,
+    sample,
     segment_candidates,
     shift_candidates,
 )
@@ -173,10 +175,13 @@ class _Engine:
             if previous is None or cand.known > previous.known:
                 unique[cand.identity] = cand
         scored: list[tuple[int, Candidate]] = []
-        for cand in unique.values():
+        contenders = list(unique.values())
+        if len(names) > 4 * SAMPLE:
+            contenders = self._screen(contenders, names)
+        for cand in contenders:
             evaluate(cand, names, self.open_e)
         # most landings first; a candidate landing exactly like one already scored shares its support
-        by_size = sorted(unique.values(), key=lambda c: -len(c.landing))
+        by_size = sorted(contenders, key=lambda c: -len(c.landing))
         for cand in by_size:
             if not cand.landing:
                 break
@@ -212,6 +217,22 @@ class _Engine:
                 break  # names changed: re-generate candidates from what is left
             del position
         return progress
+
+    def _screen(self, contenders: list[Candidate], names: list[str]) -> list[Candidate]:
+        """On many keys, try every candidate on a sample first: only those that land a fair share of it, and that
+        land it differently from every better candidate (possible rivals), are evaluated on all keys."""
+        probe = sample(names)
+        for cand in contenders:
+            evaluate(cand, probe, self.open_e)
+        best = max((len(c.landing) for c in contenders), default=0)
+        ordered = sorted(contenders, key=lambda c: (-len(c.landing), not c.known, not c.general, c.complexity))
+        kept: list[Candidate] = []
+        for cand in ordered:
+            if not cand.landing or len(cand.landing) < best / 2:
+                break
+            if all(cand.landing != other.landing for other in kept):
+                kept.append(cand)
+        return kept
 
     def _support(self, landing: dict[str, str]) -> int:
         """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns."""

@@ -8,10 +8,12 @@ keys and is only applied when asked for.
 from __future__ import annotations
 
 import enum
+import functools
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Applicability(str, enum.Enum):
@@ -125,7 +127,6 @@ class Rename(_Rule):
     replacement: str
     old: str = ""
     new: str = ""
-    _compiled: re.Pattern[str] = PrivateAttr()
 
     @field_validator("pattern")
     @classmethod
@@ -136,12 +137,8 @@ class Rename(_Rule):
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return value
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._compiled = re.compile(self.pattern)
-
     def rename(self, key: str) -> str | None:
-        match = self._compiled.fullmatch(key)
-        return match.expand(self.replacement) if match else None
+        return _renamer(self.pattern, self.replacement)(key)
 
     def describe(self) -> str:
         if self.old and self.new:
@@ -158,19 +155,56 @@ class Rename(_Rule):
         return [(pattern, self.replacement)]
 
 
+@functools.lru_cache(maxsize=1024)
+def _renamer(pattern: str, replacement: str) -> Callable[[str], str | None]:
+    """A fast ``fullmatch`` + ``expand``: the replacement is turned once into a format string over the groups."""
+    compiled = re.compile(pattern)
+    pieces: list[str] = []
+    position = 0
+    for token in _TEMPLATE_TOKEN.finditer(replacement):
+        pieces.append(_braces(replacement[position : token.start()]))
+        group = token.group(1) or token.group(2)
+        if group is not None:
+            if int(group) == 0 or int(group) > compiled.groups:
+                raise re.error(f"invalid group reference {group} in {replacement!r}")
+            pieces.append("{" + str(int(group) - 1) + "}")
+        else:
+            pieces.append(_braces(_ESCAPES.get(token.group(3), "\\" + token.group(3))))
+        position = token.end()
+    pieces.append(_braces(replacement[position:]))
+    text = "".join(pieces)
+
+    def rename(key: str) -> str | None:
+        match = compiled.fullmatch(key)
+        return None if match is None else text.format(*match.groups(""))
+
+    return rename
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+@functools.lru_cache(maxsize=256)
+def _block_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(re.escape(prefix) + r"([0-9]+)((?:\..*)?)")
+
+
+_TEMPLATE_TOKEN: Final = re.compile(r"\\g<([0-9]+)>|\\([0-9]{1,2})|\\(.)")
+_ESCAPES: Final = {"\\": "\\", "n": "\n", "t": "\t"}
+
+
 class ShiftIndex(_Rule):
     """Add ``offset`` to the block index that follows ``prefix`` (``model.layers.16.`` -> ``model.layers.0.``)."""
 
     op: Literal["shift_index"] = "shift_index"
     prefix: str
     offset: int
-    _compiled: re.Pattern[str] = PrivateAttr()
-
-    def model_post_init(self, context: Any, /) -> None:
-        self._compiled = re.compile(re.escape(self.prefix) + r"([0-9]+)((?:\..*)?)")
 
     def rename(self, key: str) -> str | None:
-        match = self._compiled.fullmatch(key)
+        if not key.startswith(self.prefix):
+            return None
+        match = _block_pattern(self.prefix).fullmatch(key)
         if match is None:
             return None
         index = int(match.group(1)) + self.offset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import textwrap
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +48,15 @@ def _verdict(report: Report) -> str:
     )
 
 
-def _wrap(text: str, indent: int, width: int) -> list[str]:
-    return textwrap.wrap(text, width=width, initial_indent=" " * indent, subsequent_indent=" " * indent) or [""]
+def _wrap(text: str, indent: int, width: int, hang: int = 0) -> list[str]:
+    """``text`` wrapped to ``width`` columns; continuation lines are indented ``hang`` more than the first."""
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + hang),
+        break_on_hyphens=False,
+    ) or [""]
 
 
 def _fix_text(finding: Finding) -> str | None:
@@ -64,10 +73,11 @@ def render_table(report: Report, *, width: int = WIDTH, max_findings: int | None
     """A screen for people: headline, one table row per finding, then each finding's details."""
     from tabulate import tabulate
 
+    # every line fits ``width``: long paths and large counts wrap instead of overflowing a terminal or CI log
     lines = [
-        f"checkpoint: {report.checkpoint.location} ({report.checkpoint.format})",
-        f"expected:   {report.expected.location} ({report.expected.format})",
-        _headline(report),
+        *_wrap(f"checkpoint: {report.checkpoint.location} ({report.checkpoint.format})", 0, width, hang=12),
+        *_wrap(f"expected:   {report.expected.location} ({report.expected.format})", 0, width, hang=12),
+        *_wrap(_headline(report), 0, width, hang=2),
         "",
     ]
     shown = report.findings if max_findings is None else report.findings[:max_findings]
@@ -112,8 +122,8 @@ def render_table(report: Report, *, width: int = WIDTH, max_findings: int | None
     if not report.plan.empty:
         lines.append(f"Safe plan ({len(report.plan.rules)} rule{'s' if len(report.plan.rules) != 1 else ''}):")
         for rule in report.plan.rules:
-            lines.extend(_wrap(f"- {rule.describe()}", 2, width))
-    lines.append(_verdict(report))
+            lines.extend(_wrap(f"- {rule.describe()}", 2, width, hang=2))
+    lines.extend(_wrap(_verdict(report), 0, width))
     return "\n".join(lines)
 
 
@@ -132,7 +142,7 @@ def render_markdown(report: Report, **_: Any) -> str:
     """For pull-request comments: a summary table and a collapsible section per finding."""
     status = "✅" if report.ok else "❌"
     lines = [
-        f"### {status} keyguard: `{report.checkpoint.location}` vs `{report.expected.location}`",
+        f"### {status} keyguard: {_code(str(report.checkpoint.location))} vs {_code(str(report.expected.location))}",
         "",
         _headline(report),
         "",
@@ -144,15 +154,16 @@ def render_markdown(report: Report, **_: Any) -> str:
             lines.append(f"| {f.severity.value} | `{f.code}` | {f.kind} | {f.count:,} | {fix} |")
         lines.append("")
         for f in report.findings:
-            lines.append(f"<details><summary><code>{f.code}</code> {_md(f.message)}</summary>")
+            # a line opening with <details> is raw HTML up to the next blank line: HTML escaping, no Markdown
+            lines.append(f"<details><summary><code>{f.code}</code> {_html(f.message)}</summary>")
             lines.append("")
             for pattern in f.patterns:
-                lines.append(f"- `{pattern}`")
+                lines.append(f"- {_code(pattern)}")
             for ex in f.examples:
                 arrow = (
-                    f"`{ex.checkpoint}` → `{ex.expected}`"
+                    f"{_code(ex.checkpoint)} → {_code(ex.expected)}"
                     if ex.checkpoint and ex.expected
-                    else f"`{ex.checkpoint or ex.expected}`"
+                    else _code(ex.checkpoint or ex.expected or "")
                 )
                 lines.append(f"- e.g. {arrow}" + (f" ({_md(ex.detail)})" if ex.detail else ""))
             fix_line = _fix_text(f)
@@ -171,7 +182,22 @@ def render_markdown(report: Report, **_: Any) -> str:
 
 
 def _md(text: str) -> str:
+    """Text for a Markdown line: table pipes escaped, no HTML, one line."""
+    text = " ".join(text.splitlines())
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _html(text: str) -> str:
+    """Text inside a raw HTML line (Markdown is not processed there, so a backslash escape would show)."""
+    return html.escape(" ".join(text.splitlines()), quote=False)
+
+
+def _code(text: str) -> str:
+    """``text`` as one inline code span, whatever backticks or line breaks it holds (keys are arbitrary strings)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text[:1] == text[-1:] == " " and text.strip()) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def render_github(report: Report, **_: Any) -> str:

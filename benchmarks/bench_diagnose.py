@@ -1,0 +1,167 @@
+"""Diagnosis speed: a 94,000-key LoRA adapter against its expected keys with a doubled prefix, and scaling.
+
+1. End to end, in fresh processes: ``keyguard diagnose CK --expected EX`` (CLI, table output) against a plain
+   Python script that only ``json.loads`` both headers and computes the two set differences. Target: at most 1.5x.
+2. In process: ``keyguard.diagnose(ck, ex)`` against the same two ``json.loads`` + set differences.
+3. Scaling: 1,000,000 and 2,000,000 keys in memory (a doubled prefix over numbered blocks), time and peak RSS of
+   ``keyguard.diagnose(mapping, mapping)``; targets: under 10 s and 2 GB for 1,000,000 keys, and doubling the keys
+   at most 2.3x the time.
+4. ``keyguard diagnose`` on two small safetensors files does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import _common as c
+
+PREFIX = "base_model.model."
+BASELINE = """
+import json, sys, time
+start = time.perf_counter()
+keys = []
+for path in sys.argv[1:3]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        keys.append(set(json.loads(f.read(n))) - {"__metadata__"})
+missing, unexpected = keys[1] - keys[0], keys[0] - keys[1]
+print(len(missing), len(unexpected))
+"""
+
+
+def files(work: str) -> tuple[str, str]:
+    entries = c.deepseek_lora_entries()
+    checkpoint = f"{work}/doubled.safetensors"
+    expected = f"{work}/expected.safetensors"
+    c.write_sparse_safetensors(checkpoint, {PREFIX + k: v for k, v in entries.items()})
+    c.write_sparse_safetensors(expected, entries)
+    return checkpoint, expected
+
+
+def end_to_end(checkpoint: str, expected: str, rounds: int) -> dict[str, list[c.Measured]]:
+    return c.interleaved_commands(
+        {
+            "keyguard diagnose (CLI, table)": [
+                c.KEYGUARD_CLI,
+                "diagnose",
+                checkpoint,
+                "--expected",
+                expected,
+                "--fail-on",
+                "never",
+            ],
+            "json.loads x2 + set differences": c.python_command(BASELINE, checkpoint, expected),
+        },
+        rounds,
+    )
+
+
+def in_process(checkpoint: str, expected: str, rounds: int) -> dict[str, c.Stats]:
+    import keyguard
+
+    def baseline() -> Any:
+        keys = []
+        for path in (checkpoint, expected):
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                keys.append(set(json.loads(f.read(n))) - {"__metadata__"})
+        return keys[1] - keys[0], keys[0] - keys[1]
+
+    return c.interleaved(
+        {
+            "keyguard.diagnose": lambda: keyguard.diagnose(checkpoint, expected),
+            "json.loads x2 + set differences": baseline,
+        },
+        rounds,
+    )
+
+
+SCALING = """
+import sys, time, resource
+from keyguard.sources import TensorInfo
+import keyguard
+n = int(sys.argv[1])
+layers, per = 1000, n // 1000
+info = TensorInfo((16, 16), "BF16")
+expected = {f"model.layers.{i}.experts.{j}.w.weight": info for i in range(layers) for j in range(per)}
+checkpoint = {"model." + k: v for k, v in expected.items()}
+start = time.perf_counter()
+report = keyguard.diagnose(checkpoint, expected)
+elapsed = time.perf_counter() - start
+assert report.summary.coverage_after == 1.0, report.summary
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(f"KG_SCALING {elapsed} {peak}")
+"""
+
+
+def scaling(sizes: list[int]) -> list[tuple[int, float, int]]:
+    """Each size in its own fresh process, so peak RSS is that size's alone."""
+    out = []
+    for n in sizes:
+        result = subprocess.run(
+            c.python_command(SCALING, str(n)), capture_output=True, text=True, check=True, cwd=str(c.REPO)
+        )
+        line = next(line for line in result.stdout.splitlines() if line.startswith("KG_SCALING"))
+        _, seconds, peak = line.split()
+        out.append((n, float(seconds), int(peak)))
+    return out
+
+
+def torch_free(work: str) -> bool:
+    small_ck = f"{work}/small_ck.safetensors"
+    small_ex = f"{work}/small_ex.safetensors"
+    c.write_sparse_safetensors(small_ck, {"module.a.weight": ("F32", (4, 4)), "module.b.weight": ("F32", (4,))})
+    c.write_sparse_safetensors(small_ex, {"a.weight": ("F32", (4, 4)), "b.weight": ("F32", (4,))})
+    modules = c.imported_modules(
+        ["-c", f"from keyguard.cli import main; main(['diagnose', {small_ck!r}, '--expected', {small_ex!r}])"]
+    )
+    return "torch" not in modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = c.parse_args(__doc__ or "", argv)
+    rounds = 3 if args.quick else 7
+    work = str(c.work_dir())
+    print(c.environment())
+    checkpoint, expected = files(work)
+    figures: dict[str, Any] = {}
+
+    e2e = end_to_end(checkpoint, expected, rounds)
+    rows = []
+    base = min(m.wall for m in e2e["json.loads x2 + set differences"])
+    for name, runs in e2e.items():
+        best = min(m.wall for m in runs)
+        med = c.Stats([m.wall for m in runs]).median
+        rows.append([name, c.ms(best), c.ms(med), f"{best / base:.2f}x", c.mb(max(m.peak_rss for m in runs))])
+    print("\nEnd to end, fresh processes (wall time, includes interpreter start-up):")
+    print(c.table(["contender", "min ms", "median ms", "ratio (min)", "peak RSS"], rows))
+    figures["end_to_end"] = rows
+
+    stats = in_process(checkpoint, expected, rounds)
+    base_s = stats["json.loads x2 + set differences"].min
+    rows = [[name, c.ms(s.min), c.ms(s.median), f"{s.min / base_s:.2f}x"] for name, s in stats.items()]
+    print("\nIn process:")
+    print(c.table(["contender", "min ms", "median ms", "ratio (min)"], rows))
+    figures["in_process"] = rows
+
+    sizes = [250_000, 500_000] if args.quick else [1_000_000, 2_000_000]
+    results = scaling(sizes)
+    rows = [[f"{n:,}", f"{s:.2f} s", c.mb(peak)] for n, s, peak in results]
+    print("\nScaling (keyguard.diagnose on in-memory key maps, doubled prefix):")
+    print(c.table(["keys", "time", "peak RSS"], rows))
+    if len(results) == 2:
+        print(f"doubling the keys: {results[1][1] / results[0][1]:.2f}x the time")
+    figures["scaling"] = rows
+
+    no_torch = torch_free(work)
+    print(f"\nkeyguard diagnose on two small safetensors files imports torch: {'no' if no_torch else 'YES'}")
+    figures["imports_torch"] = not no_torch
+    c.write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
