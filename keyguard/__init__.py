@@ -18,7 +18,7 @@ from keyguard._exceptions import (
 from keyguard._summary import SourceSummary, summarize
 from keyguard._version import __version__
 from keyguard.engine import diagnose
-from keyguard.fixes import Applicability, Plan
+from keyguard.fixes import Applicability, Plan, load_state_dict, write_fixed
 from keyguard.report import Finding, Report, Severity
 from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
 
@@ -44,7 +44,9 @@ __all__ = [
     "UnsupportedVersionError",
     "__version__",
     "diagnose",
+    "load_state_dict",
     "read_keys",
     "summarize",
+    "write_fixed",
     "write_manifest",
 ]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[bytes]]:
-    """Yield a file beside ``path``; on success it is fsynced and renamed onto ``path``, on failure removed.
+def atomic_output(
+    path: str | os.PathLike[str], mode: str = "wb", *, verify: Callable[[str], None] | None = None
+) -> Iterator[IO[bytes]]:
+    """Yield a file beside ``path``; on success it is fsynced, checked by ``verify(temporary_path)`` when given,
+    and renamed onto ``path``; on any failure (or a failed check) it is removed and ``path`` is untouched.
 
     A process killed at any moment leaves either the old ``path`` (or none) or the complete new one, never a partial
     file at ``path``; at worst a ``.keyguard-*.tmp`` file remains beside it.
@@ -20,16 +23,25 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
     folder = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.keyguard-", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _default_mode())  # mkstemp makes 0600; a written checkpoint gets the usual permissions
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -38,7 +50,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable (best effort where directories cannot be opened)."""
     with contextlib.suppress(OSError):  # not every platform lets a directory be opened
         fd = os.open(folder, os.O_RDONLY)
         try:

@@ -806,6 +806,8 @@ class _Engine:
             " when fine-tuning. --ignore it to load the rest strictly",
             "legacy": "older BatchNorm checkpoints lack num_batches_tracked; PyTorch fills it in",
         }.get(why)
+        if benign is not None:
+            benign = benign.replace("--ignore it", f"--ignore {_ignore_hint(keys)}")
         label = {"tied": " (tied weights)", "head": " (a task head)", "legacy": " (legacy)"}.get(why, "")
         hint = None if why else self._closest(keys, [self.cur[k] for k in unexpected])
         return self._finding(
@@ -997,6 +999,14 @@ def _rename_all(rules: list[Rule], names: list[str]) -> dict[str, str]:
         if renamed != name:
             out[name] = renamed
     return out
+
+
+def _ignore_hint(keys: list[str]) -> str:
+    """The ``--ignore`` argument that covers exactly ``keys`` (one alternation for a few, the pattern for many)."""
+    if len(keys) <= 3:
+        body = "|".join(re.escape(k) for k in keys)
+        return f"'^(?:{body})$'" if len(keys) > 1 else f"'^{body}$'"
+    return f"'{re.escape(keys[0].split('.', 1)[0])}\\.'"
 
 
 def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:

@@ -1,5 +1,6 @@
 """Fix plans: rules with applicability levels, applied in memory or written out."""
 
+from keyguard.fixes._load import load_state_dict, load_tensors
 from keyguard.fixes._plan import PLAN_FORMAT, Plan
 from keyguard.fixes._rules import (
     AddPrefix,
@@ -15,6 +16,7 @@ from keyguard.fixes._rules import (
     StripPrefix,
     Transpose,
 )
+from keyguard.fixes._writer import WriteError, WriteResult, write_fixed
 
 __all__ = [
     "PLAN_FORMAT",
@@ -31,4 +33,9 @@ __all__ = [
     "Split",
     "StripPrefix",
     "Transpose",
+    "WriteError",
+    "WriteResult",
+    "load_state_dict",
+    "load_tensors",
+    "write_fixed",
 ]

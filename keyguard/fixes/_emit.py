@@ -4,6 +4,10 @@ transformers applies every matching ``key_mapping`` entry in order (``re.search`
 once, ``\\1`` as the only back-reference); mmengine applies ``re.sub`` for each ``revise_keys`` pair in order. Rules
 that neither can express (arithmetic index shifts, renames needing two captured groups) are exported as one
 anchored entry per key, computed by running the plan over the keys.
+
+``key_mapping`` is a dict, so a pattern can appear in it once: when a plan repeats a rule (a prefix doubled on some
+keys only is stripped by two identical rules), the repeat is written as an equivalent pattern wrapped in a
+non-capturing group, so that both steps survive.
 """
 
 from __future__ import annotations
@@ -32,16 +36,25 @@ def export_plan(plan: Plan, keys: Iterable[str]) -> tuple[dict[str, str], list[t
                 names[i] = new
         if isinstance(rule, (StripPrefix, AddPrefix, ReplacePrefix, MapKeys)):
             pairs = rule.key_mapping()
-            key_mapping.update(pairs)
+            _extend(key_mapping, pairs)
             revise.extend(pairs)
             continue
         per_key = [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in explicit]
-        key_mapping.update(per_key)
+        _extend(key_mapping, per_key)
         if isinstance(rule, Rename):
             revise.extend(rule.key_mapping())
         else:
             revise.extend(per_key)
     return key_mapping, revise
+
+
+def _extend(key_mapping: dict[str, str], pairs: Iterable[tuple[str, str]]) -> None:
+    """Append ``pairs`` in order; a pattern already present is wrapped in ``(?:...)`` (same matches, same groups)
+    rather than overwriting the earlier entry."""
+    for pattern, replacement in pairs:
+        while pattern in key_mapping:
+            pattern = f"(?:{pattern})"
+        key_mapping[pattern] = replacement
 
 
 def render_key_mapping(plan: Plan, keys: Iterable[str], *, as_json: bool = False) -> str:

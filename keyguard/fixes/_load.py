@@ -1,0 +1,176 @@
+"""Loading tensors (never unsafely) and guarded ``load_state_dict``: diagnose, apply the plan, load strictly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from keyguard._exceptions import KeyMismatchError, SourceError
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import Applicability, Fuse, Split, Transpose
+from keyguard.sources._keyset import TensorInfo
+from keyguard.sources._torch import import_torch
+
+Strategy = Literal["auto", "strict"] | Plan
+
+
+def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, container: str | None = None) -> dict[str, Any]:
+    """The tensors of a checkpoint, memory-mapped where the format allows (no unsafe pickle loading, ever).
+
+    Accepts a ``.safetensors`` file, a sharded checkpoint (folder or index), a PyTorch pickle, a Hugging Face
+    model or PEFT adapter folder, or a state dict (returned as a plain dict).
+    """
+    if isinstance(source, Mapping):
+        return dict(source)
+    from keyguard.sources._resolve import read_keys
+
+    keys = read_keys(source, container=container)
+    torch = import_torch(f"to load the tensors of {os.fspath(source)}")
+    if keys.format in ("safetensors", "peft-adapter") and all(i.offsets is not None for i in keys.values()):
+        path = keys.location if keys.format == "safetensors" else os.path.join(keys.location or "", keys.files[0])
+        return _safetensors_file(path or "")
+    if keys.format == "safetensors-sharded":
+        folder = _folder_of(keys.location or "")
+        out: dict[str, Any] = {}
+        for shard in keys.files:
+            out.update(_safetensors_file(os.path.join(folder, shard)))
+        return {k: out[k] for k in keys}
+    if keys.format in ("torch-pickle", "torch-pickle-sharded", "peft-adapter"):
+        from keyguard.sources._pickle import _unwrap
+
+        files = (
+            [keys.location or ""]
+            if keys.format == "torch-pickle"
+            else [os.path.join(_folder_of(keys.location or ""), f) for f in keys.files]
+        )
+        tensors: dict[str, Any] = {}
+        for path in files:
+            obj = torch.load(path, weights_only=True, mmap=_is_zip(path), map_location="cpu")
+            state, _, _ = _unwrap(path, obj, keys.unwrapped)
+            tensors.update({k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
+        return tensors
+    raise SourceError(keys.location, "no-tensors", f"a {keys.format} source holds no tensor data to load")
+
+
+def _folder_of(location: str) -> str:
+    return os.path.dirname(location) if os.path.isfile(location) else location
+
+
+def _is_zip(path: str) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(path)
+
+
+def _safetensors_file(path: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return dict(load_file(path))
+
+
+def read_safetensors_tensor(torch: Any, path: str, info: TensorInfo) -> Any:
+    """One tensor of a ``.safetensors`` file, read from its byte range."""
+    from safetensors.torch import _TYPES
+
+    start, end = info.offsets or (0, 0)
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = bytearray(f.read(end - start))
+    dtype = _TYPES[info.dtype]
+    if not data:
+        return torch.empty(info.shape or (), dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype).reshape(info.shape or ())
+
+
+def load_state_dict(
+    module: Any,
+    source: Any,
+    *,
+    strategy: Strategy = "auto",
+    unsafe_fixes: bool = False,
+    ignore: Iterable[str] = (),
+    drop_unexpected: bool = False,
+    container: str | None = None,
+) -> Any:
+    """Load a checkpoint into ``module`` with ``load_state_dict(strict=True)``, after fixing what is safe to fix.
+
+    Resolves ``source`` (a path keyguard reads, or a state dict), diagnoses it against the module, applies the
+    plan — the safe plan (``"auto"``), no rewriting (``"strict"``), or a ``Plan`` of your own (its unsafe rules
+    only with ``unsafe_fixes=True``) — and loads strictly. Modules on the meta device are loaded with
+    ``assign=True``. It never falls back to ``strict=False``.
+
+    Args:
+        ignore: regular expressions of keys allowed to differ: ignored missing keys keep the module's current
+            value (a weight tied to one that is loaded follows it), ignored unexpected keys are left out.
+        drop_unexpected: leave out every checkpoint key the model does not expect (listed in the report).
+
+    Returns:
+        The diagnosis ``Report`` of the checkpoint as given.
+
+    Raises:
+        KeyMismatchError: problems remain after the plan; its message is the rendered report and
+            ``error.report`` the report itself. The module is left untouched.
+    """
+    import re
+
+    from keyguard.engine._diagnose import diagnose
+
+    torch = import_torch("to load a state dict into a module")
+    state = load_tensors(source, container=container)
+    patterns = [re.compile(p) for p in ignore]
+    report = diagnose(state, module, ignore=list(ignore))
+    if strategy == "auto":
+        plan = report.unsafe_plan if unsafe_fixes else report.plan
+    elif strategy == "strict":
+        plan = Plan()
+    elif isinstance(strategy, Plan):
+        plan = strategy if unsafe_fixes else strategy.at_least(Applicability.safe)
+    else:
+        raise ValueError(f"strategy must be 'auto', 'strict' or a Plan, not {strategy!r}")
+    fixed = _apply_all(torch, plan, state)
+    expected = module.state_dict(keep_vars=True)
+    unexpected = [k for k in fixed if k not in expected]
+    leave_out = [k for k in unexpected if drop_unexpected or any(p.search(k) for p in patterns)]
+    for key in leave_out:
+        del fixed[key]
+    from keyguard.sources._module import read_module
+
+    module_keys = read_module(module)
+    partners = {k: g for g in module_keys.tied for k in g}
+    for key in expected:
+        if key not in fixed and any(p.search(key) for p in patterns):
+            loaded_partner = next((o for o in partners.get(key, ()) if o != key and o in fixed), None)
+            fixed[key] = fixed[loaded_partner] if loaded_partner is not None else expected[key]
+    after = diagnose(fixed, module_keys)
+    if after.errors():
+        raise KeyMismatchError(
+            "the checkpoint does not load strictly even after the plan"
+            f" ({len(plan.rules)} rule(s) applied):\n\n" + after.render("table"),
+            after,
+        )
+    assign = any(t.is_meta for t in expected.values() if isinstance(t, torch.Tensor))
+    module.load_state_dict(fixed, strict=True, assign=assign)
+    return report
+
+
+def _apply_all(torch: Any, plan: Plan, state: Mapping[str, Any]) -> dict[str, Any]:
+    """Renames (same tensor objects), then data rules (new tensors only for the keys they change)."""
+    fixed = plan.apply(state)
+    for rule in plan.rules:
+        if isinstance(rule, Transpose):
+            for key in rule.keys:
+                if key in fixed:
+                    fixed[key] = fixed[key].t().contiguous()
+        elif isinstance(rule, Split) and rule.source in fixed:
+            whole = fixed.pop(rule.source)
+            for part, size in zip(rule.targets, torch.split(whole, rule.sizes, dim=rule.dim)):
+                fixed[part] = size.contiguous()
+        elif isinstance(rule, Fuse) and all(s in fixed for s in rule.sources):
+            parts = [fixed.pop(s) for s in rule.sources]
+            if rule.stack:
+                groups = [torch.cat(parts[i : i + rule.parts], dim=rule.dim) for i in range(0, len(parts), rule.parts)]
+                fixed[rule.target] = torch.stack(groups, dim=0)
+            else:
+                fixed[rule.target] = torch.cat(parts, dim=rule.dim)
+    return fixed

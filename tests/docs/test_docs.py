@@ -1,0 +1,237 @@
+"""The docs site builds with ``--strict``, its generated pages follow the code, and the README's promises hold.
+
+The site is built once per module, in a fresh interpreter, into a temporary folder (a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import html
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import keyguard
+import keyguard.fixes
+import keyguard.report
+import keyguard.sources
+from keyguard.cli._app import build_parser
+from keyguard.report import KINDS, Finding
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+BUILD_SECONDS = 30
+
+# Each source module's problem slugs must be documented on these pages.
+SLUG_PAGES = {
+    "_safetensors.py": ["sources/safetensors.md"],
+    "_sharded.py": ["sources/sharded.md"],
+    "_pickle.py": ["sources/pytorch-pickle.md"],
+    "_config.py": ["sources/config-folder.md"],
+    "_adapter.py": ["sources/peft-adapter.md"],
+    "_manifest.py": ["sources/manifest.md"],
+    "_memory.py": ["sources/in-memory.md"],
+    "_resolve.py": ["sources/index.md"],
+    "_jsonfile.py": ["sources/index.md"],
+}
+SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}
+ERROR_CALLS = {"SourceError", "HeaderError", "ShardIndexError", "UnsafePickleError", "AdapterConfigError", "error"}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml")]
+    try:
+        done = subprocess.run(
+            [*command, "--site-dir", str(out)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BUILD_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the docs build took more than {BUILD_SECONDS} s")
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
+    return out
+
+
+def page_text(path: Path) -> str:
+    """The visible text of a built page, whitespace collapsed."""
+    raw = path.read_text(encoding="utf-8")
+    raw = re.sub(r"<(script|style)\b.*?</\1>", " ", raw, flags=re.DOTALL)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", raw)).split())
+
+
+def squeeze(text: str) -> str:
+    """Text without any whitespace: rendering moves spaces around tags (code spans, links), never letters."""
+    return "".join(text.split())
+
+
+def plain(markdown: str) -> str:
+    """Registry text as it reads once rendered: code spans lose their backticks."""
+    return squeeze(markdown.replace("`", ""))
+
+
+def section(markdown: str, heading: str) -> str:
+    """The text under a ``## heading``, up to the next heading of level 2."""
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", markdown, re.MULTILINE | re.DOTALL)
+    assert match, f"no '## {heading}' section"
+    return match.group(1)
+
+
+# -- the build -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_docs_build_strict(site: Path) -> None:
+    for page in ("index.html", "getting-started/index.html", "concepts/index.html", "cli/index.html"):
+        assert (site / page).is_file(), page
+
+
+@pytest.mark.slow
+def test_every_finding_kind_has_a_generated_page(site: Path) -> None:
+    site_url = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["site_url"]
+    for kind in KINDS.values():
+        page = site / "findings" / kind.code.lower() / "index.html"
+        assert page.is_file(), f"no page for {kind.code}"
+        text = page_text(page)
+        for expected in (kind.code, kind.kind, kind.severity.value, kind.family, kind.title):
+            assert expected in text, (kind.code, expected)
+        for heading, body in (
+            ("What it does", kind.what),
+            ("Why is this bad?", kind.why),
+            ("Fix safety", kind.fix_safety),
+            ("Example", kind.example),
+        ):
+            assert f"{heading} " in text and plain(body) in squeeze(text), (kind.code, heading)
+        # reports link every finding to its page: the link must land on this one
+        finding = Finding(code=kind.code, kind=kind.kind, severity=kind.severity, message="", count=0)
+        assert finding.url == f"{site_url}findings/{kind.code.lower()}/"
+
+
+def test_finding_pages_are_not_written_by_hand() -> None:
+    hand_written = sorted(p.name for p in (DOCS / "findings").iterdir() if p.name != "index.md")
+    assert hand_written == [], "finding pages are generated from keyguard.report._kinds.KINDS"
+
+
+@pytest.mark.slow
+def test_findings_index_lists_every_code(site: Path) -> None:
+    raw = (site / "findings" / "index.html").read_text(encoding="utf-8")
+    for kind in KINDS.values():
+        assert f'href="{kind.code.lower()}/"' in raw, kind.code
+
+
+# -- generated references ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_reference_documents_every_command_and_option(site: Path) -> None:
+    raw = (site / "cli" / "index.html").read_text(encoding="utf-8")
+    # table cells only: the usage lines name every option too, but say nothing about it
+    cells = " ".join(html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", raw, re.DOTALL))
+    parser = build_parser()
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = {"keyguard": parser, **{f"keyguard {name}": sub for name, sub in sub_action.choices.items()}}
+    for title, command in parsers.items():
+        assert f'id="{title.replace(" ", "-")}"' in raw, title
+        for action in command._actions:
+            if action is sub_action:
+                continue
+            names = action.option_strings or [action.metavar or action.dest]
+            for name in names:
+                assert name in cells, (title, name)
+
+
+@pytest.mark.slow
+def test_api_reference_covers_every_public_name(site: Path) -> None:
+    raw = (site / "api" / "index.html").read_text(encoding="utf-8")
+    top = set(keyguard.__all__)
+    missing = [name for name in keyguard.__all__ if f'id="keyguard.{name}"' not in raw]
+    for module in (keyguard.sources, keyguard.fixes, keyguard.report):
+        missing += [
+            f"{module.__name__}.{name}"
+            for name in module.__all__
+            if name not in top and f'id="{module.__name__}.{name}"' not in raw
+        ]
+    assert missing == [], "add these to docs/api.md"
+
+
+@pytest.mark.slow
+def test_format_reference_shows_the_generated_schemas(site: Path) -> None:
+    text = page_text(site / "reference" / "report-format" / "index.html")
+    for fmt in ("keyguard.report/v1", "keyguard.plan/v1", "keyguard.keys/v1", "keyguard.inspect/v1"):
+        assert fmt in text, fmt
+    for model in (keyguard.Report, keyguard.Plan, keyguard.SourceSummary):
+        for field in model.model_json_schema()["properties"]:
+            assert field in text, (model.__name__, field)
+
+
+def test_not_in_this_release_notes_are_still_true() -> None:
+    """The docs say that no command writes fixed checkpoints yet; the day one does, that note must go."""
+    parser = build_parser()
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {o for sub in sub_action.choices.values() for a in sub._actions for o in a.option_strings}
+    fix_command = "fix" in sub_action.choices or "--unsafe-fixes" in options or "--drop-unexpected" in options
+    stale = [str(p.relative_to(REPO)) for p in DOCS.rglob("*.md") if "not part of this release" in p.read_text()]
+    if fix_command:
+        assert stale == [], "the CLI can write fixes now: update these pages (and CHANGELOG.md)"
+    else:
+        assert stale, "the notes about the missing fix command are gone, but the command is still missing"
+
+
+def test_source_pages_list_every_problem_slug() -> None:
+    folder = Path(keyguard.sources.__file__).parent
+    undocumented: list[str] = []
+    for module, pages in SLUG_PAGES.items():
+        text = "".join((DOCS / page).read_text(encoding="utf-8") for page in pages)
+        for slug in problem_slugs(folder / module):
+            if f"`{slug}`" not in text:
+                undocumented.append(f"{module}: {slug}")
+    assert undocumented == []
+    modules_with_slugs = {p.name for p in folder.glob("_*.py") if problem_slugs(p)}
+    assert modules_with_slugs <= SLUG_PAGES.keys(), "map the new source module to its docs page in SLUG_PAGES"
+
+
+def problem_slugs(path: Path) -> set[str]:
+    """The ``problem`` slugs a module raises: the second argument of ``SourceError(path, "slug", ...)`` and kin."""
+    slugs: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call) or len(node.args) < 2:
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        slug = node.args[1]
+        if name in ERROR_CALLS and isinstance(slug, ast.Constant) and isinstance(slug.value, str):
+            slugs.add(slug.value)
+    return slugs
+
+
+# -- README, CI, changelog -----------------------------------------------------------------------------------------
+def test_readme_quick_start_is_make_demo_and_make_test() -> None:
+    quick_start = section((REPO / "README.md").read_text(encoding="utf-8"), "Quick start")
+    blocks = re.findall(r"^```([a-z]*)\n(.*?)^```", quick_start, re.MULTILINE | re.DOTALL)
+    commands = [
+        line.strip().removeprefix("$ ")
+        for language, block in blocks
+        if language in SHELL_BLOCKS  # ``text`` blocks show output
+        for line in block.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert commands == ["make demo", "make test"]
+
+
+def test_ci_runs_make_test() -> None:
+    lines = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    assert "make test" in lines
+
+
+def test_changelog_keeps_a_changelog() -> None:
+    text = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert text.startswith("# Changelog\n")
+    unreleased = section(text, "[Unreleased]")
+    assert "### Added" in unreleased
