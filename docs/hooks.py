@@ -11,6 +11,7 @@
   ``<!-- keyguard:containers -->``           the containers the pickle reader unwraps
   ``<!-- keyguard:known-prefixes -->``       the wrapper prefixes the engine recognises
   ``<!-- keyguard:exceptions -->``           the exception hierarchy
+  ``<!-- keyguard:api-rest MODULE -->``      ``:::`` entries for names of ``MODULE.__all__`` the page does not document
 
 An unknown marker, a hand-written page where a generated one belongs, or a missing include stops the build.
 """
@@ -24,10 +25,12 @@ import inspect
 import json
 import os
 import re
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
@@ -99,6 +102,10 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
             return render_known_prefixes()
         if name == "exceptions":
             return render_exceptions()
+        if name == "api-rest":
+            if not arg:
+                raise PluginError(f"{where} needs a module name")
+            return render_api_rest(arg, markdown)
         raise PluginError(f"{where}: unknown marker")
 
     return MARKER.sub(replace, markdown)
@@ -263,6 +270,40 @@ def argument_description(formatter: argparse.HelpFormatter, action: argparse.Act
     ):
         extra.append(f"Default: `{action.default}`.")
     return " ".join([text, *extra]).strip()
+
+
+# -- API reference -------------------------------------------------------------------------------------------------
+DIRECTIVE = re.compile(r"^::: (?P<ident>[\w.]+)[ \t]*\n(?P<options>(?:(?:[ \t]{4}.*)?\n)*)", re.MULTILINE)
+
+
+def documented(markdown: str) -> set[str]:
+    """Identifiers a page documents: its ``::: ident`` entries, and the ``members`` listed under them."""
+    found: set[str] = set()
+    for match in DIRECTIVE.finditer(markdown):
+        ident = match.group("ident")
+        found.add(ident)
+        options = yaml.safe_load(textwrap.dedent(match.group("options"))) or {}
+        members = (options.get("options") or {}).get("members")
+        if isinstance(members, list):
+            found.update(f"{ident}.{member}" for member in members)
+    return found
+
+
+def render_api_rest(module_name: str, markdown: str) -> str:
+    """``:::`` entries for the public names the hand-ordered sections do not cover yet, so none is ever left out."""
+    import keyguard
+
+    module = importlib.import_module(module_name)
+    done = documented(markdown)
+    rest = [
+        name
+        for name in module.__all__
+        if f"{module_name}.{name}" not in done and not (module is not keyguard and name in keyguard.__all__)
+    ]
+    if not rest:
+        return ""
+    entries = "\n\n".join(f"::: {module_name}.{name}" for name in rest)
+    return f"## More from `{module_name}`\n\n{entries}" if module is keyguard else entries
 
 
 # -- schemas -------------------------------------------------------------------------------------------------------

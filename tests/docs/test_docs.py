@@ -171,19 +171,6 @@ def test_format_reference_shows_the_generated_schemas(site: Path) -> None:
             assert field in text, (model.__name__, field)
 
 
-def test_not_in_this_release_notes_are_still_true() -> None:
-    """The docs say that no command writes fixed checkpoints yet; the day one does, that note must go."""
-    parser = build_parser()
-    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    options = {o for sub in sub_action.choices.values() for a in sub._actions for o in a.option_strings}
-    fix_command = "fix" in sub_action.choices or "--unsafe-fixes" in options or "--drop-unexpected" in options
-    stale = [str(p.relative_to(REPO)) for p in DOCS.rglob("*.md") if "not part of this release" in p.read_text()]
-    if fix_command:
-        assert stale == [], "the CLI can write fixes now: update these pages (and CHANGELOG.md)"
-    else:
-        assert stale, "the notes about the missing fix command are gone, but the command is still missing"
-
-
 def test_source_pages_list_every_problem_slug() -> None:
     folder = Path(keyguard.sources.__file__).parent
     undocumented: list[str] = []
