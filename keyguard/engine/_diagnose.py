@@ -25,6 +25,7 @@ from keyguard.engine._infer import (
     Candidate,
     RenameRule,
     evaluate,
+    near_prefix_candidates,
     prefix_candidates,
     sample,
     segment_candidates,
@@ -112,6 +113,7 @@ class _Accepted:
     pairs: dict[str, str] = field(default_factory=dict)  # original checkpoint key -> expected key
     note: str | None = None
     touched: list[str] = field(default_factory=list)  # original keys this rule renamed
+    helped: int = 0  # keys that reached an expected key through this rule (alone or with later ones)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class _Engine:
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
+        self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []
 
@@ -192,7 +195,7 @@ class _Engine:
             if support:
                 scored.append((support, cand))
         if not scored:
-            return False
+            return self._lookahead(names, expected)
         scored.sort(key=lambda item: (-item[0], not item[1].known, not item[1].general, item[1].complexity))
         taken_c: set[str] = set()
         taken_e: set[str] = set()
@@ -207,7 +210,7 @@ class _Engine:
                 if other is not cand and s == support and other.landing != cand.landing and _conflicts(other, pairs)
             ]
             if rivals and not (cand.known and not any(r.known for r in rivals)):
-                self._record_tie(cand, rivals, pairs, taken_c, taken_e)
+                self._record_tie(cand, rivals, pairs, taken_c, taken_e, scored)
                 progress = True
                 continue
             if self._accept(cand, pairs):
@@ -217,6 +220,37 @@ class _Engine:
                 break  # names changed: re-generate candidates from what is left
             del position
         return progress
+
+    def _lookahead(self, names: list[str], expected: list[str]) -> bool:
+        """When no rule lands a key, take a prefix step after which a segment rule lands some (two edits at once)."""
+        for step in near_prefix_candidates(names, expected, self.open_e):
+            evaluate(step, names, self.open_e)
+            renamed = _rename_all([step.rule], step.renamed)
+            if not renamed or len(set(renamed.values())) != len(renamed):
+                continue
+            if not set(renamed.values()).isdisjoint(self.by_cur.keys() - renamed.keys()):
+                continue
+            if self._renames_resolved(step.rule):
+                continue
+            moved = [renamed.get(n, n) for n in names]
+            followers = segment_candidates(moved, expected)
+            for follower in followers:
+                evaluate(follower, moved, self.open_e)
+            if not any(f.landing for f in followers):
+                continue
+            index = len(self.accepted)
+            accepted = _Accepted(step.kind, [step.rule], Applicability.safe, step)
+            for name, new in renamed.items():
+                original = self.by_cur.pop(name)
+                accepted.touched.append(original)
+                first = self.first_rule.setdefault(original, index)
+                if first != index:
+                    self.chain.setdefault(original, [first]).append(index)
+                self.cur[original] = new
+                self.by_cur[new] = original
+            self.accepted.append(accepted)
+            return True
+        return False
 
     def _screen(self, contenders: list[Candidate], names: list[str]) -> list[Candidate]:
         """On many keys, try every candidate on a sample first: only those that land a fair share of it, and that
@@ -244,35 +278,52 @@ class _Engine:
         return equal
 
     def _record_tie(
-        self, cand: Candidate, rivals: list[Candidate], pairs: dict[str, str], taken_c: set[str], taken_e: set[str]
+        self,
+        cand: Candidate,
+        rivals: list[Candidate],
+        pairs: dict[str, str],
+        taken_c: set[str],
+        taken_e: set[str],
+        scored: list[tuple[int, Candidate]],
     ) -> None:
+        """Declare the tied keys ambiguous, with every candidate target any rule offers for them.
+
+        The affected set is closed over every scored candidate: a name is in it when one of its targets is, and a
+        target when one of its names is, so no true target is left out of the candidates shown.
+        """
+        names = set(pairs) | {n for r in rivals for n in r.landing if n in pairs or r.landing[n] in pairs.values()}
+        targets = set(pairs.values())
+        everyone = [c for _, c in scored]
+        for _ in range(8):
+            grown = False
+            for other in everyone:
+                for name, target in other.landing.items():
+                    if name in taken_c or target in taken_e:
+                        continue
+                    linked = name in names or target in targets
+                    if linked and (name not in names or target not in targets):
+                        names.add(name)
+                        targets.add(target)
+                        grown = True
+            if not grown:
+                break
         options: dict[str, list[str]] = {}
-        for name, target in pairs.items():
-            choices = [target] + [
-                r.landing[name]
-                for r in rivals
-                if name in r.landing and r.landing[name] != target and r.landing[name] not in taken_e
-            ]
-            options[self.by_cur[name]] = list(dict.fromkeys(choices))
-        for r in rivals:
-            for name, target in r.landing.items():
-                if name in pairs or name in taken_c:
-                    continue
-                if target in pairs.values():
-                    options.setdefault(self.by_cur[name], []).append(target)
+        for name in [n for n in self.by_cur if n in names]:  # in key order, so reports are reproducible
+            offered = dict.fromkeys(other.landing[name] for other in everyone if other.landing.get(name) in targets)
+            options[self.by_cur[name]] = list(offered)
         for original, choices in options.items():
             name = self.cur.pop(original)
             del self.by_cur[name]
+            self.frozen.append(name)
             taken_c.add(name)
             for target in choices:
                 self.open_e.discard(target)
                 taken_e.add(target)
+        for target in targets - taken_e:
+            self.open_e.discard(target)
+            taken_e.add(target)
         self.ambiguities.append(
-            _Ambiguity(
-                options,
-                [cand.rule, *(r.rule for r in rivals)],
-                "several rules explain these keys equally well",
-            )
+            _Ambiguity(options, [cand.rule, *(r.rule for r in rivals)], "several rules explain these keys equally well")
         )
 
     def _accept(self, cand: Candidate, pairs: dict[str, str]) -> bool:
@@ -342,10 +393,21 @@ class _Engine:
         helped: dict[int, dict[str, str]] = {}
         for index, acc in enumerate(self.accepted):
             helped[index] = {k: self.resolved[k] for k in acc.touched if k in self.resolved}
+            acc.helped = len(helped[index])
         for index, acc in enumerate(self.accepted):
             level, note = self._applicability(acc.candidate, helped.get(index, {}))
             if level.rank < acc.applicability.rank:
                 acc.applicability, acc.note = level, note
+        used_by: dict[int, list[int]] = {}
+        for original, chain in self.chain.items():
+            if original in self.via:
+                for i in chain[:-1]:
+                    used_by.setdefault(i, []).append(self.via[original])
+        for index, acc in enumerate(self.accepted):
+            if not acc.pairs and index in used_by:  # a step that lands nothing itself
+                best = max((self.accepted[j].applicability for j in used_by[index]), key=lambda a: a.rank)
+                if best.rank < acc.applicability.rank:
+                    acc.applicability, acc.note = best, f"only useful with later rules that are {best.value}"
         for original, chain in self.chain.items():
             if original in self.via:
                 weakest = min((self.accepted[i] for i in chain), key=lambda a: a.applicability.rank)
@@ -362,6 +424,7 @@ class _Engine:
         for name, target in pairs.items():
             original = self.by_cur.pop(name)
             del self.cur[original]
+            self.frozen.append(name)
             self.open_e.discard(target)
             options[original] = [target]
         self.ambiguities.append(_Ambiguity(options, [cand.rule], why))
@@ -377,6 +440,7 @@ class _Engine:
             if name in doubtful or template(new)[0] in templates:
                 original = self.by_cur.pop(name)
                 del self.cur[original]
+                self.frozen.append(name)
                 options[original] = [doubtful[name]] if name in doubtful else []
         for target in [*doubtful.values(), *leftover_e]:
             self.open_e.discard(target)
@@ -416,8 +480,11 @@ class _Engine:
         return any(block.match(name) for name in self.resolved.values() if name.startswith(rule.prefix))
 
     def _renames_resolved(self, rule: Rule) -> bool:
+        """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
         literal = _literal(rule)
-        return any(literal in name and rule.rename(name) is not None for name in self.resolved.values())
+        return any(
+            literal in name and rule.rename(name) is not None for name in (*self.resolved.values(), *self.frozen)
+        )
 
     def _narrow(self, cand: Candidate, pairs: dict[str, str]) -> list[Rule]:
         """The candidate's rule, narrowed until it renames no key that is already right."""
@@ -573,10 +640,21 @@ class _Engine:
             rule = acc.candidate.rule
             signature: object = ("rename", rule.old, rule.new, acc.applicability) if isinstance(rule, Rename) else index
             merged.setdefault(signature, []).append(index)
+        steps_shown: set[int] = set()
         for indices in merged.values():
             keys = [k for k, i in self.via.items() if i in indices and k not in problem]
             if keys:
-                rules = [r for i in indices for r in self.accepted[i].rules]
+                # a step that lands nothing itself (a prefix stripped before a rename) travels with the first
+                # finding whose keys need it, so every rule of the plan belongs to exactly one finding
+                steps = [
+                    i
+                    for k in keys
+                    for i in self.chain.get(k, [])[:-1]
+                    if not self.accepted[i].pairs and i not in steps_shown
+                ]
+                steps = sorted(set(steps))
+                steps_shown.update(steps)
+                rules = [r for i in [*steps, *indices] for r in self.accepted[i].rules]
                 self.findings.append(
                     self._rule_finding(self.accepted[indices[0]], keys, sum(casts[i] for i in indices), rules)
                 )
@@ -665,7 +743,10 @@ class _Engine:
                 message += " (PEFT's adapter name)"
             kind = kinds.RENAMED
         if chained:
-            message += f"; {len(chained):,} of them also need an earlier rule of the plan"
+            earlier = dict.fromkeys(
+                self.accepted[i].candidate.rule.describe() for k in chained for i in self.chain[k][:-1]
+            )
+            message += f"; {len(chained):,} of them after the plan's earlier rule ({'; '.join(earlier)})"
         if casts:
             message += f"; {casts:,} differ in dtype and are cast on load"
         fix = Fix(applicability=acc.applicability, rules=rules, note=acc.note)
@@ -792,8 +873,8 @@ class _Engine:
             self.findings.append(self._unexpected_finding(why, keys, missing))
 
     def _is_task_head(self, key: str) -> bool:
-        if not knowledge.is_task_head(key):
-            return False
+        if not self.resolved or not knowledge.is_task_head(key):
+            return False  # with nothing else loaded, a missing head is not the explanation
         head = key.split(".", 1)[0]
         # a head is "absent on purpose" only when the checkpoint holds none of it
         return not any(k.split(".", 1)[0] == head for k in self.resolved.values())
@@ -929,7 +1010,7 @@ class _Engine:
         safe_rules: list[Rule] = []
         all_rules: list[Rule] = []
         for acc in self.accepted:
-            if acc.pairs and acc.applicability.at_least(Applicability.unsafe):
+            if (acc.pairs or acc.helped) and acc.applicability.at_least(Applicability.unsafe):
                 all_rules.extend(acc.rules)
                 if acc.applicability is Applicability.safe:
                     safe_rules.extend(acc.rules)

@@ -147,6 +147,35 @@ class _PerBlock:
         return len(seen) > 1
 
 
+def near_prefix_candidates(
+    names: Sequence[str], expected: Sequence[str], open_expected: set[str], *, limit: int = 200_000
+) -> list[Candidate]:
+    """Prefix candidates that bring names one segment edit away from expected keys (nothing lands yet).
+
+    Used when no single rule lands any key: e.g. an adapter whose keys have a doubled ``base_model.model.`` *and*
+    lack PEFT's adapter name needs a strip and an insertion before anything matches.
+    """
+    near: set[str] = set()
+    for key in expected[:limit]:
+        parts = key.split(".")
+        for p in range(1, len(parts)):
+            near.add(".".join(parts[:p] + parts[p + 1 :]))
+    votes: Counter[tuple[str, str]] = Counter()
+    for name in sample(names):
+        for dot in _dots(name):
+            rest = name[dot + 1 :]
+            if rest in near:
+                votes["strip", name[: dot + 1]] += 1
+                continue
+            parts = rest.split(".")
+            if any(".".join(parts[:p] + parts[p + 1 :]) in open_expected for p in range(1, len(parts))):
+                votes["strip", name[: dot + 1]] += 1
+    out: list[Candidate] = []
+    for (_, prefix), count in votes.most_common(4):
+        out.append(Candidate(StripPrefix(prefix=prefix), "extra_prefix", votes=count))
+    return out
+
+
 def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Candidate]:
     """Renamed, inserted and removed segments, found by comparing templates segment by segment."""
     c_templates = Counter(template(n)[0] for n in sample(names, 4 * SAMPLE))

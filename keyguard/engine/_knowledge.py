@@ -58,7 +58,7 @@ _LEGACY_BUFFERS: Final = re.compile(
     r"attn\.(?:masked_)?bias|attention\.(?:masked_)?bias|num_batches_tracked|_float_tensor)"
 )
 _TASK_HEADS: Final = re.compile(
-    r"^(?:classifier|score|qa_outputs|cls|lm_head|pre_classifier|pooler|head|fc|logits_proj|heads?)(?:\.|$)"
+    r"^(?:classifier|score|qa_outputs|cls|pre_classifier|pooler|head|fc|logits_proj|heads?)(?:\.|$)"
 )
 
 

@@ -683,11 +683,6 @@ def test_ambiguous_same_shaped_targets_are_display_only() -> None:
     assert "several" in finding.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: with three same-shaped renames (q/k/v -> query/key/value) the ambiguous finding lists "
-    "attn.v.weight's candidates as ['attn.key.weight'] only, omitting its real target attn.value.weight",
-)
 def test_ambiguous_candidates_include_every_true_target() -> None:
     checkpoint = Net(("q", "k", "v")).state_dict()
     report = diagnose(checkpoint, Net(("query", "key", "value")))
@@ -762,12 +757,6 @@ def test_adapter_name_plus_doubled_peft_prefix_full_state(lora_model: Any) -> No
     load_fixed(report, checkpoint, lora_model, truth)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: when every key needs two rules (strip a doubled 'base_model.model.' AND insert the adapter "
-    "name 'default'), no single candidate lands a key, so nothing is inferred: the report says missing + unexpected "
-    "with coverage_after 0 instead of strip_prefix + insert segment (coverage 1)",
-)
 def test_adapter_name_plus_doubled_peft_prefix_adapter_only(lora_model: Any) -> None:
     from peft import get_peft_model_state_dict
 
