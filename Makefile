@@ -33,8 +33,8 @@ test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check keyguard tests benchmarks
-	$(BIN)/ruff format --check keyguard tests benchmarks
+	$(BIN)/ruff check keyguard tests benchmarks docs
+	$(BIN)/ruff format --check keyguard tests benchmarks docs
 	$(BIN)/mypy keyguard
 
 docs: setup

@@ -36,12 +36,10 @@ _JSON_WS: Final = " \t\n\r"
 # then ten pieces per entry: K, ':{', 'dtype', ':', D, ',', 'shape', ':[S],', 'data_offsets', ':[A,B]},'.
 # Pieces 1, 5, 8 and 10 (counted from 1 within an entry) carry the fields; the others never change.
 _FIXED_PIECES: Final = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9, "data_offsets"))
-_SHAPE: Final = slice(2, -2)
 _OFFSETS: Final = slice(2, -3)
 _NUMBER: Final = r"(?:0|[1-9][0-9]*)"  # a JSON non-negative integer: ASCII digits, no leading zeros
-_SHAPE_TEXT: Final = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*")
-# The offset texts of all entries joined with '"' (which no piece contains): exactly two numbers per entry.
-_OFFSET_PAIRS: Final = re.compile(rf'{_NUMBER},{_NUMBER}(?:"{_NUMBER},{_NUMBER})*')
+_SHAPE_PIECE: Final = re.compile(rf":\[((?:{_NUMBER}(?:,{_NUMBER})*)?)\],")
+_CONTROL: Final = bytes(range(0x20))  # JSON forbids these unescaped; canonical headers never hold them
 #: No file holds more than 2**64 bytes; a shape that needs more is refused before its size is computed in full.
 _MAX_TENSOR_BITS: Final = 8 << 64
 _METADATA_PREFIX: Final = '{"__metadata__":'
@@ -67,7 +65,8 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        parsed = _parse_canonical(path, text, data_start, label)
+        canonical = len(header.translate(None, _CONTROL)) == len(header)  # bytes-level: one fast C pass
+        parsed = _parse_canonical(path, text, data_start, label) if canonical else None
         if parsed is None:
             parsed = _parse_json(path, text, data_start, label)
     finally:
@@ -183,28 +182,33 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
         if pieces[index::10].count(fixed) != count:
             return None
     keys, dtypes, shape_pieces, offset_pieces = pieces[1::10], pieces[5::10], pieces[8::10], pieces[10::10]
-    # Keys are the only free text left: dtypes must be known names, the other pieces are checked below.
-    if not "".join(keys).isprintable():
-        return None  # control characters (which JSON forbids unescaped) or other unusual characters
-    # Each piece is ':[S],' (or ':[A,B]},'); slicing off the fixed ends and checking that they join back into
-    # the same text proves every piece had those ends, with one comparison per column.
-    shape_texts: list[str] = list(map(operator.getitem, shape_pieces, repeat(_SHAPE)))
-    if "".join(shape_pieces) != ":[" + "],:[".join(shape_texts) + "],":
-        return None
+    # A shape piece is ':[S],'; shapes repeat, so each distinct piece is checked and parsed once.
+    shape_texts = shape_pieces
     offset_pieces[-1] += ","  # the last entry closes without the comma
     offset_texts: list[str] = list(map(operator.getitem, offset_pieces, repeat(_OFFSETS)))
     if "".join(offset_pieces) != ":[" + "]},:[".join(offset_texts) + "]},":
         return None
-    # One pass proves every entry holds two JSON integers (ASCII digits, no leading zeros, none empty).
-    if not _OFFSET_PAIRS.fullmatch('"'.join(offset_texts)):
+    # Every entry holds exactly two JSON integers: one comma each, ASCII digits, none empty, no leading zeros.
+    numbers = ",".join(offset_texts)
+    if (
+        numbers.count(",") != 2 * count - 1
+        or list(map(str.count, offset_texts, repeat(","))).count(1) != count
+        or not numbers.isascii()
+        or not numbers.replace(",", "").isdigit()
+    ):
+        return None
+    bounds = numbers.split(",")
+    if "" in bounds or sum(map(str.startswith, bounds, repeat("0"))) != bounds.count("0"):
         return None
     try:  # int() refuses numbers longer than sys.get_int_max_str_digits(); so does the json path
-        values = list(map(int, ",".join(offset_texts).split(",")))
+        values = list(map(int, bounds))
         shapes: dict[str, tuple[int, ...]] = {}
-        for shape_text in set(shape_texts):
-            if shape_text and not _SHAPE_TEXT.fullmatch(shape_text):
+        for piece in set(shape_pieces):
+            match = _SHAPE_PIECE.fullmatch(piece)
+            if match is None:
                 return None
-            shapes[shape_text] = tuple(map(int, shape_text.split(","))) if shape_text else ()
+            dims = match.group(1)
+            shapes[piece] = tuple(map(int, dims.split(","))) if dims else ()
         distinct_dtypes = set(dtypes)
         if len(distinct_dtypes) == 1:  # the common case: size depends on the shape alone
             (dtype,) = distinct_dtypes
