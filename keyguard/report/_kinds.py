@@ -276,3 +276,197 @@ NO_OVERLAP = register(
         "checkpoint `module.layers.0.weight` ... vs model `layers.0.weight` ...: 0 of 312 keys match",
     )
 )
+
+# -- 55x-56x: the X-LoRA and PEFT integrations (`keyguard.integrations.xlora`, `keyguard.integrations.peft`)
+
+XLORA_STOCK_KEY_REWRITE_FAILS = register(
+    FindingKind(
+        "KG550",
+        "xlora_stock_key_rewrite_fails",
+        E,
+        "Stock X-LoRA rewrites this adapter's keys wrongly",
+        "Reported by `keyguard.integrations.xlora.preflight`, which knows the base model and the X-LoRA config. "
+        "Stock PEFT loads each expert by rewriting every key: it drops leading segments until the key starts with "
+        "`model.` (but not `model.model.`) and prepends `model.`. The LoRA model inside X-LoRA expects "
+        "`model.<module path>...`, so the rewrite is right only when the base model's top-level module is called "
+        "`model`. The finding lists the keys that end up wrong and what stock PEFT then does: a `KeyError` for a "
+        "`modules_to_save` head (`classifier`, `score`), \"Got unexpected keys\", or a size mismatch.",
+        "The X-LoRA model cannot be built with this adapter: BERT and GPT-2 experts, and every sequence "
+        "classification expert, fail (peft#2132).",
+        "Safe: `keyguard.integrations.xlora.get_peft_model` (or `guard()`) maps the file's keys onto the keys the "
+        "LoRA model accepts for the adapter with the safe plan of a diagnosis, then verifies every tensor. The "
+        "finding's fix names the plan; it is offered only when the prediction is that keyguard loads the adapter.",
+        "`base_model.model.classifier.weight` -> stock `model.model.classifier.weight`; the LoRA model expects "
+        "`model.classifier.weight` (BERT: `KeyError: 'model.classifier.weight'`)",
+    )
+)
+XLORA_STOCK_LOOPS_FOREVER = register(
+    FindingKind(
+        "KG551",
+        "xlora_stock_loops_forever",
+        F,
+        "Stock X-LoRA never returns on this adapter",
+        "Finds adapter keys with no `model.` segment at all, such as an adapter exported with `base_model.model.` "
+        "stripped from a BERT or GPT-2 model. Stock X-LoRA's key rewrite drops leading segments until the key starts "
+        "with `model.`; on such a key the last segment never changes and the loop never ends.",
+        "Building the X-LoRA model hangs with no message, one CPU core busy, until the process is killed.",
+        "Safe when keyguard's diagnosis maps the keys (usually by adding the missing prefix): the guarded loader "
+        "never rewrites keys that way. The finding's fix says whether it does.",
+        "`bert.encoder.layer.0.attention.self.query.lora_A.weight` (no `model.` segment)",
+    )
+)
+XLORA_STOCK_SILENT_PARTIAL_LOAD = register(
+    FindingKind(
+        "KG552",
+        "xlora_stock_silent_partial_load",
+        E,
+        "Stock X-LoRA would load this adapter partly, without a word",
+        "Lists tensors the LoRA model expects for the adapter that the file does not hold (after stock PEFT's key "
+        "rewrite): a `lora_B` left out of an export, a layer the adapter never targeted. Stock PEFT never checks "
+        "for missing keys.",
+        "The X-LoRA model builds and runs, and the missing tensors keep their random initialisation: an expert that "
+        "silently computes something else than what was trained.",
+        "No automatic fix: keyguard refuses the load (`KeyMismatchError` naming the keys). Export the adapter again, "
+        "or build the adapter config so that it targets only what the file holds.",
+        "`base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight` is not in the file",
+    )
+)
+XLORA_STOCK_META_TENSORS = register(
+    FindingKind(
+        "KG553",
+        "xlora_stock_meta_tensors",
+        E,
+        "Stock X-LoRA leaves expert tensors on the meta device",
+        "Reported by `preflight` when the X-LoRA model is to be built with `low_cpu_mem_usage=True`. PEFT then "
+        "creates the expert layers and the X-LoRA classifier on the meta device inside `init_empty_weights`, and "
+        "stock loading copies the file's tensors into them, which is a no-op (torch only warns). On a built model, "
+        "`verify` reports meta tensors as KG562.",
+        "The model has no expert weights at all; the first forward pass fails with \"Tensor on device meta is not on "
+        "the expected device\".",
+        "Safe: the guarded loader diagnoses and checks the adapter while the model is built, and assigns the file's "
+        "tensors (cast to the dtype PEFT chose) when the guard exits, outside `init_empty_weights`. An X-LoRA "
+        "classifier still on the meta device then is materialised with `nn.Linear`'s own initialisation, as without "
+        "`low_cpu_mem_usage`.",
+        "`model.model.layers.0.self_attn.q_proj.lora_A.0.weight`: meta",
+    )
+)
+XLORA_ADAPTER_NAMES = register(
+    FindingKind(
+        "KG554",
+        "xlora_adapter_names",
+        E,
+        "Stock X-LoRA registers the experts under other names",
+        "Compares the names given in `XLoraConfig.adapters` with the names stock PEFT registers the experts under: "
+        "`\"0\"`, `\"1\"`, ... in order. Any other name is then unknown to the LoRA model; names that are a "
+        "permutation of `\"0\"`, `\"1\"`, ... end up attached to the wrong files. An expert called like the X-LoRA "
+        "model's own adapter (`default`) is refused.",
+        "With other names the model builds and its first forward pass raises `KeyError` on the first user-given "
+        "name; with permuted numbers every expert silently gets another expert's classifier score.",
+        "Safe: keyguard's loader registers each expert under the name given in `XLoraConfig.adapters` (the order "
+        "PEFT's classifier uses), so forward works and `lora_A.<name>` names what the user named.",
+        "`adapters={\"math\": ..., \"code\": ...}` -> stock registers `0` and `1`, then `set_adapter([\"math\", "
+        "\"code\"])`",
+    )
+)
+XLORA_MULTIPLE_SEQ_CLS = register(
+    FindingKind(
+        "KG555",
+        "xlora_multiple_seq_cls",
+        E,
+        "Several experts train the same classification head",
+        "Finds two or more experts whose `modules_to_save` wrap one module (the `classifier` or `score` head of "
+        "sequence-classification adapters). PEFT can activate one `modules_to_save` copy at a time, and X-LoRA "
+        "activates every expert at once.",
+        "PEFT refuses to build the model: \"Only one adapter can be set at a time for ModulesToSaveWrapper\". This "
+        "is a PEFT limitation, not a key problem.",
+        "No fix: keyguard refuses the second such expert with this finding rather than work around PEFT. Use one "
+        "sequence-classification expert, or experts trained without a head of their own.",
+        "experts `a` and `b` both save `classifier`",
+    )
+)
+XLORA_ADAPTER_LOADS = register(
+    FindingKind(
+        "KG556",
+        "xlora_adapter_loads",
+        Severity.info,
+        "The expert loads",
+        "Sums up, for one expert, what `preflight` predicts: that keyguard's guarded loader loads it, with which "
+        "plan, and whether stock PEFT would load it too.",
+        "Nothing is wrong; the finding says what the guarded load will do.",
+        "None needed.",
+        "expert `a` (./lora-a): loads through keyguard (strip prefix 'base_model.'); stock PEFT fails (KG550)",
+    )
+)
+XLORA_ADAPTER_UNREADABLE = register(
+    FindingKind(
+        "KG557",
+        "xlora_adapter_unreadable",
+        E,
+        "An expert is not a LoRA adapter keyguard can read",
+        "Reports an X-LoRA expert whose folder cannot be read (no `adapter_config.json`, a broken weights file), "
+        "whose `peft_type` is not `LORA`, or whose config PEFT refuses.",
+        "X-LoRA mixes LoRA experts only; PEFT fails on such an expert, or loads something else than a LoRA.",
+        "No automatic fix: point `XLoraConfig.adapters` at a LoRA adapter folder.",
+        "expert `a`: ./lora-a: no such file or folder",
+    )
+)
+LIVE_ADAPTER_KEYS_UNRESOLVED = register(
+    FindingKind(
+        "KG560",
+        "live_adapter_keys_unresolved",
+        E,
+        "The adapter's keys do not fit the model, even after the plan",
+        "Compares an adapter file's keys with the keys the PEFT model accepts for that adapter (its LoRA parameters "
+        "and `modules_to_save` copies, as `set_peft_model_state_dict` takes them), applies the safe plan, and lists "
+        "what is still missing, unexpected, mis-shaped or ambiguous. The message names the diagnosis findings that "
+        "remain.",
+        "PEFT loads adapters with `strict=False`: missing tensors keep their initialisation and unexpected ones are "
+        "dropped, so the adapter \"loads\" and changes less than it should, or nothing at all.",
+        "No automatic fix: the diagnosis findings listed say why. Write the mapping you mean in a `Plan` and pass it "
+        "as `strategy=`.",
+        "adapter `default`: 4 expected tensors missing (KG401), 4 keys unexpected (KG402)",
+    )
+)
+LIVE_ADAPTER_TENSOR_DIFFERS = register(
+    FindingKind(
+        "KG561",
+        "live_adapter_tensor_differs",
+        E,
+        "A tensor of the loaded adapter differs from the file",
+        "Reads the adapter file and compares every tensor with the model's (after casting the file's to the "
+        "model's dtype): the adapter's LoRA factors and `modules_to_save` copies.",
+        "The adapter did not arrive: the tensor kept its initialisation (a typical outcome of module paths that do "
+        "not match the model) or came from another key. The model runs and the adapter changes nothing, or "
+        "something else than what was trained.",
+        "No automatic fix: load the adapter again with `keyguard.integrations.peft.load_adapter`, which says why "
+        "the keys did not match.",
+        "`base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight` differs from the file "
+        "(all zeros: still at its initialisation)",
+    )
+)
+LIVE_ADAPTER_ON_META = register(
+    FindingKind(
+        "KG562",
+        "live_adapter_on_meta",
+        E,
+        "Adapter tensors are on the meta device",
+        "Lists adapter tensors of the model (and, for X-LoRA, classifier tensors) that are on the meta device: "
+        "shapes without data.",
+        "The first forward pass fails; nothing of the adapter was loaded.",
+        "No automatic fix on a built model: load the adapter again through keyguard, which assigns the tensors.",
+        "`base_model.lora_model.model.model.layers.0.self_attn.q_proj.lora_A.0.weight`: meta",
+    )
+)
+LIVE_ADAPTER_VERIFIED = register(
+    FindingKind(
+        "KG563",
+        "live_adapter_verified",
+        Severity.info,
+        "Every tensor of the adapter arrived",
+        "Confirms, per adapter, that every tensor the model holds for it equals the file's and none is on the meta "
+        "device.",
+        "Nothing is wrong.",
+        "None needed.",
+        "adapter `a`: 8 of 8 tensors equal the file",
+    )
+)

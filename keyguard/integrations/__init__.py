@@ -1,0 +1,13 @@
+"""Integrations: load adapters into other libraries' models through a diagnosis, and prove that they arrived.
+
+- ``keyguard.integrations.xlora``: PEFT's X-LoRA (mixture of LoRA experts). A guarded loader that replaces PEFT's
+  expert loader while an X-LoRA model is built, ``get_peft_model`` (a drop-in for ``peft.get_peft_model``),
+  ``preflight`` (will each expert load, stock and through keyguard?) and ``verify`` (did every tensor arrive?).
+- ``keyguard.integrations.peft``: ``load_adapter`` and ``verify_adapter`` for a LoRA adapter in a ``PeftModel``.
+
+``import keyguard`` never imports these modules; each of them imports the library it integrates with.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

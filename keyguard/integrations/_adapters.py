@@ -1,0 +1,376 @@
+"""What both integrations share: the keys a PEFT model accepts for one adapter, the diagnosis of an adapter file
+against them, a checked load, and the comparison of every loaded tensor with the file.
+
+Keys are compared in *saved form*: the model's key without the adapter name (``model.layers.0.q_proj.lora_A.weight``
+for ``model.layers.0.q_proj.lora_A.<name>.weight``), the form adapter files use and ``set_peft_model_state_dict``
+takes. The correspondence is read off the model itself, so it holds for whatever PEFT injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from keyguard._dtypes import canonical_dtype
+from keyguard._exceptions import KeyMismatchError, PlanError
+from keyguard._patterns import KeyGroup, collapse
+from keyguard.engine._diagnose import diagnose
+from keyguard.fixes._load import load_tensors
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import Applicability, Drop
+from keyguard.report import _kinds as kinds
+from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
+from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._resolve import read_keys
+
+#: How keys are mapped before loading: the safe plan of the diagnosis (``"auto"``), no rewriting (``"strict"``), or
+#: a plan of your own (its rules at or above ``safe``; renames and drops only).
+Strategy = Literal["auto", "strict"] | Plan
+
+EXAMPLES: Final = 3
+PATTERNS: Final = 6
+_SEVERITY_ORDER: Final = {"fatal": 0, "error": 1, "warning": 2, "info": 3}
+
+
+# -- what the model accepts ------------------------------------------------------------------------------------------
+def accepted_keys(model: Any, adapter_name: str) -> dict[str, str]:
+    """Map every key ``model`` accepts for ``adapter_name``, in saved form, to its key in ``model.state_dict()``.
+
+    Read off the model: the adapter's entries in every tuner layer (``lora_A``, ``lora_B``, the embedding factors,
+    DoRA magnitudes, LoRA biases), the adapter's copy in each ``modules_to_save`` (or other auxiliary) wrapper through
+    the wrapper's own load map, and base-layer biases when the adapter's ``bias`` setting trains them. This is the
+    correspondence PEFT's ``get_peft_model_state_dict`` and ``set_peft_model_state_dict`` use.
+    """
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    live = model.state_dict(keep_vars=True)
+    found: dict[str, str] = {}
+    tuner_paths: list[str] = []
+    for path, module in model.named_modules():
+        prefix = f"{path}." if path else ""
+        if isinstance(module, BaseTunerLayer):
+            tuner_paths.append(prefix)
+            for attr in module.adapter_layer_names:
+                holder = getattr(module, attr, None)
+                if holder is None or adapter_name not in holder:
+                    continue
+                entry = holder[adapter_name]
+                if isinstance(entry, torch.Tensor):
+                    found[f"{prefix}{attr}"] = f"{prefix}{attr}.{adapter_name}"
+                    continue
+                for name in entry.state_dict(keep_vars=True):
+                    # DoRA's magnitude is saved without the ``.weight`` of the module that holds it now
+                    dora = attr == "lora_magnitude_vector" and name == "weight"
+                    found[f"{prefix}{attr}" if dora else f"{prefix}{attr}.{name}"] = (
+                        f"{prefix}{attr}.{adapter_name}.{name}"
+                    )
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            for saved, inner in module.adapter_state_dict_load_map(adapter_name).items():
+                found[f"{prefix}{saved}"] = f"{prefix}{inner}"
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    bias = getattr(config, "bias", "none")
+    if bias == "lora_only":
+        for prefix in tuner_paths:
+            key = f"{prefix}base_layer.bias"
+            found.setdefault(key, key)
+    elif bias == "all":
+        owned = set(found.values())
+        for key in live:
+            if key.endswith(".bias") and key not in owned and ".lora_" not in key and ".modules_to_save." not in key:
+                found.setdefault(key, key)
+    return {saved: key for saved, key in found.items() if key in live}
+
+
+def expected_keyset(model: Any, saved_to_live: Mapping[str, str], label: str) -> KeySet:
+    """The accepted keys with the shape and dtype of the model's tensors (meta tensors have both)."""
+    live = model.state_dict(keep_vars=True)
+    tensors = {
+        saved: TensorInfo(tuple(int(d) for d in live[key].shape), canonical_dtype(live[key].dtype))
+        for saved, key in saved_to_live.items()
+    }
+    return KeySet(tensors=tensors, format="module", location=label)
+
+
+# -- diagnosis of the file -------------------------------------------------------------------------------------------
+@dataclass
+class Diagnosis:
+    """An adapter file diagnosed against what the model accepts for it, with the plan chosen by the strategy."""
+
+    folder: str
+    report: Report  # the file as given
+    plan: Plan
+    mapping: dict[str, str]  # file key -> saved key, after the plan (dropped keys left out)
+    after: Report  # the file after the plan
+
+    @property
+    def ok(self) -> bool:
+        return not self.after.errors()
+
+
+def choose_plan(strategy: Strategy, report: Report) -> Plan:
+    """The plan a strategy stands for (a user plan restricted to its ``safe`` rules, as ``load_state_dict`` does)."""
+    if isinstance(strategy, Plan):
+        return strategy.at_least(Applicability.safe)
+    if strategy == "auto":
+        return report.plan
+    if strategy == "strict":
+        return Plan()
+    raise ValueError(f"strategy must be 'auto', 'strict' or a Plan, not {strategy!r}")
+
+
+def plan_mapping(plan: Plan, keys: Iterable[str]) -> dict[str, str]:
+    """Each file key's name after the plan; keys a ``drop`` rule names are left out.
+
+    Raises:
+        PlanError: the plan would make two keys collide, or holds a data rule (transpose, split, fuse), which
+            adapter loading does not apply.
+    """
+    data_rules = [r.describe() for r in plan.rules if not r.renames and not isinstance(r, Drop)]
+    if data_rules:
+        raise PlanError(f"adapter loading applies renaming and drop rules only; refused: {'; '.join(data_rules)}")
+    mapping = plan.mapping(keys)
+    dropped = {k for rule in plan.rules if isinstance(rule, Drop) for k in rule.keys}
+    return {key: new for key, new in mapping.items() if key not in dropped and new not in dropped}
+
+
+def diagnose_adapter(folder: str, expected: KeySet, strategy: Strategy, *, keys: KeySet | None = None) -> Diagnosis:
+    """Diagnose an adapter folder's keys against ``expected``, choose the plan, and diagnose the result again."""
+    file_keys = keys if keys is not None else read_keys(folder)
+    report = diagnose(file_keys, expected)
+    plan = choose_plan(strategy, report)
+    mapping = plan_mapping(plan, file_keys)
+    renamed = file_keys.evolve(tensors={new: file_keys[old] for old, new in mapping.items()})
+    after = diagnose(renamed, expected) if plan.rules else report
+    return Diagnosis(folder=folder, report=report, plan=plan, mapping=mapping, after=after)
+
+
+def refusal(what: str, diagnosis: Diagnosis) -> KeyMismatchError:
+    """The error for keys that still do not fit after the plan: the rendered report of the file after the plan."""
+    rules = len(diagnosis.plan.rules)
+    return KeyMismatchError(
+        f"{what}: the adapter's keys do not fit the model even after the plan ({rules} rule(s) applied); nothing of"
+        f" it was loaded:\n\n{diagnosis.after.render('table')}",
+        diagnosis.after,
+    )
+
+
+# -- loading and comparing -------------------------------------------------------------------------------------------
+def file_tensors(diagnosis: Diagnosis) -> dict[str, Any]:
+    """The file's tensors under their saved-form names (same tensor objects the file was read into)."""
+    tensors = load_tensors(diagnosis.folder)
+    return {new: tensors[old] for old, new in diagnosis.mapping.items()}
+
+
+def load_into(
+    model: Any,
+    adapter_name: str,
+    saved_to_live: Mapping[str, str],
+    tensors: Mapping[str, Any],
+    set_state_dict: Callable[..., Any],
+    *,
+    what: str,
+) -> bool:
+    """Load ``tensors`` (saved form, exactly the accepted keys) with PEFT's own ``set_peft_model_state_dict``.
+
+    Tensors on the meta device are assigned (``low_cpu_mem_usage=True``: ``load_state_dict(assign=True)`` and the
+    adapter moved to its base layer's device), each cast first to the dtype PEFT gave the meta tensor. Returns
+    whether it assigned.
+
+    Raises:
+        KeyMismatchError: PEFT reports unexpected keys (it would have dropped them).
+    """
+    live = model.state_dict(keep_vars=True)
+    assign = any(live[key].is_meta for key in saved_to_live.values())
+    state = dict(tensors)
+    if assign:
+        state = {saved: t.to(dtype=live[saved_to_live[saved]].dtype) for saved, t in state.items()}
+    result = set_state_dict(
+        model, state, adapter_name=adapter_name, ignore_mismatched_sizes=False, low_cpu_mem_usage=assign
+    )
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise KeyMismatchError(
+            f"{what}: PEFT reported {len(unexpected)} unexpected key(s) after keyguard's plan, which a stock load"
+            f" drops: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}",
+            None,
+        )
+    return assign
+
+
+@dataclass
+class Comparison:
+    """Every accepted tensor of one adapter compared with the file."""
+
+    equal: list[str] = field(default_factory=list)  # model keys
+    differ: dict[str, str] = field(default_factory=dict)  # model key -> why
+    meta: list[str] = field(default_factory=list)  # model keys
+    absent: list[str] = field(default_factory=list)  # model keys the file has no tensor for
+
+    @property
+    def ok(self) -> bool:
+        return not (self.differ or self.meta or self.absent)
+
+
+def compare(model: Any, saved_to_live: Mapping[str, str], tensors: Mapping[str, Any]) -> Comparison:
+    """Compare each accepted tensor of the model with the file's (cast to the model's dtype, on its device)."""
+    import torch
+
+    live = model.state_dict(keep_vars=True)
+    out = Comparison()
+    for saved, key in saved_to_live.items():
+        current = live[key]
+        if current.is_meta:
+            out.meta.append(key)
+            continue
+        stored = tensors.get(saved)
+        if stored is None:
+            out.absent.append(key)
+            continue
+        if tuple(current.shape) != tuple(stored.shape):
+            out.differ[key] = f"shape {list(current.shape)}, file {list(stored.shape)}"
+            continue
+        expected = stored.to(device=current.device, dtype=current.dtype)
+        with torch.no_grad():
+            if torch.equal(current.detach(), expected):
+                out.equal.append(key)
+                continue
+            if not current.detach().any():
+                out.differ[key] = "all zeros: still at its initialisation"
+            else:
+                gap = (current.detach().double() - expected.double()).abs().max().item()
+                out.differ[key] = f"differs from the file (largest difference {gap:.3g})"
+    return out
+
+
+def comparison_findings(
+    comparison: Comparison, *, adapter: str, where: str, saved_of: Mapping[str, str], ctx: Mapping[str, Any]
+) -> list[Finding]:
+    """KG561/KG562 for the tensors that did not arrive; KG563 when every one did."""
+    out: list[Finding] = []
+    if comparison.meta:
+        out.append(
+            finding(
+                kinds.LIVE_ADAPTER_ON_META,
+                f"{where}: {len(comparison.meta):,} tensor(s) of adapter {adapter!r} are on the meta device (no data)",
+                expected_keys=comparison.meta,
+                examples=[Example(expected=k, detail="meta") for k in comparison.meta],
+                ctx={**ctx, "count": len(comparison.meta)},
+            )
+        )
+    troubled = {**comparison.differ, **dict.fromkeys(comparison.absent, "the file holds no tensor for it")}
+    if troubled:
+        out.append(
+            finding(
+                kinds.LIVE_ADAPTER_TENSOR_DIFFERS,
+                f"{where}: {len(troubled):,} of {len(saved_of):,} tensor(s) of adapter {adapter!r} differ from the"
+                " file: the adapter did not arrive there",
+                checkpoint_keys=[saved_of[k] for k in troubled if k in saved_of],
+                expected_keys=list(troubled),
+                examples=[Example(expected=k, detail=why) for k, why in troubled.items()],
+                ctx={**ctx, "count": len(troubled), "total": len(saved_of)},
+            )
+        )
+    if not out:
+        out.append(
+            finding(
+                kinds.LIVE_ADAPTER_VERIFIED,
+                f"{where}: all {len(comparison.equal):,} tensor(s) of adapter {adapter!r} equal the file",
+                expected_keys=comparison.equal,
+                examples=[],
+                ctx={**ctx, "count": len(comparison.equal)},
+            )
+        )
+    return out
+
+
+def unresolved_finding(diagnosis: Diagnosis, *, adapter: str, where: str, ctx: Mapping[str, Any]) -> Finding:
+    """KG560: what still does not fit after the plan, naming the diagnosis findings."""
+    errors = diagnosis.after.errors()
+    listed = "; ".join(f"{f.code} {f.kind}: {f.message}" for f in errors[:4])
+    more = f"; +{len(errors) - 4} more" if len(errors) > 4 else ""
+    keys = [k for f in errors for k in f.checkpoint_keys]
+    expected = [k for f in errors for k in f.expected_keys]
+    return finding(
+        kinds.LIVE_ADAPTER_KEYS_UNRESOLVED,
+        f"{where}: the keys of adapter {adapter!r} do not fit the model even after the plan"
+        f" ({len(diagnosis.plan.rules)} rule(s)): {listed}{more}",
+        checkpoint_keys=keys,
+        expected_keys=expected,
+        examples=[ex for f in errors for ex in f.examples][:EXAMPLES],
+        hint="`keyguard diagnose` on the adapter folder shows the same findings; pass a Plan as strategy= to map"
+        " keys the safe plan cannot",
+        ctx={**ctx, "findings": [{"code": f.code, "kind": f.kind, "message": f.message} for f in errors]},
+    )
+
+
+# -- findings and reports --------------------------------------------------------------------------------------------
+def finding(
+    kind: kinds.FindingKind,
+    message: str,
+    *,
+    checkpoint_keys: Sequence[str] = (),
+    expected_keys: Sequence[str] = (),
+    examples: Sequence[Example] = (),
+    fix: Fix | None = None,
+    hint: str | None = None,
+    ctx: Mapping[str, Any] | None = None,
+) -> Finding:
+    """A finding of ``kind`` with its keys collapsed into patterns."""
+    keys = list(checkpoint_keys) or list(expected_keys)
+    groups: list[KeyGroup[None]] = collapse(keys)
+    patterns = [g.pattern for g in groups[:PATTERNS]]
+    if len(groups) > PATTERNS:
+        patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
+    return Finding(
+        code=kind.code,
+        kind=kind.kind,
+        severity=kind.severity,
+        message=message,
+        count=len(checkpoint_keys) or len(expected_keys),
+        patterns=patterns,
+        examples=list(examples)[:EXAMPLES],
+        fix=fix,
+        hint=hint,
+        checkpoint_keys=list(checkpoint_keys),
+        expected_keys=list(expected_keys),
+        ctx=dict(ctx or {}),
+    )
+
+
+def make_report(findings: Iterable[Finding], *, checkpoint: SourceRef, expected: SourceRef, summary: Summary) -> Report:
+    """A report over ``findings`` (most severe first, stable within a severity); ``ok`` when none is an error."""
+    ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity.value])
+    return Report(
+        ok=not any(f.severity.at_least(kinds.Severity.error) for f in ordered),
+        checkpoint=checkpoint,
+        expected=expected,
+        summary=summary,
+        findings=ordered,
+    )
+
+
+def summary_of(
+    *, expected: int, checkpoint: int, matched: int, fixable: int = 0, reports: Sequence[Report] = ()
+) -> Summary:
+    """Counts for a report built here; missing/unexpected/shape/ambiguous come from the diagnoses in ``reports``."""
+    total = expected or 1
+    return Summary(
+        expected=expected,
+        checkpoint=checkpoint,
+        matched=matched,
+        fixable=fixable,
+        missing=sum(r.summary.missing for r in reports),
+        unexpected=sum(r.summary.unexpected for r in reports),
+        shape_mismatches=sum(r.summary.shape_mismatches for r in reports),
+        ambiguous=sum(r.summary.ambiguous for r in reports),
+        coverage_before=round(matched / total, 6) if expected else 1.0,
+        coverage_after=round(min(matched + fixable, total) / total, 6) if expected else 1.0,
+    )
+
+
+def describe_plan(plan: Plan) -> str:
+    """``"no rewriting"`` or the plan's rules, for messages."""
+    return "; ".join(rule.describe() for rule in plan.rules) or "no rewriting"
