@@ -23,9 +23,9 @@ Runner = Callable[[argparse.Namespace], int]
 
 
 def _commands() -> list[ModuleType]:
-    from keyguard.cli import _diagnose, _explain, _fix, _inspect, _snapshot
+    from keyguard.cli import _check_adapter, _diagnose, _explain, _fix, _inspect, _snapshot
 
-    return [_inspect, _diagnose, _fix, _explain, _snapshot]
+    return [_inspect, _diagnose, _fix, _explain, _snapshot, _check_adapter]
 
 
 def build_parser() -> argparse.ArgumentParser:

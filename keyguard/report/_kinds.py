@@ -277,6 +277,258 @@ NO_OVERLAP = register(
     )
 )
 
+# -- 5xx adapters and 6xx file integrity: `keyguard check-adapter` (KG550..KG599 are kept for the X-LoRA integration)
+
+INVALID_ADAPTER_CONFIG = register(
+    FindingKind(
+        "KG501",
+        "invalid_adapter_config",
+        E,
+        "adapter_config.json is not valid",
+        "Reads `adapter_config.json` the way PEFT's `LoraConfig` does and names every field whose value is invalid "
+        "(a rank that is not a positive integer, a `bias` PEFT does not know, a `target_modules` that is neither a "
+        "list nor a string), or says why the file is not a JSON object at all. Unknown fields are tolerated, as "
+        "PEFT adds fields in most releases. The remaining checks run with the valid fields; those that depend on an "
+        "invalid one are skipped.",
+        "PEFT refuses the config, or builds layers from a wrong value, before any weight is read: the adapter "
+        "cannot be loaded.",
+        "No automatic fix: correct the named fields (the adapter's training script knows the true values).",
+        '`"r": "8"`: r: Input should be a valid integer (got \'8\')',
+    )
+)
+NO_MATCHING_MODULES = register(
+    FindingKind(
+        "KG502",
+        "no_matching_modules",
+        F,
+        "No LoRA tensor reaches a module of the base model",
+        "Raised when not one LoRA tensor of the adapter, as its keys stand, names a module of the base model that "
+        "`target_modules` selects, under PEFT's naming (`base_model.model.<module path>.lora_A.weight`). The other "
+        "findings say why: a stripped or doubled `base_model.model.` prefix, PEFT's adapter name left in the keys, "
+        "or an adapter trained for another architecture.",
+        "This is the silent failure: PEFT loads the adapter without an error (it loads adapter weights with "
+        "`strict=False`), every LoRA layer keeps its initialisation, and the model behaves exactly like the base "
+        "model. When `target_modules` selects no module at all, PEFT refuses the config instead.",
+        "The naming findings carry the fix when there is one (a prefix to add or strip, a segment to rename); an "
+        "adapter trained for another architecture cannot be fixed by renaming.",
+        "adapter `model.layers.0.self_attn.q_proj.lora_A.weight` vs PEFT's "
+        "`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`: 0 of 8 LoRA tensors match",
+    )
+)
+UNMATCHED_TARGET = register(
+    FindingKind(
+        "KG503",
+        "unmatched_target",
+        W,
+        "A target_modules entry matches no module of the base model",
+        "Checks each entry of `target_modules` (and a regular expression given as a string) against the module "
+        "paths of the base model with PEFT's matching rules: a list entry matches a module whose path equals it or "
+        "ends with `.` + entry; a string must match a whole module path.",
+        "An entry that matches nothing usually means the adapter was configured for another architecture "
+        "(`query`/`value` are BERT's names, `q_proj`/`v_proj` Llama's, `c_attn` GPT-2's). PEFT ignores the entry "
+        "as long as another one matches, so the layers the author meant to adapt are left alone.",
+        "No automatic fix. Check that the base model is the one the adapter was trained on.",
+        '`target_modules: ["q_proj", "query"]` on a Llama base: `query` matches no module',
+    )
+)
+TARGET_WITHOUT_WEIGHTS = register(
+    FindingKind(
+        "KG504",
+        "target_without_weights",
+        E,
+        "A targeted module has no LoRA weights in the adapter",
+        "Lists the base modules `target_modules` selects (after `exclude_modules`, `layers_to_transform` / "
+        "`layers_pattern` and `modules_to_save`) for which the adapter file holds no LoRA tensor at all.",
+        "PEFT creates a LoRA layer on each of these modules and finds nothing to load into it: the layer keeps its "
+        "initialisation (`lora_B` is zero), so whatever training did to it is lost without an error.",
+        "No automatic fix: export the adapter again, or narrow `target_modules` to the modules that were trained.",
+        "`model.layers.{0..31}.mlp.down_proj` targeted by `down_proj`, no `lora_A`/`lora_B` in the file",
+    )
+)
+UNDECLARED_WEIGHTS = register(
+    FindingKind(
+        "KG505",
+        "undeclared_weights",
+        E,
+        "The adapter holds weights its config does not declare",
+        "Lists adapter tensors that name an existing base module under PEFT's naming but that the config does not "
+        "account for: LoRA weights of a module `target_modules` does not select, a DoRA `lora_magnitude_vector` "
+        "without `use_dora`, a `lora_B.bias` without `lora_bias`, or a `base_layer` tensor of a module without LoRA.",
+        "PEFT builds no layer for these tensors, so loading the adapter skips them silently (they are unexpected "
+        "keys of a non-strict load): the trained weights are never used.",
+        "No automatic fix: add the modules to `target_modules` (or set the flag) if they were trained on purpose, "
+        "or drop the tensors.",
+        '`base_model.model.model.layers.0.mlp.up_proj.lora_A.weight` while `target_modules` is `["q_proj", "v_proj"]`',
+    )
+)
+INCOMPLETE_LORA_PAIR = register(
+    FindingKind(
+        "KG506",
+        "incomplete_lora_pair",
+        E,
+        "A LoRA module misses part of its tensors",
+        "Checks that every module with LoRA weights has all of them: `lora_A` and `lora_B` (or "
+        "`lora_embedding_A` and `lora_embedding_B` for embeddings), DoRA's `lora_magnitude_vector` when `use_dora` "
+        "is set, and `lora_B.bias` when `lora_bias` is set.",
+        "PEFT loads what is there and leaves the missing tensor at its initialisation without an error: a missing "
+        "`lora_B` is zero (the module is unchanged), a missing `lora_A` is random, a missing magnitude rescales the "
+        "layer wrongly.",
+        "No automatic fix: export the adapter again.",
+        "`base_model.model.model.layers.3.self_attn.v_proj.lora_A.weight` present, `lora_B.weight` absent",
+    )
+)
+RANK_MISMATCH = register(
+    FindingKind(
+        "KG507",
+        "rank_mismatch",
+        E,
+        "LoRA tensors have another rank than the config",
+        "Compares the rank of each LoRA module's tensors (`lora_A` is `[r, in_features]`, `lora_B` is "
+        "`[out_features, r]`) with the rank the config gives that module: `rank_pattern`'s first matching entry "
+        "(PEFT's matching: the pattern must match the end of the module path) or else `r`. Also reports a "
+        "`lora_A` and a `lora_B` that disagree with each other.",
+        "PEFT builds each layer with the configured rank, and the load fails with a size mismatch.",
+        "No automatic fix: set `r` / `rank_pattern` to the ranks the tensors were trained with.",
+        "`q_proj`: config r=8, tensors lora_A [16, 4096], lora_B [4096, 16]",
+    )
+)
+LORA_FEATURE_MISMATCH = register(
+    FindingKind(
+        "KG508",
+        "lora_feature_mismatch",
+        E,
+        "LoRA tensors do not fit the base module's shape",
+        "Checks `lora_A`'s input size and `lora_B`'s output size against the base module's weight: `[out, in]` for "
+        "`nn.Linear`, `[in, out]` for GPT-2's `Conv1D` (PEFT handles it as `fan_in_fan_out`), and "
+        "`lora_embedding_A` `[r, num_embeddings]` / `lora_embedding_B` `[embedding_dim, r]` for embeddings; also "
+        "`lora_B.bias` and DoRA's magnitude against the output size.",
+        "The load fails with a size mismatch. The adapter was trained on a model of another size (hidden size, "
+        "vocabulary, number of heads).",
+        "No automatic fix: use the base model the adapter was trained on.",
+        "`model.layers.0.self_attn.q_proj`: lora_A [8, 2048] but the base weight is [4096, 4096] (in_features 4096)",
+    )
+)
+SAVED_TENSOR_MISMATCH = register(
+    FindingKind(
+        "KG509",
+        "saved_tensor_mismatch",
+        E,
+        "A full tensor saved with the adapter has another shape than the base model's",
+        "Checks the full tensors an adapter carries besides LoRA weights against the base model: `modules_to_save` "
+        '(a task head trained in full), biases saved with `bias="all"` or `"lora_only"`, and embeddings saved '
+        "with `save_embedding_layers`.",
+        "The load fails with a size mismatch, whatever `strict` is. Typically a classification head trained with "
+        "another `num_labels`, or embeddings of a resized vocabulary.",
+        "No automatic fix: build the base model with the adapter's size (`num_labels=...`, `resize_token_embeddings`).",
+        "`base_model.model.score.weight`: adapter [5, 4096], base [2, 4096]",
+    )
+)
+SAVED_TENSOR_MISSING = register(
+    FindingKind(
+        "KG510",
+        "saved_tensor_missing",
+        E,
+        "A full tensor the config declares is not in the adapter",
+        "Lists the tensors PEFT expects in full from the adapter and does not find: every tensor of each base "
+        "module `modules_to_save` matches (PEFT's rule: the module path ends with the entry), and the biases "
+        '`bias="all"` / `"lora_only"` asks for. Entries that match no module are not reported: PEFT adds '
+        "`classifier` and `score` for every sequence-classification adapter.",
+        "PEFT loads the adapter without an error and these modules keep the base model's weights: a task head "
+        "stays at its random initialisation.",
+        "No automatic fix: export the adapter again with the module's weights.",
+        '`modules_to_save: ["classifier"]` but no `base_model.model.classifier.weight` in the file',
+    )
+)
+MIXED_DTYPES = register(
+    FindingKind(
+        "KG511",
+        "mixed_dtypes",
+        W,
+        "The adapter's tensors mix dtypes",
+        "Reports the tensors whose dtype differs from the adapter's most common one.",
+        "Loading casts each tensor to its layer's dtype, so the load succeeds; but mixed dtypes usually mean "
+        "tensors from different exports or training runs were put together, or part of the adapter was saved "
+        "after an accidental cast.",
+        "No fix needed if the mix is intended; otherwise export the adapter again.",
+        "F32 x 126, BF16 x 2: `base_model.model.lm_head.weight` (BF16)",
+    )
+)
+UNTRAINED_LORA = register(
+    FindingKind(
+        "KG512",
+        "untrained_lora",
+        W,
+        "A LoRA module is exactly zero",
+        "With `--check-values`: reports LoRA modules whose zero-initialised factor is still all zeros, `lora_B` "
+        "(or `lora_embedding_A` for embeddings). PEFT initialises that factor to zero, so an all-zero one means "
+        "the module was never trained, or the export saved the initial values.",
+        "The module's update `B @ A` is zero: the adapter loads and changes nothing there. When every module is "
+        "zero, the whole adapter is a no-op.",
+        "No automatic fix: check the training run and export the trained weights.",
+        "32 of 32 `lora_B` tensors are all zeros: the adapter changes nothing",
+    )
+)
+XLORA_STOCK_INCOMPATIBLE = register(
+    FindingKind(
+        "KG513",
+        "xlora_stock_incompatible",
+        E,
+        "Stock PEFT X-LoRA would not load this adapter",
+        "With `--xlora`: predicts, from the keys alone, what PEFT's X-LoRA does with the adapter: it rewrites each "
+        "key by dropping leading segments until the key starts with `model.` (but not `model.model.`) and then "
+        "prepends `model.`. That is only right when the base model's top-level module is called `model`. The "
+        "finding says which keys end up wrong and whether loading through keyguard would work.",
+        'Stock X-LoRA raises on the wrongly rewritten keys ("Got unexpected keys", or a `KeyError` for '
+        "`modules_to_save` heads), so the X-LoRA model cannot be built with this adapter.",
+        "Load through `keyguard.integrations.xlora`, which maps the keys onto what the LoRA model expects and "
+        "verifies the load; that works when check-adapter reports no other error.",
+        "`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight` -> "
+        "`model.model.transformer.h.0.attn.c_attn.lora_A.weight` (expected `model.transformer.h.0...`)",
+    )
+)
+XLORA_STOCK_HANGS = register(
+    FindingKind(
+        "KG514",
+        "xlora_stock_hangs",
+        F,
+        "Stock PEFT X-LoRA would loop forever on this adapter",
+        "With `--xlora`: finds adapter keys without any `model.` segment. Stock X-LoRA's key rewrite drops leading "
+        "segments until the key starts with `model.`, and never stops on such a key.",
+        "Building the X-LoRA model hangs without an error message, burning a CPU core until it is killed.",
+        "Fix the keys first (the naming findings give the plan), or load through `keyguard.integrations.xlora`, "
+        "which never rewrites keys that way.",
+        "`bert.encoder.layer.0.attention.self.query.lora_A.weight` (`base_model.model.` stripped from a BERT adapter)",
+    )
+)
+UNSUPPORTED_ADAPTER_TYPE = register(
+    FindingKind(
+        "KG515",
+        "unsupported_adapter_type",
+        W,
+        "The adapter is not a LoRA adapter",
+        "Reports a `peft_type` other than `LORA`. check-adapter knows LoRA's tensor layout only, so for other "
+        "methods it checks the config, dtypes and (with `--check-values`) values, not module names or shapes.",
+        "Nothing is wrong with the adapter as far as keyguard can tell; the structural checks simply did not run, "
+        "so a passing result means less than for a LoRA adapter.",
+        "None needed.",
+        '`"peft_type": "IA3"`',
+    )
+)
+NONFINITE_VALUES = register(
+    FindingKind(
+        "KG601",
+        "nonfinite_values",
+        E,
+        "A tensor holds NaN or infinite values",
+        "With `--check-values`: reads every floating-point tensor of the adapter, one at a time, and reports those "
+        "holding NaN or +/-Inf, with how many.",
+        "The adapter loads without an error and then poisons every output that passes through the module: a NaN "
+        "in one LoRA factor turns the whole layer's output into NaN.",
+        "No automatic fix: the training run diverged or the export was corrupted; export a good checkpoint again.",
+        "`base_model.model.model.layers.7.self_attn.v_proj.lora_B.weight`: 3 NaN of 16,384 values",
+    )
+)
+
 # -- 55x-56x: the X-LoRA and PEFT integrations (`keyguard.integrations.xlora`, `keyguard.integrations.peft`)
 
 XLORA_STOCK_KEY_REWRITE_FAILS = register(
@@ -290,7 +542,7 @@ XLORA_STOCK_KEY_REWRITE_FAILS = register(
         "`model.` (but not `model.model.`) and prepends `model.`. The LoRA model inside X-LoRA expects "
         "`model.<module path>...`, so the rewrite is right only when the base model's top-level module is called "
         "`model`. The finding lists the keys that end up wrong and what stock PEFT then does: a `KeyError` for a "
-        "`modules_to_save` head (`classifier`, `score`), \"Got unexpected keys\", or a size mismatch.",
+        '`modules_to_save` head (`classifier`, `score`), "Got unexpected keys", or a size mismatch.',
         "The X-LoRA model cannot be built with this adapter: BERT and GPT-2 experts, and every sequence "
         "classification expert, fail (peft#2132).",
         "Safe: `keyguard.integrations.xlora.get_peft_model` (or `guard()`) maps the file's keys onto the keys the "
@@ -341,8 +593,8 @@ XLORA_STOCK_META_TENSORS = register(
         "creates the expert layers and the X-LoRA classifier on the meta device inside `init_empty_weights`, and "
         "stock loading copies the file's tensors into them, which is a no-op (torch only warns). On a built model, "
         "`verify` reports meta tensors as KG562.",
-        "The model has no expert weights at all; the first forward pass fails with \"Tensor on device meta is not on "
-        "the expected device\".",
+        'The model has no expert weights at all; the first forward pass fails with "Tensor on device meta is not on '
+        'the expected device".',
         "Safe: the guarded loader diagnoses and checks the adapter while the model is built, and assigns the file's "
         "tensors (cast to the dtype PEFT chose) when the guard exits, outside `init_empty_weights`. An X-LoRA "
         "classifier still on the meta device then is materialised with `nn.Linear`'s own initialisation, as without "
@@ -357,15 +609,14 @@ XLORA_ADAPTER_NAMES = register(
         E,
         "Stock X-LoRA registers the experts under other names",
         "Compares the names given in `XLoraConfig.adapters` with the names stock PEFT registers the experts under: "
-        "`\"0\"`, `\"1\"`, ... in order. Any other name is then unknown to the LoRA model; names that are a "
-        "permutation of `\"0\"`, `\"1\"`, ... end up attached to the wrong files. An expert called like the X-LoRA "
+        '`"0"`, `"1"`, ... in order. Any other name is then unknown to the LoRA model; names that are a '
+        'permutation of `"0"`, `"1"`, ... end up attached to the wrong files. An expert called like the X-LoRA '
         "model's own adapter (`default`) is refused.",
         "With other names the model builds and its first forward pass raises `KeyError` on the first user-given "
         "name; with permuted numbers every expert silently gets another expert's classifier score.",
         "Safe: keyguard's loader registers each expert under the name given in `XLoraConfig.adapters` (the order "
         "PEFT's classifier uses), so forward works and `lora_A.<name>` names what the user named.",
-        "`adapters={\"math\": ..., \"code\": ...}` -> stock registers `0` and `1`, then `set_adapter([\"math\", "
-        "\"code\"])`",
+        '`adapters={"math": ..., "code": ...}` -> stock registers `0` and `1`, then `set_adapter(["math", "code"])`',
     )
 )
 XLORA_MULTIPLE_SEQ_CLS = register(
@@ -377,7 +628,7 @@ XLORA_MULTIPLE_SEQ_CLS = register(
         "Finds two or more experts whose `modules_to_save` wrap one module (the `classifier` or `score` head of "
         "sequence-classification adapters). PEFT can activate one `modules_to_save` copy at a time, and X-LoRA "
         "activates every expert at once.",
-        "PEFT refuses to build the model: \"Only one adapter can be set at a time for ModulesToSaveWrapper\". This "
+        'PEFT refuses to build the model: "Only one adapter can be set at a time for ModulesToSaveWrapper". This '
         "is a PEFT limitation, not a key problem.",
         "No fix: keyguard refuses the second such expert with this finding rather than work around PEFT. Use one "
         "sequence-classification expert, or experts trained without a head of their own.",
@@ -421,7 +672,7 @@ LIVE_ADAPTER_KEYS_UNRESOLVED = register(
         "what is still missing, unexpected, mis-shaped or ambiguous. The message names the diagnosis findings that "
         "remain.",
         "PEFT loads adapters with `strict=False`: missing tensors keep their initialisation and unexpected ones are "
-        "dropped, so the adapter \"loads\" and changes less than it should, or nothing at all.",
+        'dropped, so the adapter "loads" and changes less than it should, or nothing at all.',
         "No automatic fix: the diagnosis findings listed say why. Write the mapping you mean in a `Plan` and pass it "
         "as `strategy=`.",
         "adapter `default`: 4 expected tensors missing (KG401), 4 keys unexpected (KG402)",

@@ -1,11 +1,12 @@
-"""Renderers over the one report model: ``table`` (default), ``json``, ``markdown``, ``github``."""
+"""Renderers over the one report model: ``table`` (default), ``json``, ``markdown``, ``github``, ``junit``."""
 
 from __future__ import annotations
 
 import html
 import re
 import textwrap
-from collections.abc import Callable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keyguard.report._kinds import Severity
@@ -17,9 +18,9 @@ _LABEL = {Severity.fatal: "FATAL", Severity.error: "error", Severity.warning: "w
 
 def render(report: Report, format: str = "table", **options: Any) -> str:
     """Render ``report`` in ``format``."""
-    renderer = RENDERERS.get(format)
+    renderer = RENDERERS.get(format) or (render_junit if format == "junit" else None)
     if renderer is None:
-        raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)})")
+        raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)} or junit)")
     return renderer(report, **options)
 
 
@@ -228,9 +229,145 @@ def _gh(text: str, property: bool = False) -> str:
     return text
 
 
+def render_junit(
+    report: Report,
+    *,
+    checks: Sequence[str] | None = None,
+    fail_on: Severity | str | None = Severity.error,
+    **_: Any,
+) -> str:
+    """JUnit XML for CI dashboards: one ``<testcase>`` per finding kind checked, failing for findings at or above
+    ``fail_on`` (``"never"``: none fails).
+
+    ``checks`` lists the codes that were checked, passing ones included (``keyguard.adapters.checked_kinds`` for an
+    adapter check); by default the engine's kinds (KG1xx-KG4xx). A kind that has findings always gets its case.
+    """
+    return _junit_document([_junit_suite(report, checks, fail_on)])
+
+
+def _junit_document(suites: list[ET.Element]) -> str:
+    root = ET.Element("testsuites", name="keyguard")
+    for key in ("tests", "failures", "errors"):
+        root.set(key, str(sum(int(suite.get(key, "0")) for suite in suites)))
+    root.extend(suites)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _junit_suite(report: Report, checks: Sequence[str] | None, fail_on: Severity | str | None) -> ET.Element:
+    from keyguard.report._kinds import KINDS
+
+    level = None if fail_on is None or fail_on == "never" else Severity(fail_on)
+    location = str(report.checkpoint.location)
+    codes = list(checks) if checks is not None else [code for code in KINDS if code < "KG5"]
+    codes += [f.code for f in report.findings if f.code not in codes]
+    suite = ET.Element("testsuite", name=f"keyguard: {location}", errors="0", skipped="0")
+    properties = ET.SubElement(suite, "properties")
+    for name, value in (
+        ("checkpoint", location),
+        ("expected", str(report.expected.location)),
+        ("headline", _headline(report)),
+    ):
+        ET.SubElement(properties, "property", name=name, value=value)
+    failures = 0
+    for code in codes:
+        kind = KINDS[code]
+        case = ET.SubElement(suite, "testcase", classname=location, name=f"{code} {kind.kind}: {kind.title}")
+        found = [f for f in report.findings if f.code == code]
+        failing = [f for f in found if level is not None and f.severity.at_least(level)]
+        for f in failing:
+            failure = ET.SubElement(case, "failure", type=f"{f.code} {f.kind}", message=f.message)
+            failure.text = _junit_details(f)
+        failures += bool(failing)
+        passing = [f for f in found if f not in failing]
+        if passing:
+            out = ET.SubElement(case, "system-out")
+            out.text = "\n\n".join(f"{_LABEL[f.severity]}: {f.message}\n{_junit_details(f)}" for f in passing)
+    suite.set("tests", str(len(codes)))
+    suite.set("failures", str(failures))
+    return suite
+
+
+def _junit_details(finding: Finding) -> str:
+    lines = [f"{finding.severity.value} {finding.code} {finding.kind}: {finding.message}", *finding.patterns]
+    for ex in finding.examples:
+        arrow = f"{ex.checkpoint} -> {ex.expected}" if ex.checkpoint and ex.expected else (ex.checkpoint or ex.expected)
+        lines.append(f"e.g. {arrow}" + (f" ({ex.detail})" if ex.detail else ""))
+    for extra in (_fix_text(finding), finding.benign and f"usually harmless: {finding.benign}", finding.hint):
+        if extra:
+            lines.append(extra)
+    lines.append(f"docs: {finding.url}")
+    return "\n".join(lines)
+
+
+def render_many(
+    reports: Sequence[Report],
+    format: str = "table",
+    *,
+    errors: Mapping[str, str] | None = None,
+    **options: Any,
+) -> str:
+    """Several reports in one output, with one summary at the end (``keyguard check-adapter`` on many folders).
+
+    ``errors`` maps inputs that could not be checked to why; they count in the summary (and are JUnit errors).
+    One report and no error renders exactly as ``render`` does, except ``junit`` (always one document) and ``json``
+    (a list whenever more than one input was given).
+    """
+    errors = dict(errors or {})
+    checks = options.pop("checks", None)
+    fail_on = options.pop("fail_on", Severity.error)
+    if format == "junit":
+        suites = [_junit_suite(r, checks, fail_on) for r in reports]
+        for location, message in errors.items():
+            suite = ET.Element("testsuite", name=f"keyguard: {location}", tests="1", failures="0", errors="1")
+            case = ET.SubElement(suite, "testcase", classname=location, name="read the input")
+            ET.SubElement(case, "error", type="unreadable", message=message).text = message
+            suites.append(suite)
+        return _junit_document(suites)
+    if format not in RENDERERS:
+        raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)} or junit)")
+    if format == "json":
+        if len(reports) == 1 and not errors:
+            return render_json(reports[0], **options)
+        return "[\n" + ",\n".join(render_json(r, **options) for r in reports) + "\n]"
+    if len(reports) == 1 and not errors:
+        return render(reports[0], format, **options)
+    if format == "github":
+        body = [render_github(r) for r in reports]
+        body += [f"::error title=keyguard::{_gh(message)}" for message in errors.values()]
+        body.append(f"::notice title=keyguard summary::{_gh(_many_summary(reports, errors))}")
+        return "\n".join(body)
+    rule = "=" * 40 if format == "table" else "---"
+    parts = [render(r, format, **options) for r in reports]
+    summary = _many_summary(reports, errors)
+    if format == "markdown":
+        rows = ["| input | result | errors | warnings |", "|---|---|---:|---:|"]
+        for r in reports:
+            errs = len(r.errors())
+            warns = len(r.at_least(Severity.warning)) - errs
+            rows.append(f"| {_code(str(r.checkpoint.location))} | {'✅' if r.ok else '❌'} | {errs} | {warns} |")
+        rows += [f"| {_code(location)} | unreadable | - | - |" for location in errors]
+        summary = "\n".join([f"**{_md(summary)}**", "", *rows])
+    return f"\n\n{rule}\n\n".join([*parts, summary])
+
+
+def _many_summary(reports: Sequence[Report], errors: Mapping[str, str]) -> str:
+    what = "adapters" if all(r.checkpoint.format == "peft-adapter" for r in reports) else "inputs"
+    failing = [r for r in reports if not r.ok]
+    warned = [r for r in reports if r.ok and r.at_least(Severity.warning)]
+    parts = [f"{len(reports) - len(failing)} OK"]
+    if warned:
+        parts[0] += f" ({len(warned)} with warnings)"
+    parts.append(f"{len(failing)} failing")
+    if errors:
+        parts.append(f"{len(errors)} unreadable")
+    return f"{len(reports) + len(errors)} {what} checked: " + ", ".join(parts)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "table": render_table,
     "json": render_json,
     "markdown": render_markdown,
     "github": render_github,
 }
+#: ``render`` also takes ``"junit"`` (``render_junit``), a CI format with options of its own (``checks``, ``fail_on``)

@@ -1,0 +1,135 @@
+"""``keyguard check-adapter ADAPTER_DIR... --base REFERENCE``: check exported PEFT adapters, in parallel, for CI."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from keyguard.cli._options import add_source_options, source_kwargs
+
+HELP = "check exported PEFT LoRA adapters against their base model, from the files alone (for CI)"
+FORMATS = ("table", "json", "markdown", "github", "junit")
+
+# the base's keys, read once by the parent and handed to each worker process when it starts
+_BASE: Any = None
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("check-adapter", help=HELP, description=HELP + ".", parents=[common])
+    p.add_argument(
+        "adapters",
+        metavar="ADAPTER_DIR",
+        nargs="+",
+        help="adapter folders (adapter_config.json + adapter_model.safetensors/.bin), or files inside them",
+    )
+    p.add_argument(
+        "--base",
+        "-b",
+        required=True,
+        metavar="REFERENCE",
+        help="the base model: a checkpoint file or folder, a config.json folder, or a manifest (keyguard snapshot)",
+    )
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument(
+        "--fail-on",
+        choices=["error", "warning", "never"],
+        default="error",
+        help="exit 1 when findings at or above this severity remain (default: error)",
+    )
+    p.add_argument(
+        "--check-values",
+        action="store_true",
+        help="also read every tensor (needs torch): NaN/Inf are errors, an all-zero lora_B a warning",
+    )
+    p.add_argument("--xlora", action="store_true", help="also predict whether PEFT's X-LoRA would load each adapter")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        metavar="N",
+        help="adapters checked in parallel processes (default: the number of CPUs, at most one per adapter)",
+    )
+    p.add_argument("--junit-xml", metavar="PATH", help="also write a JUnit XML report to PATH")
+    add_source_options(p)
+    p.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of jobs, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from keyguard._exceptions import KeyguardError, SourceError
+    from keyguard.adapters import adapter_folder, checked_kinds
+    from keyguard.report._render import render_many
+    from keyguard.sources import read_keys
+
+    folders = list(dict.fromkeys(adapter_folder(path) for path in args.adapters))
+    base = read_keys(args.base, **source_kwargs(args))
+    if base.format == "peft-adapter":
+        raise SourceError(args.base, "base-is-adapter", "is a PEFT adapter; --base must be the model it was trained on")
+    jobs = args.jobs or min(_cpus(), len(folders))
+    results = _check_all(folders, base, jobs, check_values=args.check_values, xlora=args.xlora)
+    reports = [r for r in results if not isinstance(r, str)]
+    errors = {folder: r for folder, r in zip(folders, results) if isinstance(r, str)}
+    for message in errors.values():
+        print(f"keyguard: error: {message}", file=sys.stderr)
+    checks = checked_kinds(check_values=args.check_values, xlora=args.xlora)
+    if reports or args.format == "junit":
+        print(render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on))
+    if args.junit_xml:
+        from keyguard._atomic import atomic_write_text
+
+        document = render_many(reports, "junit", errors=errors, checks=checks, fail_on=args.fail_on)
+        try:
+            atomic_write_text(args.junit_xml, document)
+        except OSError as exc:
+            raise KeyguardError(f"{args.junit_xml}: cannot write the JUnit report ({exc.strerror or exc})") from exc
+    if errors:
+        return 2
+    return max((r.exit_code(args.fail_on) for r in reports), default=0)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _check_all(folders: Sequence[str], base: Any, jobs: int, *, check_values: bool, xlora: bool) -> list[Any]:
+    """A report, or the one-line reason it could not be made, per folder, in the folders' order."""
+    if jobs <= 1 or len(folders) <= 1:
+        _init(base)
+        return [_check_one(folder, check_values, xlora) for folder in folders]
+    # fork shares the parent's memory for free, but a child forked after torch started its threads can deadlock
+    method = "spawn" if "torch" in sys.modules else "fork"
+    context = multiprocessing.get_context(method if method in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init, initargs=(base,)) as pool:
+        return list(pool.map(_check_one, folders, [check_values] * len(folders), [xlora] * len(folders)))
+
+
+def _init(base: Any) -> None:
+    global _BASE
+    _BASE = base
+
+
+def _check_one(folder: str, check_values: bool, xlora: bool) -> Any:
+    from keyguard._exceptions import KeyguardError
+    from keyguard.adapters import check_adapter
+
+    try:
+        return check_adapter(folder, _BASE, check_values=check_values, xlora=xlora)
+    except KeyguardError as exc:  # one line for the parent to print; exceptions need not survive pickling
+        return str(exc)
