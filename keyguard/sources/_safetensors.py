@@ -151,6 +151,9 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
     same ten pieces, so checking the fixed pieces column by column proves the layout, and the fields are read off
     their columns. Also checks sizes, and coverage when the offsets come in order (as the library writes them);
     the returned data end is ``None`` when the caller must still check coverage.
+
+    It does not look for control characters (which JSON forbids unescaped): the caller must only pass headers
+    free of them, as ``read_safetensors`` checks on the raw bytes. It never raises.
     """
     metadata: dict[str, str] = {}
     pos = 1
