@@ -32,7 +32,11 @@ def pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-STRICT_DECODER: Final = json.JSONDecoder(object_pairs_hook=pairs_without_duplicates)
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")  # json.loads accepts NaN and Infinity; the format does not
+
+
+STRICT_DECODER: Final = json.JSONDecoder(object_pairs_hook=pairs_without_duplicates, parse_constant=_no_constants)
 
 
 def load_json_object(path: str | os.PathLike[str], error: type[SourceError] = SourceError) -> dict[str, Any]:

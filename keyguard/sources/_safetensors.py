@@ -81,6 +81,8 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
 
 
 def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
+    if "\x00" in path:
+        raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
