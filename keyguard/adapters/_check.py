@@ -748,7 +748,8 @@ class _Check:
                 canonical[key] = self.renamed[key]
             else:
                 canonical[key] = None if key in unexplained else key
-        self.findings.extend(xlora_findings(canonical, keyguard_ok=self._loads_through_keyguard()))
+        ok = self._loads_through_keyguard()
+        self.findings.extend(xlora_findings(self.folder, self.base_keys, canonical, keyguard_ok=ok))
 
     def _loads_through_keyguard(self) -> bool:
         """No error is left once the safe plan has renamed what it can."""

@@ -28,7 +28,7 @@ _ALWAYS: Final = (
     kinds.MIXED_DTYPES,
 )
 _VALUES: Final = (kinds.NONFINITE_VALUES, kinds.UNTRAINED_LORA)
-_XLORA: Final = (kinds.XLORA_STOCK_INCOMPATIBLE, kinds.XLORA_STOCK_HANGS)
+_XLORA: Final = (kinds.XLORA_STOCK_KEY_REWRITE_FAILS, kinds.XLORA_STOCK_LOOPS_FOREVER)
 
 
 def checked_kinds(*, check_values: bool = False, xlora: bool = False) -> list[str]:

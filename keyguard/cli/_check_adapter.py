@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"keyguard: error: {message}", file=sys.stderr)
     checks = checked_kinds(check_values=args.check_values, xlora=args.xlora)
     if reports or args.format == "junit":
-        print(render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on))
+        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on)
+        print(text.rstrip("\n"))
     if args.junit_xml:
         from keyguard._atomic import atomic_write_text
 

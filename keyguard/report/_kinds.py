@@ -468,41 +468,9 @@ UNTRAINED_LORA = register(
         "32 of 32 `lora_B` tensors are all zeros: the adapter changes nothing",
     )
 )
-XLORA_STOCK_INCOMPATIBLE = register(
-    FindingKind(
-        "KG513",
-        "xlora_stock_incompatible",
-        E,
-        "Stock PEFT X-LoRA would not load this adapter",
-        "With `--xlora`: predicts, from the keys alone, what PEFT's X-LoRA does with the adapter: it rewrites each "
-        "key by dropping leading segments until the key starts with `model.` (but not `model.model.`) and then "
-        "prepends `model.`. That is only right when the base model's top-level module is called `model`. The "
-        "finding says which keys end up wrong and whether loading through keyguard would work.",
-        'Stock X-LoRA raises on the wrongly rewritten keys ("Got unexpected keys", or a `KeyError` for '
-        "`modules_to_save` heads), so the X-LoRA model cannot be built with this adapter.",
-        "Load through `keyguard.integrations.xlora`, which maps the keys onto what the LoRA model expects and "
-        "verifies the load; that works when check-adapter reports no other error.",
-        "`base_model.model.transformer.h.0.attn.c_attn.lora_A.weight` -> "
-        "`model.model.transformer.h.0.attn.c_attn.lora_A.weight` (expected `model.transformer.h.0...`)",
-    )
-)
-XLORA_STOCK_HANGS = register(
-    FindingKind(
-        "KG514",
-        "xlora_stock_hangs",
-        F,
-        "Stock PEFT X-LoRA would loop forever on this adapter",
-        "With `--xlora`: finds adapter keys without any `model.` segment. Stock X-LoRA's key rewrite drops leading "
-        "segments until the key starts with `model.`, and never stops on such a key.",
-        "Building the X-LoRA model hangs without an error message, burning a CPU core until it is killed.",
-        "Fix the keys first (the naming findings give the plan), or load through `keyguard.integrations.xlora`, "
-        "which never rewrites keys that way.",
-        "`bert.encoder.layer.0.attention.self.query.lora_A.weight` (`base_model.model.` stripped from a BERT adapter)",
-    )
-)
 UNSUPPORTED_ADAPTER_TYPE = register(
     FindingKind(
-        "KG515",
+        "KG513",
         "unsupported_adapter_type",
         W,
         "The adapter is not a LoRA adapter",

@@ -321,17 +321,27 @@ def test_untrained_lora_b(zoo: Zoo) -> None:
 
 
 # -- X-LoRA -------------------------------------------------------------------------------------------------------
-def test_xlora_prediction(zoo: Zoo) -> None:
+def test_xlora_prediction_from_the_keys(zoo: Zoo) -> None:
     assert check_adapter(zoo.adapter("llama"), zoo.base("llama"), xlora=True).findings == []
-    gpt2 = check_adapter(zoo.adapter("gpt2"), zoo.base("gpt2"), xlora=True)
-    assert codes(gpt2) == ["KG513"]
-    finding = only(gpt2, "KG513")
+    gpt2 = check_adapter(zoo.adapter("gpt2"), zoo.manifest("gpt2"), xlora=True)
+    assert codes(gpt2) == ["KG550"]
+    finding = only(gpt2, "KG550")
     assert finding.ctx["keyguard_loads"] is True and "through keyguard" in finding.message
+    assert finding.ctx["predicted_from"] == "keys"
     assert finding.examples[0].expected == "model.model.transformer.h.0.attn.c_attn.lora_A.weight"
     stripped = zoo.broken(zoo.adapter("bert"), keys=rename_all(lambda k: k.removeprefix("base_model.model.")))
     report = check_adapter(stripped, zoo.base("bert"), xlora=True)
-    assert "KG514" in codes(report)
-    assert only(report, "KG514").count == len(keyguard.read_keys(stripped))
+    assert codes(report) == ["KG502", "KG551", "KG102"], report.render()
+    assert only(report, "KG551").count == len(keyguard.read_keys(stripped))
+
+
+def test_xlora_through_the_integration_with_a_config_base(zoo: Zoo) -> None:
+    """A config.json base can be built, so the X-LoRA integration's preflight simulates stock PEFT exactly."""
+    pytest.importorskip("keyguard.integrations.xlora")
+    llama = check_adapter(zoo.adapter("llama"), zoo.config_folder("llama"), xlora=True)
+    assert llama.ok and codes(llama) == ["KG556"]  # info: the expert loads
+    gpt2 = check_adapter(zoo.adapter("gpt2"), zoo.config_folder("gpt2"), xlora=True)
+    assert "KG550" in codes(gpt2) and "predicted_from" not in only(gpt2, "KG550").ctx
 
 
 # -- against PEFT itself ------------------------------------------------------------------------------------------
