@@ -318,8 +318,8 @@ def get_peft_model(model: Any, xlora_config: Any, *, strategy: Strategy = "auto"
 
     if not isinstance(xlora_config, peft.XLoraConfig):
         raise TypeError(
-            f"keyguard.integrations.xlora.get_peft_model builds X-LoRA models; got a {type(xlora_config).__name__}"
-            " (for a LoRA adapter use keyguard.integrations.peft.load_adapter)"
+            "keyguard.integrations.xlora.get_peft_model builds X-LoRA models from an XLoraConfig; got a"
+            f" {type(xlora_config).__name__} (for a LoRA adapter use keyguard.integrations.peft.load_adapter)"
         )
     with guard(strategy):
         return peft.get_peft_model(model, xlora_config, **kwargs)
