@@ -611,10 +611,7 @@ def _registration_finding(name: str, index: int, registered: str | None, where: 
     return finding(
         kinds.XLORA_ADAPTER_NAMES,
         message,
-        fix=Fix(
-            applicability=Applicability.safe,
-            note="build the model with keyguard.integrations.xlora.get_peft_model, which registers experts by name",
-        ),
+        hint="build the model with keyguard.integrations.xlora.get_peft_model, which registers experts by name",
         ctx={**ctx, "registered": registered},
     )
 
@@ -652,9 +649,11 @@ def stock_rewrite(key: str) -> str | None:
     return "model." + key
 
 
-def _stock_load(keys: KeySet, saved_to_live: Mapping[str, str], lora_model: Any, name: str) -> _Stock:
+def _stock_load(
+    keys: KeySet, saved_to_live: Mapping[str, str], lora_model: Any, name: str, mapping: Mapping[str, str]
+) -> _Stock:
     """Simulate stock loading from the keys: the rewrite, then ``set_peft_model_state_dict`` and the unexpected-key
-    check of ``_load_adapter_into_lora_model``."""
+    check of ``_load_adapter_into_lora_model``. ``mapping``: file key -> the key keyguard's plan gives it."""
     from peft.utils.other import AuxiliaryTrainingWrapper
 
     rewritten: dict[str, str] = {}
@@ -672,30 +671,32 @@ def _stock_load(keys: KeySet, saved_to_live: Mapping[str, str], lora_model: Any,
             loops,
             [Example(checkpoint=k, detail="no `model.` segment") for k in loops],
         )
-    consumed: set[str] = set()
+    accepted = set(saved_to_live)
+    prefixed = {_PEFT_PREFIX + saved: saved for saved in accepted}
+    model_keys = set(lora_model.state_dict())
+    misplaced = [new for new in rewritten if new not in accepted and new not in prefixed and new not in model_keys]
+
+    def wrong(detail: str) -> _Stock:
+        examples = [
+            Example(
+                checkpoint=rewritten[new],
+                expected=new,
+                detail=f"stock name; the LoRA model expects {mapping[rewritten[new]]}"
+                if rewritten[new] in mapping
+                else "stock name; the LoRA model has no such key",
+            )
+            for new in misplaced
+        ]
+        return _Stock("fails", detail, [rewritten[new] for new in misplaced], examples)
+
     for path, module in lora_model.named_modules():
         if isinstance(module, AuxiliaryTrainingWrapper):
             for inner in module.adapter_state_dict_load_map(name):
                 lookup = f"{path}.{inner}"
                 if lookup not in rewritten:
-                    return _Stock(
-                        "fails",
-                        f"KeyError: {lookup!r} (the modules_to_save copy of {path!r} looks for it after the rewrite)",
-                        [],
-                        [Example(expected=lookup, detail="no key is rewritten to it")],
-                    )
-                consumed.add(lookup)
-    accepted = set(saved_to_live)
-    prefixed = {_PEFT_PREFIX + saved: saved for saved in accepted}
-    model_keys = set(lora_model.state_dict())
-    unexpected = [new for new in rewritten if new not in accepted and new not in prefixed and new not in model_keys]
-    if unexpected:
-        return _Stock(
-            "fails",
-            f"ValueError: Got unexpected keys! ({len(unexpected):,} of {len(rewritten):,} rewritten keys)",
-            [rewritten[new] for new in unexpected],
-            [Example(checkpoint=rewritten[new], expected=new, detail="rewritten to") for new in unexpected],
-        )
+                    return wrong(f"KeyError: {lookup!r} (the modules_to_save copy of {path!r} looks it up)")
+    if misplaced:
+        return wrong(f"ValueError: Got unexpected keys! ({len(misplaced):,} of {len(rewritten):,} rewritten keys)")
     shapes = {saved: info.shape for saved, info in _expected_infos(lora_model, saved_to_live).items()}
     resized = []
     for new, old in rewritten.items():
@@ -746,6 +747,42 @@ def _meta_copy(model: Any) -> Any:
     return copy.deepcopy(model, memo)
 
 
+def _shadow_lora_model(base_model: Any, adapter_name: str) -> Any:
+    """An empty LoRA model around a meta copy of ``base_model``, as X-LoRA builds one (no target modules yet)."""
+    from peft.tuners.lora import LoraConfig, LoraModel
+    from peft.utils.constants import DUMMY_TARGET_MODULES
+
+    config = LoraConfig(target_modules=DUMMY_TARGET_MODULES)
+    return LoraModel(_meta_copy(base_model), config, adapter_name, low_cpu_mem_usage=True)
+
+
+def expert_keys(base_model: Any, adapter_dir: str | os.PathLike[str], *, name: str = "expert") -> KeySet:
+    """The keys X-LoRA's LoRA model accepts for an adapter, in the form adapter files use, with shapes and dtypes.
+
+    The adapter's LoRA layers are injected into a copy of ``base_model`` on the meta device (no data is copied), as
+    X-LoRA injects them. Write the result as a manifest to compare the adapter with it on the command line::
+
+        keyguard.write_manifest(xlora.expert_keys(model, "./my-lora"), "my-lora.xlora.keys.json")
+        # keyguard diagnose ./my-lora --expected my-lora.xlora.keys.json
+
+    Raises:
+        SourceError: the folder cannot be read.
+        ValueError: PEFT refuses the adapter's config on this model (its target modules are not there).
+    """
+    from peft.tuners.lora import LoraConfig
+
+    check_peft_version(installed_peft(), _INTEGRATION)
+    folder = os.fspath(adapter_dir)
+    lora_model = _shadow_lora_model(base_model, "default" if name != "default" else "x-lora")
+    config = LoraConfig.from_pretrained(folder)
+    config.inference_mode = False
+    lora_model.peft_config[name] = config
+    lora_model.inject_adapter(lora_model.model, name, low_cpu_mem_usage=True)
+    saved_to_live = accepted_keys(lora_model, name)
+    label = f"{type(base_model).__name__}: what X-LoRA's LoRA model accepts for {folder}"
+    return expected_keyset(lora_model, saved_to_live, label)
+
+
 def preflight(
     base_model: Any,
     xlora_config: Any,
@@ -775,13 +812,10 @@ def preflight(
     """
     _validate(strategy)
     check_peft_version(installed_peft(), _INTEGRATION)
-    from peft.tuners.lora import LoraConfig, LoraModel
-    from peft.utils.constants import DUMMY_TARGET_MODULES
+    from peft.tuners.lora import LoraConfig
 
     experts = _experts(xlora_config)
-    lora_model = LoraModel(
-        _meta_copy(base_model), LoraConfig(target_modules=DUMMY_TARGET_MODULES), adapter_name, low_cpu_mem_usage=True
-    )
+    lora_model = _shadow_lora_model(base_model, adapter_name)
     findings: list[Finding] = []
     diagnoses: list[Report] = []
     totals = [0, 0, 0, 0]  # expected, checkpoint, matched, fixable
@@ -832,7 +866,7 @@ def preflight(
         expected = expected_keyset(lora_model, saved_to_live, f"{where}: the keys the LoRA model accepts")
         diagnosis = diagnose_adapter(folder, expected, strategy, keys=keys)
         diagnoses.append(diagnosis.after)
-        stock = _stock_load(keys, saved_to_live, lora_model, name)
+        stock = _stock_load(keys, saved_to_live, lora_model, name, diagnosis.mapping)
         findings += _stock_findings(stock, diagnosis, where, ctx)
         stock_said[name] = _STOCK_PHRASE[stock.outcome]
         totals[0] += len(saved_to_live)
@@ -851,7 +885,7 @@ def preflight(
                 kinds.XLORA_STOCK_META_TENSORS,
                 f"built with low_cpu_mem_usage=True, {_STOCK} leaves every expert's tensors and the X-LoRA classifier"
                 " on the meta device (the forward pass fails); keyguard assigns them when its guard exits",
-                fix=Fix(applicability=Applicability.safe, note="keyguard.integrations.xlora.get_peft_model"),
+                hint="fixed by keyguard.integrations.xlora.get_peft_model (or guard())",
                 ctx={"adapter": None, "experts": [n for n, _ in experts]},
             )
         )
@@ -893,7 +927,7 @@ def _stock_findings(stock: _Stock, diagnosis: Diagnosis, where: str, ctx: Mappin
         Fix(
             applicability=Applicability.safe,
             rules=list(diagnosis.plan.rules),
-            note="load through keyguard.integrations.xlora.get_peft_model (or inside guard())",
+            note="applied by keyguard.integrations.xlora.get_peft_model and guard()",
         )
         if diagnosis.ok
         else None
@@ -980,7 +1014,7 @@ def _name_findings(names: Sequence[str], own: str) -> list[Finding]:
             kinds.XLORA_ADAPTER_NAMES,
             f"{_STOCK} registers the experts as {', '.join(repr(n) for n in numbered)} whatever their names"
             f" ({', '.join(repr(n) for n in names)}): {effect}; keyguard registers each under its own name",
-            fix=Fix(applicability=Applicability.safe, note="keyguard.integrations.xlora.get_peft_model"),
+            hint="fixed by keyguard.integrations.xlora.get_peft_model (or guard())",
             ctx={"adapter": None, "names": list(names)},
         )
     ]

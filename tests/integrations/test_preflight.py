@@ -15,9 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from _integration_models import build, xlora_config  # noqa: E402
+from _integration_models import build, module_path, xlora_config  # noqa: E402
 
-from keyguard import Report  # noqa: E402
+from keyguard import Report, read_keys, write_manifest  # noqa: E402
 from keyguard.integrations import xlora  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
@@ -92,3 +92,15 @@ def test_experts_that_are_not_lora(adapters: dict[str, Path], tmp_path: Path) ->
 def test_the_x_lora_models_own_name(adapters: dict[str, Path]) -> None:
     report = xlora.preflight(build("llama"), xlora_config("llama", {"default": adapters["llama"]}))
     assert codes(report) == ["KG554"] and "own adapter name" in report.findings[0].message
+
+
+def test_expert_keys_for_the_command_line(adapters: dict[str, Path], tmp_path: Path, cli: Any) -> None:
+    folder = adapters["bert_cls"]
+    keys = xlora.expert_keys(build("bert_cls"), folder)
+    assert set(keys) == {"model." + module_path(k) for k in read_keys(folder)}
+    assert keys["model.classifier.weight"].shape == (3, 16)
+    write_manifest(keys, tmp_path / "bert-lora.xlora.keys.json")
+    result = cli("diagnose", folder, "--expected", tmp_path / "bert-lora.xlora.keys.json")
+    assert result.code == 1  # the keys do not match as they stand...
+    assert "KG101" in result.out and "strip prefix 'base_model.'" in result.out  # ...and the safe plan maps them all
+    assert "coverage 0% -> 100%" in " ".join(result.out.split())
