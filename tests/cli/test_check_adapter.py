@@ -171,3 +171,27 @@ def test_bad_jobs_is_a_usage_error(cli: Cli, zoo: Zoo, adapters: dict[str, Path]
     with pytest.raises(SystemExit) as exit_info:
         cli("check-adapter", adapters["clean"], "--base", zoo.manifest("llama"), "--jobs", "0")
     assert exit_info.value.code == 2
+
+
+def test_pre_commit_hook(cli: Cli, zoo: Zoo, adapters: dict[str, Path]) -> None:
+    """The hook runs `keyguard check-adapter` on the adapter files pre-commit passes, with the user's --base."""
+    import re
+    import shlex
+
+    import yaml
+
+    hooks = yaml.safe_load((Path(__file__).resolve().parents[2] / ".pre-commit-hooks.yaml").read_text())
+    hook = next(h for h in hooks if h["id"] == "keyguard-check-adapter")
+    assert hook["language"] == "python" and hook["require_serial"] is True
+    pattern = re.compile(hook["files"])
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        assert pattern.search(f"exports/run-7/{name}") and pattern.search(name)
+    assert not pattern.search("exports/run-7/model.safetensors")
+    assert not pattern.search("exports/run-7/my_adapter_config.json")
+    program, *args = shlex.split(hook["entry"])
+    assert program == "keyguard"
+    clean = adapters["clean"]
+    files = [clean / "adapter_config.json", clean / "adapter_model.safetensors"]
+    assert cli(*args, "--base", zoo.manifest("llama"), *files).code == 0
+    stripped = adapters["stripped"] / "adapter_model.safetensors"
+    assert cli(*args, "--base", zoo.manifest("llama"), *files, stripped).code == 1
