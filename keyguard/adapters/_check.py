@@ -237,9 +237,11 @@ class _Check:
 
     def _expect(self, declared: set[str]) -> None:
         """Add the keys PEFT expects for ``declared`` modules (LoRA tensors, then full tensors) to ``expected``."""
-        for module in declared:
-            for role in self._roles(module):
-                self.expected[join_key(module, role)] = None
+        assert self.base is not None
+        for module in self.base.weights:  # in the base's order, so that reports are reproducible
+            if module in declared:
+                for role in self._roles(module):
+                    self.expected[join_key(module, role)] = None
         self.saved_expected = self._saved_expected(declared)
         self.expected.update(dict.fromkeys(self.saved_expected))
 
@@ -272,13 +274,14 @@ class _Check:
                     cut = key.rfind(".", 0, cut)
         bias = self.config.bias if self.cfg.usable("bias") else "none"
         if bias != "none":
+            seen = set(out)
             for key in self.base_keys.tensors:
                 if not key.endswith(".bias"):
                     continue
                 module = key[:-5]
                 if module in declared:
                     out.append(join_key(module, BASE_LAYER + "bias"))
-                elif bias == "all" and PREFIX + key not in out:
+                elif bias == "all" and PREFIX + key not in seen:
                     out.append(PREFIX + key)
         return out
 
