@@ -51,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     report = diagnose(keys, args.expected, ignore=args.ignore, architecture=args.architecture)
     if args.plan:
         plan = Plan.load(args.plan)
-        plan = plan if args.unsafe_fixes else plan.at_least("safe")
+        if not args.unsafe_fixes:
+            safe = plan.at_least("safe")
+            skipped = len(plan.rules) - len(safe.rules)
+            if skipped:
+                print(f"note: {skipped} rule(s) of {args.plan} are not safe and were not applied (--unsafe-fixes)")
+            plan = safe
     else:
         plan = report.unsafe_plan if args.unsafe_fixes else report.plan
     drop = (

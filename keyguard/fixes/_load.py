@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from keyguard._exceptions import KeyMismatchError, SourceError
 from keyguard.fixes._plan import Plan
-from keyguard.fixes._rules import Applicability, Fuse, Split, Transpose
+from keyguard.fixes._rules import Applicability, Drop, Fuse, Split, Transpose
 from keyguard.sources._keyset import TensorInfo
 from keyguard.sources._torch import import_torch
 
@@ -77,6 +77,13 @@ def read_safetensors_tensor(torch: Any, path: str, info: TensorInfo) -> Any:
     with open(path, "rb") as f:
         f.seek(start)
         data = bytearray(f.read(end - start))
+    if len(data) != end - start:
+        raise SourceError(
+            path,
+            "file-changed",
+            f"tensor data ends early: {len(data):,} of {end - start:,} bytes at offset {start:,}"
+            " (the file changed since its keys were read?)",
+        )
     dtype = _TYPES[info.dtype]
     if not data:
         return torch.empty(info.shape or (), dtype=dtype)
@@ -97,8 +104,11 @@ def load_state_dict(
 
     Resolves ``source`` (a path keyguard reads, or a state dict), diagnoses it against the module, applies the
     plan — the safe plan (``"auto"``), no rewriting (``"strict"``), or a ``Plan`` of your own (its unsafe rules
-    only with ``unsafe_fixes=True``) — and loads strictly. Modules on the meta device are loaded with
-    ``assign=True``. It never falls back to ``strict=False``.
+    only with ``unsafe_fixes=True``) — and loads strictly. It never falls back to ``strict=False``.
+
+    Modules on the meta device are loaded with ``assign=True``; tied parameters stay tied. Non-persistent buffers
+    are in no checkpoint: those a transformers model computes itself (rotary ``inv_freq``, ``position_ids``) are
+    filled in as the model would; any other stays on meta, with a warning naming it.
 
     Args:
         ignore: regular expressions of keys allowed to differ: ignored missing keys keep the module's current
@@ -150,15 +160,93 @@ def load_state_dict(
             after,
         )
     assign = any(t.is_meta for t in expected.values() if isinstance(t, torch.Tensor))
+    if assign:
+        # assign=True gives every name its own parameter: load one tensor per tied group, and tie them again after
+        for group in module_keys.tied:
+            present = [k for k in group if k in fixed]
+            if present:
+                for key in group:
+                    fixed[key] = fixed[present[-1]]  # the last one wins, as when copying into one shared parameter
     module.load_state_dict(fixed, strict=True, assign=assign)
+    if assign:
+        _retie(module, module_keys.tied)
+        still_meta = _fill_meta_buffers(torch, module)
+        if still_meta:
+            import warnings
+
+            warnings.warn(
+                f"{len(still_meta)} non-persistent buffer(s) are not in any checkpoint and stay on the meta device:"
+                f" {', '.join(still_meta[:5])}{' ...' if len(still_meta) > 5 else ''} (initialize them before use)",
+                stacklevel=2,
+            )
     return report
 
 
+def _retie(module: Any, groups: Iterable[Iterable[str]]) -> None:
+    """Make every name of a tied group the same parameter object again (as it was before ``assign=True``)."""
+    for group in groups:
+        first, *others = list(group)
+        try:
+            shared = module.get_parameter(first)
+        except AttributeError:
+            continue  # tied buffers: nothing to re-tie
+        for key in others:
+            owner, _, attr = key.rpartition(".")
+            setattr(module.get_submodule(owner), attr, shared)
+
+
+def _fill_meta_buffers(torch: Any, module: Any) -> list[str]:
+    """Give non-persistent buffers left on the meta device their values, where the model can compute them.
+
+    They are in no checkpoint. A transformers model computes them in ``_init_weights`` (rotary ``inv_freq``,
+    ``position_ids``): each owning module that holds no parameters of its own gets real buffers and is initialized
+    with every loaded tensor marked as initialized; a buffer the call did not write goes back to meta. Returns the
+    names of the buffers still on meta.
+    """
+    owners: dict[str, list[str]] = {}
+    for name, buffer in module.named_buffers():
+        if buffer is not None and buffer.is_meta:
+            prefix, _, attr = name.rpartition(".")
+            owners.setdefault(prefix, []).append(attr)
+    init = getattr(module, "_init_weights", None)
+    if owners and callable(init) and getattr(module, "config", None) is not None:
+        loaded = {id(t): t for t in (*module.parameters(), *module.buffers()) if not t.is_meta}
+        marked = [t for t in loaded.values() if not getattr(t, "_is_hf_initialized", False)]
+        for tensor in marked:
+            tensor._is_hf_initialized = True  # transformers' init functions leave these alone
+        try:
+            for prefix, attrs in owners.items():
+                owner = module.get_submodule(prefix)
+                if next(owner.parameters(recurse=False), None) is not None:
+                    continue
+                metas = {attr: owner._buffers[attr] for attr in attrs}
+                fresh = {attr: torch.empty_like(meta, device="cpu") for attr, meta in metas.items()}
+                versions = {attr: tensor._version for attr, tensor in fresh.items()}
+                owner._buffers.update(fresh)
+                try:
+                    init(owner)
+                except Exception:  # a model's own init code: whatever it raises, the buffers go back to meta
+                    owner._buffers.update(metas)
+                    continue
+                for attr, tensor in fresh.items():
+                    if owner._buffers.get(attr) is tensor and tensor._version == versions[attr]:
+                        owner._buffers[attr] = metas[attr]  # never written: no garbage, back to meta
+        finally:
+            for tensor in marked:
+                del tensor._is_hf_initialized
+    return [name for name, buffer in module.named_buffers() if buffer is not None and buffer.is_meta]
+
+
 def _apply_all(torch: Any, plan: Plan, state: Mapping[str, Any]) -> dict[str, Any]:
-    """Renames (same tensor objects), then data rules (new tensors only for the keys they change)."""
-    fixed = plan.apply(state)
+    """Renames (same tensor objects), then data rules (new tensors only for the keys they change), then drops."""
+    renamed = plan.mapping(state)  # refuses collisions
+    fixed = {renamed[key]: value for key, value in state.items()}
     for rule in plan.rules:
-        if isinstance(rule, Transpose):
+        if isinstance(rule, Drop):  # names as in the checkpoint or as renamed, like ``keyguard fix``
+            for key in rule.keys:
+                fixed.pop(renamed.get(key, key), None)
+                fixed.pop(key, None)
+        elif isinstance(rule, Transpose):
             for key in rule.keys:
                 if key in fixed:
                     fixed[key] = fixed[key].t().contiguous()

@@ -12,6 +12,7 @@ go through torch, one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from keyguard._atomic import atomic_output, fsync_dir
 from keyguard._dtypes import DTYPE_BITS
@@ -32,7 +33,8 @@ from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Drop, Fuse, Split, Transpose
 from keyguard.sources._keyset import KeySet, TensorInfo
 
-CHUNK = 64 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024  # two reusable buffers of this size: the memory a write needs, whatever the checkpoint
+INLINE = 1024 * 1024  # ranges up to this size are checksummed in line (no hand-off to the checksum thread)
 METADATA_KEY = "keyguard.fix"
 
 
@@ -93,8 +95,21 @@ def plan_output(keys: KeySet, plan: Plan, *, drop: Sequence[str] = ()) -> tuple[
             if old is None:
                 raise PlanError(f"plan refused: split of {rule.source!r}, which the checkpoint does not hold")
             info = keys[old]
-            if info.shape is None or info.dtype is None or sum(rule.sizes) != info.shape[rule.dim]:
-                raise PlanError(f"plan refused: {rule.source!r} cannot be split into sizes {rule.sizes}")
+            if len(rule.targets) != len(rule.sizes) or any(size < 0 for size in rule.sizes):
+                raise PlanError(
+                    f"plan refused: split of {rule.source!r} names {len(rule.targets)} target(s)"
+                    f" for {len(rule.sizes)} size(s)"
+                )
+            if (
+                info.shape is None
+                or info.dtype is None
+                or not 0 <= rule.dim < len(info.shape)
+                or sum(rule.sizes) != info.shape[rule.dim]
+            ):
+                raise PlanError(
+                    f"plan refused: {rule.source!r} (shape {list(info.shape or ())}) cannot be split into sizes"
+                    f" {rule.sizes} along dim {rule.dim}"
+                )
             for part, (target, size) in enumerate(zip(rule.targets, rule.sizes)):
                 dims = list(info.shape)
                 dims[rule.dim] = size
@@ -107,6 +122,11 @@ def plan_output(keys: KeySet, plan: Plan, *, drop: Sequence[str] = ()) -> tuple[
                 raise PlanError(f"plan refused: fusing {rule.target!r} needs keys the checkpoint does not hold")
             infos = [keys[o] for o in olds if o is not None]
             shape = _fused_shape(rule, infos)
+            dtypes = {i.dtype for i in infos}
+            if len(dtypes) != 1 or None in dtypes:
+                raise PlanError(
+                    f"plan refused: fusing {rule.target!r} needs parts of one dtype, not {sorted(map(str, dtypes))}"
+                )
             items.append(_Item(rule.target, infos[0].dtype or "F32", shape, [o for o in olds if o], "fuse", rule))
             consumed.update(o for o in olds if o)
             for o in olds:
@@ -130,25 +150,41 @@ def plan_output(keys: KeySet, plan: Plan, *, drop: Sequence[str] = ()) -> tuple[
         else:
             items.append(_Item(new, info.dtype, info.shape, [old]))
             changes.append(Change(old, "renamed" if new != old else "kept", [new]))
-    names = [item.name for item in items]
-    if len(set(names)) != len(names):
-        seen: set[str] = set()
-        clash = next(n for n in names if n in seen or seen.add(n))  # type: ignore[func-returns-value]
-        raise PlanError(f"plan refused: two tensors would be written as {clash!r}")
+    owner: dict[str, _Item] = {}
+    for item in items:
+        other = owner.setdefault(item.name, item)
+        if other is not item:
+            first, second = other.sources[0], item.sources[0]
+            raise PlanError(
+                f"plan refused: {first!r} and {second!r} would both be written as {item.name!r}"
+                " (applying it would silently lose a tensor)"
+            )
     return items, changes
 
 
 def _fused_shape(rule: Fuse, infos: list[TensorInfo]) -> tuple[int, ...]:
+    """The shape of a fused tensor; refuses parts that torch could not concatenate (or stack) as planned."""
     shapes = [i.shape for i in infos]
     known = [s for s in shapes if s is not None]
-    if len(known) != len(shapes) or not known or any(len(s) <= rule.dim for s in known):
-        raise PlanError(f"plan refused: fusing {rule.target!r} needs every part's shape")
-    first = list(known[0])
+    if len(known) != len(shapes) or not known or any(len(s) <= rule.dim or rule.dim < 0 for s in known):
+        raise PlanError(f"plan refused: fusing {rule.target!r} needs every part's shape, with a dim {rule.dim}")
+    if any(s[: rule.dim] + s[rule.dim + 1 :] != known[0][: rule.dim] + known[0][rule.dim + 1 :] for s in known):
+        raise PlanError(
+            f"plan refused: the parts of {rule.target!r} differ outside dim {rule.dim}: {sorted(set(known))}"
+        )
+    groups = [known]
     if rule.stack:
-        first[rule.dim] = sum(s[rule.dim] for s in known[: rule.parts])
-        return (len(known) // rule.parts, *first)
-    first[rule.dim] = sum(s[rule.dim] for s in known)
-    return tuple(first)
+        if rule.parts < 1 or len(known) % rule.parts:
+            raise PlanError(
+                f"plan refused: stacking {len(known)} tensors into {rule.target!r} in groups of {rule.parts}"
+            )
+        groups = [known[i : i + rule.parts] for i in range(0, len(known), rule.parts)]
+    sizes = {sum(s[rule.dim] for s in group) for group in groups}
+    if len(sizes) != 1:
+        raise PlanError(f"plan refused: the groups stacked into {rule.target!r} have different sizes {sorted(sizes)}")
+    first = list(known[0])
+    first[rule.dim] = sizes.pop()
+    return (len(groups), *first) if rule.stack else tuple(first)
 
 
 # -------------------------------------------------------------------------------------------------- writing
@@ -178,13 +214,20 @@ def write_fixed(
     items, changes = plan_output(keys, plan, drop=drop)
     bar = _Progress(sum(_nbytes(i) for i in items), enabled=progress)
     try:
-        if keys.format == "safetensors-sharded":
-            written, files = _write_sharded(keys, items, changes, out, bar)
-        else:
-            written = _write_file(keys, items, changes, out, bar, source_name=keys.files[0] if keys.files else None)
-            files = [out]
+        with _Stream() as stream:
+            if keys.format == "safetensors-sharded":
+                written, files = _write_sharded(keys, items, changes, out, bar, stream)
+            else:
+                source_name = keys.files[0] if keys.files else None
+                written = _write_file(keys, items, changes, out, bar, source_name=source_name, stream=stream)
+                files = [out]
+    except WriteError:
+        raise
+    except OSError as exc:  # staging folder, companions, renames
+        raise WriteError(f"{out}: writing failed: {exc}") from exc
     finally:
         bar.close()
+        _TORCH_CACHE.clear()  # a pickle's tensors are not kept (nor reused, should the file change) after the write
     return WriteResult(out, changes, written, files)
 
 
@@ -207,12 +250,15 @@ def _write_file(
     bar: _Progress,
     *,
     source_name: str | None,
+    stream: _Stream,
     metadata: Mapping[str, str] | None = None,
+    files: Mapping[str | None, _FileSpan] | None = None,
 ) -> int:
     rows = layout({i.name: (i.dtype, i.shape) for i in items})
     by_name = {i.name: i for i in items}
     meta = dict(metadata) if metadata is not None else _metadata(keys, changes)
-    fast = keys.format in ("safetensors", "safetensors-sharded") and _same_layout(keys, items)
+    files = _file_spans(keys) if files is None else files
+    fast = keys.format in ("safetensors", "safetensors-sharded") and _same_layout(keys, items, files)
     base = 0
     if fast:
         # names change, bytes do not: keep the source's layout so the data section is copied as one block
@@ -224,27 +270,78 @@ def _write_file(
         )
     header = encode_header(rows, meta)
     checks: dict[str, int] = {}
+    used = {keys[src].file for i in items for src in i.sources}
+    sources = {_source_path(keys, file): files[file] for file in used if file in files}
     try:
-        with atomic_output(out, verify=lambda path: _verify(path, rows, checks, meta)) as f:
+        with atomic_output(out, verify=lambda path: _verify(path, rows, checks, meta, stream)) as f:
+            _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
-                _copy_data_section(_source_path(keys, keys[items[0].sources[0]].file), base, rows, f, checks, bar)
+                path = _source_path(keys, keys[items[0].sources[0]].file)
+                _copy_data_section(path, base, rows, f, checks, bar, stream)
             else:
                 for name, _, _, start, end in rows:
-                    _write_item(keys, by_name[name], f, checks, bar, end - start)
-    except (PlanError, SourceError):
+                    _write_item(keys, by_name[name], f, checks, bar, end - start, stream)
+            _check_sources(sources)  # ...and did not change while they were copied
+    except PlanError:
         raise
+    except SourceError as exc:
+        raise WriteError(f"{out}: not written: reading the source failed: {exc}") from exc
     except OSError as exc:
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     return len(header) + (rows[-1][4] if rows else 0)
 
 
-def _same_layout(keys: KeySet, items: list[_Item]) -> bool:
-    """True when every source tensor is written unchanged, once, and nothing is dropped."""
-    if len(items) != len(keys) or any(i.op != "copy" for i in items):
+def _same_layout(keys: KeySet, items: list[_Item], files: Mapping[str | None, _FileSpan]) -> bool:
+    """True when every tensor of one source file is written unchanged, once, and nothing of that file is dropped."""
+    if not items or any(i.op != "copy" for i in items):
         return False
-    files = {keys[i.sources[0]].file for i in items}
-    return len(files) == 1
+    used = {keys[i.sources[0]].file for i in items}
+    if len(used) != 1:
+        return False
+    span = files.get(used.pop())
+    return span is not None and len({s for i in items for s in i.sources}) == span.count
+
+
+@dataclass
+class _FileSpan:
+    """One safetensors source file as ``read_keys`` saw it: where its data starts, its size, its tensor count.
+
+    The safetensors reader checked that the tensors cover the data section exactly, so the first tensor's start is
+    where the data begins (8 + the header length) and the last one's end is the file's size.
+    """
+
+    start: int
+    end: int
+    count: int
+
+
+def _file_spans(keys: KeySet) -> dict[str | None, _FileSpan]:
+    spans: dict[str | None, _FileSpan] = {}
+    if keys.format not in ("safetensors", "safetensors-sharded"):
+        return spans
+    for info in keys.values():
+        start, end = info.offsets or (0, 0)
+        span = spans.get(info.file)
+        if span is None:
+            spans[info.file] = _FileSpan(start, end, 1)
+        else:
+            span.start, span.end, span.count = min(span.start, start), max(span.end, end), span.count + 1
+    return spans
+
+
+def _check_sources(sources: Mapping[str, _FileSpan]) -> None:
+    """Refuse to go on when a source file's size or header length is not what was read (it changed meanwhile)."""
+    for path, span in sources.items():
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+        data_start = 8 + int.from_bytes(head, "little") if len(head) == 8 else -1
+        if size != span.end or data_start != span.start:
+            raise WriteError(
+                f"{path}: the source changed since its keys were read (now {size:,} bytes with data from byte"
+                f" {data_start:,}; read as {span.end:,} bytes with data from byte {span.start:,})"
+            )
 
 
 def _source_path(keys: KeySet, file: str | None) -> str:
@@ -255,6 +352,132 @@ def _source_path(keys: KeySet, file: str | None) -> str:
     return os.path.join(folder, file or "")
 
 
+class _Spans:
+    """Running CRC-32 of consecutive, sorted byte ranges of one stream, fed chunk by chunk in stream order."""
+
+    def __init__(self, bounds: Sequence[tuple[str, int, int]]) -> None:
+        self.bounds = bounds  # (name, start, end), sorted, not overlapping, relative to the stream's start
+        self.index = 0
+        self.crcs: dict[str, int] = {}
+
+    def feed(self, view: memoryview, position: int) -> None:
+        end = position + len(view)
+        while self.index < len(self.bounds):
+            name, start, stop = self.bounds[self.index]
+            if start >= end:
+                break
+            a, b = max(start, position), min(stop, end)
+            if b > a:
+                self.crcs[name] = zlib.crc32(view[a - position : b - position], self.crcs.get(name, 0))
+            if stop > end:
+                break
+            self.index += 1
+
+    def result(self) -> dict[str, int]:
+        for name, _, _ in self.bounds:
+            self.crcs.setdefault(name, 0)  # 0-byte tensors
+        return self.crcs
+
+
+class _Source(Protocol):
+    name: Any
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+    def close(self) -> None: ...
+
+
+class _Stream:
+    """Reads (and copies) byte ranges through two reusable buffers; checksums run in a helper thread while the
+    next chunk is read and this one written (``zlib.crc32`` and file I/O release the GIL), so memory stays at two
+    buffers and the checksum costs little wall time. Source files stay open for the whole write."""
+
+    def __init__(self) -> None:
+        self.buffers: tuple[bytearray, bytearray] | None = None  # allocated on first use
+        self.pool: Any = None
+        self.files: dict[str, _Source] = {}
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for f in self.files.values():
+            f.close()
+
+    def source(self, path: str) -> _Source:
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in __exit__
+        return f
+
+    def run(
+        self,
+        src: _Source,
+        start: int,
+        length: int,
+        feed: Callable[[memoryview, int], None],
+        out: IO[bytes] | None,
+        bar: _Progress | None,
+        *,
+        overlap: bool = True,
+    ) -> None:
+        """Read ``length`` bytes of ``src`` from ``start``; feed each chunk (and its position) to ``feed``, in
+        order; write them to ``out`` when given. Large ranges are fed in the helper thread unless ``overlap`` is
+        false (the caller is a helper thread itself)."""
+        src.seek(start)
+        if length <= INLINE:
+            data = b""
+            while len(data) < length:
+                piece = src.read(length - len(data))  # a raw file may return less than asked
+                if not piece:
+                    break
+                data += piece
+            if len(data) != length:
+                raise WriteError(f"{src.name}: the file ended early (it changed?)")
+            feed(memoryview(data), 0)
+            if out is not None:
+                out.write(data)
+            if bar is not None:
+                bar.update(length)
+            return
+        if self.buffers is None:
+            self.buffers = (bytearray(CHUNK), bytearray(CHUNK))
+        if overlap and self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyguard-crc")
+        buffers = self.buffers
+        pending = None
+        position = 0
+        turn = 0
+        try:
+            while position < length:
+                view = memoryview(buffers[turn])[: min(CHUNK, length - position)]
+                n = src.readinto(view)
+                if not n:
+                    raise WriteError(f"{src.name}: the file ended early (it changed?)")
+                view = view[:n]
+                if pending is not None:
+                    pending.result()  # the previous chunk's checksum, in order (and its buffer free again)
+                    pending = None
+                if overlap:
+                    pending = self.pool.submit(feed, view, position)
+                else:
+                    feed(view, position)
+                if out is not None:
+                    out.write(view)
+                if bar is not None:
+                    bar.update(n)
+                position += n
+                turn ^= 1
+        finally:
+            if pending is not None:
+                pending.result()
+
+
 def _copy_data_section(
     path: str,
     base: int,
@@ -262,51 +485,94 @@ def _copy_data_section(
     f: IO[bytes],
     checks: dict[str, int],
     bar: _Progress,
+    stream: _Stream,
 ) -> None:
-    """Copy the whole data section in large chunks, checksumming each tensor's bytes on the way."""
+    """Copy the whole data section, checksumming each tensor's bytes."""
     end = rows[-1][4] if rows else 0
-    bounds = [(name, start, stop) for name, _, _, start, stop in rows]
-    index = 0
-    with open(path, "rb") as src:
-        src.seek(base)
-        position = 0
-        while position < end:
-            chunk = src.read(min(CHUNK, end - position))
-            if not chunk:
+    _copy_range(path, base, end, [(name, start, stop) for name, _, _, start, stop in rows], f, checks, bar, stream)
+
+
+def _copy_range(
+    path: str,
+    base: int,
+    length: int,
+    bounds: list[tuple[str, int, int]],
+    f: IO[bytes],
+    checks: dict[str, int],
+    bar: _Progress,
+    stream: _Stream,
+) -> None:
+    """Append ``length`` bytes of ``path`` from ``base`` to ``f``, with the checksum of each of ``bounds`` (relative
+    to ``base``).
+
+    Where the kernel copies between files (Linux ``copy_file_range``) it does, while a helper thread reads the
+    source and checksums it; verification then re-reads the output and compares its checksums with these.
+    Elsewhere the bytes go through the two buffers, checksummed on the way."""
+    if length > INLINE and hasattr(os, "copy_file_range"):
+        import threading
+
+        spans = _Spans(bounds)
+        failure: list[BaseException] = []
+
+        def checksum() -> None:
+            try:
+                with open(path, "rb", buffering=0) as src:  # the stream is not used by this thread meanwhile
+                    stream.run(src, base, length, spans.feed, None, None, overlap=False)
+            except BaseException as exc:  # handed over to the writing thread below
+                failure.append(exc)
+
+        f.flush()
+        worker = threading.Thread(target=checksum, name="keyguard-crc-source", daemon=True)
+        worker.start()
+        try:
+            copied = _kernel_copy(path, base, f, length, bar)
+        finally:
+            worker.join()
+        if failure:
+            raise failure[0]
+        if not copied:  # the kernel declined: copy through the buffers (the source is checksummed already)
+            stream.run(stream.source(path), base, length, lambda view, position: None, f, bar)
+        checks.update(spans.result())
+        return
+    spans = _Spans(bounds)
+    stream.run(stream.source(path), base, length, spans.feed, f, bar)
+    checks.update(spans.result())
+
+
+def _kernel_copy(path: str, start: int, f: IO[bytes], length: int, bar: _Progress) -> bool:
+    """Append ``length`` bytes of ``path`` from ``start`` to ``f`` with ``copy_file_range``; False, with nothing
+    written, when the kernel or the file systems do not offer it."""
+    import errno
+
+    declined = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EBADF}
+    out = f.fileno()
+    position = 0
+    with open(path, "rb", buffering=0) as src:
+        while position < length:
+            try:
+                n = os.copy_file_range(src.fileno(), out, min(8 * CHUNK, length - position), start + position)
+            except OSError as exc:
+                if position == 0 and exc.errno in declined:
+                    return False
+                raise
+            if n == 0:
                 raise WriteError(f"{path}: the file ended early (it changed while being read?)")
-            view = memoryview(chunk)
-            chunk_end = position + len(chunk)
-            while index < len(bounds) and bounds[index][1] < chunk_end:
-                name, start, stop = bounds[index]
-                a, b = max(start, position) - position, min(stop, chunk_end) - position
-                checks[name] = zlib.crc32(view[a:b], checks.get(name, 0))
-                if stop > chunk_end:
-                    break
-                index += 1
-            f.write(chunk)
-            bar.update(len(chunk))
-            position = chunk_end
-    for name, _, _ in bounds:
-        checks.setdefault(name, 0)
+            position += n
+            bar.update(n)
+    f.seek(0, os.SEEK_END)  # the kernel moved the descriptor's offset: keep the file object in step
+    return True
 
 
-def _write_item(keys: KeySet, item: _Item, f: IO[bytes], checks: dict[str, int], bar: _Progress, size: int) -> None:
+def _write_item(
+    keys: KeySet, item: _Item, f: IO[bytes], checks: dict[str, int], bar: _Progress, size: int, stream: _Stream
+) -> None:
     if item.op == "copy":
         info = keys[item.sources[0]]
         if info.offsets is not None and keys.format in ("safetensors", "safetensors-sharded"):
-            crc = 0
-            with open(_source_path(keys, info.file), "rb") as src:
-                src.seek(info.offsets[0])
-                remaining = info.offsets[1] - info.offsets[0]
-                while remaining:
-                    chunk = src.read(min(CHUNK, remaining))
-                    if not chunk:
-                        raise WriteError(f"{keys.location}: the file ended early while copying {item.sources[0]!r}")
-                    crc = zlib.crc32(chunk, crc)
-                    f.write(chunk)
-                    bar.update(len(chunk))
-                    remaining -= len(chunk)
-            checks[item.name] = crc
+            start, end = info.offsets
+            if end - start != size:
+                raise WriteError(f"internal: {item.name!r} has {end - start} bytes in the source, expected {size}")
+            _copy_range(_source_path(keys, info.file), start, size, [(item.name, 0, size)], f, checks, bar, stream)
             return
     data = _tensor_bytes(keys, item)
     if len(data) != size:
@@ -377,7 +643,11 @@ def _nbytes(item: _Item) -> int:
 
 # ----------------------------------------------------------------------------------------------- verifying
 def _verify(
-    path: str, rows: list[tuple[str, str, tuple[int, ...], int, int]], checks: dict[str, int], meta: Mapping[str, str]
+    path: str,
+    rows: list[tuple[str, str, tuple[int, ...], int, int]],
+    checks: dict[str, int],
+    meta: Mapping[str, str],
+    stream: _Stream | None = None,
 ) -> None:
     """Re-read the written file: its header must be exactly the planned one, every tensor's bytes the source's."""
     from keyguard.sources._safetensors import read_safetensors
@@ -393,26 +663,26 @@ def _verify(
         raise WriteError(f"verification failed: written header differs from the plan (e.g. {missing or 'shapes'})")
     if dict(written.metadata) != dict(meta):
         raise WriteError("verification failed: written metadata differs")
-    ordered = sorted(written.items(), key=lambda kv: kv[1].offsets or (0, 0))
-    with open(path, "rb") as f:
-        for name, info in ordered:
-            start, end = info.offsets or (0, 0)
-            f.seek(start)
-            crc = 0
-            remaining = end - start
-            while remaining:
-                chunk = f.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise WriteError(f"verification failed: {name!r} is truncated in the written file")
-                crc = zlib.crc32(chunk, crc)
-                remaining -= len(chunk)
-            if crc != checks.get(name):
-                raise WriteError(f"verification failed: the bytes of {name!r} differ from the source")
+    # the reader checked that the tensors cover the data section exactly: read it in one sequential pass
+    bounds = sorted(((name, *(info.offsets or (0, 0))) for name, info in written.items()), key=lambda b: (b[1], b[2]))
+    if not bounds:
+        return
+    first, last = bounds[0][1], bounds[-1][2]
+    spans = _Spans([(name, start - first, end - first) for name, start, end in bounds])
+    with _Stream() if stream is None else contextlib.nullcontext(stream) as reader, open(path, "rb", buffering=0) as f:
+        try:
+            reader.run(f, first, last - first, spans.feed, None, None)
+        except WriteError:
+            raise WriteError("verification failed: the written file is truncated") from None
+    crcs = spans.result()
+    for name, _, _ in bounds:
+        if crcs[name] != checks.get(name):
+            raise WriteError(f"verification failed: the bytes of {name!r} differ from the source")
 
 
 # ----------------------------------------------------------------------------------------------- sharded
 def _write_sharded(
-    keys: KeySet, items: list[_Item], changes: list[Change], out: str, bar: _Progress
+    keys: KeySet, items: list[_Item], changes: list[Change], out: str, bar: _Progress, stream: _Stream
 ) -> tuple[int, list[str]]:
     source_folder = (
         os.path.dirname(keys.location or "") if os.path.isfile(keys.location or "") else (keys.location or "")
@@ -432,27 +702,41 @@ def _write_sharded(
             shard = keys[item.sources[0]].file or "model.safetensors"
             by_shard.setdefault(shard, []).append(item)
         weight_map: dict[str, str] = {}
-        meta = _metadata(keys, changes)
+        summary = _metadata(keys, changes)[METADATA_KEY]
+        spans = _file_spans(keys)
         for shard, shard_items in by_shard.items():
+            meta = _shard_metadata(os.path.join(source_folder, shard))
+            meta[METADATA_KEY] = summary
             total += _write_file(
-                keys, shard_items, changes, os.path.join(staging, shard), bar, source_name=shard, metadata=meta
+                keys,
+                shard_items,
+                changes,
+                os.path.join(staging, shard),
+                bar,
+                source_name=shard,
+                stream=stream,
+                metadata=meta,
+                files=spans,
             )
             weight_map.update({i.name: shard for i in shard_items})
-        index = {
-            "metadata": {"total_size": sum(_nbytes(i) for i in items), METADATA_KEY: meta[METADATA_KEY]},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
+        index_meta = _index_metadata(os.path.join(source_folder, index_name))
+        index_meta["total_size"] = sum(_nbytes(i) for i in items)
+        index_meta[METADATA_KEY] = summary
+        index = {"metadata": index_meta, "weight_map": dict(sorted(weight_map.items()))}
         with atomic_output(os.path.join(staging, index_name)) as f:
             f.write((json.dumps(index, indent=2) + "\n").encode())
-        for extra in _companions(source_folder, set(by_shard) | {index_name}):
-            shutil.copy2(os.path.join(source_folder, extra), os.path.join(staging, extra))
+        rewritten = {*keys.files, index_name}
+        if in_place:
+            # everything else in the folder stays: other files and folders are linked (or copied) into the new one
+            for extra in sorted(os.listdir(source_folder)):
+                if extra not in rewritten:
+                    _carry_over(os.path.join(source_folder, extra), os.path.join(staging, extra))
+        else:
+            for extra in _companions(source_folder, rewritten):
+                shutil.copy2(os.path.join(source_folder, extra), os.path.join(staging, extra))
         fsync_dir(staging)
         if in_place:
-            backup = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.keyguard-old-", dir=parent)
-            os.rmdir(backup)
-            os.rename(out, backup)
-            os.rename(staging, out)
-            shutil.rmtree(backup, ignore_errors=True)
+            _swap_folder(staging, out, parent)
         else:
             os.rename(staging, out)
         fsync_dir(parent)
@@ -460,6 +744,81 @@ def _write_sharded(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return total, [os.path.join(out, s) for s in by_shard]
+
+
+def _shard_metadata(path: str) -> dict[str, str]:
+    """A source shard's own ``__metadata__`` (kept in the rewritten shard)."""
+    from keyguard.sources._safetensors import read_safetensors
+
+    try:
+        meta = dict(read_safetensors(path).metadata)
+    except SourceError as exc:
+        raise WriteError(f"{path}: not written: reading the source failed: {exc}") from exc
+    meta.setdefault("format", "pt")
+    return meta
+
+
+def _index_metadata(path: str) -> dict[str, Any]:
+    """The source index's ``metadata`` as it is (values are not all strings: ``total_size`` is a number)."""
+    try:
+        with open(path, "rb") as f:
+            meta = json.load(f).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _carry_over(source: str, target: str) -> None:
+    """Put ``source`` at ``target`` without copying data where possible (hard links, same file system)."""
+    if os.path.isdir(source) and not os.path.islink(source):
+        shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, target)
+
+
+def _link_or_copy(source: str, target: str) -> str:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+        return target
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _swap_folder(new: str, target: str, parent: str) -> None:
+    """Put the folder ``new`` at ``target`` (which exists), then remove the old one.
+
+    On Linux the two are exchanged in one atomic ``renameat2(RENAME_EXCHANGE)``, so ``target`` is always either the
+    old folder or the new one. Elsewhere (or when the call is refused) the old folder is first renamed aside: a crash
+    between the two renames leaves it there, as ``.NAME.keyguard-old-*``, and nothing at ``target``.
+    """
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old folder
+        return
+    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.keyguard-old-", dir=parent)
+    os.rmdir(backup)
+    os.rename(target, backup)
+    os.rename(new, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths with Linux's ``renameat2(RENAME_EXCHANGE)``; False when not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return bool(result == 0)
 
 
 def _companions(folder: str, skip: set[str]) -> list[str]:
