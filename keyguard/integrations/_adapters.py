@@ -24,9 +24,9 @@ from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Sum
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import read_keys
 
-#: How keys are mapped before loading: the safe plan of the diagnosis (``"auto"``), no rewriting (``"strict"``), or
-#: a plan of your own (its rules at or above ``safe``; renames and drops only).
 Strategy = Literal["auto", "strict"] | Plan
+"""How keys are mapped before loading: the safe plan of the diagnosis (``"auto"``), no rewriting (``"strict"``), or
+a ``Plan`` of your own (its rules at or above ``safe``; renames and drops only)."""
 
 EXAMPLES: Final = 3
 PATTERNS: Final = 6
@@ -248,7 +248,8 @@ def compare(model: Any, saved_to_live: Mapping[str, str], tensors: Mapping[str, 
 def comparison_findings(
     comparison: Comparison, *, adapter: str, where: str, saved_of: Mapping[str, str], ctx: Mapping[str, Any]
 ) -> list[Finding]:
-    """KG561/KG562 for the tensors that did not arrive; KG563 when every one did."""
+    """KG561/KG562 for the tensors that did not arrive; KG563 when every one did. ``saved_of``: model key -> saved
+    key, for every tensor of the adapter."""
     out: list[Finding] = []
     if comparison.meta:
         out.append(
@@ -267,7 +268,6 @@ def comparison_findings(
                 kinds.LIVE_ADAPTER_TENSOR_DIFFERS,
                 f"{where}: {len(troubled):,} of {len(saved_of):,} tensor(s) of adapter {adapter!r} differ from the"
                 " file: the adapter did not arrive there",
-                checkpoint_keys=[saved_of[k] for k in troubled if k in saved_of],
                 expected_keys=list(troubled),
                 examples=[Example(expected=k, detail=why) for k, why in troubled.items()],
                 ctx={**ctx, "count": len(troubled), "total": len(saved_of)},

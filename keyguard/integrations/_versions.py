@@ -11,10 +11,10 @@ from typing import Final
 
 from keyguard._exceptions import UnsupportedVersionError
 
-#: The PEFT release series the integrations support.
 SUPPORTED_PEFT: Final = "0.21.x"
-#: The PEFT release the integrations were verified with.
+"""The PEFT release series the integrations support."""
 VERIFIED_PEFT: Final = "0.21.2"
+"""The PEFT release the integrations were verified with."""
 _SERIES: Final = (0, 21)
 # final releases only, optionally with a post-release or local suffix; no dev, alpha, beta or rc
 _RELEASE: Final = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\.post\d+)?(?:\+[0-9A-Za-z.]+)?")

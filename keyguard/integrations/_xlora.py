@@ -45,9 +45,10 @@ from keyguard.report._model import Example, Finding, Fix, Report, SourceRef
 from keyguard.sources._keyset import KeySet
 from keyguard.sources._resolve import read_keys
 
-#: The module whose expert loader ``guard()`` replaces, and the loader's name there.
 XLORA_MODULE: Final = "peft.tuners.xlora.model"
+"""The module whose expert loader ``guard()`` replaces."""
 LOADER_NAME: Final = "_load_adapter_into_lora_model"
+"""The name of PEFT's expert loader in ``XLORA_MODULE``."""
 _INTEGRATION: Final = "keyguard.integrations.xlora"
 _P = inspect.Parameter
 _LOADER_SHAPE: Final = (
