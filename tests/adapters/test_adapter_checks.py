@@ -143,7 +143,7 @@ def test_adapter_name_left_in_keys(zoo: Zoo) -> None:
 def test_adapter_for_another_architecture(zoo: Zoo) -> None:
     report = check_adapter(zoo.adapter("bert"), zoo.base("llama"))
     assert codes(report) == ["KG502", "KG402", "KG503"], report.render()
-    assert only(report, "KG503").ctx["entries"] == ["query", "value"]
+    assert sorted(only(report, "KG503").ctx["entries"]) == ["query", "value"]  # peft saves a set: any order
     assert only(report, "KG402").count == len(keyguard.read_keys(zoo.adapter("bert")))
     assert report.plan.empty
 
