@@ -4,7 +4,7 @@ Two ways to answer, kept apart from the other checks:
 
 - when the base can be built (a ``config.json`` folder) and PEFT is installed, ``keyguard.integrations.xlora.preflight``
   injects the LoRA layers into the model on the meta device and simulates stock PEFT exactly; its X-LoRA findings
-  (KG550-KG557) are taken as they are;
+  (KG550-KG557 but KG554, which judges expert names this check does not have, and KG560) are taken as they are;
 - otherwise (a manifest or a checkpoint: no model, maybe no torch) a prediction from the keys alone: stock PEFT 0.21's
   key rewrite (``peft/tuners/xlora/model.py``, ``_load_adapter_into_lora_model``) drops leading dotted segments until
   the key starts with ``model.`` but not ``model.model.``, then prepends ``model.``; the LoRA model inside X-LoRA
@@ -79,7 +79,8 @@ def _preflight(model: Any, folder: str) -> list[Finding] | None:
         report = preflight(model, SimpleNamespace(adapters={_EXPERT: folder}))
     except UnsupportedVersionError:
         return None
-    return [f for f in report.findings if "KG550" <= f.code <= "KG557" and f.code != "KG554"]
+    # its stock-PEFT findings, and KG560 (what keyguard's X-LoRA loader could not map), which they refer to
+    return [f for f in report.findings if ("KG550" <= f.code <= "KG557" and f.code != "KG554") or f.code == "KG560"]
 
 
 def stock_rewrite(key: str) -> str | None:
