@@ -255,11 +255,15 @@ def guard(strategy: Strategy = "auto") -> Iterator[GuardSession]:
     Yields:
         A ``GuardSession`` listing the experts loaded and their reports.
 
+    PEFT's ``ignore_mismatched_sizes`` is not honoured: a tensor whose shape differs from the model's is refused, never
+    skipped.
+
     Raises:
         UnsupportedVersionError: the installed PEFT is not 0.21.x, or its loader does not look as verified.
         KeyMismatchError: an expert's keys do not fit even after the plan (nothing of it is loaded), a tensor did not
             arrive, an expert name is taken, or several experts train one classification head (a PEFT limitation).
             The message is the rendered report; ``error.report`` the report.
+        SourceError: an expert's folder cannot be read.
     """
     _validate(strategy)
     module = importlib.import_module(XLORA_MODULE)

@@ -230,6 +230,25 @@ def test_several_sequence_classification_experts_are_a_peft_limitation(adapters:
     assert caught.value.report.findings[0].ctx["experts"] == ["a", "b"]
 
 
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_a_saved_x_lora_model_reloads_under_the_guard(
+    adapters: dict[str, Path], tmp_path: Path, low_cpu_mem_usage: bool
+) -> None:
+    experts = {"math": adapters["gpt2"], "code": adapters["gpt2_extra"]}
+    model = guarded("gpt2", experts)
+    expected = forward(model).logits
+    model.save_pretrained(tmp_path / "saved")  # the X-LoRA classifier's weights, for from_pretrained
+    paths = {name: str(folder) for name, folder in experts.items()}
+    with xlora.guard() as session:
+        reloaded = peft.PeftModel.from_pretrained(
+            build("gpt2"), tmp_path / "saved", adapters=paths, low_cpu_mem_usage=low_cpu_mem_usage
+        )
+    assert {e.name: e.assigned_on_exit for e in session.experts} == dict.fromkeys(experts, low_cpu_mem_usage)
+    for name, folder in experts.items():
+        assert_expert_equals_file(lora_model_of(reloaded), name, folder)
+    assert torch.equal(forward(reloaded).logits, expected)
+
+
 # -- strategies ----------------------------------------------------------------------------------------------------
 def test_strict_strategy_rewrites_nothing(adapters: dict[str, Path]) -> None:
     with pytest.raises(KeyMismatchError, match="no_overlap"):
@@ -240,6 +259,7 @@ def test_a_plan_of_your_own(adapters: dict[str, Path]) -> None:
     plan = Plan(rules=[StripPrefix(prefix="base_model.")])
     model = xlora.get_peft_model(build("gpt2"), xlora_config("gpt2", {"0": adapters["gpt2"]}), strategy=plan)
     assert_expert_equals_file(lora_model_of(model), "0", adapters["gpt2"])
+    forward(model)
 
 
 def test_bad_strategy_and_config() -> None:
