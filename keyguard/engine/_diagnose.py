@@ -18,7 +18,7 @@ from itertools import compress
 from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
-from keyguard._patterns import HOLE, KeyGroup, collapse, template
+from keyguard._patterns import HOLE, template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._infer import (
     SAMPLE,
@@ -46,13 +46,12 @@ from keyguard.fixes._rules import (
     Transpose,
 )
 from keyguard.report import _kinds as kinds
+from keyguard.report._build import EXAMPLES, make_finding
 from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import Source, read_keys
 
 MAX_ROUNDS: Final = 6
-EXAMPLES: Final = 3
-PATTERNS: Final = 6
 _FLOAT_DTYPES: Final = frozenset(
     {
         "F16",
@@ -978,25 +977,18 @@ class _Engine:
         ctx: dict[str, Any] | None = None,
         pattern_keys: list[str] | None = None,
     ) -> Finding:
-        keys_for_patterns = pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys)
-        groups: list[KeyGroup[None]] = collapse(keys_for_patterns)
-        patterns = [g.pattern for g in groups[:PATTERNS]]
-        if len(groups) > PATTERNS:
-            patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
-        return Finding(
-            code=kind.code,
-            kind=kind.kind,
-            severity=kind.severity,
-            message=message,
-            count=len(checkpoint_keys) or len(expected_keys),
-            patterns=patterns,
+        return make_finding(
+            kind,
+            message,
+            checkpoint_keys=checkpoint_keys,
+            expected_keys=expected_keys,
             examples=examples,
             fix=fix,
             benign=benign,
             hint=hint,
-            checkpoint_keys=checkpoint_keys,
-            expected_keys=expected_keys,
-            ctx=ctx or {},
+            ctx=ctx,
+            pattern_keys=pattern_keys,
+            count=len(checkpoint_keys) or len(expected_keys),
         )
 
     # -------------------------------------------------------------------------------------------------- report

@@ -14,13 +14,13 @@ from typing import Any, Final, Literal
 
 from keyguard._dtypes import canonical_dtype
 from keyguard._exceptions import KeyMismatchError, PlanError
-from keyguard._patterns import KeyGroup, collapse
 from keyguard.engine._diagnose import diagnose
 from keyguard.fixes._load import load_tensors
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Drop
 from keyguard.report import _kinds as kinds
-from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
+from keyguard.report._build import EXAMPLES, make_finding
+from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import read_keys
 
@@ -28,8 +28,6 @@ Strategy = Literal["auto", "strict"] | Plan
 """How keys are mapped before loading: the safe plan of the diagnosis (``"auto"``), no rewriting (``"strict"``), or
 a ``Plan`` of your own (its rules at or above ``safe``; renames and drops only)."""
 
-EXAMPLES: Final = 3
-PATTERNS: Final = 6
 _SEVERITY_ORDER: Final = {"fatal": 0, "error": 1, "warning": 2, "info": 3}
 
 
@@ -307,37 +305,7 @@ def unresolved_finding(diagnosis: Diagnosis, *, adapter: str, where: str, ctx: M
 
 
 # -- findings and reports --------------------------------------------------------------------------------------------
-def finding(
-    kind: kinds.FindingKind,
-    message: str,
-    *,
-    checkpoint_keys: Sequence[str] = (),
-    expected_keys: Sequence[str] = (),
-    examples: Sequence[Example] = (),
-    fix: Fix | None = None,
-    hint: str | None = None,
-    ctx: Mapping[str, Any] | None = None,
-) -> Finding:
-    """A finding of ``kind`` with its keys collapsed into patterns."""
-    keys = list(checkpoint_keys) or list(expected_keys)
-    groups: list[KeyGroup[None]] = collapse(keys)
-    patterns = [g.pattern for g in groups[:PATTERNS]]
-    if len(groups) > PATTERNS:
-        patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
-    return Finding(
-        code=kind.code,
-        kind=kind.kind,
-        severity=kind.severity,
-        message=message,
-        count=len(checkpoint_keys) or len(expected_keys),
-        patterns=patterns,
-        examples=list(examples)[:EXAMPLES],
-        fix=fix,
-        hint=hint,
-        checkpoint_keys=list(checkpoint_keys),
-        expected_keys=list(expected_keys),
-        ctx=dict(ctx or {}),
-    )
+finding = make_finding
 
 
 def make_report(findings: Iterable[Finding], *, checkpoint: SourceRef, expected: SourceRef, summary: Summary) -> Report:

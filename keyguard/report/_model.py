@@ -127,7 +127,7 @@ class Report(BaseModel):
         return 1 if self.at_least(fail_on) else 0
 
     def render(self, format: str = "table", **options: Any) -> str:
-        """Render as ``table`` (default), ``json``, ``markdown`` or ``github``."""
+        """Render as ``table`` (default), ``json``, ``markdown``, ``github`` or ``junit``."""
         from keyguard.report._render import render
 
         return render(self, format, **options)

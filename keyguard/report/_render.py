@@ -18,9 +18,9 @@ _LABEL = {Severity.fatal: "FATAL", Severity.error: "error", Severity.warning: "w
 
 def render(report: Report, format: str = "table", **options: Any) -> str:
     """Render ``report`` in ``format``."""
-    renderer = RENDERERS.get(format) or (render_junit if format == "junit" else None)
+    renderer = RENDERERS.get(format)
     if renderer is None:
-        raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)} or junit)")
+        raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)})")
     return renderer(report, **options)
 
 
@@ -369,5 +369,5 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "json": render_json,
     "markdown": render_markdown,
     "github": render_github,
+    "junit": render_junit,  # a CI format with options of its own (``checks``, ``fail_on``)
 }
-#: ``render`` also takes ``"junit"`` (``render_junit``), a CI format with options of its own (``checks``, ``fail_on``)

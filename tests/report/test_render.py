@@ -167,7 +167,7 @@ def test_markdown_escapes_pipes_and_keeps_the_table_intact(tmp_path: Path) -> No
 
 
 def test_every_renderer_over_the_same_report(busy_report: Report) -> None:
-    assert set(RENDERERS) == {"table", "json", "markdown", "github"}
+    assert set(RENDERERS) == {"table", "json", "markdown", "github", "junit"}
     data = json.loads(render(busy_report, "json"))
     assert data["format"] == "keyguard.report/v1"
     assert Report.model_validate(data) == busy_report

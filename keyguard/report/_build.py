@@ -1,0 +1,56 @@
+"""Building a finding: one place that collapses keys into patterns and caps the examples.
+
+The engine, the adapter checks and the integrations all build findings through ``make_finding``, so every finding
+is shaped the same way whichever part of keyguard reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from keyguard._patterns import KeyGroup, collapse
+from keyguard.report._kinds import FindingKind
+from keyguard.report._model import Example, Finding, Fix
+
+#: Patterns listed per finding (the rest are counted), and concrete examples kept.
+PATTERNS: Final = 6
+EXAMPLES: Final = 3
+
+
+def make_finding(
+    kind: FindingKind,
+    message: str,
+    *,
+    checkpoint_keys: Sequence[str] = (),
+    expected_keys: Sequence[str] = (),
+    examples: Sequence[Example] = (),
+    fix: Fix | None = None,
+    benign: str | None = None,
+    hint: str | None = None,
+    ctx: Mapping[str, Any] | None = None,
+    pattern_keys: Sequence[str] | None = None,
+    count: int | None = None,
+) -> Finding:
+    """A ``Finding`` of ``kind``. Patterns come from ``pattern_keys`` (default: the checkpoint keys, else the
+    expected ones); ``count`` defaults to the number of keys the finding covers."""
+    keys = list(pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys))
+    groups: list[KeyGroup[None]] = collapse(keys)
+    patterns = [g.pattern for g in groups[:PATTERNS]]
+    if len(groups) > PATTERNS:
+        patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
+    return Finding(
+        code=kind.code,
+        kind=kind.kind,
+        severity=kind.severity,
+        message=message,
+        count=count if count is not None else (len(checkpoint_keys) or len(expected_keys) or len(keys)),
+        patterns=patterns,
+        examples=list(examples)[:EXAMPLES],
+        fix=fix,
+        benign=benign,
+        hint=hint,
+        checkpoint_keys=list(checkpoint_keys),
+        expected_keys=list(expected_keys),
+        ctx=dict(ctx or {}),
+    )
