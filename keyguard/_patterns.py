@@ -97,9 +97,7 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
     Works column-wise (C-level maps over all keys) since findings and ``inspect`` collapse up to millions of keys.
     """
     keys = list(keys)
-    pieces = list(map(_NUMBERED.split, map(".".__add__, keys)))
-    evens = map(operator.getitem, pieces, repeat(_EVEN))
-    shapes: list[str] = list(map(operator.getitem, map(("." + HOLE).join, evens), repeat(_AFTER_DOT)))
+    shapes, numbers_of = _templates(keys)
     group_keys: list[tuple[str, T | None]] = list(zip(shapes, map(extra, keys) if extra is not None else repeat(None)))
     # number the groups by first appearance, then a stable sort on that number gathers each group's indices in
     # order (all C-level; the group values need not be orderable)
@@ -114,12 +112,35 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
         shape, value = group_keys[indices[0]]
         columns: list[set[int]] = []
         if HOLE in shape:
-            odds = map(operator.getitem, map(pieces.__getitem__, indices), repeat(_ODD))
-            columns = [set(map(int, column)) for column in zip(*odds)]
+            columns = [numbers_of(indices, p) for p in range(shape.count(HOLE))]
         groups.append(KeyGroup(shape, value, list(map(keys.__getitem__, indices)), columns))  # type: ignore[arg-type]
     return groups
 
 
+def _templates(keys: list[str]) -> tuple[list[str], Callable[[list[int], int], set[int]]]:
+    """Templates of all keys, and a function giving the set of numbers at one position over some of them.
+
+    One regular-expression pass over all keys joined (about twice as fast as one split per key); keys holding a
+    newline or a NUL fall back to ``template`` one by one.
+    """
+    joined = "." + "\n.".join(keys) + "\n"
+    if joined.count("\n") == len(keys) and HOLE not in joined:
+        shapes = _NUMBERED_LINES.sub("." + HOLE, joined)[1:-1].split("\n.") if keys else []
+        flat: list[str] = _NUMBERED_LINES.findall(joined)
+    else:
+        split = [template(k) for k in keys]
+        shapes = [shape for shape, _ in split]
+        flat = [str(n) for _, numbers in split for n in numbers]
+    starts = list(itertools.accumulate(map(str.count, shapes, repeat(HOLE)), initial=0))
+
+    def numbers_of(indices: list[int], position: int) -> set[int]:
+        texts = set(map(flat.__getitem__, map(operator.add, map(starts.__getitem__, indices), repeat(position))))
+        return set(map(int, texts))
+
+    return shapes, numbers_of
+
+
+_NUMBERED_LINES: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=[.\n])")
 _EVEN: Final = slice(0, None, 2)
 _ODD: Final = slice(1, None, 2)
 _AFTER_DOT: Final = slice(1, None)

@@ -136,10 +136,16 @@ class _Engine:
         self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
         exact = self.C.keys() & self.E.keys()
         self.exact = exact
-        self.resolved: dict[str, str] = {k: k for k in self.C if k in exact}
-        self.cur: dict[str, str] = {k: k for k in self.C if k not in exact}  # open key -> current name
-        self.by_cur: dict[str, str] = {v: k for k, v in self.cur.items()}
-        self.open_e: set[str] = {k for k in self.E if k not in exact}
+        self.resolved: dict[str, str] = {k: k for k in self.C if k in exact} if exact else {}
+        open_c = [k for k in self.C if k not in exact] if exact else list(self.C)
+        self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
+        self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
+        self.open_e: set[str] = self.E.keys() - exact
+        # whole-side facts that let the per-rule checks skip work on large inputs
+        shapes = set(map(_SHAPE_OF, self.C.values())) | set(map(_SHAPE_OF, self.E.values()))
+        dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
+        self.shapes_all_known = None not in shapes
+        self.dtypes_all_float = dtypes <= _FLOAT_DTYPES
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
@@ -164,7 +170,7 @@ class _Engine:
     # ---------------------------------------------------------------------------------------------- inference
     def _round(self) -> bool:
         names = list(self.by_cur)
-        expected = [k for k in self.E if k in self.open_e]
+        expected = list(self.E) if len(self.open_e) == len(self.E) else [k for k in self.E if k in self.open_e]
         open_names = set(names)
         candidates = [
             *prefix_candidates(names, open_names, expected, self.open_e),
@@ -200,7 +206,11 @@ class _Engine:
         taken_e: set[str] = set()
         progress = False
         for position, (support, cand) in enumerate(scored):
-            pairs = {n: e for n, e in cand.landing.items() if n not in taken_c and e not in taken_e}
+            pairs = (
+                {n: e for n, e in cand.landing.items() if n not in taken_c and e not in taken_e}
+                if taken_c or taken_e
+                else cand.landing
+            )
             if not pairs:
                 continue
             rivals = [
@@ -333,7 +343,12 @@ class _Engine:
         rules = self._narrow(cand, pairs)
         narrowed_rename = isinstance(cand.rule, Rename) and any(isinstance(r, MapKeys) for r in rules)
         # narrowed rules rename a subset of what the candidate renames
-        renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
+        if rules == [cand.rule] and len(cand.renamed) == len(cand.targets):
+            renamed = dict(zip(cand.renamed, cand.targets))  # evaluate() already renamed every key
+            if self.frozen:
+                renamed = {n: t for n, t in renamed.items() if n in self.by_cur}
+        else:
+            renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
         # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
         new_names = set(renamed.values())
         if (
@@ -347,7 +362,7 @@ class _Engine:
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
-        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur if n not in pairs}
+        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur.keys() - pairs.keys()}
         suspicious = self._partial_groups(pairs, unscoped)
         if suspicious:
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
@@ -364,10 +379,13 @@ class _Engine:
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
         originals = list(map(self.by_cur.pop, renamed))
         accepted.touched = originals
-        for original in originals:
-            first = self.first_rule.setdefault(original, index)
-            if first != index:
-                self.chain.setdefault(original, [first]).append(index)
+        for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
+            self.chain.setdefault(original, [self.first_rule[original]]).append(index)
+        self.first_rule.update(
+            dict.fromkeys(originals, index)
+            if not self.first_rule
+            else {o: index for o in originals if o not in self.first_rule}
+        )
         news = list(renamed.values())
         lands = list(map(self.open_e.__contains__, news))
         landed = dict(compress(zip(originals, news), lands))
@@ -389,9 +407,12 @@ class _Engine:
     def _finalize(self) -> None:
         """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
         than an earlier rule the same keys depend on (a plan applies them in order)."""
-        helped: dict[int, dict[str, str]] = {}
+        helped: dict[int, dict[str, str]] = {index: acc.pairs for index, acc in enumerate(self.accepted)}
+        for original, chain in self.chain.items():  # keys that reached their target through several rules
+            if original in self.resolved:
+                for index in chain[:-1]:
+                    helped[index] = {**helped[index], original: self.resolved[original]}
         for index, acc in enumerate(self.accepted):
-            helped[index] = {k: self.resolved[k] for k in acc.touched if k in self.resolved}
             acc.helped = len(helped[index])
         for index, acc in enumerate(self.accepted):
             level, note = self._applicability(acc.candidate, helped.get(index, {}))
@@ -514,11 +535,13 @@ class _Engine:
         return [MapKeys(mapping=dict(pairs))]
 
     def _applicability(self, cand: Candidate, pairs: dict[str, str]) -> tuple[Applicability, str | None]:
-        ours = list(map(self.C.__getitem__, pairs))
-        theirs = list(map(self.E.__getitem__, pairs.values()))
-        unknown = [*map(_SHAPE_OF, ours), *map(_SHAPE_OF, theirs)].count(None)
-        dtype_pairs = set(zip(map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
-        mixed = sum(1 for a, b in dtype_pairs if a and b and (a in _FLOAT_DTYPES) != (b in _FLOAT_DTYPES))
+        unknown = mixed = 0
+        if not (self.shapes_all_known and self.dtypes_all_float):
+            ours = list(map(self.C.__getitem__, pairs))
+            theirs = list(map(self.E.__getitem__, pairs.values()))
+            unknown = [*map(_SHAPE_OF, ours), *map(_SHAPE_OF, theirs)].count(None)
+            dtype_pairs = set(zip(map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
+            mixed = sum(1 for a, b in dtype_pairs if a and b and (a in _FLOAT_DTYPES) != (b in _FLOAT_DTYPES))
         if mixed:
             return Applicability.unsafe, "some pairs match a float tensor with an integer one"
         if unknown:
@@ -641,14 +664,18 @@ class _Engine:
             merged.setdefault(signature, []).append(index)
         steps_shown: set[int] = set()
         for indices in merged.values():
-            keys = [k for k, i in self.via.items() if i in indices and k not in problem]
+            if len(merged) == 1 and not problem:
+                keys = list(self.via)
+            else:
+                keys = [k for k, i in self.via.items() if i in indices and k not in problem]
             if keys:
                 # a step that lands nothing itself (a prefix stripped before a rename) travels with the first
                 # finding whose keys need it, so every rule of the plan belongs to exactly one finding
+                chained = self.chain.keys() & set(keys) if self.chain else set()
                 steps = [
                     i
-                    for k in keys
-                    for i in self.chain.get(k, [])[:-1]
+                    for k in chained
+                    for i in self.chain[k][:-1]
                     if not self.accepted[i].pairs and i not in steps_shown
                 ]
                 steps = sorted(set(steps))
@@ -692,7 +719,7 @@ class _Engine:
     def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int, rules: list[Rule]) -> Finding:
         cand = acc.candidate
         rule = cand.rule
-        targets = [self.resolved[k] for k in keys]
+        targets = list(map(self.resolved.__getitem__, keys))
         ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
         if casts:
             ctx["dtype_casts"] = casts
@@ -993,9 +1020,10 @@ class _Engine:
 
     # -------------------------------------------------------------------------------------------------- report
     def _report(self, problem: set[str]) -> Report:
-        matched = sum(1 for k in self.exact if k not in problem)
-        fixable = sum(
-            1 for k, i in self.via.items() if k not in problem and self.accepted[i].applicability is Applicability.safe
+        matched = len(self.exact) - len(problem & self.exact)
+        safe = [acc.applicability is Applicability.safe for acc in self.accepted]
+        fixable = sum(map(safe.__getitem__, self.via.values())) - sum(
+            1 for k in problem if k in self.via and safe[self.via[k]]
         )
         if not self.exact and self.C and self.E:
             self.findings.insert(0, self._no_overlap(fixable))

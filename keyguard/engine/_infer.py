@@ -39,6 +39,7 @@ class Candidate:
     # filled by evaluate(): current checkpoint name -> expected key, for names that land on an open expected key
     landing: dict[str, str] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # the new name of each renamed key, in the same order
 
     @property
     def identity(self) -> str:
@@ -256,6 +257,7 @@ def evaluate(cand: Candidate, names: Sequence[str], open_expected: set[str]) -> 
     """Apply the candidate to every open checkpoint name; record what it renames and where names land."""
     rule = cand.rule
     renamed: list[str] = []
+    targets: list[str] = []
     landing: dict[str, str] = {}
     if isinstance(rule, (StripPrefix, ReplacePrefix)):  # the common case, in bulk with C-level maps
         old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
@@ -269,7 +271,9 @@ def evaluate(cand: Candidate, names: Sequence[str], open_expected: set[str]) -> 
             target = rule.rename(k)
             if target is not None:
                 renamed.append(k)
+                targets.append(target)
                 if target in open_expected:
                     landing[k] = target
     cand.renamed = renamed
+    cand.targets = targets
     cand.landing = landing

@@ -13,7 +13,7 @@ from keyguard.sources._torch import is_torch_tensor
 
 def read_mapping(mapping: Mapping[Any, Any], *, location: str | None = None) -> KeySet:
     """Read a state dict (key -> tensor), key -> shape, key -> (shape, dtype), or key -> ``TensorInfo``."""
-    if set(map(type, mapping.values())) == {TensorInfo} and all(isinstance(k, str) for k in mapping):
+    if set(map(type, mapping.values())) == {TensorInfo} and set(map(type, mapping)) == {str}:
         return KeySet(tensors=dict(mapping), format="shapes", location=location or "<in-memory mapping>")
     tensors: dict[str, TensorInfo] = {}
     kinds: set[SourceFormat] = set()
