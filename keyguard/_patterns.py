@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 # A dotted segment that is a decimal index: a position in a ModuleList / Sequential. Segments with a leading zero
 # ("01") are names, not indices: turning them into numbers would render them as a different key.
@@ -98,18 +98,23 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
     """
     keys = list(keys)
     shapes, numbers_of = _templates(keys)
-    group_keys: list[tuple[str, T | None]] = list(zip(shapes, map(extra, keys) if extra is not None else repeat(None)))
+    labels = list(map(extra, keys)) if extra is not None else None
+    group_keys: list[Any] = list(zip(shapes, labels)) if labels is not None else shapes
     # number the groups by first appearance, then a stable sort on that number gathers each group's indices in
     # order (all C-level; the group values need not be orderable)
-    ids: dict[tuple[str, T | None], int] = dict.fromkeys(group_keys, 0)
-    for number, group_key in enumerate(ids):
-        ids[group_key] = number
-    group_of = list(map(ids.__getitem__, group_keys))
-    order = sorted(range(len(keys)), key=group_of.__getitem__)
-    runs = [list(run) for _, run in itertools.groupby(order, key=group_of.__getitem__)]
+    ids: dict[Any, int] = dict.fromkeys(group_keys, 0)
+    if len(ids) == 1:
+        runs = [list(range(len(keys)))]
+    else:
+        for number, group_key in enumerate(ids):
+            ids[group_key] = number
+        group_of = list(map(ids.__getitem__, group_keys))
+        order = sorted(range(len(keys)), key=group_of.__getitem__)
+        runs = [list(run) for _, run in itertools.groupby(order, key=group_of.__getitem__)]
     groups: list[KeyGroup[T]] = []
     for indices in runs:
-        shape, value = group_keys[indices[0]]
+        shape = shapes[indices[0]]
+        value = labels[indices[0]] if labels is not None else None
         columns: list[set[int]] = []
         if HOLE in shape:
             columns = [numbers_of(indices, p) for p in range(shape.count(HOLE))]
