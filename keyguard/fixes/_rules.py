@@ -233,22 +233,27 @@ class MapKeys(_Rule):
         return [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in self.mapping.items()]
 
 
-class Transpose(_Rule):
-    """Transpose 2-D tensors (GPT-2 ``Conv1D`` weights into ``nn.Linear``). Changes data: never safe."""
+class _DataRule(_Rule):
+    """A rule that changes tensors or drops keys rather than renaming: never safe, never renames."""
 
-    op: Literal["transpose"] = "transpose"
-    keys: list[str]
     applicability: Applicability = Applicability.unsafe
     renames: ClassVar[bool] = False
 
     def rename(self, key: str) -> str | None:
         return None
 
+
+class Transpose(_DataRule):
+    """Transpose 2-D tensors (GPT-2 ``Conv1D`` weights into ``nn.Linear``). Changes data: never safe."""
+
+    op: Literal["transpose"] = "transpose"
+    keys: list[str]
+
     def describe(self) -> str:
         return f"transpose {len(self.keys)} tensor(s)"
 
 
-class Split(_Rule):
+class Split(_DataRule):
     """Split one fused tensor into parts along ``dim`` (``qkv_proj`` -> ``q_proj``, ``k_proj``, ``v_proj``)."""
 
     op: Literal["split"] = "split"
@@ -256,17 +261,12 @@ class Split(_Rule):
     targets: list[str]
     sizes: list[int]
     dim: int = 0
-    applicability: Applicability = Applicability.unsafe
-    renames: ClassVar[bool] = False
-
-    def rename(self, key: str) -> str | None:
-        return None
 
     def describe(self) -> str:
         return f"split {self.source!r} into {len(self.targets)} along dim {self.dim}"
 
 
-class Fuse(_Rule):
+class Fuse(_DataRule):
     """Concatenate several tensors into one along ``dim``; with ``stack``, concatenate each run of ``parts``
     sources and stack the results along a new dim 0 (per-expert weights -> transformers 5 stacked experts)."""
 
@@ -276,27 +276,17 @@ class Fuse(_Rule):
     dim: int = 0
     stack: bool = False
     parts: int = 1
-    applicability: Applicability = Applicability.unsafe
-    renames: ClassVar[bool] = False
-
-    def rename(self, key: str) -> str | None:
-        return None
 
     def describe(self) -> str:
         verb = "stack" if self.stack else "concatenate"
         return f"{verb} {len(self.sources)} tensors into {self.target!r}"
 
 
-class Drop(_Rule):
+class Drop(_DataRule):
     """Leave keys out of the output (only with ``--drop-unexpected`` or an explicit plan)."""
 
     op: Literal["drop"] = "drop"
     keys: list[str]
-    applicability: Applicability = Applicability.unsafe
-    renames: ClassVar[bool] = False
-
-    def rename(self, key: str) -> str | None:
-        return None
 
     def describe(self) -> str:
         return f"drop {len(self.keys)} key(s)"
