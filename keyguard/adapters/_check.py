@@ -784,10 +784,8 @@ class _Check:
             codes[k.code] for k in (kinds.RANK_MISMATCH, kinds.LORA_FEATURE_MISMATCH, kinds.SAVED_TENSOR_MISMATCH)
         )
         ambiguous = codes[kinds.AMBIGUOUS.code]
-        total = len(expected)
-        empty = 1.0 if not self.adapter else 0.0
-        summary = Summary(
-            expected=total,
+        summary = Summary.of(
+            expected=len(expected),
             checkpoint=len(self.adapter),
             matched=matched,
             fixable=fixable,
@@ -795,8 +793,7 @@ class _Check:
             unexpected=unexpected,
             shape_mismatches=shape,
             ambiguous=ambiguous,
-            coverage_before=round(matched / total, 6) if total else empty,
-            coverage_after=round((matched + fixable) / total, 6) if total else empty,
+            empty=1.0 if not self.adapter else 0.0,
         )
         findings = sorted(self.findings, key=lambda f: (_ORDER[f.severity.value], f.code))
         engine = self.engine

@@ -1037,14 +1037,11 @@ class _Engine:
         for finding in self.findings:
             if finding.kind in ("transposed", "fused_split") and finding.fix is not None:
                 all_rules.extend(finding.fix.rules)
-        counts = Counter(f.kind for f in self.findings)
-        del counts
         missing = sum(f.count for f in self.findings if f.kind == "missing")
         unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
         shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))
         ambiguous = sum(f.count for f in self.findings if f.kind == "ambiguous")
-        total = len(self.E) or 1
-        summary = Summary(
+        summary = Summary.of(
             expected=len(self.E),
             checkpoint=len(self.C),
             matched=matched,
@@ -1054,8 +1051,6 @@ class _Engine:
             shape_mismatches=shape,
             ambiguous=ambiguous,
             ignored=self.ignored,
-            coverage_before=round(matched / total, 6) if self.E else 1.0,
-            coverage_after=round((matched + fixable) / total, 6) if self.E else 1.0,
         )
         order = {"fatal": 0, "error": 1, "warning": 2, "info": 3}
         findings = sorted(self.findings, key=lambda f: (order[f.severity.value], f.code))

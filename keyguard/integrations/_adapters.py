@@ -324,8 +324,7 @@ def summary_of(
     *, expected: int, checkpoint: int, matched: int, fixable: int = 0, reports: Sequence[Report] = ()
 ) -> Summary:
     """Counts for a report built here; missing/unexpected/shape/ambiguous come from the diagnoses in ``reports``."""
-    total = expected or 1
-    return Summary(
+    return Summary.of(
         expected=expected,
         checkpoint=checkpoint,
         matched=matched,
@@ -334,8 +333,6 @@ def summary_of(
         unexpected=sum(r.summary.unexpected for r in reports),
         shape_mismatches=sum(r.summary.shape_mismatches for r in reports),
         ambiguous=sum(r.summary.ambiguous for r in reports),
-        coverage_before=round(matched / total, 6) if expected else 1.0,
-        coverage_after=round(min(matched + fixable, total) / total, 6) if expected else 1.0,
     )
 
 

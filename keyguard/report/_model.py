@@ -92,6 +92,38 @@ class Summary(BaseModel):
     coverage_before: float
     coverage_after: float
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        expected: int,
+        checkpoint: int,
+        matched: int,
+        fixable: int,
+        missing: int,
+        unexpected: int,
+        shape_mismatches: int,
+        ambiguous: int,
+        ignored: int = 0,
+        empty: float = 1.0,
+    ) -> Summary:
+        """A summary with its coverages derived from the counts (``empty`` when nothing is expected)."""
+        before = round(matched / expected, 6) if expected else empty
+        after = round(min(matched + fixable, expected) / expected, 6) if expected else empty
+        return cls(
+            expected=expected,
+            checkpoint=checkpoint,
+            matched=matched,
+            fixable=fixable,
+            missing=missing,
+            unexpected=unexpected,
+            shape_mismatches=shape_mismatches,
+            ambiguous=ambiguous,
+            ignored=ignored,
+            coverage_before=before,
+            coverage_after=after,
+        )
+
 
 class Report(BaseModel):
     """The result of ``keyguard.diagnose``.
