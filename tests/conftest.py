@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tiny import TINY_LLAMA
 
 # Set before anything imports huggingface_hub / transformers: nothing in the tests may reach the network.
 OFFLINE = {
@@ -48,19 +49,7 @@ def tiny_llama_config() -> Callable[..., Any]:
     def make(**overrides: Any) -> Any:
         from transformers import LlamaConfig
 
-        values: dict[str, Any] = {
-            "vocab_size": 64,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 32,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-            "architectures": ["LlamaForCausalLM"],
-        }
+        values: dict[str, Any] = {**TINY_LLAMA, "architectures": ["LlamaForCausalLM"]}
         values.update(overrides)
         return LlamaConfig(**values)
 

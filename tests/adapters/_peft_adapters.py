@@ -14,19 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tiny import TINY_LLAMA
 
-LLAMA = {
-    "vocab_size": 64,
-    "hidden_size": 16,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 32,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 0,
-}
+LLAMA = dict(TINY_LLAMA)
 BERT = {
     "vocab_size": 64,
     "hidden_size": 16,

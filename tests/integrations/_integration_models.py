@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _tiny import TINY_LLAMA
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -33,19 +34,7 @@ class Arch:
 
 
 def _llama_config(**overrides: Any) -> Any:
-    values: dict[str, Any] = {
-        "vocab_size": 64,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "max_position_embeddings": 32,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "use_cache": False,  # X-LoRA refuses models with the cache on
-    }
+    values: dict[str, Any] = {**TINY_LLAMA, "use_cache": False}  # X-LoRA refuses models with the cache on
     values.update(overrides)
     return transformers.LlamaConfig(**values)
 

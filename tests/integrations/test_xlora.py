@@ -149,7 +149,9 @@ def test_stripped_adapter_hangs_stock_and_loads_through_keyguard(
     adapters: dict[str, Path], offline_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = adapters["bert_cls_stripped"]
-    env = {**offline_env, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), offline_env["PYTHONPATH"]])}
+    here = Path(__file__).parent  # its helpers, and the suite's shared ones (tests/_tiny.py) one level up
+    paths = [str(here), str(here.parent), offline_env["PYTHONPATH"]]
+    env = {**offline_env, "PYTHONPATH": os.pathsep.join(paths)}
     script = textwrap.dedent(HANG_SCRIPT.format(folder=str(folder)))
     process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
