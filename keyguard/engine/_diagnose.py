@@ -205,7 +205,7 @@ class _Engine:
         taken_c: set[str] = set()
         taken_e: set[str] = set()
         progress = False
-        for position, (support, cand) in enumerate(scored):
+        for support, cand in scored:
             pairs = (
                 {n: e for n, e in cand.landing.items() if n not in taken_c and e not in taken_e}
                 if taken_c or taken_e
@@ -227,7 +227,6 @@ class _Engine:
                 taken_c.update(pairs)
                 taken_e.update(pairs.values())
                 break  # names changed: re-generate candidates from what is left
-            del position
         return progress
 
     def _lookahead(self, names: list[str], expected: list[str]) -> bool:
@@ -557,7 +556,6 @@ class _Engine:
 
     # -------------------------------------------------------------------------------------------- fused/split
     def _fused_split(self) -> None:
-        open_names = set(self.by_cur)
         for name in list(self.by_cur):
             if name not in self.by_cur:
                 continue
@@ -593,9 +591,9 @@ class _Engine:
                 and parts[-2] == "experts"
                 and parts[-1] in knowledge.STACKED_EXPERTS
             ):
-                self._stacked_experts(target, parts, open_names)
+                self._stacked_experts(target, parts)
 
-    def _stacked_experts(self, target: str, parts: list[str], open_names: set[str]) -> None:
+    def _stacked_experts(self, target: str, parts: list[str]) -> None:
         info = self.E[target]
         if info.shape is None or len(info.shape) != 3:
             return

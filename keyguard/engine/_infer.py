@@ -199,12 +199,12 @@ def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Ca
                 old, new = parts[p], te[p]
                 if HOLE in (old, new):
                     continue
-                votes[_context(parts, p, p + 1), old, new, _right(parts, p + 1)] += weight
+                votes[_left(parts, p), old, new, _right(parts, p + 1)] += weight
             if rest in e_set and parts[p] != HOLE:  # one segment removed on the expected side
-                votes[_context(parts, p, p + 1), parts[p], "", _right(parts, p + 1)] += weight
+                votes[_left(parts, p), parts[p], "", _right(parts, p + 1)] += weight
         for te, p in removed.get(parts, ()):  # one segment inserted on the expected side
             if te[p] != HOLE:
-                votes[_context(te, p, p + 1), "", te[p], _right(te, p + 1)] += weight
+                votes[_left(te, p), "", te[p], _right(te, p + 1)] += weight
     out: list[Candidate] = []
     for (left, old, new, right), count in votes.most_common(MAX_CANDIDATES):
         if left is None and right is None:
@@ -218,8 +218,8 @@ def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Ca
     return out
 
 
-def _context(parts: tuple[str, ...], start: int, end: int) -> str | None:
-    return parts[start - 1] if start > 0 else None
+def _left(parts: tuple[str, ...], position: int) -> str | None:
+    return parts[position - 1] if position > 0 else None
 
 
 def _right(parts: tuple[str, ...], end: int) -> str | None:

@@ -218,8 +218,7 @@ def write_fixed(
             if keys.format == "safetensors-sharded":
                 written, files = _write_sharded(keys, items, changes, out, bar, stream)
             else:
-                source_name = keys.files[0] if keys.files else None
-                written = _write_file(keys, items, changes, out, bar, source_name=source_name, stream=stream)
+                written = _write_file(keys, items, changes, out, bar, stream=stream)
                 files = [out]
     except WriteError:
         raise
@@ -249,7 +248,6 @@ def _write_file(
     out: str,
     bar: _Progress,
     *,
-    source_name: str | None,
     stream: _Stream,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str | None, _FileSpan] | None = None,
@@ -713,7 +711,6 @@ def _write_sharded(
                 changes,
                 os.path.join(staging, shard),
                 bar,
-                source_name=shard,
                 stream=stream,
                 metadata=meta,
                 files=spans,
