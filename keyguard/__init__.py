@@ -17,7 +17,7 @@ from keyguard._exceptions import (
 )
 from keyguard._summary import SourceSummary, summarize
 from keyguard._version import __version__
-from keyguard.adapters import check_adapter
+from keyguard.adapter_checks import check_adapter
 from keyguard.engine import diagnose
 from keyguard.fixes import Applicability, Plan, load_state_dict, write_fixed
 from keyguard.report import Finding, Report, Severity

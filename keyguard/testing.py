@@ -80,7 +80,7 @@ def assert_adapter_loadable(
         AssertionError: findings at or above ``fail_on``; the message is the rendered report.
     """
     __tracebackhide__ = True
-    from keyguard.adapters import check_adapter
+    from keyguard.adapter_checks import check_adapter
 
     report = check_adapter(adapter_dir, base, **options)
     _check(report, fail_on, format)

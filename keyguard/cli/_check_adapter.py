@@ -71,7 +71,7 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from keyguard._exceptions import KeyguardError, SourceError
-    from keyguard.adapters import adapter_folder, checked_kinds
+    from keyguard.adapter_checks import adapter_folder, checked_kinds
     from keyguard.report._render import render_many
     from keyguard.sources import read_keys
 
@@ -128,7 +128,7 @@ def _init(base: Any) -> None:
 
 def _check_one(folder: str, check_values: bool, xlora: bool) -> Any:
     from keyguard._exceptions import KeyguardError
-    from keyguard.adapters import check_adapter
+    from keyguard.adapter_checks import check_adapter
 
     try:
         return check_adapter(folder, _BASE, check_values=check_values, xlora=xlora)

@@ -15,7 +15,7 @@ Importing this module imports PEFT only when a function is called.
 from __future__ import annotations
 
 from keyguard.integrations._adapters import Strategy
-from keyguard.integrations._peft import load_adapter, verify_adapter
+from keyguard.integrations._peft_load import load_adapter, verify_adapter
 from keyguard.integrations._versions import SUPPORTED_PEFT, VERIFIED_PEFT
 
 __all__ = ["SUPPORTED_PEFT", "VERIFIED_PEFT", "Strategy", "load_adapter", "verify_adapter"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from keyguard.integrations._adapters import Strategy
 from keyguard.integrations._versions import SUPPORTED_PEFT, VERIFIED_PEFT
-from keyguard.integrations._xlora import (
+from keyguard.integrations._xlora_guard import (
     LOADER_NAME,
     XLORA_MODULE,
     GuardSession,

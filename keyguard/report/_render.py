@@ -239,8 +239,8 @@ def render_junit(
     """JUnit XML for CI dashboards: one ``<testcase>`` per finding kind checked, failing for findings at or above
     ``fail_on`` (``"never"``: none fails).
 
-    ``checks`` lists the codes that were checked, passing ones included (``keyguard.adapters.checked_kinds`` for an
-    adapter check); by default the engine's kinds (KG1xx-KG4xx). A kind that has findings always gets its case.
+    ``checks`` lists the codes that were checked, passing ones included (``keyguard.adapter_checks.checked_kinds`` for
+    an adapter check); by default the engine's kinds (KG1xx-KG4xx). A kind that has findings always gets its case.
     """
     return _junit_document([_junit_suite(report, checks, fail_on)])
 

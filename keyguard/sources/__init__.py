@@ -4,10 +4,10 @@
 """
 
 from keyguard.sources._adapter import AdapterConfig, parse_adapter_config, read_adapter
-from keyguard.sources._config import read_config
 from keyguard.sources._keyset import KeySet, SourceFormat, TensorInfo
 from keyguard.sources._manifest import MANIFEST_FORMAT, manifest_json, read_manifest, write_manifest
 from keyguard.sources._memory import read_iterable, read_mapping
+from keyguard.sources._model_config import read_config
 from keyguard.sources._module import read_module
 from keyguard.sources._pickle import read_pickle
 from keyguard.sources._resolve import Source, read_keys

@@ -99,7 +99,7 @@ def _read_json(path: str, *, container: str | None, architecture: str | None) ->
 
         return read_sharded(path, container=container)
     if os.path.basename(path) == "config.json" or "model_type" in raw or "architectures" in raw:
-        from keyguard.sources._config import read_config
+        from keyguard.sources._model_config import read_config
 
         return read_config(path, architecture=architecture)
     raise SourceError(
@@ -146,7 +146,7 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
 
         return read_safetensors(singles[0])
     if has("config.json"):
-        from keyguard.sources._config import read_config
+        from keyguard.sources._model_config import read_config
 
         return read_config(folder, architecture=architecture)
     if os.path.basename(os.path.normpath(folder)).endswith((".safetensors", ".json", *PICKLE_SUFFIXES)):

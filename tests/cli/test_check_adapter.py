@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
 from _peft_adapters import Zoo, rename_all, set_fields, zoo
 
 from keyguard import Report
-from keyguard.adapters import checked_kinds
+from keyguard.adapter_checks import checked_kinds
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 __all__ = ["zoo"]

@@ -33,7 +33,7 @@ SLUG_PAGES = {
     "_safetensors.py": ["sources/safetensors.md"],
     "_sharded.py": ["sources/sharded.md"],
     "_pickle.py": ["sources/pytorch-pickle.md"],
-    "_config.py": ["sources/config-folder.md"],
+    "_model_config.py": ["sources/config-folder.md"],
     "_adapter.py": ["sources/peft-adapter.md"],
     "_manifest.py": ["sources/manifest.md"],
     "_memory.py": ["sources/in-memory.md"],

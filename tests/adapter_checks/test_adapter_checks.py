@@ -16,7 +16,7 @@ from _peft_adapters import Zoo, model, rename_all, set_fields, zoo
 
 import keyguard
 from keyguard import Report
-from keyguard.adapters import check_adapter
+from keyguard.adapter_checks import check_adapter
 from keyguard.fixes import AddPrefix, Applicability, StripPrefix
 from keyguard.report import KINDS
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any, Final
 
-from keyguard.adapters._findings import finding, plural
-from keyguard.adapters._peft import PREFIX
+from keyguard.adapter_checks._findings import finding, plural
+from keyguard.adapter_checks._peft_conventions import PREFIX
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding
 from keyguard.sources._keyset import KeySet

@@ -15,7 +15,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from keyguard._exceptions import AdapterConfigError, SourceError
-from keyguard.adapters._findings import finding
+from keyguard.adapter_checks._findings import finding
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Finding
 from keyguard.sources._adapter import ADAPTER_CONFIG, AdapterConfig

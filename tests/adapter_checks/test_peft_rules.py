@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from _peft_adapters import model
 
-from keyguard.adapters._peft import Base, Ranks, select, split_key
+from keyguard.adapter_checks._peft_conventions import Base, Ranks, select, split_key
 from keyguard.sources import AdapterConfig, read_module
 
 peft = pytest.importorskip("peft")

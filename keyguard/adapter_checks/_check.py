@@ -17,9 +17,9 @@ from typing import Final
 
 from keyguard._dtypes import dtype_label
 from keyguard._exceptions import SourceError
-from keyguard.adapters._config import ConfigRead, read_config
-from keyguard.adapters._findings import finding, plural, shape_text
-from keyguard.adapters._peft import (
+from keyguard.adapter_checks._config_read import ConfigRead, read_config
+from keyguard.adapter_checks._findings import finding, plural, shape_text
+from keyguard.adapter_checks._peft_conventions import (
     BASE_LAYER,
     EMBEDDING_A,
     EMBEDDING_B,
@@ -699,7 +699,7 @@ class _Check:
         )
 
     def _values(self) -> None:
-        from keyguard.adapters._values import scan
+        from keyguard.adapter_checks._values import scan
 
         path = os.path.join(self.folder, self.adapter.files[0])
         facts = scan(path, list(self.adapter))
@@ -742,7 +742,7 @@ class _Check:
             )
 
     def _xlora(self) -> None:
-        from keyguard.adapters._xlora import xlora_findings
+        from keyguard.adapter_checks._xlora_check import xlora_findings
 
         unexplained = set(self.unknown)
         canonical: dict[str, str | None] = {}
