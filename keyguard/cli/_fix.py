@@ -17,7 +17,11 @@ HELP = "write a fixed checkpoint: apply the safe plan (or a reviewed one), atomi
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fix", help=HELP, description=HELP + ".", parents=[common])
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="safetensors file, sharded folder/index, or PyTorch pickle")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="safetensors file, sharded folder/index, PyTorch pickle, or torch.distributed.checkpoint folder",
+    )
     p.add_argument("--expected", "-e", required=True, metavar="REFERENCE", help="what the model expects")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("-o", "--output", metavar="OUTPUT", help="file (or folder, for sharded input) to write")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from keyguard.sources import read_keys
 
     keys = read_keys(args.checkpoint, container=args.container)
-    if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle"):
+    if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle", "torch-dcp"):
         raise PlanError(f"{args.checkpoint}: keyguard fix writes safetensors files; a {keys.format} source has no data")
     report = diagnose(keys, args.expected, ignore=args.ignore, architecture=args.architecture)
     if args.plan:

@@ -6,8 +6,8 @@ is streamed to a new, compact layout. Either way each tensor's bytes are checksu
 output is written to a temporary file beside the target, fsynced, re-read and checked (header against the plan,
 every tensor's checksum against the source's), and only then renamed into place. Sharded checkpoints are written
 shard by shard into a temporary folder that is renamed into place at the end. A PyTorch pickle (read with
-``weights_only=True``) is written out as safetensors. Tensors whose data a rule changes (transpose, split, fuse)
-go through torch, one at a time.
+``weights_only=True``) or a ``torch.distributed.checkpoint`` folder is written out as safetensors. Tensors whose
+data a rule changes (transpose, split, fuse) go through torch, one at a time.
 """
 
 from __future__ import annotations
@@ -589,6 +589,14 @@ def _source_tensor(keys: KeySet, key: str) -> Any:
 
     torch = import_torch("to change tensor data (transpose, split, fuse) or to read a PyTorch pickle")
     info = keys[key]
+    if keys.format == "torch-dcp":  # all tensors at once: sharded ones are put together from every rank's file
+        state = _TORCH_CACHE.get(keys.location or "")
+        if state is None:
+            from keyguard.sources._dcp import load_dcp_tensors
+
+            _TORCH_CACHE.clear()
+            state = _TORCH_CACHE[keys.location or ""] = load_dcp_tensors(keys)
+        return state[key]
     if keys.format in ("torch-pickle", "torch-pickle-sharded"):
         state = _TORCH_CACHE.get(
             _source_path(keys, info.file) if keys.format != "torch-pickle" else keys.location or ""

@@ -27,6 +27,7 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
             - a Hugging Face model folder (``model.safetensors``, sharded, or ``pytorch_model.bin``);
             - a folder with only ``config.json`` (the model is built on the meta device);
             - a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``);
+            - a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``*.distcp``), read from its metadata;
             - a keyguard manifest (``keyguard.keys/v1`` JSON);
             - a live ``torch.nn.Module`` (also on the meta device);
             - a state dict, a mapping of key to shape or ``(shape, dtype)``, or an iterable of keys;
@@ -79,6 +80,10 @@ def _read_path(path: str, *, container: str | None, architecture: str | None) ->
         from keyguard.sources._pickle import read_pickle
 
         return read_pickle(path, container=container)
+    if name == ".metadata" or name.endswith(".distcp"):
+        from keyguard.sources._dcp import read_dcp
+
+        return read_dcp(path, container=container)
     if name == "adapter_config.json":
         return _read_folder(os.path.dirname(path) or ".", container=container, architecture=architecture)
     if name.endswith(".json"):
@@ -117,6 +122,10 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._adapter import read_adapter
 
         return read_adapter(folder)
+    if has(".metadata"):
+        from keyguard.sources._dcp import read_dcp
+
+        return read_dcp(folder, container=container)
     if has("model.safetensors.index.json"):
         from keyguard.sources._sharded import read_sharded
 
