@@ -28,6 +28,8 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
             - a folder with only ``config.json`` (the model is built on the meta device);
             - a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``);
             - a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``*.distcp``), read from its metadata;
+            - an Accelerate ``save_state`` folder or a DeepSpeed checkpoint folder (``latest`` +
+              ``<tag>/mp_rank_00_model_states.pt``): the model's weights in it, with the container explained;
             - a keyguard manifest (``keyguard.keys/v1`` JSON);
             - a live ``torch.nn.Module`` (also on the meta device);
             - a state dict, a mapping of key to shape or ``(shape, dtype)``, or an iterable of keys;
@@ -76,6 +78,10 @@ def _read_path(path: str, *, container: str | None, architecture: str | None) ->
         from keyguard.sources._sharded import read_sharded
 
         return read_sharded(path, container=container)
+    if name.endswith("model_states.pt"):
+        from keyguard.sources._frameworks import read_deepspeed
+
+        return read_deepspeed(path, container=container)
     if name.endswith(PICKLE_SUFFIXES):
         from keyguard.sources._pickle import read_pickle
 
@@ -126,6 +132,11 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._dcp import read_dcp
 
         return read_dcp(folder, container=container)
+    from keyguard.sources._frameworks import read_framework_folder
+
+    framework = read_framework_folder(folder, container=container)
+    if framework is not None:
+        return framework
     if has("model.safetensors.index.json"):
         from keyguard.sources._sharded import read_sharded
 
