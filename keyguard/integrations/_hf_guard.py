@@ -58,8 +58,9 @@ def diagnosis(
     view = simulate(keys, meta, key_mapping)
     name = type(meta).__name__
     loader_side, model_side = loader_keysets(view, keys, name)
+    ignore = list(ignore)
     engine = keyguard.diagnose(loader_side, model_side, ignore=ignore)
-    return Diagnosis(keys, type(meta), config, view, merge(view, engine, keys, name))
+    return Diagnosis(keys, type(meta), config, view, merge(view, engine, keys, name, ignore))
 
 
 def _resolve(transformers: Any, model: Any, config: Any, keys: KeySet) -> tuple[Any, Any]:
@@ -69,7 +70,11 @@ def _resolve(transformers: Any, model: Any, config: Any, keys: KeySet) -> tuple[
         except Exception:  # transformers' lazy module imports on attribute access
             cls = None
         if cls is None or not hasattr(cls, "from_pretrained"):
-            raise SourceError(None, "unknown-architecture", f"transformers has no model class {model!r}")
+            raise SourceError(
+                f"transformers:{model}",
+                "unknown-architecture",
+                f"transformers {transformers.__version__} has no model class {model!r}",
+            )
     elif isinstance(model, type):
         cls = model
     else:

@@ -8,6 +8,8 @@ what will really fail or be silently skipped. KG708 / KG709 sum up what ``from_p
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from keyguard.integrations._hf_loader import LoaderView
@@ -128,7 +130,7 @@ def loader_findings(view: LoaderView) -> list[Finding]:
     return out
 
 
-def outcome_finding(view: LoaderView) -> Finding | None:
+def outcome_finding(view: LoaderView, ignore: Sequence[str] = ()) -> Finding | None:
     """What ``from_pretrained`` would do with the checkpoint as it stands: KG709 when it would raise (a tensor whose
     name matches with another shape, a failed conversion), KG708 when it would load with weights left initialised."""
     shapes = sorted(
@@ -151,8 +153,13 @@ def outcome_finding(view: LoaderView) -> Finding | None:
         )
     loaded = set(view.tensors) - set(view.ignored_unexpected)
     settled = set(view.tied) | set(view.ignored_missing)
-    initialised = sorted(k for k in view.expected if k not in loaded and k not in settled)
-    dropped = sorted(k for k in loaded if k not in view.expected)
+    patterns = [re.compile(p) for p in ignore]
+
+    def allowed(key: str) -> bool:
+        return any(p.search(key) for p in patterns)
+
+    initialised = sorted(k for k in view.expected if k not in loaded and k not in settled and not allowed(k))
+    dropped = sorted(k for k in loaded if k not in view.expected and not allowed(k))
     if not initialised and not dropped:
         return None
     total = len(view.expected) - len(settled)
@@ -167,11 +174,11 @@ def outcome_finding(view: LoaderView) -> Finding | None:
     )
 
 
-def merge(view: LoaderView, engine: Report, checkpoint: KeySet, model_name: str) -> Report:
+def merge(view: LoaderView, engine: Report, checkpoint: KeySet, model_name: str, ignore: Sequence[str] = ()) -> Report:
     """One report: the loader's findings, the engine's on what is left, and the outcome."""
     findings = loader_findings(view)
     findings += _in_checkpoint_terms(view, engine.findings)
-    outcome = outcome_finding(view)
+    outcome = outcome_finding(view, ignore)
     if outcome is not None:
         findings.append(outcome)
     findings.sort(key=lambda f: _ORDER[f.severity.value])

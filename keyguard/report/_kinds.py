@@ -694,13 +694,11 @@ LIVE_ADAPTER_VERIFIED = register(
 
 
 # -- 7xx: what transformers' from_pretrained does with a checkpoint (keyguard.integrations.transformers) ------------
-I = Severity.info
-
 LOADER_RENAMED = register(
     FindingKind(
         "KG701",
         "loader_renamed",
-        I,
+        Severity.info,
         "transformers renames these keys while loading",
         "Lists checkpoint keys that `from_pretrained` renames itself with a `WeightRenaming` of its conversion "
         "mapping: the per-model tables of `transformers/conversion_mapping.py` (e.g. Mixtral's `block_sparse_moe` -> "
@@ -719,7 +717,7 @@ LOADER_BASE_PREFIX = register(
     FindingKind(
         "KG702",
         "loader_base_prefix",
-        I,
+        Severity.info,
         "transformers adds or strips the base-model prefix",
         "Lists checkpoint keys that `from_pretrained` matches to the model by adding or removing the model's "
         "`base_model_prefix` (`model.`, `bert.`, `transformer.`): a base-model checkpoint loaded into a model with a "
@@ -734,7 +732,7 @@ LOADER_CONVERTED = register(
     FindingKind(
         "KG703",
         "loader_converted",
-        I,
+        Severity.info,
         "transformers converts these tensors while loading",
         "Lists checkpoint tensors that a `WeightConverter` of the model's conversion mapping turns into other "
         "tensors while loading: per-expert MoE weights stacked into one tensor (`experts.*.w1`/`w3` -> "
@@ -751,7 +749,7 @@ LOADER_TIED = register(
     FindingKind(
         "KG704",
         "loader_tied",
-        I,
+        Severity.info,
         "transformers ties these missing weights to another one",
         "Lists model weights absent from the checkpoint that the loader fills by tying them to their partner "
         "(`lm_head.weight` to `model.embed_tokens.weight` when `tie_word_embeddings` is set); the tie is symmetric, "
@@ -765,7 +763,7 @@ LOADER_IGNORED_UNEXPECTED = register(
     FindingKind(
         "KG705",
         "loader_ignored_unexpected",
-        I,
+        Severity.info,
         "transformers drops these checkpoint keys by design",
         "Lists checkpoint keys the model does not have and that the loader drops without a warning: those matching "
         "the model's `_keys_to_ignore_on_load_unexpected`, and buffers older code saved (`rotary_emb.inv_freq`, "
@@ -779,7 +777,7 @@ LOADER_IGNORED_MISSING = register(
     FindingKind(
         "KG706",
         "loader_ignored_missing",
-        I,
+        Severity.info,
         "The model allows these weights to be missing",
         "Lists model keys absent from the checkpoint that match the model's `_keys_to_ignore_on_load_missing`: the "
         "loader initialises them without a warning.",
@@ -852,7 +850,7 @@ LOADED_VERIFIED = register(
     FindingKind(
         "KG711",
         "loaded_verified",
-        I,
+        Severity.info,
         "Every weight of the loaded model equals the checkpoint",
         "Confirms that a guarded `from_pretrained` loaded every weight from the checkpoint, each equal to the "
         "file's tensor (converted and cast as the loader does), and tied weights tied.",
@@ -865,7 +863,7 @@ USER_KEY_MAPPING = register(
     FindingKind(
         "KG712",
         "user_key_mapping",
-        I,
+        Severity.info,
         "Your key_mapping renames these keys",
         "Lists checkpoint keys renamed by the `key_mapping` passed to `from_pretrained` (or to the diagnosis), "
         "before the model's own conversions.",
