@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from keyguard.fixes import Plan
     from keyguard.fixes._writer import write_fixed
     from keyguard.sources import read_keys
+    from keyguard.sources._remote import is_remote
 
+    if is_remote(args.checkpoint):
+        raise PlanError(f"{args.checkpoint}: keyguard fix needs the tensor data; download the checkpoint first")
     keys = read_keys(args.checkpoint, container=args.container)
     if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle", "torch-dcp"):
         raise PlanError(f"{args.checkpoint}: keyguard fix writes safetensors files; a {keys.format} source has no data")

@@ -31,6 +31,8 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
             - an Accelerate ``save_state`` folder or a DeepSpeed checkpoint folder (``latest`` +
               ``<tag>/mp_rank_00_model_states.pt``): the model's weights in it, with the container explained;
             - a keyguard manifest (``keyguard.keys/v1`` JSON);
+            - a remote source: ``hf://ORG/REPO[@REV][/PATH]`` or an ``https://`` URL, of which only JSON files and
+              safetensors headers are fetched (needs ``keyguard[hub]``);
             - a live ``torch.nn.Module`` (also on the meta device);
             - a state dict, a mapping of key to shape or ``(shape, dtype)``, or an iterable of keys;
             - a ``KeySet`` (returned as is).
@@ -43,6 +45,10 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
     """
     if isinstance(source, KeySet):
         return source
+    if isinstance(source, str) and source.startswith(("hf://", "https://", "http://")):
+        from keyguard.sources._remote import read_remote
+
+        return read_remote(source, container=container, architecture=architecture)
     if isinstance(source, (str, os.PathLike)):
         return _read_path(os.fspath(source), container=container, architecture=architecture)
     from keyguard.sources._torch import is_torch_module
