@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint docs ci bench clean
+.PHONY: setup demo test lint docs ci bench compat clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,8 @@ test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check keyguard tests benchmarks docs
-	$(BIN)/ruff format --check keyguard tests benchmarks docs
+	$(BIN)/ruff check keyguard tests benchmarks docs tools
+	$(BIN)/ruff format --check keyguard tests benchmarks docs tools
 	$(BIN)/mypy keyguard
 
 docs: setup
@@ -45,5 +45,9 @@ ci: lint test docs
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
+# Every supported PEFT series in a throwaway virtualenv (torch first), running the integration tests; slow.
+compat: setup
+	$(BIN)/python tools/compat.py $(COMPAT_ARGS)
+
 clean:
-	rm -rf $(VENV) site demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site demo .pytest_cache .mypy_cache .ruff_cache .hypothesis .compat

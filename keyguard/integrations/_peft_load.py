@@ -60,7 +60,7 @@ def load_adapter(
     Raises:
         KeyMismatchError: the keys do not fit even after the plan (nothing is loaded), or a tensor did not arrive;
             the message is the rendered report.
-        UnsupportedVersionError: the installed PEFT is not 0.21.x.
+        UnsupportedVersionError: the installed PEFT is outside 0.15.0 to 0.21.x.
         ValueError: the folder, or the model's adapter of that name, is not LoRA.
     """
     from peft.peft_model import set_peft_model_state_dict
