@@ -36,7 +36,7 @@ PAIRS = {
 TESTS = ["tests/integrations/test_peft.py", "tests/integrations/test_xlora.py", "tests/integrations/test_preflight.py"]
 TOOLS = ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "hypothesis>=6.100", "accelerate"]
 _SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|error|errors|xfailed|xpassed)")
-_BEGIN, _END = "<!-- keyguard:compat-table -->", "<!-- /keyguard:compat-table -->"
+_BEGIN, _END = "<!-- compat-table -->", "<!-- /compat-table -->"
 
 
 def run(peft: str, transformers: str, root: Path) -> dict[str, str]:

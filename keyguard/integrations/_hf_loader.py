@@ -28,9 +28,10 @@ from typing import Any, Final
 from keyguard._dtypes import canonical_dtype
 from keyguard.sources._keyset import KeySet, TensorInfo
 
-#: The transformers release series whose loader this module replays, and the release it was verified with.
 SUPPORTED_TRANSFORMERS: Final = "5.x"
+"""The transformers release series whose loader ``keyguard.integrations.transformers`` replays."""
 VERIFIED_TRANSFORMERS: Final = "5.24.0"
+"""The transformers release it was verified with (``constraints.txt``)."""
 
 
 @dataclass
