@@ -67,7 +67,7 @@ def run(peft: str, transformers: str, root: Path) -> dict[str, str]:
         "PYTHONPATH": str(REPO / "tests"),
     }
     done = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *TESTS],
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
         cwd=REPO,
         env=env,
         capture_output=True,

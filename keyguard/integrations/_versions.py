@@ -51,6 +51,17 @@ def check_peft_version(version: str, integration: str) -> None:
     )
 
 
+def saves_lora_only_biases(version: str) -> bool:
+    """Whether this PEFT saves (and so loads) the base-layer biases of an adapter with ``bias="lora_only"``.
+
+    Before 0.21 ``get_peft_model_state_dict`` looked for ``<module>.bias`` next to the LoRA factors, while the bias
+    lives at ``<module>.base_layer.bias``: nothing was saved. PEFT 0.21 (the state-dict refactor, peft#3490) saves
+    ``base_layer.bias``. keyguard expects what the installed PEFT saves.
+    """
+    match = _RELEASE.fullmatch(version.strip())
+    return match is None or (int(match[1]), int(match[2])) >= (0, 21)
+
+
 def installed_peft() -> str:
     """The installed PEFT's version string."""
     import peft
