@@ -12,6 +12,10 @@ integrations call):
 - ``peft.utils.other.AuxiliaryTrainingWrapper`` and its ``adapter_state_dict_load_map``, from which keyguard reads
   how ``modules_to_save`` copies are saved and loaded, appeared in 0.15.0.
 
+Two behaviours changed inside that range, and the shims below follow the installed release: which adapters may be
+active together on a ``modules_to_save`` wrapper (``check_set_adapter``, 0.18), and whether ``bias="lora_only"``
+adapters carry their base-layer biases (``saves_lora_only_biases``, 0.21).
+
 So the integrations support the releases that have both: 0.15.0 up to the 0.21 series. ``make compat`` installs the
 newest release of each series into a throwaway virtualenv and runs the integration tests there
 (docs/guides/peft-versions.md has its table).
@@ -20,7 +24,7 @@ newest release of each series into a throwaway virtualenv and runs the integrati
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 from keyguard._exceptions import UnsupportedVersionError
 
@@ -60,6 +64,21 @@ def saves_lora_only_biases(version: str) -> bool:
     """
     match = _RELEASE.fullmatch(version.strip())
     return match is None or (int(match[1]), int(match[2])) >= (0, 21)
+
+
+def check_set_adapter(wrapper: Any, names: list[str]) -> None:
+    """Raise ``ValueError`` when PEFT would refuse to make ``names`` active together on an auxiliary wrapper
+    (``modules_to_save``), as X-LoRA does with all its experts.
+
+    PEFT 0.18 added ``AuxiliaryTrainingWrapper.check_set_adapter``, which refuses only when several of the names have a
+    copy in that wrapper. Before, ``_set_adapter`` refused any list of more than one name as soon as the model had
+    such a wrapper at all: X-LoRA could not be built over a model with ``modules_to_save``.
+    """
+    check = getattr(wrapper, "check_set_adapter", None)
+    if check is not None:
+        check(names)
+    elif len(names) > 1:
+        raise ValueError("Only one adapter can be set at a time for modules_to_save")
 
 
 def installed_peft() -> str:

@@ -39,7 +39,7 @@ from keyguard.integrations._adapters import (
     summary_of,
     unresolved_finding,
 )
-from keyguard.integrations._versions import VERIFIED_PEFT, check_peft_version, installed_peft
+from keyguard.integrations._versions import VERIFIED_PEFT, check_peft_version, check_set_adapter, installed_peft
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding, Fix, Report, SourceRef
 from keyguard.sources._keyset import KeySet
@@ -426,7 +426,7 @@ def _check_heads(lora_model: Any, name: str, folder: str, what: str) -> None:
         if not isinstance(module, AuxiliaryTrainingWrapper):
             continue
         try:
-            module.check_set_adapter(experts)
+            check_set_adapter(module, experts)
         except ValueError:
             holders = [n for n in experts if n in getattr(module, "modules_to_save", {})] or experts
             raise _refuse(
@@ -985,7 +985,7 @@ def _head_findings(lora_model: Any, names: Sequence[str], findings: list[Finding
         if not isinstance(module, AuxiliaryTrainingWrapper):
             continue
         try:
-            module.check_set_adapter(list(names))
+            check_set_adapter(module, list(names))
         except ValueError:
             holders = [n for n in names if n in getattr(module, "modules_to_save", {})] or list(names)
             blocked.update(holders)
