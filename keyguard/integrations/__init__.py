@@ -4,8 +4,10 @@
   expert loader while an X-LoRA model is built, ``get_peft_model`` (a drop-in for ``peft.get_peft_model``),
   ``preflight`` (will each expert load, stock and through keyguard?) and ``verify`` (did every tensor arrive?).
 - ``keyguard.integrations.peft``: ``load_adapter`` and ``verify_adapter`` for a LoRA adapter in a ``PeftModel``.
+- ``keyguard.integrations.transformers``: ``diagnose`` a checkpoint the way ``from_pretrained`` loads it, and a
+  guarded ``from_pretrained`` that never returns a model with weights left newly initialised.
 
-``import keyguard`` never imports these modules; each of them imports the library it integrates with.
+``import keyguard`` never imports these modules; each of them imports the library it integrates with when used.
 """
 
 from __future__ import annotations
