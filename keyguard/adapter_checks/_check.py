@@ -334,10 +334,11 @@ class _Check:
                 self.findings.append(f)
 
     def _engine_run(self, candidates: dict[str, TensorInfo]) -> tuple[Report, dict[str, str]]:
-        from keyguard.engine._diagnose import diagnose
+        from keyguard.engine._diagnose import diagnose_keys
         from keyguard.sources._memory import read_mapping
 
-        report = diagnose(self.adapter, read_mapping(candidates, location="keys PEFT expects"))
+        expected = read_mapping(candidates, location="keys PEFT expects")
+        report = diagnose_keys(self.adapter, expected, align=False)
         plan = report.unsafe_plan
         renamed = {}
         for key in self.unknown:

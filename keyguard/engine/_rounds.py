@@ -72,6 +72,8 @@ class _Rounds(EngineState):
                 (s for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
             )
             support = twin if twin is not None else self._support(cand.landing)
+            if support == 1 and cand.kind == "renamed" and not cand.known:
+                continue  # a segment rename seen on one key is no rule: template alignment weighs such keys
             if support:
                 scored.append((support, cand))
         if not scored:
@@ -289,6 +291,8 @@ class _Rounds(EngineState):
         for index, acc in enumerate(self.accepted):
             acc.helped = len(helped[index])
         for index, acc in enumerate(self.accepted):
+            if acc.settled:
+                continue
             level, note = self._applicability(acc.candidate, helped.get(index, {}))
             if level.rank < acc.applicability.rank:
                 acc.applicability, acc.note = level, note

@@ -63,6 +63,9 @@ class _Accepted:
     note: str | None = None
     touched: list[str] = field(default_factory=list)  # original keys this rule renamed
     helped: int = 0  # keys that reached an expected key through this rule (alone or with later ones)
+    settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
+    evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
+    change: tuple[str, str] | None = None  # (old, new) as people read it, for aligned modules
 
 
 @dataclass
@@ -75,8 +78,16 @@ class _Ambiguity:
 class EngineState:
     """Keys of both sides, and what the stages have established so far."""
 
-    def __init__(self, ck: KeySet, ex: KeySet, ignore: Sequence[re.Pattern[str]]) -> None:
+    def __init__(
+        self,
+        ck: KeySet,
+        ex: KeySet,
+        ignore: Sequence[re.Pattern[str]],
+        hints: dict[str, str] | None = None,
+    ) -> None:
         self.ck_set, self.ex_set = ck, ex
+        self.hints: dict[str, str] = dict(hints or {})
+        self.aligning = True  # run template alignment on what the rule rounds leave open
 
         def kept(keys: KeySet) -> dict[str, TensorInfo]:
             if not ignore:
