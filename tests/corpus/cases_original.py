@@ -1,0 +1,127 @@
+"""Original (pre-Hugging Face) layouts and their published conversions: Meta's Llama ``consolidated`` checkpoints,
+GPT-2's ``Conv1D`` weights loaded into ``nn.Linear`` (nanoGPT)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from corpus._case import PERMUTE_ROPE, RENAME, TRANSPOSE, Case, Link, from_expected, seeded
+from corpus._hf import DECODER, state, tiny
+
+#: Hugging Face Llama name -> Meta name (``layers.N.`` prefix and ``.weight`` kept), from the published conversion
+#: script (transformers' ``convert_llama_weights_to_hf.py``).
+_LLAMA_LAYER = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_LLAMA_TOP = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
+
+
+def _meta_name(key: str) -> str:
+    module, _, leaf = key.rpartition(".")
+    if module in _LLAMA_TOP:
+        return f"{_LLAMA_TOP[module]}.{leaf}"
+    _, _, rest = module.partition("model.layers.")
+    index, _, inner = rest.partition(".")
+    return f"layers.{index}.{_LLAMA_LAYER[inner]}.{leaf}"
+
+
+def _llama_links(expected: dict[str, object], heads: int, kv_heads: int, *, to_meta: bool) -> list[Link]:
+    links = []
+    for key in expected:
+        meta = _meta_name(key)
+        old, new = (key, meta) if to_meta else (meta, key)
+        if ".q_proj." in key or ".k_proj." in key:
+            count = heads if ".q_proj." in key else kv_heads
+            links.append(Link((old,), (new,), PERMUTE_ROPE, heads=count, inverse=to_meta))
+        else:
+            links.append(Link((old,), (new,), RENAME))
+    return links
+
+
+def llama_consolidated() -> Case:
+    values = {**DECODER, "num_attention_heads": 4, "num_key_value_heads": 2}
+    model = tiny("LlamaConfig", "LlamaForCausalLM", **values)
+    expected = state(model)
+    head_dim = values["hidden_size"] // values["num_attention_heads"]
+    case = from_expected(
+        "llama_consolidated",
+        shapes=("multi_segment", "prefix"),
+        source="published script read: transformers convert_llama_weights_to_hf.py (names; q/k `permute`),"
+        " the permutation cross-checked with transformers' PermuteForRope",
+        note="Meta `layers.N.attention.wq` -> `model.layers.N.self_attn.q_proj` (+ rotary permutation of q/k rows),"
+        " `feed_forward.w1/w2/w3` -> `mlp.gate/down/up_proj`, `tok_embeddings`, `output`, `norm`; `rope.freqs` unused",
+        expected=expected,
+        links=_llama_links(expected, values["num_attention_heads"], values["num_key_value_heads"], to_meta=False),
+        orphans={"rope.freqs": seeded("rope.freqs", (head_dim // 2,))},
+        order=_meta_order,
+    )
+    case.tags["heads"] = (values["num_attention_heads"], values["num_key_value_heads"])
+    return case
+
+
+def llama_hf_to_consolidated() -> Case:
+    """The other way: a Hugging Face checkpoint loaded into Meta's reference ``Transformer``."""
+    values = {**DECODER, "num_attention_heads": 4, "num_key_value_heads": 2}
+    model = tiny("LlamaConfig", "LlamaForCausalLM", **values)
+    hf = state(model)
+    links = _llama_links(hf, values["num_attention_heads"], values["num_key_value_heads"], to_meta=True)
+    expected = {}
+    for link in links:
+        shapes = [tuple(hf[link.old[0]].shape)]
+        expected[link.new[0]] = link.forward([hf[link.old[0]]], shapes)[0]
+    expected = dict(sorted(expected.items(), key=lambda item: _meta_order(item[0])))
+    return Case(
+        "llama_hf_to_consolidated",
+        ("multi_segment", "prefix"),
+        "published script read: transformers convert_llama_weights_to_hf.py, run backward",
+        "Hugging Face `model.layers.N.self_attn.q_proj` -> Meta `layers.N.attention.wq` (rotary permutation undone)",
+        hf,
+        expected,
+        links,
+    )
+
+
+def _meta_order(key: str) -> tuple[int, int, str]:
+    """Meta's ``Transformer`` registers ``tok_embeddings``, ``layers``, ``norm``, ``output`` (then ``rope.freqs``)."""
+    parts = key.split(".")
+    if parts[0] == "layers":
+        return (1, int(parts[1]), key)
+    return ({"tok_embeddings": 0, "norm": 2, "output": 3}.get(parts[0], 4), 0, key)
+
+
+def gpt2_to_nanogpt() -> Case:
+    """Hugging Face GPT-2 (``Conv1D``, weights stored ``[in, out]``) into nanoGPT's ``nn.Linear`` model."""
+    gpt2 = tiny("GPT2Config", "GPT2LMHeadModel", vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)
+    checkpoint = state(gpt2)
+    del checkpoint["lm_head.weight"]  # tied to transformer.wte: save_pretrained leaves it out
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    links = [Link((key,), (key,), TRANSPOSE if key.endswith(conv1d) else RENAME) for key in checkpoint]
+    expected = {}
+    for link in links:
+        tensor = checkpoint[link.old[0]]
+        expected[link.new[0]] = (tensor.t() if link.op == TRANSPOSE else tensor).contiguous().clone()
+    expected["lm_head.weight"] = expected["transformer.wte.weight"]  # nanoGPT ties them (one tensor)
+    return Case(
+        "gpt2_to_nanogpt",
+        ("fused",),
+        "published script read: nanoGPT model.py `GPT.from_pretrained` (transposes the four Conv1D weights);"
+        " checkpoint written by transformers' GPT2LMHeadModel",
+        "same names, but `c_attn`/`c_proj`/`c_fc` are Conv1D `[in, out]`: transposed into nn.Linear; `attn.c_proj`"
+        " is square, so only the truth tells it needs transposing",
+        checkpoint,
+        expected,
+        links,
+    )
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    f.__name__: f for f in (llama_consolidated, llama_hf_to_consolidated, gpt2_to_nanogpt)
+}
