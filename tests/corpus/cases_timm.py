@@ -179,7 +179,7 @@ def pvt_v2_stages() -> Case:
     """The original PVT v2 -> timm (``pvt_v2.checkpoint_filter_fn``): 1-based compound names ``block1.0`` ->
     ``stages.0.blocks.0``, ``norm1`` -> ``stages.0.norm``, ``patch_embed2`` -> ``stages.1.downsample``,
     ``patch_embed1`` -> ``patch_embed``, ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``."""
-    dims, depths, heads, sr, ratio, classes = (8, 16), (1, 2), (1, 2), (2, 1), 2, 10
+    dims, depths, sr, ratio, classes = (8, 16), (1, 2), (2, 1), 2, 10
     new: dict[str, tuple[int, ...]] = {}
     old_order: list[str] = []
 
