@@ -89,12 +89,13 @@ def llama_hf_to_consolidated() -> Case:
     )
 
 
-def _meta_order(key: str) -> tuple[int, int, str]:
-    """Meta's ``Transformer`` registers ``tok_embeddings``, ``layers``, ``norm``, ``output`` (then ``rope.freqs``)."""
+def _meta_order(key: str) -> tuple[int, int]:
+    """Meta's ``Transformer`` registers ``tok_embeddings``, ``layers``, ``norm``, ``output`` (then ``rope.freqs``);
+    within a layer, ties keep the links' order."""
     parts = key.split(".")
     if parts[0] == "layers":
-        return (1, int(parts[1]), key)
-    return ({"tok_embeddings": 0, "norm": 2, "output": 3}.get(parts[0], 4), 0, key)
+        return (1, int(parts[1]))
+    return ({"tok_embeddings": 0, "norm": 2, "output": 3}.get(parts[0], 4), 0)
 
 
 def gpt2_to_nanogpt() -> Case:
@@ -122,6 +123,58 @@ def gpt2_to_nanogpt() -> Case:
     )
 
 
+def resnet_torchvision_to_hf() -> Case:
+    """A torchvision ResNet (BasicBlock) checkpoint into transformers' ``ResNetForImageClassification``."""
+    model = tiny(
+        "ResNetConfig",
+        "ResNetForImageClassification",
+        embedding_size=8,
+        hidden_sizes=[8, 16, 32, 64],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        num_labels=10,
+    )
+    expected = state(model)
+
+    def torchvision_name(key: str) -> str:
+        module, _, leaf = key.rpartition(".")
+        fixed = {
+            "resnet.embedder.embedder.convolution": "conv1",
+            "resnet.embedder.embedder.normalization": "bn1",
+            "classifier.1": "fc",
+        }
+        if module in fixed:
+            return f"{fixed[module]}.{leaf}"
+        parts = module.split(".")  # resnet.encoder.stages.S.layers.B.(layer.I|shortcut).(convolution|normalization)
+        stage, block, rest = int(parts[3]), parts[5], parts[6:]
+        if rest[0] == "shortcut":
+            inner = "downsample.0" if rest[1] == "convolution" else "downsample.1"
+        else:
+            inner = ("conv" if rest[2] == "convolution" else "bn") + str(int(rest[1]) + 1)
+        return f"layer{stage + 1}.{block}.{inner}.{leaf}"
+
+    def torchvision_order(key: str) -> tuple[int, int]:  # ties keep the links' order (weight, bias, running_*)
+        head, _, rest = key.partition(".")
+        if head.startswith("layer"):
+            block_part = rest.split(".", 1)[1]
+            rank = ["conv1", "bn1", "conv2", "bn2", "downsample"].index(block_part.split(".")[0])
+            return (int(head[5:]), rank)
+        return (0 if head in ("conv1", "bn1") else 9, 0 if head == "conv1" else 1)
+
+    return from_expected(
+        "resnet_torchvision_to_hf",
+        shapes=("multi_segment", "in_segment", "sequential", "prefix"),
+        source="published script read: transformers convert_resnet_to_pytorch.py (modules paired in traversal"
+        " order); torchvision's ResNet key layout; expected side built by transformers",
+        note="every segment changes: `layer1.0.conv1` -> `resnet.encoder.stages.0.layers.0.layer.0.convolution`"
+        " (1-based `layerN` -> `stages.N-1`, `convK`/`bnK` -> `layer.K-1.convolution/normalization`),"
+        " `downsample.0/1` -> `shortcut.convolution/normalization`, `fc` -> `classifier.1`",
+        expected=expected,
+        links=[Link((torchvision_name(k),), (k,)) for k in expected],
+        order=torchvision_order,
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
-    f.__name__: f for f in (llama_consolidated, llama_hf_to_consolidated, gpt2_to_nanogpt)
+    f.__name__: f for f in (llama_consolidated, llama_hf_to_consolidated, gpt2_to_nanogpt, resnet_torchvision_to_hf)
 }

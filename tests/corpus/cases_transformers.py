@@ -16,6 +16,7 @@ from corpus._case import SPLIT, STACK, Case, Link
 from corpus._hf import DECODER, hf_case, state, tiny
 
 SOURCE = "transformers 5.24 round trip"
+_QKV = {"q": "query", "k": "key", "v": "value"}
 
 
 def rewriter(rules: Sequence[tuple[str, str]]) -> Callable[[str], str]:
@@ -92,7 +93,7 @@ def segformer_stages() -> Case:
                 (r"^stages\.(\d+)\.layer_norm\.", r"encoder.layer_norm.\1."),
                 (
                     r"attention\.([qkv])_proj",
-                    lambda m: "attention.self." + {"q": "query", "k": "key", "v": "value"}[m[1]],
+                    lambda m: "attention.self." + _QKV[m[1]],
                 ),
                 (r"attention\.sequence_reduction\.sequence_reduction", "attention.self.sr"),
                 (r"attention\.sequence_reduction\.layer_norm", "attention.self.layer_norm"),
@@ -137,7 +138,7 @@ def dinov2_swiglu() -> Case:
             [
                 (
                     r"attention\.([qkv])_proj",
-                    lambda m: "attention.attention." + {"q": "query", "k": "key", "v": "value"}[m[1]],
+                    lambda m: "attention.attention." + _QKV[m[1]],
                 ),
                 (r"attention\.o_proj", "attention.output.dense"),
                 (r"mlp\.down_proj", "mlp.weights_out"),
@@ -282,7 +283,7 @@ def vit_legacy() -> Case:
                 (r"^layers\.", "encoder.layer."),
                 (
                     r"attention\.([qkv])_proj",
-                    lambda m: "attention.attention." + {"q": "query", "k": "key", "v": "value"}[m[1]],
+                    lambda m: "attention.attention." + _QKV[m[1]],
                 ),
                 (r"attention\.o_proj", "attention.output.dense"),
                 (r"mlp\.fc1", "intermediate.dense"),
@@ -352,6 +353,154 @@ def dory_layer_pairs() -> Case:
     return case
 
 
+def sarvam_moe_qkv() -> Case:
+    values = {
+        **DECODER,
+        "moe_intermediate_size": 8,
+        "n_routed_experts": 3,
+        "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1,
+        "head_dim": 8,
+        "n_group": 1,
+        "topk_group": 1,
+    }
+    model = tiny("SarvamMoEConfig", "Glm4MoeForCausalLM", **values)
+    links = []
+    for layer in range(values["num_hidden_layers"]):
+        p = f"model.layers.{layer}"
+        links.append(
+            Link(
+                (f"{p}.attention.query_key_value.weight",),
+                tuple(f"{p}.self_attn.{x}_proj.weight" for x in "qkv"),
+                SPLIT,
+            )
+        )
+        if layer >= values["first_k_dense_replace"]:
+            experts = range(values["n_routed_experts"])
+            gate_up = tuple(f"{p}.mlp.experts.{e}.{w}_proj.weight" for e in experts for w in ("gate", "up"))
+            links.append(Link(gate_up, (f"{p}.mlp.experts.gate_up_proj",), STACK, parts=2))
+            down = tuple(f"{p}.mlp.experts.{e}.down_proj.weight" for e in experts)
+            links.append(Link(down, (f"{p}.mlp.experts.down_proj",), STACK))
+    case = hf_case(
+        "sarvam_moe_qkv",
+        model,
+        shapes=("fused", "multi_segment", "single_key"),
+        source=f"{SOURCE}: sarvam_moe (`query_key_value` split by each target's size, qwen2_moe experts, renames)",
+        note="a GQA `attention.query_key_value` split into q/k/v of unequal sizes, per-expert gate/up/down ->"
+        " stacked, `attention` -> `self_attn`, `dense` -> `o_proj`, `query_layernorm` -> `q_norm`,"
+        " `word_embeddings` -> `embed_tokens`, `gate.expert_bias` -> `gate.e_score_correction_bias`",
+        old_name=rewriter(
+            [
+                (r"^model\.embed_tokens\.", "model.word_embeddings."),
+                (r"\.self_attn\.o_proj\.", ".self_attn.dense."),
+                (r"\.self_attn\.q_norm\.", ".self_attn.query_layernorm."),
+                (r"\.self_attn\.k_norm\.", ".self_attn.key_layernorm."),
+                (r"\.self_attn\.", ".attention."),
+                (r"\.mlp\.gate\.e_score_correction_bias", ".mlp.gate.expert_bias"),
+            ]
+        ),
+        data_links=links,
+    )
+    case.tags["from_pretrained"] = ("AutoModelForCausalLM", model.config)
+    return case
+
+
+def llava_prefixes() -> Case:
+    import transformers
+
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    )
+    text = transformers.LlamaConfig(**{**DECODER, "num_hidden_layers": 1})
+    model = tiny(
+        "LlavaConfig",
+        "LlavaForConditionalGeneration",
+        vision_config=vision,
+        text_config=text,
+        image_token_index=3,
+        vision_feature_layer=-1,
+    )
+    return hf_case(
+        "llava_prefixes",
+        model,
+        shapes=("prefix", "multi_segment"),
+        source=f"{SOURCE}: llava (`language_model.model` -> `model.language_model`, `language_model.lm_head` ->"
+        " `lm_head`, towers under `model.`)",
+        note="prefixes re-nested: `language_model.model.X` -> `model.language_model.X` (two segments swap),"
+        " `language_model.lm_head` -> `lm_head`, `vision_tower`/`multi_modal_projector` -> under `model.`",
+        old_name=rewriter(
+            [
+                (r"^model\.language_model\.", "language_model.model."),
+                (r"^lm_head\.", "language_model.lm_head."),
+                (r"^model\.(vision_tower|multi_modal_projector)\.", r"\1."),
+            ]
+        ),
+    )
+
+
+def beit_backbone_fpn() -> Case:
+    model = tiny(
+        "BeitConfig",
+        "BeitBackbone",
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=16,
+        patch_size=8,
+        out_indices=[1, 2, 3, 4],
+        add_fpn=True,
+        use_relative_position_bias=True,
+    )
+    return hf_case(
+        "beit_backbone_fpn",
+        model,
+        shapes=("sequential", "multi_segment", "prefix"),
+        source=f"{SOURCE}: BeitBackbone (`fpn1.0` -> `fpn.fpn1.conv_transpose1`, `fpn2.0` -> `fpn.fpn2`, ViT renames)",
+        note="nn.Sequential slots become names: `fpn1.0/1/3` -> `fpn.fpn1.conv_transpose1/normalization/"
+        "conv_transpose2`, `fpn2.0.weight` -> `fpn.fpn2.weight` (a numeric segment removed); `encoder.layer.N` ->"
+        " `beit.layers.N` with ViT's attention/mlp renames",
+        old_name=rewriter(
+            [
+                (r"^fpn\.fpn1\.conv_transpose1\.", "fpn1.0."),
+                (r"^fpn\.fpn1\.normalization\.", "fpn1.1."),
+                (r"^fpn\.fpn1\.conv_transpose2\.", "fpn1.3."),
+                (r"^fpn\.fpn2\.", "fpn2.0."),
+                (r"^beit\.embeddings\.", "embeddings."),
+                (
+                    r"^beit\.layers\.(\d+)\.relative_position_bias\.",
+                    r"encoder.layer.\1.attention.attention.relative_position_bias.",
+                ),
+                (r"^beit\.layers\.", "encoder.layer."),
+                (r"attention\.([qkv])_proj", lambda m: "attention.attention." + _QKV[m[1]]),
+                (r"attention\.o_proj", "attention.output.dense"),
+                (r"mlp\.fc1", "intermediate.dense"),
+                (r"mlp\.fc2", "output.dense"),
+            ]
+        ),
+    )
+
+
+def granitemoe_fused_names() -> Case:
+    values = {**DECODER, "num_local_experts": 3, "num_experts_per_tok": 2}
+    model = tiny("GraniteMoeConfig", "GraniteMoeForCausalLM", **values)
+    return hf_case(
+        "granitemoe_fused_names",
+        model,
+        shapes=("multi_segment", "sequential"),
+        source=f"{SOURCE}: granitemoe (`block_sparse_moe.input_linear.weight` -> `experts.gate_up_proj`, ...)",
+        note="already-stacked experts renamed: `input_linear.weight` -> `experts.gate_up_proj` (a segment inserted,"
+        " `.weight` dropped), `output_linear.weight` -> `experts.down_proj`, `router.layer.weight` -> `router.weight`",
+        old_name=rewriter(
+            [
+                (r"block_sparse_moe\.experts\.gate_up_proj$", "block_sparse_moe.input_linear.weight"),
+                (r"block_sparse_moe\.experts\.down_proj$", "block_sparse_moe.output_linear.weight"),
+                (r"block_sparse_moe\.router\.weight$", "block_sparse_moe.router.layer.weight"),
+            ]
+        ),
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
     f.__name__: f
     for f in (
@@ -365,5 +514,9 @@ CASES: dict[str, Callable[[], Case]] = {
         vit_legacy,
         exaone_gpt_names,
         dory_layer_pairs,
+        sarvam_moe_qkv,
+        llava_prefixes,
+        beit_backbone_fpn,
+        granitemoe_fused_names,
     )
 }
