@@ -1,11 +1,13 @@
-"""Original (pre-Hugging Face) layouts and their published conversions: Meta's Llama ``consolidated`` checkpoints,
-GPT-2's ``Conv1D`` weights loaded into ``nn.Linear`` (nanoGPT)."""
+"""Original layouts and the conversion scripts their projects publish: Meta's Llama ``consolidated`` checkpoints
+(both ways), GPT-2's ``Conv1D`` weights loaded into ``nn.Linear`` (nanoGPT), torchvision's ResNet and timm's ViT
+loaded into transformers. The transformers side of each is built by transformers; the other side from the names
+the published script reads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from corpus._case import PERMUTE_ROPE, RENAME, TRANSPOSE, Case, Link, from_expected, seeded
+from corpus._case import PERMUTE_ROPE, RENAME, SPLIT, TRANSPOSE, Case, Link, from_expected, seeded
 from corpus._hf import DECODER, state, tiny
 
 #: Hugging Face Llama name -> Meta name (``layers.N.`` prefix and ``.weight`` kept), from the published conversion
@@ -175,6 +177,79 @@ def resnet_torchvision_to_hf() -> Case:
     )
 
 
+def vit_timm_to_hf() -> Case:
+    """A timm ViT checkpoint into transformers' ``ViTForImageClassification``: the published script's renames and
+    q/k/v split, onto the names transformers 5 uses (``vit.layers.N.attention.q_proj``)."""
+    model = tiny(
+        "ViTConfig",
+        "ViTForImageClassification",
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=16,
+        patch_size=8,
+        num_labels=10,
+    )
+    expected = state(model)
+    fixed = {
+        "vit.embeddings.cls_token": "cls_token",
+        "vit.embeddings.position_embeddings": "pos_embed",
+        "vit.layernorm.weight": "norm.weight",
+        "vit.layernorm.bias": "norm.bias",
+        "classifier.weight": "head.weight",
+        "classifier.bias": "head.bias",
+    }
+    inner = {
+        "layernorm_before": "norm1",
+        "layernorm_after": "norm2",
+        "attention.o_proj": "attn.proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
+    links = []
+    layers = model.config.num_hidden_layers
+    for key in expected:
+        if key in fixed:
+            links.append(Link((fixed[key],), (key,)))
+        elif key.startswith("vit.embeddings.patch_embeddings.projection."):
+            links.append(
+                Link((key.replace("vit.embeddings.patch_embeddings.projection.", "patch_embed.proj."),), (key,))
+            )
+        elif ".attention." in key and key.split(".")[-2] in ("q_proj", "k_proj", "v_proj"):
+            continue  # the split below
+        else:
+            _, _, index, rest = key.split(".", 3)
+            module, _, leaf = rest.rpartition(".")
+            links.append(Link((f"blocks.{index}.{inner[module]}.{leaf}",), (key,)))
+    for i in range(layers):
+        for leaf in ("weight", "bias"):
+            targets = tuple(f"vit.layers.{i}.attention.{x}_proj.{leaf}" for x in "qkv")
+            links.append(Link((f"blocks.{i}.attn.qkv.{leaf}",), targets, SPLIT))
+    timm_order = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"]
+    for i in range(layers):
+        timm_order += [
+            f"blocks.{i}.{m}.{x}"
+            for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+            for x in ("weight", "bias")
+        ]
+    timm_order += ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+    index = {k: i for i, k in enumerate(timm_order)}
+    return from_expected(
+        "vit_timm_to_hf",
+        shapes=("fused", "multi_segment", "prefix"),
+        source="published script read: transformers convert_vit_timm_to_pytorch.py (rename_keys, read_in_q_k_v),"
+        " then transformers 5.24's ViT renames (round-tripped in vit_legacy)",
+        note="timm `blocks.N.attn.qkv` split into `vit.layers.N.attention.q/k/v_proj`, `norm1/2` ->"
+        " `layernorm_before/after`, `attn.proj` -> `attention.o_proj`, `cls_token`/`pos_embed` -> `vit.embeddings.*`,"
+        " `norm` -> `vit.layernorm`, `head` -> `classifier`",
+        expected=expected,
+        links=links,
+        order=lambda key: index[key],
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
-    f.__name__: f for f in (llama_consolidated, llama_hf_to_consolidated, gpt2_to_nanogpt, resnet_torchvision_to_hf)
+    f.__name__: f
+    for f in (llama_consolidated, llama_hf_to_consolidated, gpt2_to_nanogpt, resnet_torchvision_to_hf, vit_timm_to_hf)
 }
