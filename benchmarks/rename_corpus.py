@@ -5,6 +5,7 @@
     python benchmarks/rename_corpus.py --write            # also write plans with data rules through write_fixed
     python benchmarks/rename_corpus.py --notes            # each case's rename shape and where its truth comes from
     python benchmarks/rename_corpus.py --json out.json    # the figures as JSON ('-': stdout)
+    python benchmarks/rename_corpus.py --markdown         # the tables as Markdown
 
 Columns: ``need`` checkpoint keys that need a rename or a data change; ``safe``/``unsafe`` of those mapped right by
 the safe plan / the unsafe plan (safe rules included); ``WRONG s/u/k`` keys put under another expected key than
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write plans with data rules through write_fixed")
     parser.add_argument("--notes", action="store_true", help="print each case's rename shape and truth source")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-': stdout)")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = parser.parse_args(argv)
 
     from corpus import CASES
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     headers = ["case", "keys", "need", "safe", "unsafe", "WRONG s/u/k", "expl", "hints", "value", "silent", "write"]
     print(f"keyguard {_commit()} on {len(chosen)} corpus case(s)\n")
-    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    style = "github" if args.markdown else "simple"
+    print(tabulate(rows, headers=headers, tablefmt=style))
     broken = [s for s in scores if s.invariant_broken]
     print(
         f"\n{len(broken)} case(s) break the invariant (a key under a wrong expected key)"
@@ -121,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             tabulate(
                 [[c.name, ", ".join(c.shapes), c.note, c.source] for c in cases],
                 headers=["case", "shapes", "rename", "truth from"],
-                tablefmt="simple",
-                maxcolwidths=[28, 18, 60, 50],
+                tablefmt=style,
+                maxcolwidths=None if args.markdown else [28, 18, 60, 50],
             )
         )
     if args.json:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from corpus._case import RESHAPE, Case, Link, from_expected, seeded
 
-SOURCE = "published script read: diffusers"
+SOURCE = "published script read (and run on the case, outside this repo): diffusers"
 
 Shapes = dict[str, tuple[int, ...]]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from corpus._case import RESHAPE, Case, Link, from_expected, seeded
 
-SOURCE = "published script read: timm"
+SOURCE = "published script read (and run on the case, outside this repo): timm"
 
 
 def _int_buffer(shape: tuple[int, ...]) -> object:

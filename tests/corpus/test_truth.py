@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import keyguard
-from corpus import CASES
+from corpus import CASES, cases_transformers
 from corpus._case import PERMUTE_ROPE, RESHAPE, Case
 from corpus._hf import round_trip
 from corpus.evaluate import evaluate, simulate, truth_plan
@@ -39,7 +39,7 @@ def test_truth_holds_by_value(name: str) -> None:
     assert len(case.checkpoint) < 2000
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if "from_pretrained" in built(n).tags])
+@pytest.mark.parametrize("name", list(cases_transformers.CASES))
 def test_transformers_loads_the_legacy_layout_as_the_truth_says(name: str) -> None:
     assert round_trip(built(name)) == []
 
