@@ -249,6 +249,32 @@ def from_expected(
     return Case(name, shapes, source, note, checkpoint, expected, links, tuple(orphans or ()))
 
 
+def reversed_case(case: Case, name: str, *, source: str, note: str) -> Case:
+    """The same conversion run the other way: ``case.expected`` becomes the checkpoint, ``case.checkpoint`` (without
+    its orphans) the expected state dict, every link inverted. Stacking has no inverse link here."""
+    inverse = {
+        RENAME: RENAME,
+        TRANSPOSE: TRANSPOSE,
+        PERMUTE_ROPE: PERMUTE_ROPE,
+        RESHAPE: RESHAPE,
+        SPLIT: FUSE,
+        FUSE: SPLIT,
+    }
+    links = []
+    for link in case.links:
+        if link.op not in inverse:
+            raise ValueError(f"{case.name}: a {link.op} link cannot be reversed")
+        shape = tuple(case.expected[link.new[0]].shape) if link.op == RESHAPE else ()
+        links.append(
+            Link(link.new, link.old, inverse[link.op], link.dim, link.heads, not link.inverse, link.parts, shape)
+            if link.op == PERMUTE_ROPE
+            else Link(link.new, link.old, inverse[link.op], link.dim, shape=shape)
+        )
+    orphans = set(case.orphans)
+    expected = {k: v for k, v in case.checkpoint.items() if k not in orphans}
+    return Case(name, case.shapes, source, note, dict(case.expected), expected, links)
+
+
 def renames(expected: Iterable[str], old_name: Callable[[str], str | None]) -> list[Link]:
     """RENAME links for every expected key ``old_name`` gives an old name for (``None``: not in the checkpoint)."""
     links = []

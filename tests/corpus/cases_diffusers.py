@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corpus._case import RESHAPE, Case, Link, from_expected, seeded
+from corpus._case import RESHAPE, Case, Link, from_expected, reversed_case, seeded
 
 SOURCE = "published script read (and run on the case, outside this repo): diffusers"
 
@@ -249,4 +249,43 @@ def kohya_lora_sd() -> Case:
     )
 
 
-CASES: dict[str, Callable[[], Case]] = {f.__name__: f for f in (sd_unet_ldm, sd_vae_ldm, kohya_lora_sd)}
+def sd_unet_diffusers_to_ldm() -> Case:
+    """The other way: a diffusers UNet exported to the original layout (what A1111-style tools load)."""
+    return reversed_case(
+        sd_unet_ldm(),
+        "sd_unet_diffusers_to_ldm",
+        source="published script read: diffusers convert_ldm_unet_checkpoint run backward (the same map as"
+        " scripts/convert_diffusers_to_original_stable_diffusion.py, which hard-codes SD's two resnets per level)",
+        note="`down_blocks.i.resnets.j` -> `model.diffusion_model.input_blocks.N.0`, `attentions.j` ->"
+        " `input_blocks.N.1`, `downsamplers.0.conv` -> `input_blocks.N.0.op`, `mid_block` -> `middle_block.0/1/2`",
+    )
+
+
+def lora_peft_to_kohya() -> Case:
+    """The other way: a diffusers/PEFT LoRA written out in kohya-ss's layout as diffusers' exporter writes it
+    (text encoder under ``lora_te1_``, an ``.alpha`` per module that no checkpoint tensor becomes)."""
+    forward = reversed_case(kohya_lora_sd(), "lora_peft_to_kohya", source="", note="")
+    te1 = {k: k.replace("lora_te_", "lora_te1_", 1) for k in forward.expected}
+    expected = {te1[k]: v for k, v in forward.expected.items()}
+    for key in list(expected):
+        if key.endswith(".lora_down.weight"):
+            alpha = key.removesuffix(".lora_down.weight") + ".alpha"
+            expected[alpha] = seeded(alpha, ())
+    links = [Link(link.old, tuple(te1[k] for k in link.new)) for link in forward.links]
+    return Case(
+        "lora_peft_to_kohya",
+        forward.shapes,
+        "published script read (and run on the case, outside this repo): diffusers state_dict_utils.py"
+        " convert_state_dict_to_kohya",
+        "`unet.down_blocks.0.attentions.0....attn1.to_q.lora_A.weight` ->"
+        " `lora_unet_down_blocks_0_attentions_0_..._attn1_to_q.lora_down.weight` (dots become underscores),"
+        " `text_encoder.` -> `lora_te1_`; each `.alpha` is new",
+        forward.checkpoint,
+        expected,
+        links,
+    )
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    f.__name__: f for f in (sd_unet_ldm, sd_vae_ldm, kohya_lora_sd, sd_unet_diffusers_to_ldm, lora_peft_to_kohya)
+}
