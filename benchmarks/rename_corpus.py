@@ -4,6 +4,7 @@
     python benchmarks/rename_corpus.py segformer_stages   # the cases named (or matching a glob: 'timm_*')
     python benchmarks/rename_corpus.py --write            # also write plans with data rules through write_fixed
     python benchmarks/rename_corpus.py --notes            # each case's rename shape and where its truth comes from
+    python benchmarks/rename_corpus.py pvt_v2_stages --show   # also keyguard's own report for each case
     python benchmarks/rename_corpus.py --json out.json    # the figures as JSON ('-': stdout)
     python benchmarks/rename_corpus.py --markdown         # the tables as Markdown
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", action="store_true", help="print each case's rename shape and truth source")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-': stdout)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--show", action="store_true", help="also print keyguard's report for each case")
     args = parser.parse_args(argv)
 
     from corpus import CASES
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, scores, cases = [], [], []
     for name in chosen:
         case = CASES[name]()
-        _, score = run(case, write=args.write)
+        report, score = run(case, write=args.write)
+        if args.show:
+            print(f"==== {name}: {case.note}\n{report.render('table')}\n")
         scores.append(score)
         cases.append(case)
         rows.append(

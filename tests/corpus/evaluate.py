@@ -242,10 +242,11 @@ def _hint_pairs(report: Report, case: Case) -> list[tuple[str, str]]:
             if match is None:
                 continue
             a, b = match.group(1), match.group(2)
-            if a in case.expected and b not in case.expected:
-                pairs.append((b, a))
-            else:
-                pairs.append((a, b))
+            # a "missing" finding lists expected keys first; an "unexpected" one, checkpoint keys first
+            expected_first = finding.kind == "missing" or (
+                finding.kind != "unexpected" and a in case.expected and b not in case.expected
+            )
+            pairs.append((b, a) if expected_first else (a, b))
     return pairs
 
 

@@ -102,3 +102,15 @@ def test_simulate_refuses_a_collision() -> None:
     keys = list(case.checkpoint)
     with pytest.raises(keyguard.PlanError):
         simulate(Plan(rules=[MapKeys(mapping={keys[0]: keys[1]})]), case.checkpoint)
+
+
+def test_hints_are_scored_against_the_truth() -> None:
+    case = built("vit_legacy")
+    report = keyguard.diagnose(case.checkpoint, case.expected)
+    right = ("encoder.layer.0.intermediate.dense.weight", "layers.0.mlp.fc1.weight")
+    wrong = ("encoder.layer.0.output.dense.weight", "layers.0.attention.o_proj.weight")
+    hint = f"closest candidates: {right[0]} ~ {right[1]}; {wrong[0]} ~ {wrong[1]}"
+    findings = [f.model_copy(update={"hint": hint if f.kind == "unexpected" else None}) for f in report.findings]
+    assert any(f.kind == "unexpected" for f in findings)
+    score = evaluate(case, report.model_copy(update={"findings": findings}))
+    assert (score.hints, score.hints_right) == (2, 1)
