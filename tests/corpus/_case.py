@@ -141,7 +141,10 @@ def seeded(name: str, shape: Sequence[int], dtype: Any = None) -> torch.Tensor:
     """Data derived from ``name`` alone: the same name always gives the same tensor, two names never agree."""
     import torch
 
-    generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    seed = zlib.crc32(name.encode())
+    if name.endswith("num_batches_tracked"):  # a BatchNorm counter: an integer, still told apart by its value
+        return torch.full(tuple(shape), seed % 100_000, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(seed)
     values = torch.randn(tuple(shape), generator=generator)
     return values if dtype is None or dtype == torch.float32 else values.to(dtype)
 

@@ -357,7 +357,115 @@ def davit_msft() -> Case:
     )
 
 
+# ------------------------------------------------------------------------------------------------------- SwiftFormer
+def _bn(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.weight": (dim,),
+        f"{prefix}.bias": (dim,),
+        f"{prefix}.running_mean": (dim,),
+        f"{prefix}.running_var": (dim,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def _conv(prefix: str, cout: int, cin: int, k: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.weight": (cout, cin, k, k), f"{prefix}.bias": (cout,)}
+
+
+def swiftformer_network() -> Case:
+    """The original SwiftFormer -> timm (``swiftformer.checkpoint_filter_fn``): ``network.2i`` -> ``stages.i.blocks``,
+    ``network.2i+1`` -> ``stages.i+1.downsample``; ``layer_scale`` parameters become ``LayerScale2d`` modules
+    (``.layer_scale_1`` -> ``.layer_scale_1.gamma``); ``attn.Proj`` -> ``attn.proj`` (only the case changes);
+    ``dist_head`` -> ``head_dist``; ``patch_embed`` -> ``stem``."""
+    dims, depths, classes = (8, 16), (2, 2), 10
+    new: dict[str, tuple[int, ...]] = {}
+    old: list[str] = []  # the original's keys, in its registration order (own parameters first)
+    stem = {**_conv("stem.0", dims[0] // 2, 3, 3), **_bn("stem.1", dims[0] // 2)}
+    stem.update({**_conv("stem.3", dims[0], dims[0] // 2, 3), **_bn("stem.4", dims[0])})
+    new.update(stem)
+    old += [k.replace("stem.", "patch_embed.") for k in stem]
+    for stage, (dim, depth) in enumerate(zip(dims, depths)):
+        if stage:
+            down = {**_conv(f"stages.{stage}.downsample.proj", dim, dims[stage - 1], 3)}
+            down.update(_bn(f"stages.{stage}.downsample.norm", dim))
+            new.update(down)
+            old += [k.replace(f"stages.{stage}.downsample.", f"network.{2 * stage - 1}.") for k in down]
+        for block in range(depth):
+            p = f"stages.{stage}.blocks.{block}"
+            o = f"network.{2 * stage}.{block}"
+            if block < depth - 1:  # ConvEncoder
+                keys = {
+                    **_conv(f"{p}.dwconv", dim, 1, 3),
+                    **_bn(f"{p}.norm", dim),
+                    **_conv(f"{p}.pwconv1", 4 * dim, dim, 1),
+                    **_conv(f"{p}.pwconv2", dim, 4 * dim, 1),
+                    f"{p}.layer_scale.gamma": (dim, 1, 1),
+                }
+                new.update(keys)
+                old += [f"{o}.layer_scale"] + [k.replace(p, o, 1) for k in keys if not k.endswith("layer_scale.gamma")]
+                continue
+            lr = f"{p}.local_representation"
+            keys = {
+                **_conv(f"{lr}.dwconv", dim, 1, 3),
+                **_bn(f"{lr}.norm", dim),
+                **_conv(f"{lr}.pwconv1", dim, dim, 1),
+                **_conv(f"{lr}.pwconv2", dim, dim, 1),
+                f"{lr}.layer_scale.gamma": (dim, 1, 1),
+                f"{p}.attn.w_g": (dim, 1),
+                f"{p}.attn.to_query.weight": (dim, dim),
+                f"{p}.attn.to_query.bias": (dim,),
+                f"{p}.attn.to_key.weight": (dim, dim),
+                f"{p}.attn.to_key.bias": (dim,),
+                f"{p}.attn.proj.weight": (dim, dim),
+                f"{p}.attn.proj.bias": (dim,),
+                f"{p}.attn.final.weight": (dim, dim),
+                f"{p}.attn.final.bias": (dim,),
+                **_bn(f"{p}.linear.norm1", dim),
+                **_conv(f"{p}.linear.fc1", 4 * dim, dim, 1),
+                **_conv(f"{p}.linear.fc2", dim, 4 * dim, 1),
+                f"{p}.layer_scale_1.gamma": (dim, 1, 1),
+                f"{p}.layer_scale_2.gamma": (dim, 1, 1),
+            }
+            new.update(keys)
+            old += [f"{o}.layer_scale_1", f"{o}.layer_scale_2", f"{o}.local_representation.layer_scale"]
+            old += [
+                k.replace(p, o, 1).replace("attn.proj.", "attn.Proj.")
+                for k in keys
+                if not k.endswith("layer_scale.gamma") and ".layer_scale_" not in k
+            ]
+    new.update(_bn("norm", dims[-1]))
+    new.update({"head.weight": (classes, dims[-1]), "head.bias": (classes,)})
+    new.update({"head_dist.weight": (classes, dims[-1]), "head_dist.bias": (classes,)})
+    old += [*_bn("norm", dims[-1]), "head.weight", "head.bias", "dist_head.weight", "dist_head.bias"]
+
+    def old_name(key: str) -> str:
+        key = key.replace("stem.", "patch_embed.").replace("head_dist.", "dist_head.")
+        key = key.replace("attn.proj.", "attn.Proj.").replace(".gamma", "")
+        key = re.sub(r"^stages\.(\d+)\.downsample\.", lambda m: f"network.{2 * int(m[1]) - 1}.", key)
+        return re.sub(r"^stages\.(\d+)\.blocks\.", lambda m: f"network.{2 * int(m[1])}.", key)
+
+    return from_expected(
+        "swiftformer_network",
+        shapes=("index_map", "in_segment", "sequential"),
+        source=f"{SOURCE} swiftformer.py checkpoint_filter_fn (original SwiftFormer checkpoints)",
+        note="`network.2i.j` -> `stages.i.blocks.j`, `network.2i+1` -> `stages.i+1.downsample`; a parameter becomes"
+        " a module (`layer_scale_1` -> `layer_scale_1.gamma`); `attn.Proj` -> `attn.proj` (case only);"
+        " `dist_head` -> `head_dist`",
+        expected={k: seeded(k, s) for k, s in new.items()},
+        links=[Link((old_name(k),), (k,)) for k in new],
+        order=_ordered(old),
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
     f.__name__: f
-    for f in (swin_downsample_offset, convnext_fb, convnext_v2_fb, pvt_v2_stages, poolformer_v1_interleaved, davit_msft)
+    for f in (
+        swin_downsample_offset,
+        convnext_fb,
+        convnext_v2_fb,
+        pvt_v2_stages,
+        poolformer_v1_interleaved,
+        davit_msft,
+        swiftformer_network,
+    )
 }
