@@ -105,7 +105,8 @@ def wrap(text: str, width: int, *, indent: int = 0, hang: int = 0, color: bool =
     """``text`` wrapped to ``width`` columns between words only, continuation lines indented ``hang`` more.
 
     A key, a path or a flag is never broken across lines: a word longer than a line is shortened from the middle
-    (``--format json`` has every key in full), and a flag stays on the line of its value. Markdown code spans lose their backticks (in colour: they are highlighted instead).
+    (``--format json`` has every key in full), and a flag stays on the line of its value. Markdown code spans lose
+    their backticks (in colour: they are highlighted instead).
     """
     marked: list[tuple[str, str]] = []
 
@@ -131,7 +132,8 @@ def wrap(text: str, width: int, *, indent: int = 0, hang: int = 0, color: bool =
     lines = [line.replace(_GLUE, " ") for line in lines]
     if color and marked:
         for raw, styled in marked:
-            lines = [re.sub(rf"(?<![\w.]){re.escape(raw)}(?![\w])", lambda _m, s=styled: s, line) for line in lines]
+            literal = re.compile(rf"(?<![\w.]){re.escape(raw)}(?!\w)")
+            lines = [literal.sub(styled.replace("\\", "\\\\"), line) for line in lines]
     return lines
 
 

@@ -16,9 +16,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from keyguard._exceptions import KeyguardError
-    from keyguard.report import KINDS, lookup
-
     from keyguard.cli._screen import screen
+    from keyguard.report import KINDS, lookup
 
     out = screen(args)
     if args.code is None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from keyguard._patterns import HOLE, collapse
+from keyguard._patterns import HOLE, KeyGroup, collapse
 from keyguard.report._kinds import Severity
 from keyguard.report._model import Report
 
@@ -91,7 +91,9 @@ def next_steps(
         )
     if not steps:
         codes = list(dict.fromkeys(f.code for f in report.findings if f.severity.at_least(Severity.error)))
-        steps += [NextStep("what this finding means and how to fix it by hand", ("keyguard", "explain", c)) for c in codes[:3]]
+        steps += [
+            NextStep("what this finding means and how to fix it by hand", ("keyguard", "explain", c)) for c in codes[:3]
+        ]
     return steps
 
 
@@ -138,7 +140,8 @@ def ignore_pattern(keys: Sequence[str]) -> str:
     """A regular expression for ``--ignore`` that matches exactly ``keys`` (numbered blocks as ``\\d+`` when every
     block from 0 on is there, else as the numbers themselves)."""
     alternatives = []
-    for group in collapse(keys):
+    groups: list[KeyGroup[None]] = collapse(keys)
+    for group in groups:
         pieces = group.template.split(HOLE)
         out = [re.escape(pieces[0])]
         for numbers, piece in zip(group.numbers, pieces[1:]):
@@ -172,11 +175,10 @@ def _command_lines(argv: Sequence[str], width: int, *, indent: int) -> list[str]
     words: list[str] = []
     for arg in argv:
         quoted = shlex.quote(arg)
-        pair = words[-1] + " " + quoted if words else ""
-        if words and words[-1].startswith("-") and not arg.startswith("-") and " " not in words[-1]:
-            if indent + 4 + len(pair) + 2 <= width:
-                words[-1] = pair
-                continue
+        flag = words[-1] if words and words[-1].startswith("-") and " " not in words[-1] else None
+        if flag is not None and not arg.startswith("-") and indent + 4 + len(flag) + 1 + len(quoted) + 2 <= width:
+            words[-1] = f"{flag} {quoted}"
+            continue
         words.append(quoted)
     lines: list[str] = []
     current = ""
