@@ -11,6 +11,8 @@ from keyguard.fixes._rules import Applicability, Rule
 from keyguard.report._kinds import KINDS, Severity
 
 REPORT_FORMAT = "keyguard.report/v1"
+DOCS_URL: str | None = None
+"""Where the docs are published (ending in ``/``), once they are; ``Finding.url`` links there."""
 
 
 class Example(BaseModel):
@@ -61,8 +63,15 @@ class Finding(BaseModel):
         return KINDS[self.code].title
 
     @property
-    def url(self) -> str:
-        return f"https://keyguard.invalid/docs/findings/{self.code.lower()}/"
+    def explain(self) -> str:
+        """The command that prints this kind's page (What it does / Why is this bad? / Fix safety / Example)."""
+        return f"keyguard explain {self.code}"
+
+    @property
+    def url(self) -> str | None:
+        """A link to this kind's page on the published docs, or ``None`` while no site is published (the docs are
+        built locally with ``make docs``: ``site/findings/kgNNN.html``); ``explain`` names the page meanwhile."""
+        return None if DOCS_URL is None else f"{DOCS_URL}findings/{self.code.lower()}.html"
 
 
 class SourceRef(BaseModel):

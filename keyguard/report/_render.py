@@ -351,7 +351,7 @@ def _junit_details(finding: Finding) -> str:
     for extra in (_fix_text(finding), finding.benign and f"usually harmless: {finding.benign}", finding.hint):
         if extra:
             lines.append(extra)
-    lines.append(f"docs: {finding.url}")
+    lines.append(f"more: {finding.explain}" + (f" ({finding.url})" if finding.url else ""))
     return "\n".join(lines)
 
 
