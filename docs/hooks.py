@@ -127,7 +127,8 @@ def render_finding_page(kind: Any) -> str:
             "",
             "| Code | Kind | Severity | Family |",
             "| --- | --- | --- | --- |",
-            f"| `{kind.code}` | `{kind.kind}` | [{kind.severity.value}](../concepts.md#severity) | [{family}](index.md) |",
+            f"| `{kind.code}` | `{kind.kind}` | [{kind.severity.value}](../concepts.md#severity)"
+            f" | [{family}](index.md) |",
             "",
             "## What it does",
             "",
