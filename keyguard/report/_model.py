@@ -62,6 +62,16 @@ class Finding(BaseModel):
     def title(self) -> str:
         return KINDS[self.code].title
 
+    def __repr__(self) -> str:
+        from keyguard.report._notebook import finding_repr
+
+        return finding_repr(self)
+
+    def __str__(self) -> str:
+        from keyguard.report._notebook import finding_str
+
+        return finding_str(self)
+
     @property
     def explain(self) -> str:
         """The command that prints this kind's page (What it does / Why is this bad? / Fix safety / Example)."""
@@ -175,3 +185,18 @@ class Report(BaseModel):
 
     def __str__(self) -> str:
         return self.render("table")
+
+    def __repr__(self) -> str:
+        from keyguard.report._notebook import report_repr
+
+        return report_repr(self)
+
+    def _repr_html_(self) -> str:
+        """Notebooks: the summary table and one collapsible block per finding."""
+        from keyguard.report._notebook import report_html
+
+        return report_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """Markdown front ends: the ``markdown`` format (a summary table and collapsible findings)."""
+        return self.render("markdown")

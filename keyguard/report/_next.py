@@ -187,7 +187,8 @@ def _command_lines(argv: Sequence[str], width: int, *, indent: int) -> list[str]
             current = " " * indent + word
         elif len(current) + 1 + len(word) + 2 > width:  # room for the " \\" that continues the line
             lines.append(current + " \\")
-            current = " " * (indent + 4) + word
+            # a long path gives up its indentation before it overflows the line (the shell ignores either)
+            current = " " * max(0, min(indent + 4, width - 2 - len(word))) + word
         else:
             current += " " + word
     lines.append(current)

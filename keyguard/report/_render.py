@@ -206,13 +206,13 @@ def render_markdown(report: Report, **_: Any) -> str:
     if report.findings:
         lines += ["| severity | code | kind | keys | fix |", "|---|---|---|---:|---|"]
         for f in report.findings:
-            fix = f.fix.applicability.value if f.fix else "-"
-            lines.append(f"| {f.severity.value} | `{f.code}` | {f.kind} | {f.count:,} | {fix} |")
+            lines.append(f"| {f.severity.value} | `{f.code}` | {f.kind} | {f.count:,} | {_fix_cell(f)} |")
         lines.append("")
         for f in report.findings:
             # a line opening with <details> is raw HTML up to the next blank line: HTML escaping, no Markdown
             lines.append(f"<details><summary><code>{f.code}</code> {_html(f.message)}</summary>")
             lines.append("")
+            lines.append(f"- more: `{f.explain}`")  # every block has a body, even a finding without keys (KG404)
             for pattern in f.patterns:
                 lines.append(f"- {_code(pattern)}")
             for ex in f.examples:
@@ -273,7 +273,9 @@ def render_github(report: Report, **_: Any) -> str:
         lines.append(
             f"::{level[f.severity]} file={_gh(location, True)},title={_gh(f.code + ' ' + f.kind, True)}::{_gh(detail)}"
         )
-    lines.append(f"::notice title=keyguard::{_gh(_headline(report) + '. ' + _verdict(report))}")
+    # several adapters each get a notice: its title names the one it is about
+    title = _gh(f"keyguard: {location}" if location else "keyguard", True)
+    lines.append(f"::notice title={title}::{_gh(_headline(report) + '. ' + _verdict(report))}")
     return "\n".join(lines)
 
 
@@ -389,7 +391,9 @@ def render_many(
         return render(reports[0], format, **options)
     if format == "github":
         body = [render_github(r) for r in reports]
-        body += [f"::error title=keyguard::{_gh(message)}" for message in errors.values()]
+        body += [
+            f"::error title={_gh('keyguard: ' + where, True)}::{_gh(message)}" for where, message in errors.items()
+        ]
         body.append(f"::notice title=keyguard summary::{_gh(_many_summary(reports, errors))}")
         return "\n".join(body)
     rule = "=" * 40 if format == "table" else "---"

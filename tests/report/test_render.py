@@ -119,7 +119,7 @@ def test_github_annotations_escape_percent_colon_comma_and_newlines(tmp_path: Pa
     for key in odd:
         assert key in unescape(unexpected.group(3))
     notice = lines[-1]
-    assert notice.startswith("::notice title=keyguard::")
+    assert properties(notice[len("::notice ") : notice.index("::", 2)])["title"] == f"keyguard: {ck}"  # names the input
     assert "coverage 0%25 -> 100%25" in notice
 
 
