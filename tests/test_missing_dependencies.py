@@ -22,7 +22,9 @@ WITHOUT = (
 )
 
 
-def run_without(blocked: list[str], args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_without(
+    blocked: list[str], args: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", WITHOUT.format(blocked=blocked), *args],
         capture_output=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import operator
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -735,7 +736,7 @@ class _Engine:
             kind = kinds.EXTRA_PREFIX
         elif isinstance(rule, AddPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "missing_prefix"):
             prefix = rule.prefix if isinstance(rule, AddPrefix) else rule.new[: len(rule.new) - len(rule.old)]
-            origin = knowledge.prefix_origin(prefix)
+            origin = knowledge.missing_prefix_origin(prefix)
             ctx.update(prefix=prefix, origin=origin)
             message = (
                 f"{len(keys):,} checkpoint key(s) lack the prefix '{prefix}' the model expects"
@@ -810,7 +811,13 @@ class _Engine:
             list(bad.values()),
             examples=examples,
             hint="build the model with the checkpoint's sizes (e.g. resize_token_embeddings, num_labels), or leave"
-            " these keys out with --ignore",
+            " these keys out with --ignore"
+            + (
+                "; to train a new head of another size, transformers' from_pretrained(...,"
+                " ignore_mismatched_sizes=True) starts it from its initialisation"
+                if any(r.startswith("number of labels") for r in reasons)
+                else ""
+            ),
             ctx={"count": len(bad), "reasons": dict(reasons)},
         )
 
@@ -960,7 +967,8 @@ class _Engine:
         pool_sample = pool[:2000]
         hints = []
         for key in keys[:3]:
-            match = difflib.get_close_matches(key, pool_sample, n=1, cutoff=0.6)
+            # alike where they differ, not only in what they share (``base_model.model.`` ... ``.lora_A.weight``)
+            match = [m for m in difflib.get_close_matches(key, pool_sample, n=3, cutoff=0.6) if _alike(key, m)]
             if match:
                 hints.append(f"{key} ~ {match[0]}")
         return "closest candidates: " + "; ".join(hints) if hints else None
@@ -1101,6 +1109,15 @@ def _ignore_hint(keys: list[str]) -> str:
         body = "|".join(re.escape(k) for k in keys)
         return f"'^(?:{body})$'" if len(keys) > 1 else f"'^{body}$'"
     return f"'{re.escape(keys[0].split('.', 1)[0])}\\.'"
+
+
+def _alike(a: str, b: str) -> bool:
+    """True when the parts where ``a`` and ``b`` differ look alike (``layer.0.attn`` / ``layers.0.attention``), so
+    a shared frame (``base_model.model.`` ... ``.lora_A.weight``) alone never pairs two unrelated modules."""
+    head = len(os.path.commonprefix([a, b]))
+    tail = len(os.path.commonprefix([a[head:][::-1], b[head:][::-1]]))
+    left, right = a[head : len(a) - tail], b[head : len(b) - tail]
+    return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
 
 
 def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:

@@ -218,7 +218,7 @@ def render_markdown(report: Report, **_: Any) -> str:
             for ex in f.examples:
                 arrow = (
                     f"{_code(ex.checkpoint)} → {_code(ex.expected)}"
-                    if ex.checkpoint and ex.expected
+                    if ex.checkpoint and ex.expected and ex.checkpoint != ex.expected
                     else _code(ex.checkpoint or ex.expected or "")
                 )
                 lines.append(f"- e.g. {arrow}" + (f" ({_md(ex.detail)})" if ex.detail else ""))
@@ -348,8 +348,7 @@ def _junit_suite(report: Report, checks: Sequence[str] | None, fail_on: Severity
 def _junit_details(finding: Finding) -> str:
     lines = [f"{finding.severity.value} {finding.code} {finding.kind}: {finding.message}", *finding.patterns]
     for ex in finding.examples:
-        arrow = f"{ex.checkpoint} -> {ex.expected}" if ex.checkpoint and ex.expected else (ex.checkpoint or ex.expected)
-        lines.append(f"e.g. {arrow}" + (f" ({ex.detail})" if ex.detail else ""))
+        lines.append(f"e.g. {_example_text(ex)}" + (f" ({ex.detail})" if ex.detail else ""))
     for extra in (_fix_text(finding), finding.benign and f"usually harmless: {finding.benign}", finding.hint):
         if extra:
             lines.append(extra)

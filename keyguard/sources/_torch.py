@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-
 #: The extra of keyguard that installs each optional package.
 EXTRAS = {"torch": "torch", "transformers": "hf", "peft": "hf"}
 
