@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import operator
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -1114,8 +1113,13 @@ def _ignore_hint(keys: list[str]) -> str:
 def _alike(a: str, b: str) -> bool:
     """True when the parts where ``a`` and ``b`` differ look alike (``layer.0.attn`` / ``layers.0.attention``), so
     a shared frame (``base_model.model.`` ... ``.lora_A.weight``) alone never pairs two unrelated modules."""
-    head = len(os.path.commonprefix([a, b]))
-    tail = len(os.path.commonprefix([a[head:][::-1], b[head:][::-1]]))
+    shorter = min(len(a), len(b))
+    head = 0
+    while head < shorter and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
     left, right = a[head : len(a) - tail], b[head : len(b) - tail]
     return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
 

@@ -62,7 +62,7 @@ def report_html(report: Report) -> str:
         "<div class='keyguard-report'>",
         f"<p><b>{'✅' if report.ok else '❌'} keyguard</b>: <code>{escape(str(report.checkpoint.location))}</code>"
         f" ({escape(report.checkpoint.format)}) vs <code>{escape(str(report.expected.location))}</code>"
-        f" ({escape(report.expected.format)})<br>{escape(_headline(report))}</p>",
+        f" ({escape(report.expected.format)})<br/>{escape(_headline(report))}</p>",
     ]
     if report.findings:
         head = "".join(f"<th style='{cell}'>{h}</th>" for h in ("severity", "code", "kind", "keys", "fix"))

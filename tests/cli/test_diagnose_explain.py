@@ -293,3 +293,18 @@ def test_diagnose_of_safetensors_files_never_imports_torch(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "RESULT [1, 1, 1, 1, 0] []"
+
+
+def test_junit_format(cli: Cli, files: dict[str, Path]) -> None:
+    import xml.etree.ElementTree as ET
+
+    for checkpoint, code, failures in (("error", 1, 2), ("clean", 0, 0), ("warning", 0, 0)):
+        result = cli("diagnose", files[checkpoint], "-e", files["reference"], "--format", "junit")
+        assert result.code == code, result.err
+        root = ET.fromstring(result.out)
+        assert root.tag == "testsuites" and int(root.get("failures", "-1")) == failures
+        cases = root.findall(".//testcase")
+        assert any(case.get("name", "").startswith("KG101 extra_prefix") for case in cases)
+        assert "keyguard.invalid" not in result.out and "http" not in result.out
+    failing = cli("diagnose", files["warning"], "-e", files["reference"], "--format", "junit", "--fail-on", "warning")
+    assert failing.code == 1 and ET.fromstring(failing.out).get("failures") == "1"
