@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapter_checks"))
 from _peft_adapters import Zoo, rename_all, set_fields, zoo
 
 from keyguard import Report
