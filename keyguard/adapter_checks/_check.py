@@ -387,7 +387,8 @@ class _Check:
         self.findings.append(
             finding(
                 kinds.UNMATCHED_TARGET,
-                f"target_modules {'entry' if len(unmatched) == 1 else 'entries'} {entries} match no module of the"
+                f"target_modules {'entry' if len(unmatched) == 1 else 'entries'} {entries}"
+                f" {'matches' if len(unmatched) == 1 else 'match'} no module of the"
                 f" base model{self._trained_on()}",
                 examples=[],
                 pattern_keys=unmatched,
@@ -709,7 +710,8 @@ class _Check:
             self.findings.append(
                 finding(
                     kinds.NONFINITE_VALUES,
-                    f"{plural(len(bad), 'tensor')} hold NaN or infinite values; every output through those modules"
+                    f"{plural(len(bad), 'tensor')} {'holds' if len(bad) == 1 else 'hold'} NaN or infinite values;"
+                    " every output through those modules"
                     " becomes NaN",
                     checkpoint_keys=bad,
                     examples=[

@@ -158,7 +158,7 @@ class _Findings(EngineState):
             kind = kinds.EXTRA_PREFIX
         elif isinstance(rule, AddPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "missing_prefix"):
             prefix = rule.prefix if isinstance(rule, AddPrefix) else rule.new[: len(rule.new) - len(rule.old)]
-            origin = knowledge.prefix_origin(prefix)
+            origin = knowledge.missing_prefix_origin(prefix)
             ctx.update(prefix=prefix, origin=origin)
             message = (
                 f"{len(keys):,} checkpoint key(s) lack the prefix '{prefix}' the model expects"
@@ -277,7 +277,13 @@ class _Findings(EngineState):
             list(bad.values()),
             examples=examples,
             hint="build the model with the checkpoint's sizes (e.g. resize_token_embeddings, num_labels), or leave"
-            " these keys out with --ignore",
+            " these keys out with --ignore"
+            + (
+                "; to train a new head of another size, transformers' from_pretrained(...,"
+                " ignore_mismatched_sizes=True) starts it from its initialisation"
+                if any(r.startswith("number of labels") for r in reasons)
+                else ""
+            ),
             ctx={"count": len(bad), "reasons": dict(reasons)},
         )
 
@@ -439,6 +445,7 @@ class _Findings(EngineState):
                 and o.shape == info.shape
                 and _hole_count(other) == holes
                 and leaf_class(other) == leaf
+                and _alike(key, other)
             ]
             scored = sorted(
                 ((difflib.SequenceMatcher(None, key, other).ratio(), other) for other in fitting), reverse=True
@@ -555,6 +562,20 @@ class _Findings(EngineState):
 
 def _hole_count(key: str) -> int:
     return template(key)[0].count(HOLE)
+
+
+def _alike(a: str, b: str) -> bool:
+    """True when the parts where ``a`` and ``b`` differ look alike (``layer.0.attn`` / ``layers.0.attention``), so
+    a shared frame (``base_model.model.`` ... ``.lora_A.weight``) alone never pairs two unrelated modules."""
+    shorter = min(len(a), len(b))
+    head = 0
+    while head < shorter and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    left, right = a[head : len(a) - tail], b[head : len(b) - tail]
+    return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
 
 
 def _ignore_hint(keys: list[str]) -> str:
