@@ -218,3 +218,18 @@ def path_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     if rest_a and rest_b:
         score += 0.25 * (2 * len(rest_a & rest_b) / (len(rest_a) + len(rest_b)))
     return score
+
+
+def path_tokens(path: tuple[str, ...]) -> tuple[str, ...]:
+    """The canonical tokens of a whole module path, in order, separators set aside."""
+    return tuple(_canonical_token(t) for segment in path for t in tokens(segment))
+
+
+def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """One path reads as the end of the other once separators are set aside (``lora_unet_down_blocks_0_proj_in``
+    against ``unet.down_blocks.0.proj_in``): the same module, named as another tool flattens it."""
+    ta, tb = path_tokens(a), path_tokens(b)
+    if min(len(ta), len(tb)) < 2:
+        return False
+    short, long = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
+    return long[len(long) - len(short) :] == short
