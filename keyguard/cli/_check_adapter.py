@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from keyguard.report._render import render_many
     from keyguard.sources import read_keys
 
+    if args.check_values:  # once, before any adapter is read, rather than once per adapter
+        from keyguard.sources._torch import require
+
+        require("to read tensor values (--check-values)", "torch")
     base = read_keys(args.base, **source_kwargs(args))
     if base.format == "peft-adapter":
         raise SourceError(args.base, "base-is-adapter", "is a PEFT adapter; --base must be the model it was trained on")
@@ -91,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"keyguard: error: {message}", file=sys.stderr)
     checks = checked_kinds(check_values=args.check_values, xlora=args.xlora)
     if reports or args.format == "junit":
-        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on)
+        options = {}
+        if args.format == "table":
+            from keyguard.cli._screen import screen
+
+            out = screen(args)
+            options = {"width": out.width, "color": out.color}
+        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on, **options)
         print(text.rstrip("\n"))
     if args.junit_xml:
         from keyguard._atomic import atomic_write_text

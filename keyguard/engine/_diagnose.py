@@ -9,13 +9,15 @@ unexpected, with known-harmless cases explained.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from keyguard.engine._alignment_stage import _AlignmentStage
 from keyguard.engine._findings import _Findings
 from keyguard.engine._fused import _Fusions
 from keyguard.engine._rounds import _Rounds
 from keyguard.engine._state import MAX_ROUNDS
 from keyguard.report._model import Report
+from keyguard.sources._keyset import KeySet
 from keyguard.sources._resolve import Source, read_keys
 
 
@@ -26,6 +28,7 @@ def diagnose(
     ignore: Iterable[str] = (),
     container: str | None = None,
     architecture: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> Report:
     """Compare the keys a checkpoint holds with the keys a model expects, and explain every difference.
 
@@ -36,21 +39,43 @@ def diagnose(
         ignore: regular expressions; keys matching any of them (on either side) are left out and counted.
         container: for pickle checkpoints holding several state dicts, the one to read.
         architecture: for ``config.json`` folders, the model class to build.
+        hints: the user's choices where keyguard finds several candidates: checkpoint key -> expected key. A hint
+            decides for the whole group of numbered keys the checkpoint key belongs to (``layers.0.attn.wq`` for
+            every layer), is checked against shapes like any other correspondence, and is recorded in the plan as
+            the user's choice.
 
     Returns:
         A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
     """
     ck = read_keys(checkpoint, container=container)
     ex = read_keys(expected, architecture=architecture)
-    return _Engine(ck, ex, [re.compile(p) for p in ignore]).run()
+    return diagnose_keys(ck, ex, ignore=ignore, hints=hints)
 
 
-class _Engine(_Rounds, _Fusions, _Findings):
+def diagnose_keys(
+    checkpoint: KeySet,
+    expected: KeySet,
+    *,
+    ignore: Iterable[str] = (),
+    hints: Mapping[str, str] | None = None,
+    align: bool = True,
+) -> Report:
+    """``diagnose`` on key sets already read. ``align=False`` leaves out template alignment (whole modules matched
+    by shape): the adapter checks use it, where both sides come from one architecture and only naming rules
+    (prefixes, segments, adapter names) can be at fault."""
+    engine = _Engine(checkpoint, expected, [re.compile(p) for p in ignore], dict(hints or {}))
+    engine.aligning = align
+    return engine.run()
+
+
+class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
     # ------------------------------------------------------------------------------------------------ driver
     def run(self) -> Report:
         for _ in range(MAX_ROUNDS):
             if not self.cur or not self.open_e or not self._round():
                 break
+        if self.aligning:
+            self._align()
         self._finalize()
         self._fused_split()
         shape_bad = self._pair_findings()

@@ -7,11 +7,12 @@ import operator
 import re
 from collections import Counter
 from itertools import compress
-from typing import Any
+from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
-from keyguard._patterns import template
+from keyguard._patterns import HOLE, template
 from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._groups import leaf_class
 from keyguard.engine._state import (
     _DTYPE_OF,
     _EMBEDDING,
@@ -39,6 +40,9 @@ from keyguard.report import _kinds as kinds
 from keyguard.report._build import EXAMPLES
 from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
 from keyguard.sources._keyset import TensorInfo
+
+#: Ambiguous keys whose candidates the report lists in full (machines read them: ``ctx.candidates``).
+MAX_CANDIDATES_SHOWN: Final = 2000
 
 
 class _Findings(EngineState):
@@ -72,6 +76,8 @@ class _Findings(EngineState):
         for index, acc in enumerate(self.accepted):
             rule = acc.candidate.rule
             signature: object = ("rename", rule.old, rule.new, acc.applicability) if isinstance(rule, Rename) else index
+            if acc.settled:
+                signature = ("aligned", acc.kind, acc.applicability)
             merged.setdefault(signature, []).append(index)
         steps_shown: set[int] = set()
         for indices in merged.values():
@@ -93,7 +99,11 @@ class _Findings(EngineState):
                 steps_shown.update(steps)
                 rules = [r for i in [*steps, *indices] for r in self.accepted[i].rules]
                 self.findings.append(
-                    self._rule_finding(self.accepted[indices[0]], keys, sum(casts[i] for i in indices), rules)
+                    self._aligned_finding(
+                        [self.accepted[i] for i in indices], keys, sum(casts[i] for i in indices), rules
+                    )
+                    if self.accepted[indices[0]].settled
+                    else self._rule_finding(self.accepted[indices[0]], keys, sum(casts[i] for i in indices), rules)
                 )
         if shape_bad:
             self.findings.append(self._shape_finding(shape_bad))
@@ -148,7 +158,7 @@ class _Findings(EngineState):
             kind = kinds.EXTRA_PREFIX
         elif isinstance(rule, AddPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "missing_prefix"):
             prefix = rule.prefix if isinstance(rule, AddPrefix) else rule.new[: len(rule.new) - len(rule.old)]
-            origin = knowledge.prefix_origin(prefix)
+            origin = knowledge.missing_prefix_origin(prefix)
             ctx.update(prefix=prefix, origin=origin)
             message = (
                 f"{len(keys):,} checkpoint key(s) lack the prefix '{prefix}' the model expects"
@@ -197,6 +207,50 @@ class _Findings(EngineState):
             ctx=ctx,
         )
 
+    def _aligned_finding(self, group: list[_Accepted], keys: list[str], casts: int, rules: list[Rule]) -> Finding:
+        """One finding for the modules template alignment matched at one applicability: what changed in each, in
+        how many keys, and the evidence that decided."""
+        first = group[0]
+        kind = kinds.RENUMBERED if first.kind == "renumbered" else kinds.RESTRUCTURED
+        wanted = set(keys)
+        changes: list[dict[str, Any]] = []
+        by_change: dict[tuple[str, str], dict[str, Any]] = {}
+        for acc in group:
+            count = sum(1 for k in acc.pairs if k in wanted)
+            if not count:
+                continue
+            old, new = acc.change or ("?", "?")
+            entry = by_change.get((old, new))
+            if entry is None:
+                entry = {"old": old, "new": new, "keys": 0, "evidence": []}
+                by_change[old, new] = entry
+                changes.append(entry)
+            entry["keys"] += count
+            for evidence in acc.evidence:
+                if evidence not in entry["evidence"]:
+                    entry["evidence"].append(evidence)
+        shown = "; ".join(f"`{c['old']}` became `{c['new']}` ({c['keys']:,} keys)" for c in changes[:4])
+        if len(changes) > 4:
+            shown += f"; and {len(changes) - 4} more"
+        what = "renumbered" if kind is kinds.RENUMBERED else "named differently in several places"
+        message = f"{len(keys):,} checkpoint key(s) in {len(changes):,} module(s) are {what}: {shown}"
+        if casts:
+            message += f"; {casts:,} differ in dtype and are cast on load"
+        notes = [acc.note for acc in group if acc.note]
+        fix = Fix(applicability=first.applicability, rules=rules, note=notes[0] if notes else None)
+        ctx: dict[str, Any] = {"count": len(keys), "changes": changes}
+        if casts:
+            ctx["dtype_casts"] = casts
+        return self._finding(
+            kind,
+            message,
+            keys,
+            [self.resolved[k] for k in keys],
+            examples=[Example(checkpoint=k, expected=self.resolved[k]) for k in keys[:EXAMPLES]],
+            fix=fix,
+            ctx=ctx,
+        )
+
     def _shape_finding(self, bad: dict[str, str]) -> Finding:
         reasons: Counter[str] = Counter()
         examples: list[Example] = []
@@ -223,7 +277,13 @@ class _Findings(EngineState):
             list(bad.values()),
             examples=examples,
             hint="build the model with the checkpoint's sizes (e.g. resize_token_embeddings, num_labels), or leave"
-            " these keys out with --ignore",
+            " these keys out with --ignore"
+            + (
+                "; to train a new head of another size, transformers' from_pretrained(...,"
+                " ignore_mismatched_sizes=True) starts it from its initialisation"
+                if any(r.startswith("number of labels") for r in reasons)
+                else ""
+            ),
             ctx={"count": len(bad), "reasons": dict(reasons)},
         )
 
@@ -368,36 +428,78 @@ class _Findings(EngineState):
         )
 
     def _closest(self, keys: list[str], pool: list[str]) -> str | None:
+        """A hint only where the evidence allows one: same shape, same leaf, same count of indices, and a name
+        clearly closer than any other such key. Better no hint than a wrong one."""
         if not pool or not keys:
             return None
-        pool_sample = pool[:2000]
         hints = []
         for key in keys[:3]:
-            match = difflib.get_close_matches(key, pool_sample, n=1, cutoff=0.6)
-            if match:
-                hints.append(f"{key} ~ {match[0]}")
+            info = self._info_of(key)
+            if info is None or info.shape is None:
+                continue
+            holes, leaf = _hole_count(key), leaf_class(key)
+            fitting = [
+                other
+                for other in pool[:20_000]
+                if (o := self._info_of(other)) is not None
+                and o.shape == info.shape
+                and _hole_count(other) == holes
+                and leaf_class(other) == leaf
+                and _alike(key, other)
+            ]
+            scored = sorted(
+                ((difflib.SequenceMatcher(None, key, other).ratio(), other) for other in fitting), reverse=True
+            )
+            if scored and scored[0][0] >= 0.6 and (len(scored) == 1 or scored[0][0] - scored[1][0] >= 0.1):
+                hints.append(f"{key} ~ {scored[0][1]}")
         return "closest candidates: " + "; ".join(hints) if hints else None
+
+    def _info_of(self, name: str) -> TensorInfo | None:
+        """What is known of a key by its current name: an expected key, or an open checkpoint key."""
+        if name in self.E:
+            return self.E[name]
+        original = self.by_cur.get(name)
+        return self.C[original] if original is not None else None
 
     def _ambiguity_findings(self) -> None:
         for amb in self.ambiguities:
             keys = list(amb.keys)
             targets = list(dict.fromkeys(t for ts in amb.keys.values() for t in ts))
+            single = all(len(ts) == 1 for ts in amb.keys.values())
+            if single:
+                message = f"{len(keys):,} checkpoint key(s) have one candidate each that nothing confirms ({amb.why})"
+            else:
+                message = f"{len(keys):,} checkpoint key(s) could map to several expected keys ({amb.why})"
+            fix = (
+                Fix(
+                    applicability=Applicability.display_only,
+                    rules=[_display_only(r) for r in amb.rules],
+                    note="never applied: write the mapping you mean in a plan (--plan)",
+                )
+                if amb.rules
+                else None
+            )
+            if amb.contested:
+                message = (
+                    f"{len(keys):,} key(s) match as they stand, or belong elsewhere by the rule that explains their"
+                    f" neighbours ({amb.why}); both readings are shown"
+                )
             self.findings.append(
                 self._finding(
-                    kinds.AMBIGUOUS,
-                    f"{len(keys):,} checkpoint key(s) could map to several expected keys ({amb.why})",
+                    kinds.CONTESTED_MATCH if amb.contested else kinds.AMBIGUOUS,
+                    message,
                     keys,
                     targets,
                     examples=[
                         Example(checkpoint=k, expected=" | ".join(amb.keys[k]), detail="candidates")
                         for k in keys[:EXAMPLES]
                     ],
-                    fix=Fix(
-                        applicability=Applicability.display_only,
-                        rules=[_display_only(r) for r in amb.rules],
-                        note="never applied: write the mapping you mean in a plan (--plan)",
-                    ),
-                    ctx={"count": len(keys), "candidates": dict(list(amb.keys.items())[:20])},
+                    fix=fix,
+                    hint=None
+                    if amb.rules
+                    else "choose with --hint CHECKPOINT_KEY=EXPECTED_KEY (one key decides its whole numbered group),"
+                    " or write the mapping you mean in a plan (--plan)",
+                    ctx={"count": len(keys), "candidates": dict(list(amb.keys.items())[:MAX_CANDIDATES_SHOWN])},
                 )
             )
 
@@ -423,7 +525,7 @@ class _Findings(EngineState):
         missing = sum(f.count for f in self.findings if f.kind == "missing")
         unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
         shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))
-        ambiguous = sum(f.count for f in self.findings if f.kind == "ambiguous")
+        ambiguous = sum(f.count for f in self.findings if f.kind in ("ambiguous", "contested_match"))
         summary = Summary.of(
             expected=len(self.E),
             checkpoint=len(self.C),
@@ -461,6 +563,24 @@ class _Findings(EngineState):
             examples=[],
             ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
         )
+
+
+def _hole_count(key: str) -> int:
+    return template(key)[0].count(HOLE)
+
+
+def _alike(a: str, b: str) -> bool:
+    """True when the parts where ``a`` and ``b`` differ look alike (``layer.0.attn`` / ``layers.0.attention``), so
+    a shared frame (``base_model.model.`` ... ``.lora_A.weight``) alone never pairs two unrelated modules."""
+    shorter = min(len(a), len(b))
+    head = 0
+    while head < shorter and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    left, right = a[head : len(a) - tail], b[head : len(b) - tail]
+    return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
 
 
 def _ignore_hint(keys: list[str]) -> str:

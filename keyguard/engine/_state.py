@@ -63,6 +63,9 @@ class _Accepted:
     note: str | None = None
     touched: list[str] = field(default_factory=list)  # original keys this rule renamed
     helped: int = 0  # keys that reached an expected key through this rule (alone or with later ones)
+    settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
+    evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
+    change: tuple[str, str] | None = None  # (old, new) as people read it, for aligned modules
 
 
 @dataclass
@@ -70,13 +73,22 @@ class _Ambiguity:
     keys: dict[str, list[str]]  # original checkpoint key -> candidate expected keys
     rules: list[Rule]
     why: str
+    contested: bool = False  # an exact match among the readings (KG405)
 
 
 class EngineState:
     """Keys of both sides, and what the stages have established so far."""
 
-    def __init__(self, ck: KeySet, ex: KeySet, ignore: Sequence[re.Pattern[str]]) -> None:
+    def __init__(
+        self,
+        ck: KeySet,
+        ex: KeySet,
+        ignore: Sequence[re.Pattern[str]],
+        hints: dict[str, str] | None = None,
+    ) -> None:
         self.ck_set, self.ex_set = ck, ex
+        self.hints: dict[str, str] = dict(hints or {})
+        self.aligning = True  # run template alignment on what the rule rounds leave open
 
         def kept(keys: KeySet) -> dict[str, TensorInfo]:
             if not ignore:
@@ -103,6 +115,7 @@ class EngineState:
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
+        self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []

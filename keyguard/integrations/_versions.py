@@ -34,6 +34,8 @@ VERIFIED_PEFT: Final = "0.21.2"
 """The PEFT release the test suite runs against (``constraints.txt``); ``make compat`` covers the others."""
 _OLDEST: Final = (0, 15)
 _NEWEST: Final = (0, 21)
+PEFT_REQUIREMENT: Final = f"peft{SUPPORTED_PEFT}"
+"""The requirement the ``hf`` extra declares for PEFT (``pyproject.toml``; a test keeps the two equal)."""
 # final releases only, optionally with a post-release or local suffix; no dev, alpha, beta or rc
 _RELEASE: Final = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\.post\d+)?(?:\+[0-9A-Za-z.]+)?")
 
