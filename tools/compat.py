@@ -1,7 +1,7 @@
 """``make compat``: prove the supported PEFT range. For each PEFT release below, a throwaway virtualenv gets torch
 (the pinned CPU build, first), that PEFT with a transformers of its time, and this checkout of keyguard; then the
-integration tests run there. Prints a Markdown table and, with ``--write``, puts it in
-docs/guides/peft-versions.md between its markers.
+integration tests run there, on the committed code (``git archive HEAD``, so edits in progress do not leak in).
+Prints a Markdown table and, with ``--write``, puts it in docs/guides/peft-versions.md between its markers.
 
     python tools/compat.py                 # every pair
     python tools/compat.py 0.15.2 0.21.2   # the named PEFT releases only
@@ -39,7 +39,7 @@ _SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|error|errors|xfailed|xpasse
 _BEGIN, _END = "<!-- compat-table -->", "<!-- /compat-table -->"
 
 
-def run(peft: str, transformers: str, root: Path) -> dict[str, str]:
+def run(peft: str, transformers: str, root: Path, source: Path) -> dict[str, str]:
     venv = root / f"peft-{peft}"
     python = venv / "bin" / "python"
     start = time.perf_counter()
@@ -56,19 +56,18 @@ def run(peft: str, transformers: str, root: Path) -> dict[str, str]:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip(TORCH)
         pip(f"peft=={peft}", f"transformers=={transformers}", *TOOLS)
-        pip("--no-deps", "-e", str(REPO))
-        pip("safetensors>=0.4", "pydantic>=2.5,<3", "tabulate>=0.9")
+        pip("-e", str(source))  # keyguard's own requirements only: no extras
     except subprocess.CalledProcessError as exc:
         return {"peft": peft, "transformers": transformers, "result": "install failed", "detail": exc.stderr[-300:]}
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(REPO / "tests"),
+        "PYTHONPATH": str(source / "tests"),
     }
     done = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS],
-        cwd=REPO,
+        cwd=source,
         env=env,
         capture_output=True,
         text=True,
@@ -106,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown PEFT release {', '.join(unknown)}; choose from {', '.join(PAIRS)}")
     root = REPO / ".compat" if args.keep else Path(tempfile.mkdtemp(prefix="keyguard-compat-"))
     root.mkdir(exist_ok=True)
+    source = root / "keyguard-src"
+    shutil.rmtree(source, ignore_errors=True)
+    source.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
     rows = []
     try:
         for peft in args.versions or list(PAIRS):
-            row = run(peft, PAIRS[peft], root)
+            row = run(peft, PAIRS[peft], root, source)
             rows.append(row)
             print(f"peft {peft} + transformers {row['transformers']}: {row['result']} ({row['detail']})", flush=True)
             if row.get("log"):
