@@ -1,5 +1,6 @@
 """Fix plans: rules with applicability levels, applied in memory or written out."""
 
+from keyguard._exceptions import WriteError
 from keyguard.fixes._load import load_state_dict, load_tensors
 from keyguard.fixes._plan import PLAN_FORMAT, Plan
 from keyguard.fixes._rules import (
@@ -16,7 +17,7 @@ from keyguard.fixes._rules import (
     StripPrefix,
     Transpose,
 )
-from keyguard.fixes._writer import WriteError, WriteResult, write_fixed
+from keyguard.fixes._writer import WriteResult, write_fixed
 
 __all__ = [
     "PLAN_FORMAT",
