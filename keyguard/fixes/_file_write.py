@@ -21,6 +21,7 @@ from keyguard.fixes._progress import Progress
 from keyguard.fixes._tensor_data import write_item
 from keyguard.fixes._write_verify import verify_written
 from keyguard.sources._keyset import KeySet
+from keyguard.sources._readfile import open_regular
 
 METADATA_KEY = "keyguard.fix"
 
@@ -126,7 +127,7 @@ def file_spans(keys: KeySet) -> dict[str | None, FileSpan]:
 def _check_sources(sources: Mapping[str, FileSpan]) -> None:
     """Refuse to go on when a source file's size or header length is not what was read (it changed meanwhile)."""
     for path, span in sources.items():
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a source swapped for a FIFO since it was read would hang a plain open
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
         data_start = 8 + int.from_bytes(head, "little") if len(head) == 8 else -1

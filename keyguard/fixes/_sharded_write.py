@@ -96,10 +96,11 @@ def _shard_metadata(path: str) -> dict[str, str]:
 
 def _index_metadata(path: str) -> dict[str, Any]:
     """The source index's ``metadata`` as it is (values are not all strings: ``total_size`` is a number)."""
+    from keyguard.sources._jsonfile import load_json_object
+
     try:
-        with open(path, "rb") as f:
-            meta = json.load(f).get("metadata")
-    except (OSError, ValueError, AttributeError):
+        meta = load_json_object(path).get("metadata")  # bounded, regular files only
+    except SourceError:
         return {}
     return dict(meta) if isinstance(meta, dict) else {}
 

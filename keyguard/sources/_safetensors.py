@@ -27,6 +27,7 @@ from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
 from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError
 from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._readfile import open_regular
 
 #: The safetensors library refuses headers above this size; so does keyguard.
 MAX_HEADER_SIZE: Final = 100_000_000
@@ -84,7 +85,7 @@ def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
     if "\x00" in path:
         raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # regular files only: a FIFO or a device never ends
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
