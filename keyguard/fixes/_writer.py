@@ -23,7 +23,7 @@ from keyguard.fixes._output_plan import Change, item_nbytes, plan_output
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._progress import Progress
 from keyguard.fixes._sharded_write import write_sharded
-from keyguard.fixes._tensor_data import TORCH_CACHE
+from keyguard.fixes._tensor_data import TensorSource, scratch_folder
 from keyguard.sources._keyset import KeySet
 
 
@@ -65,12 +65,14 @@ def write_fixed(
     out = os.fspath(output)
     items, changes = plan_output(keys, plan, drop=drop)
     bar = Progress(sum(item_nbytes(i) for i in items), enabled=progress)
+    # a pickle's tensors are loaded from a private copy, one file at a time, and not kept after the write
+    tensors = TensorSource(keys, scratch_folder(out), {s for i in items for s in i.sources})
     try:
         with Stream() as stream:
             if keys.format == "safetensors-sharded":
-                written, files = write_sharded(keys, items, changes, out, bar, stream)
+                written, files = write_sharded(keys, items, changes, out, bar, stream, tensors)
             else:
-                written = write_file(keys, items, changes, out, bar, stream=stream)
+                written = write_file(keys, items, changes, out, bar, stream=stream, tensors=tensors)
                 files = [out]
     except WriteError:
         raise
@@ -78,5 +80,5 @@ def write_fixed(
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     finally:
         bar.close()
-        TORCH_CACHE.clear()  # a pickle's tensors are not kept (nor reused, should the file change) after the write
+        tensors.close()
     return WriteResult(out, changes, written, files)

@@ -25,7 +25,7 @@ from typing import Final
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
-from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError
+from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError, lone_surrogate
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._readfile import open_regular
 
@@ -167,6 +167,8 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
             return None
         if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
             return None
+        if lone_surrogate(text[:pos], raw_meta) is not None:
+            return None  # the json path refuses it
         metadata = raw_meta
         if text[pos : pos + 1] == "}":
             return (metadata, {}, base) if pos + 1 == len(text) else None
@@ -254,6 +256,9 @@ def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
         ) from None
     except (ValueError, RecursionError) as exc:
         raise HeaderError(path, "header-not-json", f"header is not valid JSON ({exc})") from None
+    bad = lone_surrogate(text, obj)  # the safetensors library refuses these; keyguard could not print them
+    if bad is not None:
+        raise HeaderError(path, "lone-surrogate", f"header holds {bad!r}, with an unpaired UTF-16 surrogate escape")
     if not isinstance(obj, dict):
         raise HeaderError(path, "header-not-object", "header is not a JSON object")
     metadata = obj.pop("__metadata__", None)
