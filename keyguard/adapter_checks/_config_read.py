@@ -21,7 +21,7 @@ from keyguard.report._model import Finding
 from keyguard.sources._adapter import ADAPTER_CONFIG, AdapterConfig
 from keyguard.sources._jsonfile import load_json_object
 
-_BROKEN_FILE: Final = frozenset({"not-json", "not-utf8", "duplicate-key", "not-an-object"})
+_BROKEN_FILE: Final = frozenset({"not-json", "not-utf8", "lone-surrogate", "duplicate-key", "not-an-object"})
 EVERYTHING: Final = "*"
 
 

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     # a file name that is not UTF-8 (or any other lone surrogate) is printed escaped rather than failing the print
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return _run(argv)
     except KeyboardInterrupt:  # at any moment: while the parser is built, the arguments parsed, or a command runs

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Applicability(str, enum.Enum):
@@ -136,6 +136,14 @@ class Rename(_Rule):
         except re.error as exc:
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _valid_replacement(self) -> Rename:
+        try:  # a group the pattern does not have (``\\2`` with one group) is refused here, not while renaming
+            _renamer(self.pattern, self.replacement)
+        except re.error as exc:
+            raise ValueError(f"replacement {self.replacement!r} does not fit pattern {self.pattern!r}: {exc}") from None
+        return self
 
     def rename(self, key: str) -> str | None:
         return _renamer(self.pattern, self.replacement)(key)
