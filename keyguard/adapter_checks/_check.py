@@ -41,7 +41,7 @@ from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
-from keyguard.sources._adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from keyguard.sources._adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_weights
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import Source, read_keys
 
@@ -108,12 +108,7 @@ def adapter_folder(path: str | os.PathLike[str]) -> str:
 
 
 def _read_weights(folder: str) -> KeySet:
-    found = [name for name in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(folder, name))]
-    if not found:
-        raise SourceError(
-            folder, "missing-adapter-weights", f"has {ADAPTER_CONFIG} but neither {' nor '.join(ADAPTER_WEIGHTS)}"
-        )
-    path = os.path.join(folder, found[0])
+    path = adapter_weights(folder)  # the rule shards follow: symlinks stay in the adapter's own tree
     if path.endswith(".safetensors"):
         from keyguard.sources._safetensors import read_safetensors
 
@@ -122,7 +117,7 @@ def _read_weights(folder: str) -> KeySet:
         from keyguard.sources._pickle import read_pickle
 
         keys = read_pickle(path)
-    return keys.evolve(format="peft-adapter", location=folder, files=(found[0],))
+    return keys.evolve(format="peft-adapter", location=folder, files=(os.path.basename(path),))
 
 
 def _wrapper_copy(key: str) -> str | None:

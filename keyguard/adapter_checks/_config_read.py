@@ -53,7 +53,7 @@ def read_config(folder: str) -> ConfigRead:
         SourceError: the file is absent or unreadable (the folder is not an adapter).
     """
     path = os.path.join(folder, ADAPTER_CONFIG)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # anything else that is there is read, and refused, by the JSON reader
         if not os.path.isdir(folder):
             raise SourceError(folder, "not-found", "no such adapter folder")
         raise SourceError(folder, "not-an-adapter", f"has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
