@@ -189,3 +189,36 @@ def test_ctrl_c_at_any_moment_is_one_line_and_130(
         monkeypatch.setattr("keyguard.sources.read_keys", interrupt)
     result = cli("inspect", good)
     assert (result.code, result.err) == (130, "keyguard: interrupted\n")
+
+
+def test_a_plan_rename_that_backtracks_forever_is_refused(cli: Cli, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ckpt.safetensors"
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.zeros(2)}, str(checkpoint))
+    plan = tmp_path / "plan.json"
+    rule = {"op": "rename", "pattern": "(.*)*X", "replacement": "y"}
+    plan.write_text(json.dumps({"format": "keyguard.plan/v1", "rules": [rule]}))
+    out = tmp_path / "out.safetensors"
+    result = cli("fix", checkpoint, "-e", checkpoint, "--plan", plan, "--unsafe-fixes", "-o", out)
+    one_line_error(result, "the rename pattern '(.*)*X' did not finish matching 1 keys within")
+    assert not out.exists()
+
+
+def test_a_plan_rename_that_backtracks_forever_is_refused_off_the_main_thread() -> None:
+    import threading
+
+    from keyguard import Plan, PlanError
+    from keyguard.fixes import Rename
+
+    plan = Plan(rules=[Rename(pattern="(.*)*X", replacement="y")])
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            plan.mapping(["model.layers.0.self_attn.q_proj.weight"])
+        except PlanError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and len(outcome) == 1 and "did not finish matching" in str(outcome[0])
