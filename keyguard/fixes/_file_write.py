@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from keyguard._atomic import atomic_output
 from keyguard._exceptions import PlanError, SourceError, WriteError
+from keyguard._progress import Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
 from keyguard.fixes._block_copy import Stream, copy_data_section
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
-from keyguard.fixes._progress import Progress
 from keyguard.fixes._tensor_data import TensorSource, write_item
 from keyguard.fixes._write_verify import verify_written
 from keyguard.sources._keyset import KeySet
@@ -70,7 +70,9 @@ def write_file(
     # a new output gets the permissions of the file it is made from (a 0600 checkpoint stays private)
     like = source_path(keys, sorted(used, key=str)[0]) if used else keys.location
     try:
-        with atomic_output(out, verify=lambda path: verify_written(path, rows, checks, meta, stream), like=like) as f:
+        with atomic_output(
+            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar), like=like
+        ) as f:
             _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
