@@ -34,6 +34,7 @@ from keyguard.engine._groups import (
     signature_index,
     split_leaf,
     split_positions,
+    structural_splits,
     transposed,
 )
 from keyguard.engine._names import path_similarity, segment_similarity
@@ -45,6 +46,7 @@ MAX_COMPONENT: Final = 24  # groups per side in one tie weighed by names; larger
 STRONG_NAME: Final = 1.0  # the module's own name agrees (equal up to spelling, or a published equivalent)
 WEAK_NAME: Final = 0.25  # the module's own name shares a token: enough to offer a candidate, not to choose one
 MARGIN: Final = 0.25  # how much better the chosen candidate must be than the next
+PLACEMENT: Final = 0.75  # weight of agreeing (or not) with where decided sibling modules put the parent
 
 
 @dataclass(frozen=True)
@@ -127,14 +129,23 @@ class _Aligner:
         hints: dict[str, str],
     ) -> None:
         left_alone = {digit_template(key)[0] for key in contested}
-        self.c_groups = [g for g in build_groups("checkpoint", checkpoint) if g.template not in left_alone]
-        self.e_groups = [g for g in build_groups("expected", expected) if g.template not in left_alone]
+        self.c_groups = structural_splits(
+            [g for g in build_groups("checkpoint", checkpoint) if g.template not in left_alone]
+        )
+        self.e_groups = structural_splits(
+            [g for g in build_groups("expected", expected) if g.template not in left_alone]
+        )
         self.anchored: set[str] = set()
         for key in anchored:
             self.anchored.update(ancestors(key))
         self.order_known = order_known
         self.hints = hints
         self.hint_reduced: set[Group] = set()
+        # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
+        # parent -> model parent; None where matches disagree
+        self.module_map: dict[str, str | None] = {}
+        self.module_image: dict[str, str | None] = {}
+        self.parent_map: dict[str, str | None] = {}
         self.pending: list[tuple[list[tuple[Group, list[Group]]], str, list[Evidence]]] = []
         self.result = Alignment()
 
@@ -201,14 +212,40 @@ class _Aligner:
     def _decide(
         self, pool_c: list[Group], pool_e: list[Group], edges: dict[Group, list[Group]]
     ) -> tuple[set[Group], set[Group]]:
-        """Settle each connected component of the candidate graph: forced, chosen by names, or tied."""
-        reverse: dict[Group, list[Group]] = {}
-        for c, es in edges.items():
-            for e in es:
-                reverse.setdefault(e, []).append(c)
+        """Settle the candidate graph: pairs forced by the shapes first, then pairs forced once every module's
+        leaves must go to one module (weight and bias together), repeated while that forces more; the ties left
+        are weighed by names."""
         used_c: set[Group] = set()
         used_e: set[Group] = set()
-        seen: set[Group] = set()
+        while True:
+            edges, narrowed = self._constrain(edges, used_c, used_e)
+            reverse = _reverse(edges)
+            forced = False
+            seen: set[Group] = set()
+            for start in pool_c:
+                if start not in edges or start in seen:
+                    continue
+                comp_c, comp_e = self._component(start, edges, reverse)
+                seen.update(comp_c)
+                if len(comp_c) != 1 or len(comp_e) != 1:
+                    continue
+                c, e = comp_c[0], comp_e[0]
+                if self._hinted(c):
+                    evidence = [Evidence("hint", "chosen by --hint")]
+                elif c in self.hint_reduced:
+                    evidence = [Evidence("hint", "the only candidate left once the hinted keys are taken")]
+                elif c in narrowed:
+                    evidence = [Evidence("module", "the only candidate in the module its other leaves went to")]
+                else:
+                    evidence = [Evidence("shape_unique", "the only group of its shapes on both sides")]
+                self._record(Match(c, e, Applicability.safe, evidence, forced=True))
+                used_c.add(c)
+                used_e.add(e)
+                forced = True
+            if not forced:
+                break
+        reverse = _reverse(edges)
+        seen = set()
         for start in pool_c:
             if start not in edges or start in seen:
                 continue
@@ -216,17 +253,49 @@ class _Aligner:
             seen.update(comp_c)
             used_c.update(comp_c)
             used_e.update(comp_e)
-            if len(comp_c) == 1 and len(comp_e) == 1:
-                c, e = comp_c[0], comp_e[0]
-                evidence = [Evidence("shape_unique", "the only group of its shapes on both sides")]
-                if self._hinted(c):
-                    evidence = [Evidence("hint", "chosen by --hint")]
-                elif c in self.hint_reduced:
-                    evidence = [Evidence("hint", "the only candidate left once the hinted keys are taken")]
-                self.result.matches.append(Match(c, e, Applicability.safe, evidence, forced=True))
-                continue
             self._weigh(comp_c, comp_e, edges)
         return used_c, used_e
+
+    def _record(self, match: Match) -> None:
+        """Keep a match, and what it says of its modules and their parents for the pairs still open."""
+        self.result.matches.append(match)
+        for cm, em in match.pairs:
+            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            _learn(self.module_map, c_module, e_module)
+            _learn(self.module_image, e_module, c_module)
+            c_up, e_up = _parents(cm.name), _parents(em.name)
+            if c_up and e_up:
+                _learn(self.parent_map, c_up[0], e_up[0])
+
+    def _constrain(
+        self, edges: dict[Group, list[Group]], used_c: set[Group], used_e: set[Group]
+    ) -> tuple[dict[Group, list[Group]], set[Group]]:
+        """Drop taken groups, and candidates that would split a module: a module whose leaves already went to one
+        module sends the rest there, and no other module goes there."""
+        out: dict[Group, list[Group]] = {}
+        narrowed: set[Group] = set()
+        for c, es in edges.items():
+            if c in used_c:
+                continue
+            kept = [e for e in es if e not in used_e and self._module_fits(c, e)]
+            if len(kept) < len([e for e in es if e not in used_e]):
+                narrowed.add(c)
+            if kept:
+                out[c] = kept
+        return out, narrowed
+
+    def _module_fits(self, c: Group, e: Group) -> bool:
+        if not self.module_map:
+            return True
+        for cm, em in zip(c.members, e.members):
+            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            image = self.module_map.get(c_module, "")
+            if image and image != e_module:
+                return False
+            source = self.module_image.get(e_module, "")
+            if source and source != c_module:
+                return False
+        return True
 
     def _hinted(self, group: Group) -> bool:
         return bool(self.hints) and any(m.key in self.hints or m.name in self.hints for m in group.members)
@@ -263,7 +332,7 @@ class _Aligner:
         if len(comp_c) <= MAX_COMPONENT and len(comp_e) <= MAX_COMPONENT:
             for c in comp_c:
                 for e in edges[c]:
-                    scores[c, e] = path_similarity(c.path, e.path)
+                    scores[c, e] = path_similarity(c.path, e.path) + self._placement(c, e)
         decided = True
         while decided and scores:
             decided = False
@@ -281,12 +350,28 @@ class _Aligner:
                 evidence = [Evidence("names", f"{'.'.join(c.path) or c.template} ~ {'.'.join(target.path)}")]
                 if len(open_c) > 1 or len(options) > 1:
                     evidence.append(Evidence("tie", f"{len(options)} groups of equal shapes were candidates"))
-                self.result.matches.append(Match(c, target, Applicability.unsafe, evidence))
+                if self._placement(c, target) > 0:
+                    evidence.append(Evidence("siblings", "its sibling modules went to the same parent"))
+                self._record(Match(c, target, Applicability.unsafe, evidence))
                 open_c.remove(c)
                 open_e.remove(target)
                 decided = True
         if open_c:
             self._tie(open_c, open_e, edges, scores, "several groups of equal shapes fit and the names do not decide")
+
+    def _placement(self, c: Group, e: Group) -> float:
+        """Where decided siblings put this module's parent: agreeing with every pair counts for the candidate,
+        contradicting one counts against it (a parent whose children went to several places says nothing)."""
+        agree = False
+        for cm, em in zip(c.members, e.members):
+            c_up, e_up = _parents(cm.name), _parents(em.name)
+            image = self.parent_map.get(c_up[0]) if c_up else None
+            if image is None:
+                continue
+            if not e_up or image != e_up[0]:
+                return -PLACEMENT
+            agree = True
+        return PLACEMENT if agree else 0.0
 
     def _order_agrees(self, c: Group, e: Group, comp_c: list[Group], comp_e: list[Group]) -> bool:
         """Where both sources keep registration order, a choice may not contradict it: the chosen group must sit
@@ -439,6 +524,21 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
     if not c.path or not e.path:
         return False
     return segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME
+
+
+def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
+    if key not in mapping:
+        mapping[key] = value
+    elif mapping[key] != value:
+        mapping[key] = None
+
+
+def _reverse(edges: dict[Group, list[Group]]) -> dict[Group, list[Group]]:
+    reverse: dict[Group, list[Group]] = {}
+    for c, es in edges.items():
+        for e in es:
+            reverse.setdefault(e, []).append(c)
+    return reverse
 
 
 def _first(item: tuple[float, Group]) -> float:

@@ -479,9 +479,14 @@ class _Findings(EngineState):
                 if amb.rules
                 else None
             )
+            if amb.contested:
+                message = (
+                    f"{len(keys):,} key(s) match as they stand, or belong elsewhere by the rule that explains their"
+                    f" neighbours ({amb.why}); both readings are shown"
+                )
             self.findings.append(
                 self._finding(
-                    kinds.AMBIGUOUS,
+                    kinds.CONTESTED_MATCH if amb.contested else kinds.AMBIGUOUS,
                     message,
                     keys,
                     targets,
@@ -520,7 +525,7 @@ class _Findings(EngineState):
         missing = sum(f.count for f in self.findings if f.kind == "missing")
         unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
         shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))
-        ambiguous = sum(f.count for f in self.findings if f.kind == "ambiguous")
+        ambiguous = sum(f.count for f in self.findings if f.kind in ("ambiguous", "contested_match"))
         summary = Summary.of(
             expected=len(self.E),
             checkpoint=len(self.C),

@@ -264,3 +264,78 @@ def signature_index(groups: Sequence[Group]) -> dict[tuple[object, ...], list[Gr
     for group in groups:
         index.setdefault(group.signature, []).append(group)
     return index
+
+
+def structural_splits(groups: list[Group]) -> list[Group]:
+    """Split groups at index positions where the blocks differ in kind.
+
+    A position counts blocks when every value there holds the same kinds of tensors in the same places
+    (``layers.{N}``). Where values differ (``in_layers.0`` is a norm and ``in_layers.2`` a convolution; the first
+    ``downsample_layers`` entry is a stem laid out conv-then-norm, the others norm-then-conv), the values are
+    partitioned by kind and every leaf group of the module follows the same partition, so a norm's bias is never
+    paired with a convolution's bias of the same size. Outer positions are settled first.
+    """
+    families: dict[str, list[Group]] = {}
+    for group in groups:
+        families.setdefault(split_leaf(group.template)[0], []).append(group)
+    work = list(families.values())
+    out: list[Group] = []
+    while work:
+        family = work.pop()
+        holes = split_leaf(family[0].template)[0].count(HOLE)
+        for position in range(holes):
+            parts = _partition(family, position, holes)
+            if parts is not None:
+                work.extend(parts)
+                break
+        else:
+            out.extend(family)
+    order = {id(g): i for i, g in enumerate(groups)}
+    out.sort(key=lambda g: order.get(id(_root(g)), 0))
+    return out
+
+
+def _root(group: Group) -> Group:
+    while group.parent is not None:
+        group = group.parent
+    return group
+
+
+def _partition(family: list[Group], position: int, holes: int) -> list[list[Group]] | None:
+    """The family split by the kind of block at ``position``, or ``None`` when every value holds the same kinds."""
+    kinds: dict[int, set[tuple[str, int, tuple[int, ...]]]] = {}
+    for group in family:
+        tail = group.template[len(split_leaf(group.template)[0]) :]
+        for member in group.members:
+            rank = -1 if member.info.shape is None else len(member.info.shape)
+            inner = member.index[position + 1 : holes]
+            kinds.setdefault(member.index[position], set()).add((tail, rank, inner))
+    classes: dict[frozenset[tuple[str, int, tuple[int, ...]]], list[int]] = {}
+    for value, kind in kinds.items():
+        classes.setdefault(frozenset(kind), []).append(value)
+    if len(classes) < 2:
+        return None
+    parts: list[list[Group]] = []
+    for values in classes.values():
+        chosen = set(values)
+        part: list[Group] = []
+        for group in family:
+            if len(values) == 1:
+                part.extend(
+                    g
+                    for g in group.split(position)
+                    if g.members and g.members[0] is not None and _value_of(g, group, position) in chosen
+                )
+            else:
+                members = [m for m in group.members if m.index[position] in chosen]
+                if members:
+                    part.append(Group(group.side, group.template, members, parent=group))
+        if part:
+            parts.append(part)
+    return parts
+
+
+def _value_of(piece: Group, whole: Group, position: int) -> int:
+    """The value a literal split wrote at ``position`` (the first member's, read from the group it came from)."""
+    key = piece.members[0].key
+    return next(m.index[position] for m in whole.members if m.key == key)

@@ -8,6 +8,7 @@ from itertools import compress
 
 from keyguard._patterns import HOLE, template
 from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._groups import split_leaf
 from keyguard.engine._infer import (
     SAMPLE,
     Candidate,
@@ -54,6 +55,8 @@ class _Rounds(EngineState):
         ]
         unique: dict[str, Candidate] = {}
         for cand in candidates:
+            if self.declined and cand.identity in self.declined:
+                continue
             previous = unique.get(cand.identity)
             if previous is None or cand.known > previous.known:
                 unique[cand.identity] = cand
@@ -214,7 +217,7 @@ class _Rounds(EngineState):
     def _accept(self, cand: Candidate, pairs: dict[str, str]) -> bool:
         if isinstance(cand.rule, ShiftIndex) and self._group_partly_resolved(cand.rule):
             # part of the numbered group already matches by name: an offset cannot be told from a coincidence
-            self._ambiguous_pairs(cand, pairs, "some blocks of this numbered group already match as they stand")
+            self._contest_shift(cand.rule, pairs)
             return True
         rules = self._narrow(cand, pairs)
         narrowed_rename = isinstance(cand.rule, Rename) and any(isinstance(r, MapKeys) for r in rules)
@@ -225,6 +228,13 @@ class _Rounds(EngineState):
                 renamed = {n: t for n, t in renamed.items() if n in self.by_cur}
         else:
             renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
+        if self._splits_siblings(cand, renamed):
+            # the rule lands some children of a module and leaves their siblings elsewhere: two readings of one
+            # module (``encoder.patch_embeddings.0.norm`` -> ``stages.0.norm`` while its ``proj`` sibling needs
+            # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
+            self.declined.add(cand.identity)
+            return False
+        self._contest_exact(cand, renamed)
         # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
         new_names = set(renamed.values())
         if (
@@ -279,6 +289,108 @@ class _Rounds(EngineState):
             accepted.note = "the rename also matches keys that are already right, so it is applied key by key"
         self.accepted.append(accepted)
         return True
+
+    def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
+        """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing
+        (nothing a known convention, such as ``gamma`` -> ``weight``, makes land). Wrapper prefixes on every key
+        and known conventions are exempt: their part-way renames are the first of two steps."""
+        if cand.known or not renamed or self._on_every_key(cand.rule):
+            return False
+        landing = {_parent(n) for n, t in renamed.items() if t in self.open_e}
+        if not landing:
+            return False
+        return any(
+            t not in self.open_e and _parent(n) in landing and not _lands_by_convention(t, self.open_e)
+            for n, t in renamed.items()
+        )
+
+    def _on_every_key(self, rule: Rule) -> bool:
+        if isinstance(rule, (StripPrefix, ReplacePrefix)):
+            old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+            return old in knowledge.KNOWN_PREFIXES or all(n.startswith(old) for n in self.by_cur)
+        if isinstance(rule, AddPrefix):
+            return rule.prefix in knowledge.KNOWN_PREFIXES
+        return False
+
+    def _contest_exact(self, cand: Candidate, renamed: dict[str, str]) -> None:
+        """A rule that explains a group would also put a key onto a name that matches as it stands (a stale
+        unprefixed copy beside the prefixed one): both readings are shown, neither is applied."""
+        if not self.exact:
+            return
+        contested = {n: t for n, t in renamed.items() if t in self.exact and self.resolved.get(t) == t}
+        if not contested or len(contested) * 2 > len(renamed):
+            return  # most of what the rule renames collides: it is no reading of this checkpoint
+        options: dict[str, list[str]] = {}
+        for name, target in contested.items():
+            original = self.by_cur.pop(name)
+            del self.cur[original]
+            del renamed[name]
+            self.frozen.append(name)
+            del self.resolved[target]
+            self.exact.discard(target)
+            self.frozen.append(target)
+            options[target] = [target]
+            options[original] = [target]
+        self.ambiguities.append(
+            _Ambiguity(
+                options,
+                [cand.rule],
+                "a key matches as it stands while a rule that explains its neighbours puts another key there",
+                contested=True,
+            )
+        )
+
+    def _contest_shift(self, rule: ShiftIndex, pairs: dict[str, str]) -> None:
+        """Blocks of a numbered group match as they stand while others are offset (a pipeline stage saved with
+        local indices: layers 0, 1 where the model has 1, 2). Exact matches are evidence, not truth: the whole
+        group is shown with both readings, the blocks paired in order first, and neither is applied."""
+        block = re.compile(re.escape(rule.prefix) + r"([0-9]+)(?:\.|$)")
+        ours = {n: o for n, o in self.by_cur.items() if block.match(n)}
+        kept = {o: t for o, t in self.resolved.items() if o in self.exact and block.match(t)}
+        theirs = [k for k in self.E if block.match(k) and (k in self.open_e or k in kept.values())]
+
+        def index(name: str) -> int:
+            found = block.match(name)
+            assert found is not None
+            return int(found.group(1))
+
+        c_numbers = sorted({index(n) for n in ours} | {index(t) for t in kept.values()})
+        e_numbers = sorted({index(k) for k in theirs})
+        in_order = dict(zip(c_numbers, e_numbers)) if len(c_numbers) == len(e_numbers) else {}
+        options: dict[str, list[str]] = {}
+        for name, original in [*ours.items(), *((t, o) for o, t in kept.items())]:
+            readings: list[str] = []
+            found = block.match(name)
+            if found is not None and index(name) in in_order:
+                moved = f"{rule.prefix}{in_order[index(name)]}{name[found.end(1) :]}"
+                if moved in self.E:
+                    readings.append(moved)
+            current = pairs.get(name, name if original in kept else None)
+            if current is not None and current not in readings:
+                readings.append(current)
+            options[original] = readings
+        for name, original in ours.items():
+            del self.by_cur[name]
+            del self.cur[original]
+            self.frozen.append(name)
+        for original, target in kept.items():
+            del self.resolved[original]
+            self.exact.discard(original)
+            self.frozen.append(target)
+        for readings in options.values():
+            self.open_e.difference_update(readings)
+        offsets = {e - c for c, e in in_order.items()}
+        shown: list[Rule] = [rule]
+        if len(offsets) == 1 and (offset := offsets.pop()) != rule.offset:
+            shown.insert(0, ShiftIndex(prefix=rule.prefix, offset=offset))
+        self.ambiguities.append(
+            _Ambiguity(
+                options,
+                shown,
+                "some blocks of this numbered group match as they stand while others are offset",
+                contested=bool(kept),
+            )
+        )
 
     def _finalize(self) -> None:
         """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
@@ -432,6 +544,21 @@ class _Rounds(EngineState):
         if len(pairs) < 2 and not cand.known and not known_prefix:
             return Applicability.display_only, "inferred from a single key: a candidate, never applied"
         return Applicability.safe, None
+
+
+def _parent(name: str) -> str:
+    """The parent of the module a key belongs to (``a.b.q_proj.weight`` -> ``a.b``)."""
+    module = split_leaf(name)[0]
+    return module.rsplit(".", 1)[0] if "." in module else ""
+
+
+def _lands_by_convention(name: str, open_expected: set[str]) -> bool:
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        new = knowledge.KNOWN_RENAMES.get(part)
+        if new is not None and ".".join([*parts[:i], new, *parts[i + 1 :]]) in open_expected:
+            return True
+    return False
 
 
 def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:

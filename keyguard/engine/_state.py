@@ -73,6 +73,7 @@ class _Ambiguity:
     keys: dict[str, list[str]]  # original checkpoint key -> candidate expected keys
     rules: list[Rule]
     why: str
+    contested: bool = False  # an exact match among the readings (KG405)
 
 
 class EngineState:
@@ -114,6 +115,7 @@ class EngineState:
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
+        self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []

@@ -319,6 +319,25 @@ NO_OVERLAP = register(
         "checkpoint `module.layers.0.weight` ... vs model `layers.0.weight` ...: 0 of 312 keys match",
     )
 )
+CONTESTED_MATCH = register(
+    FindingKind(
+        "KG405",
+        "contested_match",
+        E,
+        "A key that matches as it stands has a rival reading",
+        "Finds keys that match the model's keys by name where the rule explaining their neighbours reads them "
+        "otherwise: a stale unprefixed copy (`model.norm.weight`) beside the prefixed key a DDP strip maps onto "
+        "the same name (`module.model.norm.weight`); a pipeline stage saved with local indices (layers 0, 1 where "
+        "the model has 1, 2), whose layer 1 matches by name but is the model's layer 2 when the blocks are paired "
+        "in order. Exact matches are evidence, not truth: both readings are listed.",
+        "Keeping the exact match silently loads the wrong tensor (a stale copy, another layer) with no error at "
+        "all: `load_state_dict` succeeds and the model is wrong.",
+        "Never fixed automatically (display only): write the mapping you mean in a plan (`--plan`), or drop the "
+        "stale copy, then diagnose again.",
+        "checkpoint `model.layers.1.mlp.up_proj.weight` matches as it stands, but the stage's blocks paired in "
+        "order make it model `model.layers.2.mlp.up_proj.weight`",
+    )
+)
 
 # -- 5xx adapters and 6xx file integrity: `keyguard check-adapter` (KG550..KG599 are kept for the X-LoRA integration)
 
