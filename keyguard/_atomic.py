@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import stat
 import tempfile
@@ -63,26 +64,29 @@ def atomic_output(
 
 
 def temp_prefix(name: str) -> str:
-    """How every temporary file or folder keyguard makes beside ``name`` starts: ``.NAME.keyguard-PID-BOOT-``.
+    """How every temporary file or folder keyguard makes beside ``name`` starts: ``.NAME.keyguard-PID-HOST-``.
 
-    The process id and the boot it belongs to let a later run prove that a leftover is stale (its writer is gone)
-    before removing it; see ``keyguard.fixes.find_stale_temps``.
+    The process id and the host token (this boot of this machine, in this process-id namespace) let a later run
+    prove that a leftover is stale, its writer gone, before removing it; see ``keyguard.fixes.find_stale_temps``.
     """
-    return f".{name}.keyguard-{os.getpid()}-{boot_id()}-"
+    return f".{name}.keyguard-{os.getpid()}-{host_token()}-"
 
 
 @functools.cache
-def boot_id() -> str:
-    """Eight hex digits naming this boot of the machine (Linux), or ``"00000000"`` when the system does not say."""
+def host_token() -> str:
+    """Eight hex digits naming where process ids mean something: this boot of this machine, and this process-id
+    namespace (containers sharing a folder have their own); ``UNKNOWN_HOST`` when the system does not say."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            text = f.read().strip().replace("-", "")
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
     except OSError:
-        return UNKNOWN_BOOT
-    return text[:8] if len(text) >= 8 and all(c in "0123456789abcdef" for c in text[:8]) else UNKNOWN_BOOT
+        return UNKNOWN_HOST
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:8]
 
 
-UNKNOWN_BOOT = "00000000"
+#: The token of a system that names neither its boot nor its process-id namespace: leftovers are never proven stale.
+UNKNOWN_HOST = "00000000"
 
 
 def new_mode(like: str | os.PathLike[str] | None) -> int:

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             from keyguard.cli._screen import screen
 
             out = screen(args)
-            options = {"width": out.width, "color": out.color}
+            options = {"width": out.width, "color": out.color, "next_steps_for": _fix_steps(args)}
         text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on, **options)
         print(text.rstrip("\n"))
     if args.junit_xml:
@@ -111,6 +111,23 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         return 2
     return max((r.exit_code(args.fail_on) for r in reports), default=0)
+
+
+def _fix_steps(args: argparse.Namespace) -> Any:
+    """The command that applies a report's plan: ``keyguard fix ADAPTER --base BASE -o ADAPTER-fixed``."""
+    from keyguard.report._next import next_steps
+
+    def steps(report: Any) -> list[Any]:
+        found = next_steps(
+            report,
+            checkpoint=report.checkpoint.location,
+            expected=args.base,
+            container=args.container,
+            architecture=args.architecture,
+        )
+        return [step for step in found if step.argv[:2] == ("keyguard", "fix")]
+
+    return steps
 
 
 def _cpus() -> int:

@@ -84,7 +84,7 @@ def write_sharded(
                 if extra not in rewritten:
                     _carry_over(os.path.join(source_folder, extra), os.path.join(staging, extra))
         else:
-            for extra in _companions(source_folder, rewritten):
+            for extra in companions(source_folder, rewritten):
                 shutil.copy2(os.path.join(source_folder, extra), os.path.join(staging, extra))
         fsync_dir(staging)
         if in_place:
@@ -188,7 +188,7 @@ def _exchange(a: str, b: str) -> bool:
     return bool(result == 0)
 
 
-def _companions(folder: str, skip: set[str]) -> list[str]:
+def companions(folder: str, skip: set[str]) -> list[str]:
     """Small files that travel with a checkpoint (config, tokenizer): copied into a sharded output unchanged."""
     if not folder or not os.path.isdir(folder):
         return []
