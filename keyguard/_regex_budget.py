@@ -132,7 +132,7 @@ def _alarm(pattern: str, seconds: float) -> Iterator[None]:
         raise PatternTimeout(pattern, seconds) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)  # None: set in C
         if delay > 0:  # someone else's timer (pytest-timeout, an application's): put it back, less this time
             signal.setitimer(signal.ITIMER_REAL, max(delay - (time.monotonic() - started), 1e-3), interval)
 
