@@ -61,8 +61,19 @@ def digit_template(key: str) -> tuple[str, tuple[int, ...]]:
 
 #: Segments that PEFT puts between a module and its tensor: part of the leaf, not of the module's name.
 _ADAPTER_SEGMENTS: Final = frozenset(
-    {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "base_layer"}
+    {
+        "lora_A",
+        "lora_B",
+        "lora_embedding_A",
+        "lora_embedding_B",
+        "lora_magnitude_vector",
+        "base_layer",
+        "lora_down",  # kohya / sd-scripts names for lora_A and lora_B
+        "lora_up",
+    }
 )
+#: Adapter leaves that name the same tensor in different tools.
+_ADAPTER_LEAVES: Final = {"lora_down": "lora_A", "lora_up": "lora_B"}
 
 
 def split_leaf(template: str) -> tuple[str, str]:
@@ -82,7 +93,9 @@ def leaf_class(template: str) -> str:
     adapter leaf (``lora_A.weight``) is its own kind."""
     leaf = split_leaf(template)[1]
     if "." in leaf:
-        return leaf
+        head, _, rest = leaf.partition(".")
+        rest = rest.rsplit(".", 1)[-1]  # PEFT's adapter name in the middle (lora_A.default.weight) says nothing
+        return f"{_ADAPTER_LEAVES.get(head, head)}.{_LEAVES.get(rest, rest)}"
     return _LEAVES.get(leaf, "param")
 
 

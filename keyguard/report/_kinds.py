@@ -182,8 +182,8 @@ RESTRUCTURED = register(
         "as it stands; all leaves of a module go to one module), something corroborates it (its names agree, its "
         "sibling modules move the same way, or it stays inside a parent that matches) and it covers at least two "
         "keys. `unsafe` when several templates of equal shapes fit and the names choose (the module's own name "
-        "equal up to spelling, or a published equivalent such as `wq` / `q_proj`, by a clear margin, not "
-        "contradicted by registration order): applied only with `--unsafe-fixes`. Otherwise the candidates are "
+        "equal up to spelling, or a published equivalent such as `wq` / `q_proj`, by a clear margin): applied "
+        "only with `--unsafe-fixes`. Otherwise the candidates are "
         "reported as `ambiguous`. Each finding lists the evidence that decided (`ctx.changes[].evidence`).",
         "checkpoint `layers.0.feed_forward.w2.weight` -> model `model.layers.0.mlp.down_proj.weight`",
     )
