@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _hypothesis_profiles
 import pytest
 from _tiny import TINY_LLAMA
 
@@ -26,6 +27,13 @@ OFFLINE = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE)
+
+# before any test module is imported: their @settings inherit from the loaded profile (``ci`` unless fuzzing)
+HYPOTHESIS_PROFILE = _hypothesis_profiles.load()
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {HYPOTHESIS_PROFILE}"
 
 REPO = Path(__file__).resolve().parent.parent
 
