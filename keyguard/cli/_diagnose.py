@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         container=args.container,
         architecture=args.architecture,
-    )
+    ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping
 
@@ -59,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_out:
         report.plan.save(args.plan_out)
         print(f"wrote the safe plan to {args.plan_out}", file=sys.stderr)
-    return report.exit_code(args.fail_on)
+    return report.exit_code()

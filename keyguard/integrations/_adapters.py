@@ -21,6 +21,7 @@ from keyguard.fixes._rules import Applicability, Drop
 from keyguard.report import _kinds as kinds
 from keyguard.report._build import EXAMPLES, make_finding
 from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
+from keyguard.report._verdict import Check
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import read_keys
 
@@ -137,11 +138,11 @@ def plan_mapping(plan: Plan, keys: Iterable[str]) -> dict[str, str]:
 def diagnose_adapter(folder: str, expected: KeySet, strategy: Strategy, *, keys: KeySet | None = None) -> Diagnosis:
     """Diagnose an adapter folder's keys against ``expected``, choose the plan, and diagnose the result again."""
     file_keys = keys if keys is not None else read_keys(folder)
-    report = diagnose(file_keys, expected)
+    report = diagnose(file_keys, expected).model_copy(update={"check": "adapter-keys"})
     plan = choose_plan(strategy, report)
     mapping = plan_mapping(plan, file_keys)
     renamed = file_keys.evolve(tensors={new: file_keys[old] for old, new in mapping.items()})
-    after = diagnose(renamed, expected) if plan.rules else report
+    after = diagnose(renamed, expected).model_copy(update={"check": "adapter-keys"}) if plan.rules else report
     return Diagnosis(folder=folder, report=report, plan=plan, mapping=mapping, after=after)
 
 
@@ -308,10 +309,14 @@ def unresolved_finding(diagnosis: Diagnosis, *, adapter: str, where: str, ctx: M
 finding = make_finding
 
 
-def make_report(findings: Iterable[Finding], *, checkpoint: SourceRef, expected: SourceRef, summary: Summary) -> Report:
-    """A report over ``findings`` (most severe first, stable within a severity); ``ok`` when none is an error."""
+def make_report(
+    findings: Iterable[Finding], *, check: Check, checkpoint: SourceRef, expected: SourceRef, summary: Summary
+) -> Report:
+    """A report of ``check`` over ``findings`` (most severe first, stable within a severity); ``ok`` when none is an
+    error."""
     ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity.value])
     return Report(
+        check=check,
         ok=not any(f.severity.at_least(kinds.Severity.error) for f in ordered),
         checkpoint=checkpoint,
         expected=expected,

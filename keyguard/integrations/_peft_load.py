@@ -102,6 +102,7 @@ def _load_checked(
         )
         report = make_report(
             findings,
+            check="adapter-verify",
             checkpoint=SourceRef(location=folder, format="peft-adapter", tensors=len(keys)),
             expected=SourceRef(location=type(peft_model).__name__, format="module", tensors=len(saved_to_live)),
             summary=summary_of(expected=len(saved_to_live), checkpoint=len(keys), matched=len(comparison.equal)),
@@ -139,6 +140,7 @@ def verify_adapter(peft_model: Any, adapter_dir: str | os.PathLike[str], adapter
     findings += comparison_findings(comparison, adapter=adapter_name, where=where, saved_of=live_to_saved, ctx=ctx)
     return make_report(
         findings,
+        check="adapter-verify",
         checkpoint=SourceRef(location=folder, format="peft-adapter", tensors=len(keys)),
         expected=SourceRef(location=type(peft_model).__name__, format="module", tensors=len(saved_to_live)),
         summary=summary_of(

@@ -20,6 +20,7 @@ from keyguard.integrations._adapters import (
 )
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Finding, Report, SourceRef
+from keyguard.report._verdict import Check
 from keyguard.sources._keyset import KeySet
 from keyguard.sources._resolve import read_keys
 
@@ -60,9 +61,12 @@ def expert_report(
     expected: int,
     matched: int,
     diagnosis: Diagnosis | None = None,
+    *,
+    check: Check = "adapter-verify",
 ) -> Report:
     return make_report(
         findings,
+        check=check,
         checkpoint=SourceRef(location=location, format="peft-adapter", tensors=checkpoint),
         expected=SourceRef(location="the X-LoRA LoRA model", format="module", tensors=expected),
         summary=summary_of(
@@ -72,7 +76,7 @@ def expert_report(
 
 
 def refuse(kind: kinds.FindingKind, message: str, location: str, ctx: Mapping[str, Any]) -> KeyMismatchError:
-    report = expert_report([finding(kind, message, ctx=ctx)], location, 0, 0, 0)
+    report = expert_report([finding(kind, message, ctx=ctx)], location, 0, 0, 0, check="refusal")
     return KeyMismatchError(f"refused ({kind.code} {kind.kind}):\n\n{report.render('table')}", report)
 
 

@@ -310,6 +310,7 @@ def preflight(
             )
     return make_report(
         findings,
+        check="xlora-preflight",
         checkpoint=SourceRef(location=locations(xlora_config), format="peft-adapter", tensors=totals[1]),
         expected=SourceRef(
             location=f"{type(base_model).__name__}: the X-LoRA LoRA model (injected on the meta device)",

@@ -84,6 +84,7 @@ def verify(xlora_model: Any, xlora_config: Any) -> Report:
         )
     return make_report(
         findings,
+        check="xlora-verify",
         checkpoint=SourceRef(location=locations(xlora_config), format="peft-adapter", tensors=totals[1]),
         expected=SourceRef(location=f"{type(xlora_model).__name__} (X-LoRA)", format="module", tensors=totals[0]),
         summary=summary_of(expected=totals[0], checkpoint=totals[1], matched=totals[2], reports=diagnoses),

@@ -67,6 +67,8 @@ def test_overwrite_an_existing_adapter_with_a_head(adapters: dict[str, Path]) ->
     assert_adapter_equals_file(model, "default", adapters["bert_cls"])
     report = kg_peft.verify_adapter(model, adapters["bert_cls"])
     assert report.ok and report.findings[0].ctx["count"] == 10
+    assert report.check == "adapter-verify"
+    assert report.verdict.message == "OK: every tensor of the adapter equals the file."
 
 
 def test_module_paths_that_do_not_match_load_silently_with_peft(adapters: dict[str, Path]) -> None:
@@ -77,6 +79,8 @@ def test_module_paths_that_do_not_match_load_silently_with_peft(adapters: dict[s
     assert not report.ok
     differs = next(f for f in report.findings if f.code == "KG561")
     assert differs.ctx["count"] == differs.ctx["total"] == 8
+    assert "the model does not hold the adapter as its file has it" in report.verdict.message
+    assert "load_state_dict" not in report.render()
     assert all((ex.detail or "").startswith("differs from the file") for ex in differs.examples)
 
     loaded = kg_peft.load_adapter(model, folder, "w2")

@@ -47,6 +47,11 @@ def test_predictions(case: str, adapters: dict[str, Path]) -> None:
     report = xlora.preflight(build(arch), xlora_config(arch, {n: adapters[a] for n, a in experts.items()}), **options)
     assert codes(report) == expected, report.render()
     assert report.ok is ok
+    assert report.check == "xlora-preflight" and "load_state_dict" not in report.render()
+    if ok:
+        assert report.verdict.message == "OK: every expert loads, with stock PEFT and through keyguard."
+    else:
+        assert "stock PEFT would not load every expert as it stands" in report.verdict.message
     for found in report.findings:
         assert found.ctx.get("adapter") is None or found.ctx["adapter"] in experts
 

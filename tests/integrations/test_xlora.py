@@ -59,6 +59,8 @@ def guarded(arch: str, experts: dict[str, Path], **kwargs: Any) -> Any:
     assert torch.isfinite(output.logits).all()
     report = xlora.verify(model, xlora_config(arch, experts))
     assert report.ok, report.render()
+    assert report.check == "xlora-verify"
+    assert report.verdict.message == "OK: every expert of the X-LoRA model equals its file."
     assert [f.code for f in report.findings] == ["KG563"] * len(experts)
     return model
 
@@ -128,6 +130,13 @@ def test_an_expert_may_not_take_the_x_lora_models_own_name(adapters: dict[str, P
     with pytest.raises(KeyMismatchError, match="KG554") as caught:
         xlora.get_peft_model(build("llama"), xlora_config("llama", {"default": adapters["llama"]}))
     assert caught.value.report.findings[0].kind == "xlora_adapter_names"
+    # a refusal compares nothing, and says so (not "0 checkpoint keys, 0 expected (coverage 100%)")
+    refused = caught.value.report
+    assert refused.check == "refusal" and not refused.ok
+    rendered = refused.render()
+    assert "nothing was compared" in rendered and "0 checkpoint keys" not in rendered
+    assert "load_state_dict" not in rendered
+    assert refused.verdict.message.endswith("refused before any tensor was compared; nothing was loaded.")
 
 
 # -- broken adapters -----------------------------------------------------------------------------------------------
