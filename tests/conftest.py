@@ -35,6 +35,7 @@ HYPOTHESIS_PROFILE = _hypothesis_profiles.load()
 def pytest_report_header() -> str:
     return f"hypothesis profile: {HYPOTHESIS_PROFILE}"
 
+
 REPO = Path(__file__).resolve().parent.parent
 
 

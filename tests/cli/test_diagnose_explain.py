@@ -83,7 +83,8 @@ def test_the_verdict_agrees_with_the_exit_code_in_every_format(
             assert result.out.startswith("### ✅" if verdict["passed"] else "### ❌")
     if checkpoint == "warning":  # the keys load either way: the verdict says so, and why it fails
         assert "load_state_dict(strict=True) would succeed" in verdict["message"]
-        assert verdict["message"].startswith("FAILED (--fail-on warning): 1 warning, no error;") == (fail_on == "warning")
+        failed = verdict["message"].startswith("FAILED (--fail-on warning): 1 warning, no error;")
+        assert failed == (fail_on == "warning")
 
 
 def test_clean_checkpoint_says_ok(cli: Cli, files: dict[str, Path]) -> None:
