@@ -10,6 +10,7 @@ The hierarchy, and the builtin each one resembles::
     │   └── AdapterConfigError                        adapter_config.json is invalid
     ├── MissingDependencyError(KeyguardError, ImportError)   an optional package (torch, transformers) is needed
     ├── PlanError(KeyguardError, ValueError)          a fix plan was refused (collision, bad rule, bad file)
+    ├── PatternError(KeyguardError, ValueError)       a regular expression given to keyguard (--ignore) is invalid
     ├── KeyMismatchError(KeyguardError, RuntimeError) a guarded load found problems; carries the report
     └── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
 
@@ -95,6 +96,25 @@ class MissingDependencyError(KeyguardError, ImportError):
 
 class PlanError(KeyguardError, ValueError):
     """A fix plan was refused: it would make two keys collide, or it is malformed."""
+
+
+class PatternError(KeyguardError, ValueError):
+    """A regular expression given to keyguard (``ignore=`` / ``--ignore``) does not compile.
+
+    Attributes:
+        pattern: the expression as given.
+        option: where it was given (``"ignore"``).
+        detail: why it does not compile, as Python's ``re`` says it.
+        position: the index in ``pattern`` where the problem was found, when known.
+    """
+
+    def __init__(self, pattern: str, option: str, detail: str, position: int | None = None) -> None:
+        self.pattern = pattern
+        self.option = option
+        self.detail = detail
+        self.position = position
+        where = f" at position {position}" if position is not None else ""
+        super().__init__(f"invalid regular expression {pattern!r} given to {option}= / --{option}: {detail}{where}")
 
 
 class KeyMismatchError(KeyguardError, RuntimeError):

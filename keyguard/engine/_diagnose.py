@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
 from keyguard._patterns import HOLE, template
+from keyguard._regex import compile_patterns
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._infer import (
     SAMPLE,
@@ -96,9 +97,10 @@ def diagnose(
     Returns:
         A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
     """
+    patterns = compile_patterns(ignore, "ignore")  # PatternError, before reading anything
     ck = read_keys(checkpoint, container=container)
     ex = read_keys(expected, architecture=architecture)
-    return _Engine(ck, ex, [re.compile(p) for p in ignore]).run()
+    return _Engine(ck, ex, patterns).run()
 
 
 @dataclass

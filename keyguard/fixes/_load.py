@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 from keyguard._exceptions import KeyMismatchError, SourceError
 from keyguard.fixes._plan import Plan
@@ -13,8 +14,25 @@ from keyguard.sources._keyset import TensorInfo
 from keyguard.sources._torch import import_torch
 
 Strategy = Literal["auto", "strict"] | Plan
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
 
 
+def _os_errors_are_source_errors(function: _Loader) -> _Loader:
+    """Whatever the operating system refuses while a source's data is read is a ``SourceError`` naming the file."""
+
+    @functools.wraps(function)
+    def wrapper(source: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(source, *args, **kwargs)
+        except OSError as exc:
+            from keyguard.sources._resolve import unreadable
+
+            raise unreadable(str(source) if isinstance(source, (str, os.PathLike)) else "", exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_os_errors_are_source_errors
 def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, container: str | None = None) -> dict[str, Any]:
     """The tensors of a checkpoint, memory-mapped where the format allows (no unsafe pickle loading, ever).
 
@@ -122,14 +140,13 @@ def load_state_dict(
         KeyMismatchError: problems remain after the plan; its message is the rendered report and
             ``error.report`` the report itself. The module is left untouched.
     """
-    import re
-
+    from keyguard._regex import compile_patterns
     from keyguard.engine._diagnose import diagnose
 
+    patterns = compile_patterns(ignore, "ignore")  # before reading anything: a bad pattern is the caller's error
     torch = import_torch("to load a state dict into a module")
     state = load_tensors(source, container=container)
-    patterns = [re.compile(p) for p in ignore]
-    report = diagnose(state, module, ignore=list(ignore))
+    report = diagnose(state, module, ignore=[p.pattern for p in patterns])
     if strategy == "auto":
         plan = report.unsafe_plan if unsafe_fixes else report.plan
     elif strategy == "strict":
