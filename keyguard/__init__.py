@@ -14,6 +14,7 @@ from keyguard._exceptions import (
     ShardIndexError,
     SourceError,
     UnsafePickleError,
+    UnsupportedModelError,
     UnsupportedVersionError,
 )
 from keyguard._summary import SourceSummary, summarize
@@ -21,7 +22,7 @@ from keyguard._version import __version__
 from keyguard.adapter_checks import check_adapter
 from keyguard.engine import diagnose
 from keyguard.fixes import Applicability, Plan, load_state_dict, write_fixed
-from keyguard.report import Finding, Report, Severity
+from keyguard.report import Finding, LoadResult, Report, Severity
 from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "KeyMismatchError",
     "KeySet",
     "KeyguardError",
+    "LoadResult",
     "MissingDependencyError",
     "PatternError",
     "Plan",
@@ -44,6 +46,7 @@ __all__ = [
     "SourceSummary",
     "TensorInfo",
     "UnsafePickleError",
+    "UnsupportedModelError",
     "UnsupportedVersionError",
     "__version__",
     "check_adapter",

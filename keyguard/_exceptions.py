@@ -12,7 +12,8 @@ The hierarchy, and the builtin each one resembles::
     ├── PlanError(KeyguardError, ValueError)          a fix plan was refused (collision, bad rule, bad file)
     ├── PatternError(KeyguardError, ValueError)       a regular expression given to keyguard (--ignore) is invalid
     ├── KeyMismatchError(KeyguardError, RuntimeError) a guarded load found problems; carries the report
-    └── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
+    ├── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
+    └── UnsupportedModelError(KeyguardError, TypeError)  an integration was given a model it does not work on
 
 Each ``SourceError`` has a stable ``problem`` slug (what went wrong, for machines), the ``path`` it concerns
 and a ``detail`` sentence (for people); ``str(error)`` is ``"<path>: <detail>"``.
@@ -127,3 +128,8 @@ class KeyMismatchError(KeyguardError, RuntimeError):
 
 class UnsupportedVersionError(KeyguardError, RuntimeError):
     """An integration was asked to patch a library version it has not been verified against."""
+
+
+class UnsupportedModelError(KeyguardError, TypeError):
+    """An integration was given a model it does not work on: a plain transformers model where a PEFT model is
+    needed, or a model without X-LoRA where an X-LoRA model is. The message names the function to use instead."""
