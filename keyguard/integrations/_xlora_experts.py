@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from keyguard._exceptions import KeyMismatchError
+from keyguard._exceptions import KeyMismatchError, UnsupportedModelError
 from keyguard.fixes._plan import Plan
 from keyguard.integrations._adapters import (
     Diagnosis,
@@ -89,6 +89,29 @@ def xlora_config_of(lora_model: Any) -> tuple[str, Any] | None:
         if getattr(config, "peft_type", None) == PeftType.XLORA:
             return str(name), config
     return None
+
+
+def order_finding(names: Sequence[str]) -> list[Finding]:
+    """KG622 when X-LoRA experts in this order are not in the order PEFT saves them (sorted by name)."""
+    names = [str(n) for n in names]
+    if names == sorted(names):
+        return []
+    return [
+        finding(
+            kinds.XLORA_ORDER_NOT_SAVED,
+            f"the experts are built in the order {', '.join(map(repr, names))}; PEFT saves the X-LoRA config sorted"
+            f" by name ({', '.join(map(repr, sorted(names)))}), so a saved copy reloads with experts on other"
+            " classifier outputs than the ones they are built (and trained) with",
+            hint="build with keyguard.integrations.xlora.get_peft_model, which orders the experts as PEFT saves them",
+            ctx={"adapter": None, "order": names, "saved_order": sorted(names)},
+        )
+    ]
+
+
+def built_order(lora_model: Any) -> list[str]:
+    """The experts' names in the order of the X-LoRA model's own config (the order its classifier weighs them)."""
+    found = xlora_config_of(lora_model)
+    return [str(n) for n in (found[1].adapters or {})] if found is not None else []
 
 
 def expert_name(lora_model: Any, adapter_name: str, model_id: str) -> str:
@@ -216,7 +239,10 @@ def models_of(xlora_model: Any) -> tuple[Any, Any]:
         if isinstance(candidate, XLoraModel):
             return candidate, candidate.lora_model
         candidate = getattr(candidate, "base_model", None)
-    raise TypeError(f"not an X-LoRA model: a {type(xlora_model).__name__} with no XLoraModel inside")
+    raise UnsupportedModelError(
+        f"not an X-LoRA model: a {type(xlora_model).__name__} with no XLoraModel inside (build one with"
+        " keyguard.integrations.xlora.get_peft_model; for a LoRA adapter use keyguard.integrations.peft.verify_adapter)"
+    )
 
 
 def experts_of(xlora_config: Any) -> list[tuple[str, str]]:

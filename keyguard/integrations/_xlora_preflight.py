@@ -14,6 +14,7 @@ from keyguard.fixes._rules import Applicability
 from keyguard.integrations._adapters import (
     Diagnosis,
     Strategy,
+    accepted_for,
     accepted_keys,
     describe_plan,
     diagnose_adapter,
@@ -24,7 +25,14 @@ from keyguard.integrations._adapters import (
     unresolved_finding,
 )
 from keyguard.integrations._versions import check_peft_version, installed_peft
-from keyguard.integrations._xlora_experts import INTEGRATION, PEFT_PREFIX, STOCK, experts_of, validate
+from keyguard.integrations._xlora_experts import (
+    INTEGRATION,
+    PEFT_PREFIX,
+    STOCK,
+    experts_of,
+    order_finding,
+    validate,
+)
 from keyguard.integrations._xlora_verify import locations
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding, Fix, Report, SourceRef
@@ -272,9 +280,9 @@ def preflight(
                 )
             )
             continue
-        saved_to_live = accepted_keys(lora_model, name)
-        expected = expected_keyset(lora_model, saved_to_live, f"{where}: the keys the LoRA model accepts")
-        diagnosis = diagnose_adapter(folder, expected, strategy, keys=keys)
+        accepted = accepted_for(lora_model, name, f"{where}: the keys the LoRA model accepts")
+        diagnosis = diagnose_adapter(folder, accepted, strategy, keys=keys, model=lora_model)
+        saved_to_live = diagnosis.saved_to_live
         diagnoses.append(diagnosis.after)
         stock = _stock_load(keys, saved_to_live, lora_model, name, diagnosis.mapping)
         findings += _stock_findings(stock, diagnosis, where, ctx)
@@ -289,6 +297,7 @@ def preflight(
             findings.append(unresolved_finding(diagnosis, adapter=name, where=where, ctx=ctx))
     blocked = _head_findings(lora_model, [n for n, _ in experts if n in lora_model.peft_config], findings)
     findings += _name_findings([n for n, _ in experts], adapter_name)
+    findings += order_finding([n for n, _ in experts])
     if low_cpu_mem_usage and experts:
         findings.append(
             finding(

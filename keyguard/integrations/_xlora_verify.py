@@ -7,11 +7,10 @@ from typing import Any
 
 from keyguard._exceptions import SourceError
 from keyguard.integrations._adapters import (
-    accepted_keys,
+    accepted_for,
     compare,
     comparison_findings,
     diagnose_adapter,
-    expected_keyset,
     file_tensors,
     finding,
     make_report,
@@ -19,7 +18,14 @@ from keyguard.integrations._adapters import (
     unresolved_finding,
 )
 from keyguard.integrations._versions import check_peft_version, installed_peft
-from keyguard.integrations._xlora_experts import INTEGRATION, experts_of, models_of, xlora_config_of
+from keyguard.integrations._xlora_experts import (
+    INTEGRATION,
+    built_order,
+    experts_of,
+    models_of,
+    order_finding,
+    xlora_config_of,
+)
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding, Report, SourceRef
 from keyguard.sources._resolve import read_keys
@@ -33,13 +39,21 @@ def verify(xlora_model: Any, xlora_config: Any) -> Report:
     model holds for it equals the file's, and that none is on the meta device; and that the X-LoRA classifier is not
     on the meta device.
 
+    And that the experts are in the config's order: the X-LoRA classifier gives output k to the model's k-th
+    expert, and a model saved and reloaded with ``PeftModel.from_pretrained`` comes back with its experts sorted by
+    name (KG621 when the orders differ; KG622 when a saved copy of the model would not keep its order).
+
     Returns:
-        A ``Report``: KG554, KG557, KG560, KG561 and KG562 findings for problems, a KG563 finding per verified expert.
+        A ``Report``: KG554, KG557, KG560, KG561, KG562 and KG621 findings for problems, KG622 as a warning, a KG563
+        finding per verified expert.
     """
     check_peft_version(installed_peft(), INTEGRATION)
     xlora, lora_model = models_of(xlora_model)
     own = (xlora_config_of(lora_model) or ("", None))[0]
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        *_order_findings(xlora, experts_of(xlora_config)),
+        *order_finding(built_order(lora_model)),
+    ]
     diagnoses: list[Report] = []
     totals = [0, 0, 0]  # expected, checkpoint, matched
     for index, (name, folder) in enumerate(experts_of(xlora_config)):
@@ -55,9 +69,9 @@ def verify(xlora_model: Any, xlora_config: Any) -> Report:
         except SourceError as exc:
             findings.append(finding(kinds.XLORA_ADAPTER_UNREADABLE, f"{where}: {exc}", ctx=ctx))
             continue
-        saved_to_live = accepted_keys(lora_model, registered)
-        expected = expected_keyset(lora_model, saved_to_live, f"{where}: the keys the LoRA model accepts")
-        diagnosis = diagnose_adapter(folder, expected, "auto", keys=keys)
+        accepted = accepted_for(lora_model, registered, f"{where}: the keys the LoRA model accepts")
+        diagnosis = diagnose_adapter(folder, accepted, "auto", keys=keys, model=lora_model)
+        saved_to_live = diagnosis.saved_to_live
         diagnoses.append(diagnosis.after)
         if not diagnosis.ok:
             findings.append(unresolved_finding(diagnosis, adapter=name, where=where, ctx=ctx))
@@ -89,6 +103,29 @@ def verify(xlora_model: Any, xlora_config: Any) -> Report:
         expected=SourceRef(location=f"{type(xlora_model).__name__} (X-LoRA)", format="module", tensors=totals[0]),
         summary=summary_of(expected=totals[0], checkpoint=totals[1], matched=totals[2], reports=diagnoses),
     )
+
+
+def _order_findings(xlora: Any, experts: list[tuple[str, str]]) -> list[Finding]:
+    """KG621 when the model's experts (in the order its classifier weighs them) are the config's in another order."""
+    built = [str(n) for n in (getattr(getattr(xlora, "xlora_config", None), "adapters", None) or {})]
+    given = [name for name, _ in experts]
+    if built == given or sorted(built) != sorted(given):
+        return []
+    moved = [(k, b, g) for k, (b, g) in enumerate(zip(built, given)) if b != g]
+    return [
+        finding(
+            kinds.XLORA_EXPERT_ORDER,
+            f"the model's experts are {', '.join(map(repr, built))}, the config's {', '.join(map(repr, given))}: the"
+            f" X-LoRA classifier gives output k to the model's k-th expert, so {len(moved)} expert(s) receive the"
+            " weight meant for another one (a model saved and reloaded with PeftModel.from_pretrained comes back"
+            " sorted by name)",
+            examples=[Example(expected=g, detail=f"classifier output {k} goes to {b!r}") for k, b, g in moved],
+            hint="rebuild the model from the config in the order it was trained with; keyguard's"
+            " xlora.get_peft_model builds experts in the order PEFT saves them, so that reloading keeps it",
+            ctx={"adapter": None, "model_order": built, "config_order": given},
+            count=len(moved),
+        )
+    ]
 
 
 def _registered_name(lora_model: Any, name: str, index: int, own: str) -> str | None:
