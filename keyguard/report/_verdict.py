@@ -62,7 +62,7 @@ CHECKS: Final[dict[Check, CheckText]] = {
     "adapter-keys": CheckText(
         "Do the adapter file's keys fit the keys the PEFT model accepts for the adapter, as they stand?",
         "PEFT's set_peft_model_state_dict would take every tensor of the adapter",
-        "the adapter's keys do not fit what the model accepts for it as they stand",
+        "the adapter's keys do not fit what the model accepts for it",
     ),
     "adapter-verify": CheckText(
         "Does every tensor the model holds for the adapter equal the file's?",
