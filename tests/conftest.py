@@ -27,6 +27,9 @@ OFFLINE = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE)
+# Output width and colour come from the environment (COLUMNS, NO_COLOR, FORCE_COLOR): tests set them explicitly.
+for _name in ("COLUMNS", "NO_COLOR", "FORCE_COLOR"):
+    os.environ.pop(_name, None)
 
 # before any test module is imported: their @settings inherit from the loaded profile (``ci`` unless fuzzing)
 HYPOTHESIS_PROFILE = _hypothesis_profiles.load()

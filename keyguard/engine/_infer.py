@@ -18,9 +18,9 @@ from typing import Final
 from keyguard._patterns import HOLE, template
 from keyguard.engine._knowledge import KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
 from keyguard.engine._segments import anywhere_rule, segment_rule
-from keyguard.fixes._rules import AddPrefix, Rename, ReplacePrefix, ShiftIndex, StripPrefix
+from keyguard.fixes._rules import AddPrefix, MapKeys, Remap, Rename, ReplacePrefix, ShiftIndex, StripPrefix
 
-RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex
+RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | MapKeys
 
 SAMPLE: Final = 400  # keys per side used to generate candidates
 MAX_PREFIX_DEPTH: Final = 4  # segments a prefix may span
@@ -115,7 +115,7 @@ def prefix_candidates(
     out: list[Candidate] = []
     per_block = _PerBlock(sampled)
     for (op, a, b), count in votes.most_common(MAX_CANDIDATES):
-        if per_block(a if op != "add" else "") or per_block(b, expected_side=True):
+        if (op != "add" and per_block(a)) or per_block(a if op == "add" else b, expected_side=True):
             continue  # a prefix that singles out one numbered block is an index edit, not a prefix
         if op == "strip":
             out.append(Candidate(StripPrefix(prefix=a), "extra_prefix", votes=count))

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import IO, Any, Protocol
 from keyguard._atomic import atomic_output, fsync_dir
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import KeyguardError, PlanError, SourceError
+from keyguard._progress import Progress as _Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
 from keyguard.fixes._plan import Plan
@@ -194,7 +194,7 @@ def write_fixed(
     output: str | os.PathLike[str],
     *,
     drop: Sequence[str] = (),
-    progress: bool | None = None,
+    progress: bool | _Progress | None = None,
 ) -> WriteResult:
     """Write ``keys``' checkpoint with ``plan`` applied to ``output``; verified and atomic.
 
@@ -204,7 +204,8 @@ def write_fixed(
         output: a ``.safetensors`` file, or a folder for sharded sources (created; it must not exist yet, unless
             it is the source itself: in-place).
         drop: source or new key names to leave out (``--drop-unexpected``).
-        progress: show a progress bar on stderr (default: when stderr is a terminal).
+        progress: show the writing and verifying phases on stderr (default: when stderr is a terminal), or a
+            ``keyguard._progress.Progress`` already showing earlier phases (reading, diagnosing) to continue.
 
     Raises:
         PlanError: the plan would collide keys or does not fit the tensors; nothing is written.
@@ -212,7 +213,12 @@ def write_fixed(
     """
     out = os.fspath(output)
     items, changes = plan_output(keys, plan, drop=drop)
-    bar = _Progress(sum(_nbytes(i) for i in items), enabled=progress)
+    own = not isinstance(progress, _Progress)
+    bar = progress if isinstance(progress, _Progress) else _Progress(enabled=progress)
+    total = sum(_nbytes(i) for i in items)
+    bar.phase("writing", total)
+    bar.phase("verifying", total)  # shown, waiting, from the start: the write is done once it is verified
+    bar.phase("writing")
     try:
         with _Stream() as stream:
             if keys.format == "safetensors-sharded":
@@ -225,7 +231,8 @@ def write_fixed(
     except OSError as exc:  # staging folder, companions, renames
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     finally:
-        bar.close()
+        if own:
+            bar.close()
         _TORCH_CACHE.clear()  # a pickle's tensors are not kept (nor reused, should the file change) after the write
     return WriteResult(out, changes, written, files)
 
@@ -271,7 +278,7 @@ def _write_file(
     used = {keys[src].file for i in items for src in i.sources}
     sources = {_source_path(keys, file): files[file] for file in used if file in files}
     try:
-        with atomic_output(out, verify=lambda path: _verify(path, rows, checks, meta, stream)) as f:
+        with atomic_output(out, verify=lambda path: _verify(path, rows, checks, meta, stream, bar)) as f:
             _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
@@ -646,6 +653,7 @@ def _verify(
     checks: dict[str, int],
     meta: Mapping[str, str],
     stream: _Stream | None = None,
+    bar: _Progress | None = None,
 ) -> None:
     """Re-read the written file: its header must be exactly the planned one, every tensor's bytes the source's."""
     from keyguard.sources._safetensors import read_safetensors
@@ -669,7 +677,11 @@ def _verify(
     spans = _Spans([(name, start - first, end - first) for name, start, end in bounds])
     with _Stream() if stream is None else contextlib.nullcontext(stream) as reader, open(path, "rb", buffering=0) as f:
         try:
-            reader.run(f, first, last - first, spans.feed, None, None)
+            if bar is not None:
+                bar.phase("verifying")
+            reader.run(f, first, last - first, spans.feed, None, bar)
+            if bar is not None:
+                bar.phase("writing")  # the next shard, if any
         except WriteError:
             raise WriteError("verification failed: the written file is truncated") from None
     crcs = spans.result()
@@ -831,30 +843,3 @@ def _companions(folder: str, skip: set[str]) -> list[str]:
             continue
         out.append(name)
     return out
-
-
-# ----------------------------------------------------------------------------------------------- progress
-class _Progress:
-    """A one-line progress bar on stderr, drawn at most five times a second; silent when stderr is not a TTY."""
-
-    def __init__(self, total: int, *, enabled: bool | None) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.last = 0.0
-        self.start = time.monotonic()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.enabled and (time.monotonic() - self.last > 0.2 or self.done >= self.total):
-            self.last = time.monotonic()
-            frac = min(self.done / self.total, 1.0)
-            filled = int(frac * 30)
-            rate = self.done / max(self.last - self.start, 1e-6) / 2**20
-            sys.stderr.write(f"\r  writing [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%} {rate:7.1f} MiB/s")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
