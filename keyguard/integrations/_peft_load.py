@@ -133,7 +133,7 @@ def from_pretrained(
     keys = _lora_keys(folder)
     config = LoraConfig.from_pretrained(folder)
     config.inference_mode = not is_trainable
-    wrapper = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(str(config.task_type), PeftModel) if config.task_type else PeftModel
+    wrapper = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel) if config.task_type else PeftModel
     state = ModelState.capture(model)
     try:
         peft_model = wrapper(model, config, adapter_name)
