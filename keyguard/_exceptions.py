@@ -11,6 +11,7 @@ The hierarchy, and the builtin each one resembles::
     ├── MissingDependencyError(KeyguardError, ImportError)   an optional package (torch, transformers) is needed
     ├── PlanError(KeyguardError, ValueError)          a fix plan was refused (collision, bad rule, bad file)
     ├── PatternError(KeyguardError, ValueError)       a regular expression given to keyguard (--ignore) is invalid
+    ├── WriteError(KeyguardError, OSError)            a fixed checkpoint could not be written or did not verify
     ├── KeyMismatchError(KeyguardError, RuntimeError) a guarded load found problems; carries the report
     ├── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
     └── UnsupportedModelError(KeyguardError, TypeError)  an integration was given a model it does not work on
@@ -124,6 +125,10 @@ class PatternError(KeyguardError, ValueError):
         self.position = position
         where = f" at position {position}" if position is not None else ""
         super().__init__(f"invalid regular expression {pattern!r} given to {option}= / --{option}: {detail}{where}")
+
+
+class WriteError(KeyguardError, OSError):
+    """The fixed checkpoint could not be written or did not verify; nothing was put at the target."""
 
 
 class KeyMismatchError(KeyguardError, RuntimeError):
