@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         container=args.container,
         architecture=args.architecture,
         hints=dict(args.hint),
-    )
+    ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping
 
@@ -78,4 +78,4 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_out:
         report.plan.save(args.plan_out)
         print(f"wrote the safe plan to {args.plan_out}", file=sys.stderr)
-    return report.exit_code(args.fail_on)
+    return report.exit_code()
