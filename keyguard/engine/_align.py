@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from keyguard.engine._groups import (
+    HOLE,
     Group,
     Member,
     ancestors,
@@ -38,7 +39,7 @@ from keyguard.engine._groups import (
     structural_splits,
     transposed,
 )
-from keyguard.engine._names import path_similarity, same_path, segment_similarity
+from keyguard.engine._names import path_similarity, same_name, same_path, segment_similarity
 from keyguard.fixes._rules import Applicability
 from keyguard.sources._keyset import TensorInfo
 
@@ -136,6 +137,8 @@ class _Aligner:
         self.anchored: set[str] = set()
         for key in anchored:
             self.anchored.update(ancestors(key))
+        # the same subtrees with their indices as holes: a block may move to another block of its list
+        self.anchored_shapes = {digit_template(a)[0] for a in self.anchored}
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -182,12 +185,15 @@ class _Aligner:
         return edges
 
     def _consistent(self, c: Group, e: Group) -> bool:
-        """No checkpoint key leaves a subtree that matches as it stands (checked on the first and last pair)."""
+        """No checkpoint key leaves a subtree that matches as it stands, though it may move to another block of
+        the same numbered list (checked on the first and last pair)."""
         if not self.anchored:
             return True
         for cm, em in {0: (c.members[0], e.members[0]), 1: (c.members[-1], e.members[-1])}.values():
+            e_shape = digit_template(em.name)[0]
             for parent in ancestors(cm.name):
-                if parent in self.anchored and not em.name.startswith(parent + "."):
+                shape = digit_template(parent)[0]
+                if shape in self.anchored_shapes and not e_shape.startswith(shape + "."):
                     return False
         return True
 
@@ -401,8 +407,8 @@ class _Aligner:
     # ------------------------------------------------------------------------------------------------ splits
     def _refine(self, rest_c: list[Group], rest_e: list[Group]) -> tuple[list[Group], list[Group]]:
         """Split the groups that found no candidate at the index position whose parts find the most."""
-        c_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_c}
-        e_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_e}
+        c_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_c}
+        e_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_e}
         e_signatures = {s.signature[:3] for g in rest_e for s in [g, *_flat(e_options[g])]}
         c_signatures = {s.signature[:3] for g in rest_c for s in [g, *_flat(c_options[g])]}
         return _choose(rest_c, c_options, e_signatures), _choose(rest_e, e_options, c_signatures)
@@ -430,13 +436,15 @@ class _Aligner:
                     kept.append(match)
                     continue
                 keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
-                support = self._corroboration(match, siblings)
-                if support and keys >= 2:
-                    match.evidence.extend(support)
-                elif _own_name_agrees(match.checkpoint, match.expected):
+                structure = self._structure(match, siblings)
+                own = _own_name_agrees(match.checkpoint, match.expected)
+                named = _named_in_place(match.checkpoint, match.expected)
+                if keys >= 2 and (structure or named):
+                    match.evidence.extend(structure or [Evidence("names", self._names_text(match))])
+                elif named or (structure and own):
                     match.applicability = Applicability.unsafe
-                    match.evidence.append(Evidence("names", self._names_text(match)))
-                    match.note = "inferred from a single key" if keys < 2 else "nothing around it moves the same way"
+                    match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
+                    match.note = "inferred from a single key"
                 else:
                     self._demote(match, "the only candidate by shape, but neither names nor neighbours confirm it")
                     continue
@@ -501,7 +509,9 @@ class _Aligner:
                     shared.setdefault(pair, set()).add(module)
         return shared
 
-    def _corroboration(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+    def _structure(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+        """What the tree says for a match: it stays inside a parent that matches as it stands, or sibling modules
+        move the same way."""
         module = match.checkpoint.module
         c, e = match.pairs[0]
         for c_parent in ancestors(c.name)[1:]:
@@ -513,16 +523,44 @@ class _Aligner:
                 return [
                     Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
                 ]
-        if _own_name_agrees(match.checkpoint, match.expected):
-            return [Evidence("names", self._names_text(match))]
         return []
+
+
+#: Wrapper segments that say nothing of where a module sits (DDP, torch.compile, a loader's ``model.``).
+_WRAPPERS: Final = frozenset({"module", "_orig_mod", "model", "base_model"})
+
+
+def _named_in_place(c: Group, e: Group) -> bool:
+    """The module's own name agrees *and* it sits in the same place: its parent path is the same once wrapper
+    segments are set aside (or reads the same up to separators). A match no neighbour confirms needs both:
+    ``attn`` under ``transformer.layers`` is not ``attn`` under ``model.layers``."""
+    if not c.path or not e.path:
+        return False
+    if same_path(c.path, e.path):
+        return True
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME:
+        return _same_place(c.path[:-1], e.path[:-1])
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    if len(long) == len(short) + 1 and same_name(short[-1], long[-2]):  # wrapped (``head`` -> ``head.fc``)
+        return _same_place(short[:-1], long[:-2])
+    return False
+
+
+def _same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    a = tuple(s for s in a if s not in _WRAPPERS)
+    b = tuple(s for s in b if s not in _WRAPPERS)
+    return a == b or (bool(a) and bool(b) and same_path(a, b))
 
 
 def _own_name_agrees(c: Group, e: Group) -> bool:
     """The module's own name (its last segment) is the same up to spelling, or a published equivalent."""
     if not c.path or not e.path:
         return False
-    return segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path)
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path):
+        return True
+    # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    return len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
@@ -550,19 +588,31 @@ def _best(options: list[tuple[float, Group]], open_: set[Group]) -> tuple[float,
     return best, target, ranked[1] if len(ranked) > 1 else 0.0
 
 
-def _flat(options: list[list[Group]]) -> list[Group]:
-    return [g for split in options for g in split]
+def _flat(options: list[tuple[int, list[Group]]]) -> list[Group]:
+    return [g for _, split in options for g in split]
 
 
-def _choose(rest: list[Group], options: dict[Group, list[list[Group]]], other: set[tuple[object, ...]]) -> list[Group]:
+def _inside_a_name(template: str, position: int) -> bool:
+    """True when the ``position``-th hole sits inside a segment with letters (``ln_1``), not alone (``h.0``)."""
+    pieces = template.split(HOLE)
+    before, after = pieces[position], pieces[position + 1]
+    return not (before.endswith(".") or before == "") or not (after.startswith(".") or after == "")
+
+
+def _choose(
+    rest: list[Group], options: dict[Group, list[tuple[int, list[Group]]]], other: set[tuple[object, ...]]
+) -> list[Group]:
     out: list[Group] = []
     for group in rest:
         best: list[Group] | None = None
-        best_hits = 0
-        for parts in options[group]:
+        best_rank: tuple[int, bool, int] = (0, False, -1)
+        for position, parts in options[group]:
             hits = sum(1 for p in parts if p.signature[:3] in other)
-            if hits > best_hits:
-                best, best_hits = parts, hits
+            # on equal hits, an index written into a name (``ln_1``, ``c_fc_0``, ``norm2``) names modules more often
+            # than a dotted index counts blocks; then the innermost position
+            rank = (hits, _inside_a_name(group.template, position), position)
+            if hits and rank > best_rank:
+                best, best_rank = parts, rank
         if best is not None:
             out.extend(best)
         else:
@@ -579,5 +629,8 @@ def _ancestor_pairs(c_name: str, e_name: str) -> list[tuple[str, str]]:
 
 
 def _parents(name: str) -> list[str]:
+    """The nearest ancestors of a key's module (up to three levels), wrapper-only prefixes left out."""
     module = split_leaf(name)[0]
-    return ancestors(module + ".x")[1:3] if module else []
+    if not module:
+        return []
+    return [a for a in ancestors(module + ".x")[1:4] if not set(a.split(".")) <= _WRAPPERS]

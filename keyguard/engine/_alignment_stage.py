@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Literal
 
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template
@@ -15,6 +16,26 @@ from keyguard.fixes._rules import MapKeys, Remap, Rule
 
 class _AlignmentStage(EngineState):
     def _align(self) -> None:
+        for key in self.held:
+            self.cur[key] = key
+            self.by_cur[key] = key
+            self.open_e.add(key)
+        try:
+            self._align_open()
+        finally:
+            self._match_held_by_name()
+
+    def _match_held_by_name(self) -> None:
+        """Keys held out for a shape mismatch that alignment did not explain match by name again."""
+        for key in self.held:
+            if self.cur.get(key) == key and key in self.open_e:
+                del self.cur[key]
+                del self.by_cur[key]
+                self.open_e.discard(key)
+                self.resolved[key] = key
+                self.exact.add(key)
+
+    def _align_open(self) -> None:
         if not self.cur or not self.open_e:
             return
         position_c = {k: i for i, k in enumerate(self.C)}
@@ -103,10 +124,11 @@ class _AlignmentStage(EngineState):
         explicit = {",".join(map(str, cm.index)): list(em.index) for cm, em in pairs}
         candidates.append(Remap(old=old, new=_placeholders(e.template), indices=explicit))
         pool = by_template.get(digit_template(c.members[0].name)[0], [])
+        origin: Literal["inferred", "hint"] = "hint" if any(e.kind == "hint" for e in match.evidence) else "inferred"
         for rule in candidates:
             if _exact(rule, names, pool):
-                return rule.model_copy(update={"applicability": match.applicability})
-        return MapKeys(mapping=dict(names), applicability=match.applicability)
+                return rule.model_copy(update={"applicability": match.applicability, "origin": origin})
+        return MapKeys(mapping=dict(names), applicability=match.applicability, origin=origin)
 
     # ------------------------------------------------------------------------------------------------- ties
     def _take_tie(self, tie: Tie) -> None:
@@ -127,7 +149,7 @@ class _AlignmentStage(EngineState):
             self.frozen.append(name)
         for targets in options.values():
             self.open_e.difference_update(targets)
-        self.ambiguities.append(_Ambiguity(options, [], tie.why))
+        self._ambiguous(_Ambiguity(options, [], tie.why))
 
 
 def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:
