@@ -59,7 +59,11 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "post_attn_norm",
     ),
     ("layers", "layer", "h", "blocks", "block", "resblocks", "transformer_blocks", "decoder_layers"),
+    # ViT-style pre-norm blocks name the norms by position; numbered norms read the same way there
+    ("layernorm_before", "norm1", "layer_norm_1", "ln_1", "ln1", "norm_1"),
+    ("layernorm_after", "norm2", "layer_norm_2", "ln_2", "ln2", "norm_2"),
     # whole-model parts
+    ("classifier", "head", "fc", "score", "cls"),
     ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "norm_out", "ln_out"),
     (
         "embed_tokens",
@@ -183,6 +187,28 @@ def _groups(name: str) -> frozenset[int]:
     return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_plain(name), frozenset())
 
 
+def name_groups(name: str) -> frozenset[int]:
+    """The equivalence groups a module name belongs to (``q_proj`` and ``wq`` share one)."""
+    return _groups(name)
+
+
+def spelled_parts(name: str) -> list[frozenset[int]]:
+    """The modules a fused name spells, in order: ``qkv_proj``, ``Wqkv`` and ``query_key_value`` spell the query,
+    key and value projections; ``up_gate_proj`` the up then the gate projection. Empty when it spells nothing."""
+    out: list[frozenset[int]] = []
+    for token in tokens(name):
+        letters = token[1:] if token.startswith("w") and len(token) > 2 else token
+        if 2 <= len(letters) <= 3 and all(ch in "qkv" for ch in letters):
+            out.extend(_groups(ch) for ch in letters)
+        elif token not in _GENERIC and (groups := _groups(token)):
+            out.append(groups)
+    return out
+
+
+#: Tokens that name no part of a fused tensor (``qkv_proj`` spells q, k, v; ``proj`` spells nothing).
+_GENERIC: Final = frozenset({"proj", "projection", "linear", "fc", "dense", "layer", "w", "weight", "in", "out"})
+
+
 @functools.lru_cache(maxsize=65536)
 def same_name(a: str, b: str) -> bool:
     """Equal once case, separators and plurals are set aside (``layer_norm`` / ``LayerNorm``)."""
@@ -229,10 +255,19 @@ def path_tokens(path: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One path reads as the end of the other once separators are set aside (``lora_unet_down_blocks_0_proj_in``
-    against ``unet.down_blocks.0.proj_in``): the same module, named as another tool flattens it."""
-    ta, tb = path_tokens(a), path_tokens(b)
-    if min(len(ta), len(tb)) < 2:
-        return False
-    short, long = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
-    return long[len(long) - len(short) :] == short
+    """The two paths end alike once separators are set aside: one is the end of the other
+    (``lora_unet_down_blocks_0_proj_in`` against ``unet.down_blocks.0.proj_in``), or is once its first segment,
+    a root of another name, is set aside (``lora_te_text_model...`` against ``text_encoder.text_model...``): the
+    same module, named as another tool flattens it."""
+    if _ends(path_tokens(a), path_tokens(b)):
+        return True
+    for one, other in ((a, b), (b, a)):
+        rest = path_tokens(one[1:])
+        if len(one) >= 3 and len(rest) >= 3 and _ends(rest, path_tokens(other)):
+            return True
+    return False
+
+
+def _ends(ta: tuple[str, ...], tb: tuple[str, ...]) -> bool:
+    shorter, longer = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
+    return len(shorter) >= 2 and longer[len(longer) - len(shorter) :] == shorter
