@@ -12,9 +12,10 @@ integrations call):
 - ``peft.utils.other.AuxiliaryTrainingWrapper`` and its ``adapter_state_dict_load_map``, from which keyguard reads
   how ``modules_to_save`` copies are saved and loaded, appeared in 0.15.0.
 
-Two behaviours changed inside that range, and the shims below follow the installed release: which adapters may be
-active together on a ``modules_to_save`` wrapper (``check_set_adapter``, 0.18), and whether ``bias="lora_only"``
-adapters carry their base-layer biases (``saves_lora_only_biases``, 0.21).
+Three behaviours changed inside that range, and the shims below follow the installed release: which adapters may be
+active together on a ``modules_to_save`` wrapper (``check_set_adapter``, 0.18), how an adapter is made trainable
+(``set_adapter_trainable``: ``PeftModel.set_requires_grad``, 0.18), and whether ``bias="lora_only"`` adapters
+carry their base-layer biases (``saves_lora_only_biases``, 0.21).
 
 So the integrations support the releases that have both: 0.15.0 up to the 0.21 series. ``make compat`` installs the
 newest release of each series into a throwaway virtualenv and runs the integration tests there
@@ -81,6 +82,21 @@ def check_set_adapter(wrapper: Any, names: list[str]) -> None:
         check(names)
     elif len(names) > 1:
         raise ValueError("Only one adapter can be set at a time for modules_to_save")
+
+
+def set_adapter_trainable(peft_model: Any, adapter_name: str) -> None:
+    """Make ``adapter_name``'s parameters trainable, as ``PeftModel.from_pretrained(..., is_trainable=True)`` does.
+
+    PEFT 0.18 has ``PeftModel.set_requires_grad``; before, the adapter's own parameters (the ones named with the
+    adapter, such as ``lora_A.<name>.weight``) are switched on directly.
+    """
+    if hasattr(type(peft_model), "set_requires_grad"):  # never PeftModel.__getattr__, which forwards to the model
+        peft_model.set_requires_grad(adapter_name)
+        return
+    marker = f".{adapter_name}."
+    for name, parameter in peft_model.named_parameters():
+        if marker in f".{name}.":
+            parameter.requires_grad_(True)
 
 
 def installed_peft() -> str:
