@@ -31,6 +31,7 @@ from keyguard._exceptions import HeaderError, SourceError
 from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_fast
+from keyguard.sources._serde_numbers import SAFE_MAGNITUDE, out_of_range
 
 #: The safetensors library refuses headers above this size; so does keyguard.
 MAX_HEADER_SIZE: Final = 100_000_000
@@ -38,9 +39,6 @@ MAX_HEADER_SIZE: Final = 100_000_000
 _JSON_WS: Final = " \t\n\r"
 #: serde_json refuses JSON nested deeper than this (the header object itself counts as 1).
 MAX_DEPTH: Final = 127
-# serde_json refuses numbers beyond a double's range; its parser rounds less exactly than Python's, so keyguard
-# keeps a margin of about 70 units in the last place below the largest double (stricter, never laxer).
-_MAX_NUMBER: Final = 1.7976931348623e308
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
@@ -227,17 +225,23 @@ def _header_int(text: str) -> int | float:
     """``parse_int`` reading integers as serde_json does: ``-0`` and integers beyond 64 bits become doubles."""
     if text == "-0":
         return -0.0
-    if len(text) > 320:  # far beyond a double: refused before int() spends time on it
-        raise ValueError(f"number out of range ({text[:20]}... with {len(text):,} digits)")
+    if len(text) < 20:
+        return int(text)
+    if out_of_range(text):  # checked before int() spends time on thousands of digits
+        raise ValueError(f"number out of range ({_shorten(text)})")
     value = int(text)
-    return value if -(2**63) <= value <= MAX_DIM else _header_float(text)
+    return value if -(2**63) <= value <= MAX_DIM else float(value)
 
 
 def _header_float(text: str) -> float:
     value = float(text)
-    if not -_MAX_NUMBER <= value <= _MAX_NUMBER:
-        raise ValueError(f"number out of range ({text[:40]})")
+    if not -SAFE_MAGNITUDE < value < SAFE_MAGNITUDE and out_of_range(text):
+        raise ValueError(f"number out of range ({_shorten(text)})")
     return value
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:20]}... with {len(text):,} characters"
 
 
 _HEADER_DECODER: Final = json.JSONDecoder(
@@ -254,12 +258,12 @@ _FIELDS: Final = frozenset(("dtype", "shape", "data_offsets"))
 
 def _check_unknown_fields(path: str, key: str, entry: dict[str, object]) -> None:
     """Fields the library ignores must still be JSON it reads: nested at most ``MAX_DEPTH`` deep in all (the
-    entry is level 2), integers within a double's range (Python reads any integer exactly)."""
+    entry is level 2), integers within the range serde_json reads (Python reads any integer exactly)."""
     stack = [(value, 3) for field, value in entry.items() if field not in _FIELDS]
     while stack:
         item, level = stack.pop()
-        if isinstance(item, int) and not -_MAX_NUMBER <= item <= _MAX_NUMBER:
-            problem = f"a number out of range ({str(item)[:20]}...)"
+        if isinstance(item, int) and not -MAX_DIM <= item <= MAX_DIM and out_of_range(str(item)):
+            problem = f"a number out of range ({_shorten(str(item))})"
         elif isinstance(item, (dict, list)) and level > MAX_DEPTH:
             problem = f"a field nested more than {MAX_DEPTH} levels deep in all"
         else:
