@@ -398,6 +398,30 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     return parser.parse_args(argv)
 
 
+#: ``KG_BENCH_BEFORE=DIR`` (a checkout of an older keyguard, e.g. ``git archive COMMIT | tar -x -C DIR``) adds
+#: that version as a contender, run by the same interpreter, so "before" and "after" come from the same run.
+BEFORE = os.environ.get("KG_BENCH_BEFORE") or None
+
+_BEFORE_CLI = """\
+import sys
+# the editable install's finder would import this checkout's keyguard: leave it out for the older tree
+sys.meta_path = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+sys.path.insert(0, sys.argv.pop(1))
+from keyguard.cli import main
+assert main.__code__.co_filename.startswith(sys.path[0]), main.__code__.co_filename
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def keyguard_cli(*args: str, before: bool = False) -> list[str]:
+    """argv of ``keyguard ARGS``; with ``before``, of the older keyguard in ``KG_BENCH_BEFORE``."""
+    if before:
+        if BEFORE is None:
+            raise ValueError("set KG_BENCH_BEFORE to an older checkout first")
+        return [PYTHON, "-c", _BEFORE_CLI, BEFORE, *args]
+    return [KEYGUARD_CLI, *args]
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain-text table, numbers right-aligned."""
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]

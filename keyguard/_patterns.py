@@ -159,6 +159,7 @@ class _Columns:
 
     def __init__(self, keys: list[str]) -> None:
         joined = "." + "\n.".join(keys) + "\n"
+        self._counts: list[int] | None = None  # numbers per key, when the templates cannot tell
         if not keys:
             self.templates: list[str] = []
             self.flat: list[str] = []
@@ -170,6 +171,7 @@ class _Columns:
             split = [(LITERAL + k, ()) if HOLE in k else template(k) for k in keys]
             self.templates = [shape for shape, _ in split]
             self.flat = [str(n) for _, numbers in split for n in numbers]
+            self._counts = [len(numbers) for _, numbers in split]
         self._starts: list[int] | None = None
 
     def numbers(self, indices: Sequence[int], shape: str) -> list[set[int]]:
@@ -181,7 +183,7 @@ class _Columns:
             # one template for all the keys: their numbers come in order, ``holes`` per key
             return [set(map(int, set(self.flat[position::holes]))) for position in range(holes)]
         if self._starts is None:
-            counts = (0 if shape.startswith(LITERAL) else shape.count(HOLE) for shape in self.templates)
+            counts = self._counts if self._counts is not None else map(str.count, self.templates, repeat(HOLE))
             self._starts = list(itertools.accumulate(counts, initial=0))
         firsts = list(map(self._starts.__getitem__, indices))
         get = self.flat.__getitem__
