@@ -10,6 +10,7 @@ The hierarchy, and the builtin each one resembles::
     │   └── AdapterConfigError                        adapter_config.json is invalid
     ├── MissingDependencyError(KeyguardError, ImportError)   an optional package (torch, transformers) is needed
     ├── PlanError(KeyguardError, ValueError)          a fix plan was refused (collision, bad rule, bad file)
+    ├── WriteError(KeyguardError, OSError)            a fixed checkpoint could not be written or did not verify
     ├── KeyMismatchError(KeyguardError, RuntimeError) a guarded load found problems; carries the report
     └── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
 
@@ -95,6 +96,10 @@ class MissingDependencyError(KeyguardError, ImportError):
 
 class PlanError(KeyguardError, ValueError):
     """A fix plan was refused: it would make two keys collide, or it is malformed."""
+
+
+class WriteError(KeyguardError, OSError):
+    """The fixed checkpoint could not be written or did not verify; nothing was put at the target."""
 
 
 class KeyMismatchError(KeyguardError, RuntimeError):

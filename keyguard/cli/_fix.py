@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     )
     output = _output_path(args, keys)
     if args.dry_run:
-        from keyguard.fixes._writer import plan_output
+        from keyguard.fixes._output_plan import plan_output
 
         _, changes = plan_output(keys, plan, drop=drop)
         print(_changes_table(changes, quiet=args.quiet, dry_run=True))

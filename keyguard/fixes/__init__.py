@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from keyguard._exceptions import WriteError
     from keyguard.fixes._load import load_state_dict, load_tensors
     from keyguard.fixes._plan import PLAN_FORMAT, Plan
     from keyguard.fixes._rules import (
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
         StripPrefix,
         Transpose,
     )
-    from keyguard.fixes._writer import WriteError, WriteResult, write_fixed
+    from keyguard.fixes._writer import WriteResult, write_fixed
 else:
     from keyguard._lazy import lazy_exports
 
@@ -42,7 +43,7 @@ else:
             "Split": "keyguard.fixes._rules",
             "StripPrefix": "keyguard.fixes._rules",
             "Transpose": "keyguard.fixes._rules",
-            "WriteError": "keyguard.fixes._writer",
+            "WriteError": "keyguard._exceptions",
             "WriteResult": "keyguard.fixes._writer",
             "write_fixed": "keyguard.fixes._writer",
         },

@@ -7,6 +7,7 @@ import os
 from typing import Any, Final
 
 from keyguard._exceptions import SourceError
+from keyguard.sources._readfile import read_bounded
 
 #: Index, config and manifest files are small; anything above this is not one of them.
 MAX_JSON_FILE: Final = 512 * 1024 * 1024
@@ -42,20 +43,7 @@ STRICT_DECODER: Final = json.JSONDecoder(object_pairs_hook=pairs_without_duplica
 def load_json_object(path: str | os.PathLike[str], error: type[SourceError] = SourceError) -> dict[str, Any]:
     """Read a JSON file that must hold an object; every failure is one ``error`` naming the file."""
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        if os.path.isdir(path):
-            raise error(path, "is-a-directory", "is a directory, expected a JSON file")
-        if size > MAX_JSON_FILE:
-            raise error(path, "file-too-large", f"is {size:,} bytes, too large for a JSON index or manifest")
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise error(path, "not-found", "no such file") from None
-    except PermissionError:
-        raise error(path, "unreadable", "permission denied") from None
-    except OSError as exc:  # a path through a file (NotADirectoryError), an I/O error, ...
-        raise error(path, "unreadable", f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    raw = read_bounded(path, MAX_JSON_FILE, error=error)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

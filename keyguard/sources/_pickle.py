@@ -20,6 +20,7 @@ from typing import Any
 from keyguard._dtypes import canonical_dtype
 from keyguard._exceptions import SourceError, UnsafePickleError
 from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._readfile import open_regular
 from keyguard.sources._torch import import_torch
 
 #: Containers that commonly wrap a state dict, in the order they are preferred.
@@ -74,11 +75,9 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
         SourceError: missing, a directory, corrupted, or holding no tensors.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise SourceError(path, "is-a-directory", "is a directory, expected a PyTorch checkpoint file")
-    if not os.path.exists(path):
-        raise SourceError(path, "not-found", "no such file")
-    if os.path.getsize(path) == 0:
+    with open_regular(path) as f:  # torch.load opens the path itself: check that it is a regular file first
+        size = os.fstat(f.fileno()).st_size
+    if size == 0:
         raise SourceError(path, "empty-file", "is empty (0 bytes)")
     torch = import_torch(f"to read the PyTorch pickle {path}")
     obj = _load(torch, path)

@@ -162,8 +162,10 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
 
 
 def _sniff(path: str, *, container: str | None) -> KeySet:
+    from keyguard.sources._readfile import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(16)
     except OSError as exc:
         raise SourceError(path, "unreadable", exc.strerror or type(exc).__name__) from None

@@ -21,15 +21,17 @@ the header has and whichever parser is installed.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import re
-from typing import Final
+from typing import Final, cast
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
 from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._readfile import open_regular
 from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_fast
 from keyguard.sources._serde_numbers import SAFE_MAGNITUDE, out_of_range
 
@@ -81,7 +83,7 @@ def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
     if "\x00" in path:
         raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # regular files only: a FIFO or a device never ends
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -110,7 +112,7 @@ def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
                     size=size,
                 )
             header = bytearray(n)
-            got = f.readinto(header)
+            got = cast("io.BufferedReader", f).readinto(header)  # open_regular's files are buffered readers
     except IsADirectoryError:
         raise SourceError(path, "is-a-directory", "is a directory, expected a .safetensors file") from None
     except (FileNotFoundError, NotADirectoryError):

@@ -39,6 +39,7 @@ SLUG_PAGES = {
     "_memory.py": ["sources/in-memory.md"],
     "_resolve.py": ["sources/index.md"],
     "_jsonfile.py": ["sources/index.md"],
+    "_readfile.py": ["sources/index.md"],
 }
 SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}
 ERROR_CALLS = {"SourceError", "HeaderError", "ShardIndexError", "UnsafePickleError", "AdapterConfigError", "error"}
