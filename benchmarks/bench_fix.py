@@ -67,11 +67,11 @@ def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[
     out = f"{work}/fix_out.safetensors"
     commands: dict[str, list[str]] = {
         "keyguard fix -o OUT": [c.KEYGUARD_CLI, "fix", checkpoint, "-e", expected, "-o", out, "--quiet"],
-        **(
-            {"keyguard fix -o OUT, before": c.keyguard_cli("fix", checkpoint, "-e", expected, "-o", out, "--quiet", before=True)}
-            if c.BEFORE
-            else {}
-        ),
+    }
+    if c.BEFORE:
+        fix_args = ("fix", checkpoint, "-e", expected, "-o", out, "--quiet")
+        commands["keyguard fix -o OUT, before"] = c.keyguard_cli(*fix_args, before=True)
+    commands |= {
         "cp": ["/bin/cp", checkpoint, out],
         "cp + sync OUT": ["/bin/sh", "-c", 'cp "$0" "$1" && sync "$1"', checkpoint, out],
         "baseline: keyguard fix, 2 tensors": [
