@@ -99,8 +99,9 @@ def check_reader(path: str, count: int) -> dict[str, object]:
         if list(info.shape or ()) != loaded[key]["shape"] or info.dtype != loaded[key]["dtype"]:
             raise AssertionError(f"keyguard and json.loads disagree on {key!r}")
     header, data_start, _ = _read_header_bytes(path)
+    size = len(header)
     fast = parse_fast(header, data_start, "x") is not None
-    return {"tensors": len(keys), "header_bytes": len(header), "fast_path": fast}
+    return {"tensors": len(keys), "header_bytes": size, "fast_path": fast}
 
 
 def fresh_subprocesses(path: str, count: int, rounds: int, clock: str = "perf_counter") -> dict[str, c.Stats]:

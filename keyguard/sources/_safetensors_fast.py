@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from itertools import repeat
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, cast
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard.sources._keyset import TensorInfo
@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - the tests hide the module to exercise 
 
 #: The largest value a ``usize`` dimension may take: the safetensors library reads shapes as 64-bit integers.
 MAX_DIM: Final = 2**64 - 1
+#: The format's dtype names, each mapped to one shared string object (a million tensors share four of them).
+_DTYPE_NAMES: Final = {name: name for name in DTYPE_BITS}
 
 # Canonical metadata: '{"__metadata__":{"k":"v",...}' then ',' (tensors follow) or '}' (none), no whitespace. A
 # JSON string is '"', then characters other than '"' and '\\' or a backslash and the character it escapes, then
@@ -41,7 +43,7 @@ _METADATA: Final = re.compile(rb'\{"__metadata__":(\{(?:' + _PAIR + rb"(?:," + _
 if HAVE_MSGSPEC:
     _Count = Annotated[int, msgspec.Meta(ge=0)]
 
-    class _Entry(msgspec.Struct, forbid_unknown_fields=True):
+    class _Entry(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # gc=False: 16 bytes less per entry
         dtype: str
         shape: tuple[_Count, ...]
         data_offsets: tuple[_Count, _Count]
@@ -54,10 +56,18 @@ if HAVE_MSGSPEC:
 def parse_fast(header: bytearray, base: int, label: str) -> Parsed | None:
     """Parse a header in the library's own layout; ``None`` means "not provably valid here, use the strict path".
 
-    ``header`` is modified during the call and restored before it returns. Never raises.
+    ``header`` is modified during the call and restored before it returns, except on success, when it is emptied
+    (the result does not need it, and a large header freed early lowers the peak memory). Never raises.
     """
     if not HAVE_MSGSPEC:
         return None
+    result = _parse(header, base, label)
+    if result is not None:
+        header.clear()
+    return result
+
+
+def _parse(header: bytearray, base: int, label: str) -> Parsed | None:
     metadata: dict[str, str] = {}
     start = 0
     match = _METADATA.match(header)
@@ -94,42 +104,53 @@ def parse_fast(header: bytearray, base: int, label: str) -> Parsed | None:
     # the last silently) and that no string holds a colon.
     if header.count(b":", start) != 4 * len(entries) or "__metadata__" in entries:
         return None
-    return _tensors(metadata, entries, base, label)
+    return _tensors(metadata, entries, base, label, header)
 
 
-def _tensors(metadata: dict[str, str], entries: dict[str, Any], base: int, label: str) -> Parsed | None:
-    """Check sizes column by column (each distinct shape and dtype once) and build the ``TensorInfo``s."""
+def _tensors(
+    metadata: dict[str, str], entries: dict[str, Any], base: int, label: str, header: bytearray
+) -> Parsed | None:
+    """Check sizes column by column (each distinct shape and dtype once) and build the ``TensorInfo``s.
+
+    Memory matters at a million tensors: equal shapes and dtypes end up as one shared object each, and the header
+    buffer is emptied once the sizes are checked, before the ``TensorInfo``s are built.
+    """
     if not entries:
         return metadata, {}, base
     values = entries.values()
-    dtypes = list(map(operator.attrgetter("dtype"), values))
-    shapes = list(map(operator.attrgetter("shape"), values))
-    offsets = list(map(operator.attrgetter("data_offsets"), values))
+    named = list(map(_DTYPE_NAMES.get, map(operator.attrgetter("dtype"), values)))
+    if None in named:
+        return None  # an unknown dtype: the strict path names it
+    dtypes = cast("list[str]", named)
+    canonical_shapes = {shape: shape for shape in map(operator.attrgetter("shape"), values)}
+    shapes = list(map(canonical_shapes.__getitem__, map(operator.attrgetter("shape"), values)))
     distinct_dtypes = set(dtypes)
     if len(distinct_dtypes) == 1:  # the common case: the size depends on the shape alone
         (dtype,) = distinct_dtypes
-        by_shape: dict[tuple[int, ...], int | None] = {shape: nbytes_or_none(dtype, shape) for shape in set(shapes)}
+        by_shape = {shape: nbytes_or_none(dtype, shape) for shape in canonical_shapes}
         if None in by_shape.values():
             return None
-        expected = list(map(by_shape.__getitem__, shapes))
+        expected = map(by_shape.__getitem__, shapes)
     else:
-        columns = list(zip(shapes, dtypes))
-        by_pair = {pair: nbytes_or_none(pair[1], pair[0]) for pair in set(columns)}
+        by_pair = {pair: nbytes_or_none(pair[1], pair[0]) for pair in set(zip(shapes, dtypes))}
         if None in by_pair.values():
             return None
-        expected = list(map(by_pair.__getitem__, columns))
-    starts = list(map(operator.itemgetter(0), offsets))
-    ends = list(map(operator.itemgetter(1), offsets))
-    if list(map(operator.sub, ends, starts)) != expected:
+        expected = map(by_pair.__getitem__, zip(shapes, dtypes))
+    offsets = list(map(operator.attrgetter("data_offsets"), values))
+    starts, ends = operator.itemgetter(0), operator.itemgetter(1)
+    if not all(map(operator.eq, map(operator.sub, map(ends, offsets), map(starts, offsets)), expected)):
         return None  # a size mismatch or an end before its start: the strict path names the first one
-    in_order = starts[0] == 0 and starts[1:] == ends[:-1]
-    starts = list(map(operator.add, starts, repeat(base)))
-    ends = list(map(operator.add, ends, repeat(base)))
-    infos = map(tuple.__new__, repeat(TensorInfo), zip(shapes, dtypes, repeat(label), zip(starts, ends)))
+    # in order when each tensor starts where the one before ends (the library writes them so)
+    in_order = offsets[0][0] == 0 and all(map(operator.eq, map(starts, offsets[1:]), map(ends, offsets)))
+    data_end = base + offsets[-1][1]
+    header.clear()  # valid: the result no longer needs the header's bytes
+    absolute = operator.add
+    spans = zip(map(absolute, map(starts, offsets), repeat(base)), map(absolute, map(ends, offsets), repeat(base)))
+    infos = map(tuple.__new__, repeat(TensorInfo), zip(shapes, dtypes, repeat(label), spans))
     # the decoded dict becomes the result: replacing values keeps its (hashed, ordered) keys without a rebuild
     entries.update(zip(entries, infos))
     tensors: dict[str, TensorInfo] = entries
-    return metadata, tensors, ends[-1] if in_order else None
+    return metadata, tensors, data_end if in_order else None
 
 
 def nbytes_or_none(dtype: str, shape: tuple[int, ...]) -> int | None:
