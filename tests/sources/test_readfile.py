@@ -38,7 +38,7 @@ def keyguard_process(env: dict[str, str], cwd: Path, *args: str, memory: int | N
         env=env,
         cwd=cwd,
         timeout=TIMEOUT,
-        preexec_fn=limit,  # noqa: PLW1509 - only sets a resource limit
+        preexec_fn=limit,
     )
 
 
