@@ -104,11 +104,22 @@ def check_reader(path: str, count: int) -> dict[str, object]:
     return {"tensors": len(keys), "header_bytes": size, "fast_path": fast}
 
 
+KEYGUARD_BEFORE = "keyguard read_safetensors, before (KG_BENCH_BEFORE)"
+# The older keyguard in KG_BENCH_BEFORE, imported instead of this checkout's (whose editable finder is left out).
+_BEFORE_SETUP = """\
+import sys
+sys.meta_path = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+sys.path.insert(0, {before!r})
+"""
+
+
 def fresh_subprocesses(path: str, count: int, rounds: int, clock: str = "perf_counter") -> dict[str, c.Stats]:
     setup = _SETUP.format(path=path)
     snippets = {
         name: (setup + (_FORCE_FALLBACK if name == KEYGUARD_FALLBACK else ""), stmt) for name, stmt in _STMTS.items()
     }
+    if c.BEFORE:
+        snippets[KEYGUARD_BEFORE] = (_BEFORE_SETUP.format(before=c.BEFORE) + setup, _STMTS[KEYGUARD])
     return c.interleaved_snippets(snippets, rounds, check=_CHECK.format(count=count), clock=clock)
 
 
@@ -130,11 +141,18 @@ _RSS_SNIPPETS = {
 
 def peak_memory(path: str, rounds: int) -> dict[str, c.Stats]:
     """Extra peak RSS of a fresh process reading the header, over the same process reading nothing."""
-    runs = c.interleaved_commands(
-        {name: c.python_command(_RSS_BASE + code, path) for name, code in _RSS_SNIPPETS.items()}, rounds
-    )
+    commands = {name: c.python_command(_RSS_BASE + code, path) for name, code in _RSS_SNIPPETS.items()}
+    if c.BEFORE:
+        before = _BEFORE_SETUP.format(before=c.BEFORE)
+        commands["nothing read, before"] = c.python_command(before + _RSS_BASE + "pass", path)
+        commands[KEYGUARD_BEFORE] = c.python_command(before + _RSS_BASE + _RSS_SNIPPETS[KEYGUARD], path)
+    runs = c.interleaved_commands(commands, rounds)
     base = c.Stats([float(m.peak_rss) for m in runs["nothing read (baseline)"]]).median
-    return {name: c.Stats([m.peak_rss - base for m in runs[name]]) for name in (KEYGUARD, JSON)}
+    out = {name: c.Stats([m.peak_rss - base for m in runs[name]]) for name in (KEYGUARD, JSON)}
+    if c.BEFORE:
+        base_before = c.Stats([float(m.peak_rss) for m in runs["nothing read, before"]]).median
+        out[KEYGUARD_BEFORE] = c.Stats([m.peak_rss - base_before for m in runs[KEYGUARD_BEFORE]])
+    return out
 
 
 def in_process(path: str, rounds: int) -> dict[str, c.Stats]:
