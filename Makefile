@@ -37,8 +37,9 @@ lint: setup
 	$(BIN)/ruff format --check keyguard tests benchmarks docs
 	$(BIN)/mypy keyguard
 
+# NO_MKDOCS_2_WARNING: mkdocs-material prints an end-of-life banner on every build unless it is set
 docs: setup
-	$(BIN)/python -m mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir site
 
 ci: lint test docs
 

@@ -113,7 +113,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
 # -- finding pages -------------------------------------------------------------------------------------------------
 def finding_path(code: str) -> str:
-    """Where a kind's page lives; ``Finding.url`` links to the same place on the published site."""
+    """Where a kind's page lives (``keyguard explain CODE`` prints the same page in a terminal)."""
     return f"findings/{code.lower()}.md"
 
 
@@ -125,12 +125,10 @@ def render_finding_page(kind: Any) -> str:
             "",
             f"**{kind.title}**",
             "",
-            "| | |",
-            "| --- | --- |",
-            f"| Code | `{kind.code}` |",
-            f"| Kind | `{kind.kind}` |",
-            f"| Severity | [{kind.severity.value}](../concepts.md#severity) |",
-            f"| Family | [{family}](index.md) |",
+            "| Code | Kind | Severity | Family |",
+            "| --- | --- | --- | --- |",
+            f"| `{kind.code}` | `{kind.kind}` | [{kind.severity.value}](../concepts.md#severity)"
+            f" | [{family}](index.md) |",
             "",
             "## What it does",
             "",
@@ -295,15 +293,28 @@ def render_api_rest(module_name: str, markdown: str) -> str:
 
     module = importlib.import_module(module_name)
     done = documented(markdown)
+    # an object re-exported by two modules (integrations.peft/xlora.Strategy) is documented once: two anchors for
+    # one object leave cross-references with no single target once pages are files (use_directory_urls: false)
+    seen = {id(_resolve(ident)) for ident in done} - {id(None)}
     rest = [
         name
         for name in module.__all__
-        if f"{module_name}.{name}" not in done and not (module is not keyguard and name in keyguard.__all__)
+        if f"{module_name}.{name}" not in done
+        and not (module is not keyguard and name in keyguard.__all__)
+        and not (id(getattr(module, name)) in seen and not isinstance(getattr(module, name), (str, int, float)))
     ]
     if not rest:
         return ""
     entries = "\n\n".join(f"::: {module_name}.{name}" for name in rest)
     return f"## More from `{module_name}`\n\n{entries}" if module is keyguard else entries
+
+
+def _resolve(dotted: str) -> Any:
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 # -- schemas -------------------------------------------------------------------------------------------------------

@@ -85,13 +85,21 @@ class AdapterConfigError(SourceError):
 
 
 class MissingDependencyError(KeyguardError, ImportError):
-    """An optional dependency is needed for this input (``pip install 'keyguard[torch]'`` or ``[hf]``)."""
+    """Optional dependencies are needed for this input (``pip install 'keyguard[torch]'``, ``[hf]`` or both).
+
+    ``package`` names every missing package (``"transformers and torch"``), ``extra`` the extras that install them
+    (``"hf,torch"``): one message says everything that is needed at once.
+    """
 
     def __init__(self, package: str, needed_for: str, extra: str) -> None:
         self.package = package
         self.needed_for = needed_for
         self.extra = extra
-        super().__init__(f"{package} is needed {needed_for}; install it with: pip install 'keyguard[{extra}]'")
+        several = " and " in package
+        super().__init__(
+            f"{package} {'are' if several else 'is'} needed {needed_for}; install {'them' if several else 'it'} with:"
+            f" pip install 'keyguard[{extra}]'"
+        )
 
 
 class PlanError(KeyguardError, ValueError):

@@ -100,9 +100,7 @@ def human_bytes(n: int) -> str:
 
 
 def render_summary(summary: SourceSummary, *, max_groups: int | None = 40, width: int = 100) -> str:
-    """Render a summary as a readable screen: a header block, then one row per key group."""
-    from tabulate import tabulate
-
+    """Render a summary as a readable screen: a header block, then one row per key group, fitting ``width``."""
     head: list[tuple[str, str]] = [
         ("Source", f"{summary.source} ({summary.source_format})"),
         ("Tensors", f"{summary.tensors:,}" + (f" in {len(summary.files)} files" if len(summary.files) > 1 else "")),
@@ -128,28 +126,30 @@ def render_summary(summary: SourceSummary, *, max_groups: int | None = 40, width
         head.append(("Note", note))
     # every line stays shorter than `width`, so it never reaches (and wraps at) a terminal's last column
     limit = max(width - 1, _LABEL + 20)
-    lines = [line for label, value in head for line in _wrap(label, value, limit)]
     shown = summary.groups if max_groups is None else summary.groups[:max_groups]
-    cells = [
-        (
-            g.pattern,
-            "?" if g.shape is None else "[" + ", ".join(map(str, g.shape)) + "]",
-            dtype_label(g.dtype),
-            f"x{g.count:,}" + ("" if g.complete else "*"),
-        )
-        for g in shown
-    ]
-    # give the pattern whatever the other columns (and tabulate's gaps and padding) leave of the width
-    pattern_width = limit
-    while True:
-        rows = [[_clip(c[0], pattern_width), *c[1:]] for c in cells]
-        table = tabulate(rows, headers=["key pattern", "shape", "dtype", "count"], tablefmt="simple")
-        excess = max(map(len, table.splitlines())) - limit
-        if excess <= 0 or pattern_width <= _MIN_PATTERN:
-            break
-        pattern_width = max(_MIN_PATTERN, pattern_width - excess)
+    patterns = [g.pattern for g in shown]
+    common = _common_prefix(patterns)
+    other = max((len(_cells(g, "")[1]) + len(_cells(g, "")[2]) + len(_cells(g, "")[3]) for g in shown), default=0)
+    if common and max(map(len, patterns), default=0) + other + 6 + 6 > limit:
+        # shorter than cutting keys in the middle: say once what every key starts with
+        head.append(("Every key", f"starts with {common} (left out below)"))
+        patterns = [p[len(common) :] for p in patterns]
+    lines = [line for label, value in head for line in _wrap(label, value, limit)]
+    cells = [_cells(g, pattern) for g, pattern in zip(shown, patterns)]
+    # give the pattern whatever the other columns (and tabulate's gaps and padding) leave of the width; stacked
+    # rows when even a shortened pattern does not fit
+    from keyguard.report._render import fit_table
+
+    table = fit_table(
+        [list(c) for c in cells],
+        ["key pattern", "shape", "dtype", "count"],
+        limit,
+        align=["left", "left", "left", "right"],
+        shrink=0,
+        min_shrunk=_MIN_PATTERN,
+    )
     lines.append("")
-    lines.append(table)
+    lines.extend(table)
     if len(shown) < len(summary.groups):
         lines.append(f"... {len(summary.groups) - len(shown):,} more groups (--all lists every group)")
     if any(not g.complete for g in shown):
@@ -162,10 +162,10 @@ _MIN_PATTERN = 30
 
 
 def _wrap(label: str, value: str, limit: int) -> list[str]:
-    """One header entry, wrapped under its value column."""
-    import textwrap
+    """One header entry, wrapped under its value column (between words: a path or key is never split)."""
+    from keyguard._console import wrap
 
-    pieces = textwrap.wrap(value, width=limit - _LABEL, break_on_hyphens=False) or [""]
+    pieces = wrap(value, limit - _LABEL)
     return [f"{label if i == 0 else '':<{_LABEL}}{piece}".rstrip() for i, piece in enumerate(pieces)]
 
 
@@ -176,12 +176,20 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _clip(text: str, limit: int) -> str:
-    """Shorten from the middle: the start says which sub-model, the end which tensor."""
-    if len(text) <= limit:
-        return text
-    head = (limit - 3) // 3
-    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
+def _cells(group: KeyGroupSummary, pattern: str) -> tuple[str, str, str, str]:
+    shape = "?" if group.shape is None else "[" + ", ".join(map(str, group.shape)) + "]"
+    return pattern, shape, dtype_label(group.dtype), f"x{group.count:,}" + ("" if group.complete else "*")
+
+
+def _common_prefix(patterns: list[str]) -> str:
+    """The dotted segments every pattern starts with (whole segments only, and never a whole pattern)."""
+    if len(patterns) < 3:
+        return ""
+    first, *rest = (p.split(".") for p in patterns)
+    n = 0
+    while n < len(first) - 1 and all(n < len(r) - 1 and r[n] == first[n] for r in rest):
+        n += 1
+    return "".join(segment + "." for segment in first[:n])
 
 
 def _more(total: int, shown: int) -> str:

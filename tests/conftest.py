@@ -26,6 +26,9 @@ OFFLINE = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(OFFLINE)
+# Output width and colour come from the environment (COLUMNS, NO_COLOR, FORCE_COLOR): tests set them explicitly.
+for _name in ("COLUMNS", "NO_COLOR", "FORCE_COLOR"):
+    os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "adapters"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "adapter_checks"))
 from _peft_adapters import Zoo, rename_all, set_fields, zoo
 
 import keyguard

@@ -334,10 +334,11 @@ class _Check:
                 self.findings.append(f)
 
     def _engine_run(self, candidates: dict[str, TensorInfo]) -> tuple[Report, dict[str, str]]:
-        from keyguard.engine._diagnose import diagnose
+        from keyguard.engine._diagnose import diagnose_keys
         from keyguard.sources._memory import read_mapping
 
-        report = diagnose(self.adapter, read_mapping(candidates, location="keys PEFT expects"))
+        expected = read_mapping(candidates, location="keys PEFT expects")
+        report = diagnose_keys(self.adapter, expected, align=False)
         plan = report.unsafe_plan
         renamed = {}
         for key in self.unknown:
@@ -386,7 +387,8 @@ class _Check:
         self.findings.append(
             finding(
                 kinds.UNMATCHED_TARGET,
-                f"target_modules {'entry' if len(unmatched) == 1 else 'entries'} {entries} match no module of the"
+                f"target_modules {'entry' if len(unmatched) == 1 else 'entries'} {entries}"
+                f" {'matches' if len(unmatched) == 1 else 'match'} no module of the"
                 f" base model{self._trained_on()}",
                 examples=[],
                 pattern_keys=unmatched,
@@ -708,7 +710,8 @@ class _Check:
             self.findings.append(
                 finding(
                     kinds.NONFINITE_VALUES,
-                    f"{plural(len(bad), 'tensor')} hold NaN or infinite values; every output through those modules"
+                    f"{plural(len(bad), 'tensor')} {'holds' if len(bad) == 1 else 'hold'} NaN or infinite values;"
+                    " every output through those modules"
                     " becomes NaN",
                     checkpoint_keys=bad,
                     examples=[

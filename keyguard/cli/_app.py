@@ -30,8 +30,19 @@ def _commands() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the shared options go before or after the command; SUPPRESS keeps a command's parser from resetting a value
+    # given before the command name (``keyguard --color never diagnose ...``) to its default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback of any error")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of any error"
+    )
+    common.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default=argparse.SUPPRESS,
+        help="colour in the output: auto (default: on a terminal, unless NO_COLOR is set; FORCE_COLOR forces it),"
+        " always or never; JSON, GitHub, JUnit and Markdown output never has colour",
+    )
     parser = argparse.ArgumentParser(
         prog="keyguard",
         description="Explain why a checkpoint does not load into a PyTorch model, and fix it safely when possible.",
@@ -48,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.color = getattr(args, "color", "auto")
     runner: Runner = args.run
     try:
         return _run_without_cyclic_gc(runner, args)

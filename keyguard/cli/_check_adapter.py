@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from keyguard.report._render import render_many
     from keyguard.sources import read_keys
 
+    if args.check_values:  # once, before any adapter is read, rather than once per adapter
+        from keyguard.sources._torch import require
+
+        require("to read tensor values (--check-values)", "torch")
     folders = list(dict.fromkeys(adapter_folder(path) for path in args.adapters))
     base = read_keys(args.base, **source_kwargs(args))
     if base.format == "peft-adapter":
@@ -85,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"keyguard: error: {message}", file=sys.stderr)
     checks = checked_kinds(check_values=args.check_values, xlora=args.xlora)
     if reports or args.format == "junit":
-        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on)
+        options = {}
+        if args.format == "table":
+            from keyguard.cli._screen import screen
+
+            out = screen(args)
+            options = {"width": out.width, "color": out.color}
+        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on, **options)
         print(text.rstrip("\n"))
     if args.junit_xml:
         from keyguard._atomic import atomic_write_text

@@ -54,6 +54,22 @@ def run(args: argparse.Namespace) -> int:
 
         keys = [k for finding in report.findings for k in finding.checkpoint_keys]
         print(render_key_mapping(report.plan, keys, as_json=args.format == "json"))
+    elif args.format == "table":
+        from keyguard.cli._screen import screen
+        from keyguard.report._next import next_steps
+
+        out = screen(args)
+        steps = next_steps(
+            report,
+            checkpoint=args.checkpoint,
+            expected=args.expected,
+            ignore=args.ignore,
+            container=args.container,
+            architecture=args.architecture,
+        )
+        print(report.render("table", width=out.width, color=out.color, next_steps=steps))
+    elif args.format == "junit":
+        print(report.render("junit", fail_on=args.fail_on).rstrip("\n"))
     else:
         print(report.render(args.format))
     if args.plan_out:

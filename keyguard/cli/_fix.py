@@ -39,15 +39,27 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from keyguard._progress import Progress
+    from keyguard.cli._screen import screen
+
+    out = screen(args)
+    # reading a large pickle, diagnosing millions of keys, writing and verifying: each phase shows on a terminal
+    with Progress(enabled=False if args.quiet or args.dry_run else None, color=out.color) as progress:
+        return _run(args, progress, out.width)
+
+
+def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     from keyguard._exceptions import PlanError
     from keyguard.engine import diagnose
     from keyguard.fixes import Plan
     from keyguard.fixes._writer import write_fixed
     from keyguard.sources import read_keys
 
+    progress.phase("reading")
     keys = read_keys(args.checkpoint, container=args.container)
     if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle"):
         raise PlanError(f"{args.checkpoint}: keyguard fix writes safetensors files; a {keys.format} source has no data")
+    progress.phase("diagnosing")
     report = diagnose(keys, args.expected, ignore=args.ignore, architecture=args.architecture)
     if args.plan:
         plan = Plan.load(args.plan)
@@ -69,18 +81,20 @@ def run(args: argparse.Namespace) -> int:
         from keyguard.fixes._output_plan import plan_output
 
         _, changes = plan_output(keys, plan, drop=drop)
-        print(_changes_table(changes, quiet=args.quiet, dry_run=True))
+        print(_changes_table(changes, quiet=args.quiet, dry_run=True, width=width))
         return 0
-    result = write_fixed(keys, plan, output, drop=drop, progress=False if args.quiet else None)
-    print(_changes_table(result.changes, quiet=args.quiet, dry_run=False))
-    print(f"\nwrote {output} ({result.bytes_written:,} bytes, verified)")
+    result = write_fixed(keys, plan, output, drop=drop, progress=progress)
+    progress.phase("checking")
     after = diagnose(output, args.expected, ignore=args.ignore, architecture=args.architecture)
+    progress.close()  # the display ends before the summary is printed
+    print(_changes_table(result.changes, quiet=args.quiet, dry_run=False, width=width))
+    print(f"\nwrote {output} ({result.bytes_written:,} bytes, verified)")
     remaining = [f for f in after.findings if f.kind != "dtype_mismatch"]
     if not remaining:
         print("the output matches the expected keys and shapes exactly")
         return 0
     print("\nfindings that remain in the output:\n")
-    print(after.render("table"))
+    print(after.render("table", width=width))
     return 1
 
 
@@ -100,18 +114,21 @@ def _output_path(args: argparse.Namespace, keys: Any) -> str:
     return out
 
 
-def _changes_table(changes: list[Any], *, quiet: bool, dry_run: bool) -> str:
-    from tabulate import tabulate
-
+def _changes_table(changes: list[Any], *, quiet: bool, dry_run: bool, width: int = 100) -> str:
+    from keyguard._console import clip, wrap
     from keyguard._patterns import KeyGroup, collapse
 
     counts: dict[str, int] = {}
     for change in changes:
         counts[change.action] = counts.get(change.action, 0) + 1
-    verb = "would be" if dry_run else "were"
-    lines = [
-        ", ".join(f"{n:,} {verb} {action}" for action, n in sorted(counts.items())) or "no tensors",
-    ]
+    labels = {"kept": "unchanged"}  # the other actions name themselves: renamed, transposed, split, fused
+    parts = ", ".join(f"{n:,} {labels.get(a, a)}" for a, n in sorted(counts.items()) if a != "dropped")
+    total = sum(n for action, n in counts.items() if action != "dropped")
+    text = f"{total:,} tensor{'s' if total != 1 else ''} {'would be written' if dry_run else 'written'}"
+    text += f" ({parts})" if parts else ""
+    if counts.get("dropped"):
+        text += f", {counts['dropped']:,} {'would be dropped' if dry_run else 'dropped'}"
+    lines = wrap(text, width, hang=2) if changes else ["no tensors"]
     if quiet:
         return "\n".join(lines)
     renamed = [c for c in changes if c.action == "renamed"]
@@ -122,15 +139,35 @@ def _changes_table(changes: list[Any], *, quiet: bool, dry_run: bool) -> str:
         for old, new in zip(groups[:20], new_groups[:20]):
             rows.append([old.pattern, new.pattern, f"x{old.count:,}"])
         lines.append("")
-        lines.append(tabulate(rows, headers=["renamed from", "to", "keys"], tablefmt="simple"))
+        lines.extend(_renamed_table(rows, width))
         if len(groups) > 20:
             lines.append(f"... {len(groups) - 20} more patterns")
     for action in ("transposed", "split", "fused"):
         for c in (c for c in changes if c.action == action):
-            lines.append(f"{action} (unsafe fix, data changed): {c.source} -> {', '.join(c.targets)}")
+            what = c.source if list(c.targets) == [c.source] else f"{c.source} -> {', '.join(c.targets)}"
+            lines.extend(wrap(f"{action} (unsafe fix, data changed): {what}", width, hang=2))
     dropped = [c.source for c in changes if c.action == "dropped"]
     if dropped:
         lines.append("")
-        lines.append(f"dropped {len(dropped):,} key(s) (--drop-unexpected):")
-        lines.extend(f"  {k}" for k in dropped)
+        lines.append(f"dropped {len(dropped):,} key{'s' if len(dropped) != 1 else ''} (--drop-unexpected):")
+        lines.extend("  " + clip(k, width - 2) for k in dropped)
     return "\n".join(lines)
+
+
+def _renamed_table(rows: list[list[str]], width: int) -> list[str]:
+    """Old and new patterns side by side when they fit ``width``, else each old pattern with its new name under it
+    (keys are never cut in the middle when a layout that shows them whole exists)."""
+    from tabulate import tabulate
+
+    from keyguard._console import clip
+
+    table = tabulate(
+        rows, headers=["renamed from", "to", "keys"], tablefmt="simple", colalign=["left", "left", "right"]
+    )
+    if max(map(len, table.splitlines())) <= width:
+        return table.splitlines()
+    out = ["renamed:"]
+    for old, new, count in rows:
+        out.append("  " + clip(old, width - 4 - len(count)) + f"  {count}")
+        out.append("    -> " + clip(new, width - 7))
+    return out

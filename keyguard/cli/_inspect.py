@@ -27,5 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(summary.model_dump_json(indent=2))
     else:
-        print(render_summary(summary, max_groups=None if args.all else 40))
+        from keyguard.cli._screen import screen
+
+        print(render_summary(summary, max_groups=None if args.all else 40, width=screen(args).width))
     return 0

@@ -26,9 +26,9 @@ def source_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
-        choices=["table", "json", "markdown", "github"],
+        choices=["table", "json", "markdown", "github", "junit"],
         default="table",
-        help="output format (default: table)",
+        help="output format (default: table; junit: one test case per finding kind, for CI dashboards)",
     )
     p.add_argument(
         "--fail-on",

@@ -18,9 +18,9 @@ from typing import Final
 from keyguard._patterns import HOLE, template
 from keyguard.engine._knowledge import KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
 from keyguard.engine._segments import anywhere_rule, segment_rule
-from keyguard.fixes._rules import AddPrefix, Rename, ReplacePrefix, ShiftIndex, StripPrefix
+from keyguard.fixes._rules import AddPrefix, MapKeys, Remap, Rename, ReplacePrefix, ShiftIndex, StripPrefix
 
-RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex
+RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | MapKeys
 
 SAMPLE: Final = 400  # keys per side used to generate candidates
 MAX_PREFIX_DEPTH: Final = 4  # segments a prefix may span

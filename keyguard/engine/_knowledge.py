@@ -25,6 +25,16 @@ KNOWN_PREFIXES: Final[dict[str, str]] = {
     "encoder.": "an encoder wrapper",
 }
 
+#: Attributes under which a transformers task model (``LlamaForCausalLM``) holds its base model (``LlamaModel``):
+#: a checkpoint saved from the base model lacks them, and holds no task head.
+BASE_MODEL_ATTRIBUTES: Final = frozenset(
+    {"model.", "transformer.", "bert.", "roberta.", "deberta.", "distilbert.", "gpt_neox.", "albert.", "electra."}
+)
+BASE_MODEL_ORIGIN: Final = (
+    "saved from a base model, e.g. LlamaModel, without the task head; the task model, e.g. LlamaForCausalLM, holds"
+    " the base model under this attribute"
+)
+
 #: Segment renames that are conventions, not guesses.
 KNOWN_RENAMES: Final[dict[str, str]] = {
     "gamma": "weight",  # legacy LayerNorm parameter names (TF ports, old BERT checkpoints)
@@ -58,7 +68,7 @@ _LEGACY_BUFFERS: Final = re.compile(
     r"attn\.(?:masked_)?bias|attention\.(?:masked_)?bias|num_batches_tracked|_float_tensor)"
 )
 _TASK_HEADS: Final = re.compile(
-    r"^(?:classifier|score|qa_outputs|cls|pre_classifier|pooler|head|fc|logits_proj|heads?)(?:\.|$)"
+    r"^(?:classifier|score|qa_outputs|cls|pre_classifier|pooler|head|fc|logits_proj|heads?|lm_head)(?:\.|$)"
 )
 
 
@@ -75,13 +85,22 @@ def prefix_origin(prefix: str) -> str | None:
     return None
 
 
+def missing_prefix_origin(prefix: str) -> str | None:
+    """Why checkpoint keys lack ``prefix``: a base model's weights loaded into a task model (``model.``), else
+    who usually adds the prefix."""
+    if prefix in BASE_MODEL_ATTRIBUTES:
+        return BASE_MODEL_ORIGIN
+    return prefix_origin(prefix)
+
+
 def is_legacy_buffer(key: str) -> bool:
     """Buffers older code saved that current models recompute (``rotary_emb.inv_freq``, ``position_ids``, ...)."""
     return _LEGACY_BUFFERS.fullmatch(key) is not None
 
 
 def is_task_head(key: str) -> bool:
-    """Keys of a task head (classifier, score, ...), absent from base-model checkpoints by design."""
+    """Keys of a task head (classifier, score, an untied lm_head, ...), absent from base-model checkpoints by design
+    (a tied lm_head is reported as tied, before this is asked)."""
     return _TASK_HEADS.match(key) is not None
 
 

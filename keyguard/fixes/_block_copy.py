@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
 from keyguard._exceptions import WriteError
+from keyguard._progress import Progress
 from keyguard.fixes import _checksum as checksum
-from keyguard.fixes._progress import Progress
 
 CHUNK = 8 * 1024 * 1024  # two reusable buffers of this size: the memory a write needs, whatever the checkpoint
 INLINE = 1024 * 1024  # ranges up to this size are checksummed in line (no hand-off to the checksum thread)

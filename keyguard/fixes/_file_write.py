@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from keyguard._atomic import atomic_output
 from keyguard._exceptions import PlanError, SourceError, WriteError
+from keyguard._progress import Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
 from keyguard.fixes._block_copy import Stream, copy_data_section
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
-from keyguard.fixes._progress import Progress
 from keyguard.fixes._tensor_data import write_item
 from keyguard.fixes._write_verify import verify_written
 from keyguard.sources._keyset import KeySet
@@ -67,7 +67,7 @@ def write_file(
     used = {keys[src].file for i in items for src in i.sources}
     sources = {source_path(keys, file): files[file] for file in used if file in files}
     try:
-        with atomic_output(out, verify=lambda path: verify_written(path, rows, checks, meta, stream)) as f:
+        with atomic_output(out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar)) as f:
             _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:

@@ -1,8 +1,8 @@
 """Rules: the steps of a fix plan, each with an applicability.
 
-Renaming rules (``strip_prefix``, ``add_prefix``, ``replace_prefix``, ``rename``, ``shift_index``, ``map``) change
-keys only. Data rules (``transpose``, ``split``, ``fuse``) change tensors and are never ``safe``; ``drop`` removes
-keys and is only applied when asked for.
+Renaming rules (``strip_prefix``, ``add_prefix``, ``replace_prefix``, ``rename``, ``shift_index``, ``remap``,
+``map``) change keys only. Data rules (``transpose``, ``split``, ``fuse``) change tensors and are never ``safe``;
+``drop`` removes keys and is only applied when asked for.
 """
 
 from __future__ import annotations
@@ -217,6 +217,96 @@ class ShiftIndex(_Rule):
         return []  # arithmetic: exported as explicit per-index patterns by the emitter
 
 
+_PLACEHOLDER: Final = re.compile(r"\{([0-9]+)\}|\{\{|\}\}")
+_INDEX_ATOM: Final = "(0|[1-9][0-9]*)"
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_regex(template: str) -> tuple[re.Pattern[str], int]:
+    """A template with ``{i}`` index placeholders as an anchored regular expression, and its placeholder count."""
+    parts: list[str] = []
+    order: list[int] = []
+    position = 0
+    for token in _PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[position : token.start()]))
+        if token.group(1) is None:
+            parts.append(re.escape(token.group(0)[0]))
+        else:
+            order.append(int(token.group(1)))
+            parts.append(_INDEX_ATOM)
+        position = token.end()
+    parts.append(re.escape(template[position:]))
+    if order != list(range(len(order))):
+        raise ValueError(f"template {template!r}: index placeholders must read {{0}}, {{1}}, ... from left to right")
+    return re.compile("".join(parts)), len(order)
+
+
+def _index_text(index: tuple[int, ...] | list[int]) -> str:
+    return ",".join(map(str, index))
+
+
+class Remap(_Rule):
+    """Rename the keys of one template into another, index by index.
+
+    ``old`` is a key with ``{0}``, ``{1}``, ... where its indices stand (left to right); ``new`` places indices with
+    the same placeholders. Without ``indices`` the new key takes the old indices as they are, in any order
+    (``head.norms.{0}.weight`` -> ``head.levels.{0}.norm.weight``); with ``indices``, an explicit map from old index
+    tuples (``"3"``, ``"1,2"``) to new ones renumbers them (``blocks.{0}`` -> ``stages.{0}.blocks.{1}``), and keys whose
+    indices it does not list are left alone. Literal braces in keys are written ``{{`` and ``}}``.
+    """
+
+    op: Literal["remap"] = "remap"
+    old: str
+    new: str
+    indices: dict[str, list[int]] | None = None
+
+    @field_validator("old")
+    @classmethod
+    def _valid_old(cls, value: str) -> str:
+        _template_regex(value)
+        return value
+
+    def rename(self, key: str) -> str | None:
+        pattern, _ = _template_regex(self.old)
+        match = pattern.fullmatch(key)
+        if match is None:
+            return None
+        index: tuple[int, ...] | list[int] = tuple(map(int, match.groups()))
+        if self.indices is not None:
+            found = self.indices.get(_index_text(index))
+            if found is None:
+                return None
+            index = found
+        try:
+            return self.new.format(*index)
+        except (IndexError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        text = f"rename {self.old!r} to {self.new!r}"
+        if self.indices is not None:
+            moved = [(k, v) for k, v in self.indices.items() if k != _index_text(v)]
+            if moved:
+                shown = ", ".join(f"{k}->{_index_text(v)}" for k, v in moved[:4])
+                more = f", ... ({len(moved)} in all)" if len(moved) > 4 else ""
+                text += f", renumbering {shown}{more}"
+        return text
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        if self.indices is not None:
+            return []  # explicit per-index entries, computed by the emitter
+        pattern, _ = _template_regex(self.old)
+        pieces: list[str] = []
+        position = 0
+        for token in _PLACEHOLDER.finditer(self.new):
+            pieces.append(self.new[position : token.start()].replace("\\", "\\\\"))
+            group = token.group(1)
+            pieces.append(f"\\g<{int(group) + 1}>" if group is not None else token.group(0)[0])
+            position = token.end()
+        pieces.append(self.new[position:].replace("\\", "\\\\"))
+        return [(f"^{pattern.pattern}$", "".join(pieces))]
+
+
 class MapKeys(_Rule):
     """Explicit key-to-key renames."""
 
@@ -293,7 +383,7 @@ class Drop(_DataRule):
 
 
 Rule = Annotated[
-    StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | MapKeys | Transpose | Split | Fuse | Drop,
+    StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | MapKeys | Transpose | Split | Fuse | Drop,
     Field(discriminator="op"),
 ]
-RENAMING_OPS = ("strip_prefix", "add_prefix", "replace_prefix", "rename", "shift_index", "map")
+RENAMING_OPS = ("strip_prefix", "add_prefix", "replace_prefix", "rename", "shift_index", "remap", "map")

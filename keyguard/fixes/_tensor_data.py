@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import IO, Any
 
 from keyguard._exceptions import WriteError
+from keyguard._progress import Progress
 from keyguard.fixes import _checksum as checksum
 from keyguard.fixes._block_copy import Stream, copy_range
 from keyguard.fixes._output_plan import OutputItem, source_path
-from keyguard.fixes._progress import Progress
 from keyguard.fixes._rules import Fuse, Split
 from keyguard.sources._keyset import KeySet
 

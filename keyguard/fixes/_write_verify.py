@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Mapping
 
 from keyguard._exceptions import SourceError, WriteError
+from keyguard._progress import Progress
 from keyguard.fixes._block_copy import Spans, Stream
 
 
@@ -16,6 +17,7 @@ def verify_written(
     checks: dict[str, int],
     meta: Mapping[str, str],
     stream: Stream | None = None,
+    bar: Progress | None = None,
 ) -> None:
     """Re-read the written file: its header must be exactly the planned one, every tensor's bytes the source's."""
     from keyguard.sources._safetensors import read_safetensors
@@ -39,7 +41,11 @@ def verify_written(
     spans = Spans([(name, start - first, end - first) for name, start, end in bounds])
     with Stream() if stream is None else contextlib.nullcontext(stream) as reader, open(path, "rb", buffering=0) as f:
         try:
-            reader.run(f, first, last - first, spans.feed, None, None)
+            if bar is not None:
+                bar.phase("verifying")
+            reader.run(f, first, last - first, spans.feed, None, bar)
+            if bar is not None:
+                bar.phase("writing")  # the next shard, if any
         except WriteError:
             raise WriteError("verification failed: the written file is truncated") from None
     crcs = spans.result()

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keyguard._exceptions import WriteError
+from keyguard._progress import Progress
 from keyguard.fixes._block_copy import Stream
 from keyguard.fixes._file_write import write_file
 from keyguard.fixes._output_plan import Change, item_nbytes, plan_output
 from keyguard.fixes._plan import Plan
-from keyguard.fixes._progress import Progress
 from keyguard.fixes._sharded_write import write_sharded
 from keyguard.fixes._tensor_data import TORCH_CACHE
 from keyguard.sources._keyset import KeySet
@@ -46,7 +46,7 @@ def write_fixed(
     output: str | os.PathLike[str],
     *,
     drop: Sequence[str] = (),
-    progress: bool | None = None,
+    progress: bool | Progress | None = None,
 ) -> WriteResult:
     """Write ``keys``' checkpoint with ``plan`` applied to ``output``; verified and atomic.
 
@@ -56,7 +56,8 @@ def write_fixed(
         output: a ``.safetensors`` file, or a folder for sharded sources (created; it must not exist yet, unless
             it is the source itself: in-place).
         drop: source or new key names to leave out (``--drop-unexpected``).
-        progress: show a progress bar on stderr (default: when stderr is a terminal).
+        progress: show the writing and verifying phases on stderr (default: when stderr is a terminal), or a
+            ``keyguard._progress.Progress`` already showing earlier phases (reading, diagnosing) to continue.
 
     Raises:
         PlanError: the plan would collide keys or does not fit the tensors; nothing is written.
@@ -64,7 +65,12 @@ def write_fixed(
     """
     out = os.fspath(output)
     items, changes = plan_output(keys, plan, drop=drop)
-    bar = Progress(sum(item_nbytes(i) for i in items), enabled=progress)
+    own = not isinstance(progress, Progress)
+    bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
+    total = sum(item_nbytes(i) for i in items)
+    bar.phase("writing", total)
+    bar.phase("verifying", total)  # shown, waiting, from the start: the write is done once it is verified
+    bar.phase("writing")
     try:
         with Stream() as stream:
             if keys.format == "safetensors-sharded":
@@ -77,6 +83,7 @@ def write_fixed(
     except OSError as exc:  # staging folder, companions, renames
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     finally:
-        bar.close()
+        if own:
+            bar.close()
         TORCH_CACHE.clear()  # a pickle's tensors are not kept (nor reused, should the file change) after the write
     return WriteResult(out, changes, written, files)

@@ -16,6 +16,8 @@ SUPPORTED_PEFT: Final = "0.21.x"
 VERIFIED_PEFT: Final = "0.21.2"
 """The PEFT release the integrations were verified with."""
 _SERIES: Final = (0, 21)
+PEFT_REQUIREMENT: Final = f"peft>={_SERIES[0]}.{_SERIES[1]},<{_SERIES[0]}.{_SERIES[1] + 1}"
+"""The requirement the ``hf`` extra declares for PEFT (``pyproject.toml``; a test keeps the two equal)."""
 # final releases only, optionally with a post-release or local suffix; no dev, alpha, beta or rc
 _RELEASE: Final = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:\.post\d+)?(?:\+[0-9A-Za-z.]+)?")
 

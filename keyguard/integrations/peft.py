@@ -16,6 +16,6 @@ from __future__ import annotations
 
 from keyguard.integrations._adapters import Strategy
 from keyguard.integrations._peft_load import load_adapter, verify_adapter
-from keyguard.integrations._versions import SUPPORTED_PEFT, VERIFIED_PEFT
+from keyguard.integrations._versions import PEFT_REQUIREMENT, SUPPORTED_PEFT, VERIFIED_PEFT
 
-__all__ = ["SUPPORTED_PEFT", "VERIFIED_PEFT", "Strategy", "load_adapter", "verify_adapter"]
+__all__ = ["PEFT_REQUIREMENT", "SUPPORTED_PEFT", "VERIFIED_PEFT", "Strategy", "load_adapter", "verify_adapter"]

@@ -162,6 +162,49 @@ INDEX_SHIFT = register(
         "checkpoint `model.layers.16.mlp.up_proj.weight` -> model `model.layers.0.mlp.up_proj.weight`",
     )
 )
+RESTRUCTURED = register(
+    FindingKind(
+        "KG203",
+        "restructured",
+        E,
+        "A module is named differently in several places at once",
+        "Finds modules whose keys changed in more than one segment, as converted checkpoints change them: several "
+        "segments renamed together (`layers.N.attention.wq` -> `model.layers.N.self_attn.q_proj`), an index "
+        "moved to another segment (`head.norms.N` -> `head.levels.N.norm`), segments merged or split (`proj.0` "
+        "-> `proj0`), separators changed (`down_blocks_0_attn` -> `down_blocks.0.attn`), a layer wrapped in or "
+        "unwrapped from an `nn.Sequential` (`fc.weight` -> `fc.0.weight`). keyguard aligns templates (keys with "
+        "their numbers collapsed): two templates are the same tensors only when their leaf names agree, they "
+        "hold as many keys, and their shapes agree index by index.",
+        "None of these keys loads: `strict=True` fails on every one, `strict=False` leaves the model at its "
+        "initial weights.",
+        "Proven by the data, never by similarity alone. `safe` when the shapes force the correspondence (the only "
+        "template of its shapes on both sides), nothing contradicts it (a key never leaves a subtree that matches "
+        "as it stands; all leaves of a module go to one module), something corroborates it (its names agree, its "
+        "sibling modules move the same way, or it stays inside a parent that matches) and it covers at least two "
+        "keys. `unsafe` when several templates of equal shapes fit and the names choose (the module's own name "
+        "equal up to spelling, or a published equivalent such as `wq` / `q_proj`, by a clear margin): applied "
+        "only with `--unsafe-fixes`. Otherwise the candidates are "
+        "reported as `ambiguous`. Each finding lists the evidence that decided (`ctx.changes[].evidence`).",
+        "checkpoint `layers.0.feed_forward.w2.weight` -> model `model.layers.0.mlp.down_proj.weight`",
+    )
+)
+RENUMBERED = register(
+    FindingKind(
+        "KG204",
+        "renumbered",
+        E,
+        "Numbered blocks are numbered differently",
+        "Finds numbered groups whose indices map to the model's by more than a constant offset: a flat list of "
+        "blocks regrouped into stages (`blocks.K` -> `stages.S.blocks.B`), one list interleaving two kinds of "
+        "module split into two families, 1-based or compound indices (`stage1-2`), an offset that applies under "
+        "one sub-module only. Blocks are paired in order: the n-th block of the checkpoint's group with the n-th "
+        "block of the model's, and the pairing must agree with every shape.",
+        "The renumbered blocks never load, or, where numbers happen to overlap, load into the wrong block.",
+        "As for `restructured`: `safe` only when the shapes force the correspondence and the blocks' neighbours "
+        "move the same way; the plan holds the explicit index map (`remap` with `indices`), one readable line.",
+        "checkpoint `blocks.5.attn.qkv.weight` -> model `stages.1.blocks.2.attn.qkv.weight`",
+    )
+)
 SHAPE_MISMATCH = register(
     FindingKind(
         "KG301",
@@ -274,6 +317,25 @@ NO_OVERLAP = register(
         "nothing, and the model keeps its initial weights; a LoRA adapter leaves the base model unchanged.",
         "The other findings say why; the safe plan shows how many keys it can map.",
         "checkpoint `module.layers.0.weight` ... vs model `layers.0.weight` ...: 0 of 312 keys match",
+    )
+)
+CONTESTED_MATCH = register(
+    FindingKind(
+        "KG405",
+        "contested_match",
+        E,
+        "A key that matches as it stands has a rival reading",
+        "Finds keys that match the model's keys by name where the rule explaining their neighbours reads them "
+        "otherwise: a stale unprefixed copy (`model.norm.weight`) beside the prefixed key a DDP strip maps onto "
+        "the same name (`module.model.norm.weight`); a pipeline stage saved with local indices (layers 0, 1 where "
+        "the model has 1, 2), whose layer 1 matches by name but is the model's layer 2 when the blocks are paired "
+        "in order. Exact matches are evidence, not truth: both readings are listed.",
+        "Keeping the exact match silently loads the wrong tensor (a stale copy, another layer) with no error at "
+        "all: `load_state_dict` succeeds and the model is wrong.",
+        "Never fixed automatically (display only): write the mapping you mean in a plan (`--plan`), or drop the "
+        "stale copy, then diagnose again.",
+        "checkpoint `model.layers.1.mlp.up_proj.weight` matches as it stands, but the stage's blocks paired in "
+        "order make it model `model.layers.2.mlp.up_proj.weight`",
     )
 )
 

@@ -11,6 +11,8 @@ from keyguard.fixes._rules import Applicability, Rule
 from keyguard.report._kinds import KINDS, Severity
 
 REPORT_FORMAT = "keyguard.report/v1"
+DOCS_URL: str | None = None
+"""Where the docs are published (ending in ``/``), once they are; ``Finding.url`` links there."""
 
 
 class Example(BaseModel):
@@ -60,9 +62,26 @@ class Finding(BaseModel):
     def title(self) -> str:
         return KINDS[self.code].title
 
+    def __repr__(self) -> str:
+        from keyguard.report._notebook import finding_repr
+
+        return finding_repr(self)
+
+    def __str__(self) -> str:
+        from keyguard.report._notebook import finding_str
+
+        return finding_str(self)
+
     @property
-    def url(self) -> str:
-        return f"https://keyguard.invalid/docs/findings/{self.code.lower()}/"
+    def explain(self) -> str:
+        """The command that prints this kind's page (What it does / Why is this bad? / Fix safety / Example)."""
+        return f"keyguard explain {self.code}"
+
+    @property
+    def url(self) -> str | None:
+        """A link to this kind's page on the published docs, or ``None`` while no site is published (the docs are
+        built locally with ``make docs``: ``site/findings/kgNNN.html``); ``explain`` names the page meanwhile."""
+        return None if DOCS_URL is None else f"{DOCS_URL}findings/{self.code.lower()}.html"
 
 
 class SourceRef(BaseModel):
@@ -166,3 +185,18 @@ class Report(BaseModel):
 
     def __str__(self) -> str:
         return self.render("table")
+
+    def __repr__(self) -> str:
+        from keyguard.report._notebook import report_repr
+
+        return report_repr(self)
+
+    def _repr_html_(self) -> str:
+        """Notebooks: the summary table and one collapsible block per finding."""
+        from keyguard.report._notebook import report_html
+
+        return report_html(self)
+
+    def _repr_markdown_(self) -> str:
+        """Markdown front ends: the ``markdown`` format (a summary table and collapsible findings)."""
+        return self.render("markdown")

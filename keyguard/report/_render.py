@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import html
 import re
-import textwrap
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keyguard.report._kinds import Severity
-from keyguard.report._model import Finding, Report
+from keyguard.report._model import Example, Finding, Report
+from keyguard.report._next import NextStep
 
-WIDTH = 100
+WIDTH = 100  # pipes, files and renderers called without a width (keyguard._console.STABLE_WIDTH)
 _LABEL = {Severity.fatal: "FATAL", Severity.error: "error", Severity.warning: "warning", Severity.info: "info"}
 
 
@@ -49,17 +49,6 @@ def _verdict(report: Report) -> str:
     )
 
 
-def _wrap(text: str, indent: int, width: int, hang: int = 0) -> list[str]:
-    """``text`` wrapped to ``width`` columns; continuation lines are indented ``hang`` more than the first."""
-    return textwrap.wrap(
-        text,
-        width=width,
-        initial_indent=" " * indent,
-        subsequent_indent=" " * (indent + hang),
-        break_on_hyphens=False,
-    ) or [""]
-
-
 def _fix_text(finding: Finding) -> str | None:
     if finding.fix is None:
         return None
@@ -70,69 +59,135 @@ def _fix_text(finding: Finding) -> str | None:
     return f"fix [{finding.fix.applicability.value}]: {rules}{note}"
 
 
-def render_table(report: Report, *, width: int = WIDTH, max_findings: int | None = 30) -> str:
-    """A screen for people: headline, one table row per finding, then each finding's details."""
-    from tabulate import tabulate
+def _fix_cell(finding: Finding) -> str:
+    """The summary tables' fix column: the fix's applicability, ``harmless?`` for a benign finding, else ``-``."""
+    return finding.fix.applicability.value if finding.fix else ("harmless?" if finding.benign else "-")
 
-    # every line fits ``width``: long paths and large counts wrap instead of overflowing a terminal or CI log
+
+def _example_text(ex: Example, arrow: str = "->") -> str | None:
+    """``A -> B``, or the one key when both sides name the same (a shape or dtype mismatch)."""
+    if ex.checkpoint and ex.expected and ex.checkpoint != ex.expected:
+        return f"{ex.checkpoint} {arrow} {ex.expected}"
+    return ex.checkpoint or ex.expected
+
+
+def render_table(
+    report: Report,
+    *,
+    width: int | None = None,
+    color: bool = False,
+    max_findings: int | None = 30,
+    next_steps: Sequence[NextStep] = (),
+) -> str:
+    """A screen for people: headline, one table row per finding, each finding's details, the verdict, and the
+    ``next_steps`` commands when given.
+
+    ``width``: columns to fit (default: ``COLUMNS``, else the terminal's, else 100 for pipes and files); lines
+    break between words only, never inside a key or a flag. ``color``: ANSI colours for severities, codes and the
+    verdict.
+    """
+    from keyguard._console import clip, paint, plain, terminal_width, wrap
+
+    width = terminal_width() if width is None else width
     lines = [
-        *_wrap(f"checkpoint: {report.checkpoint.location} ({report.checkpoint.format})", 0, width, hang=12),
-        *_wrap(f"expected:   {report.expected.location} ({report.expected.format})", 0, width, hang=12),
-        *_wrap(_headline(report), 0, width, hang=2),
+        *wrap(f"checkpoint: {report.checkpoint.location} ({report.checkpoint.format})", width, hang=12),
+        *wrap(f"expected:   {report.expected.location} ({report.expected.format})", width, hang=12),
+        *wrap(_headline(report), width, hang=2),
         "",
     ]
     shown = report.findings if max_findings is None else report.findings[:max_findings]
     if shown:
         rows = [
             [
-                _LABEL[f.severity],
-                f.code,
+                paint(_LABEL[f.severity], f.severity.value, color),
+                paint(f.code, "code", color),
                 f.kind,
                 f"{f.count:,}",
-                f.fix.applicability.value if f.fix else ("harmless?" if f.benign else "-"),
+                _fix_cell(f),
             ]
             for f in shown
         ]
-        lines.append(tabulate(rows, headers=["severity", "code", "kind", "keys", "fix"], tablefmt="simple"))
+        headers = ["severity", "code", "kind", "keys", "fix"]
+        lines.extend(fit_table(rows, headers, width, align=["left", "left", "left", "right", "left"]))
         lines.append("")
     for f in shown:
-        lines.extend(_wrap(f"{f.code} {f.kind}: {f.message}", 0, width))
+        lines.extend(_headed(f"{f.code} {f.kind}:", plain(f.message), width, paint(f.code, f.severity.value, color)))
+        listed = set(f.patterns[:4])
         for pattern in f.patterns[:4]:
-            lines.append("    " + _clip(pattern, width - 4))
+            lines.append("    " + clip(pattern, width - 4))
         if len(f.patterns) > 4:
             lines.append(f"    ... ({len(f.patterns) - 4} more)")
         for ex in f.examples[:2]:
-            if ex.checkpoint and ex.expected:
-                text = f"e.g. {ex.checkpoint} -> {ex.expected}"
-            else:
-                text = f"e.g. {ex.checkpoint or ex.expected}"
-            if ex.detail:
-                text += f"  ({ex.detail})"
-            lines.extend(_wrap(text, 4, width))
+            text = _example_text(ex)
+            if text is None or (text in listed and not ex.detail):
+                continue  # says nothing the patterns did not
+            lines.extend(wrap(f"e.g. {text}" + (f"  ({ex.detail})" if ex.detail else ""), width, indent=4, hang=5))
         fix = _fix_text(f)
         if fix:
-            lines.extend(_wrap(fix, 4, width))
+            lines.extend(wrap(fix, width, indent=4, hang=2, color=color))
         if f.benign:
-            lines.extend(_wrap(f"usually harmless: {f.benign}", 4, width))
+            lines.extend(wrap(f"usually harmless: {f.benign}", width, indent=4, hang=2, color=color))
         if f.hint:
-            lines.extend(_wrap(f.hint, 4, width))
+            lines.extend(wrap(f.hint, width, indent=4, hang=2, color=color))
         lines.append("")
     if max_findings is not None and len(report.findings) > max_findings:
-        lines.append(f"... {len(report.findings) - max_findings} more findings (--format json lists all)")
+        lines.extend(wrap(f"... {len(report.findings) - max_findings} more findings (--format json lists all)", width))
         lines.append("")
     if not report.plan.empty:
         lines.append(f"Safe plan ({len(report.plan.rules)} rule{'s' if len(report.plan.rules) != 1 else ''}):")
         for rule in report.plan.rules:
-            lines.extend(_wrap(f"- {rule.describe()}", 2, width, hang=2))
-    lines.extend(_wrap(_verdict(report), 0, width))
+            lines.extend(wrap(f"- {rule.describe()}", width, indent=2, hang=2))
+    lines.extend(paint(line, "ok" if report.ok else "fail", color) for line in wrap(_verdict(report), width))
+    if next_steps:
+        from keyguard.report._next import render_steps
+
+        lines.append("")
+        lines.extend(render_steps(next_steps, width, color=color))
     return "\n".join(lines)
 
 
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    head = (limit - 3) // 3
-    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
+def _headed(label: str, text: str, width: int, styled_code: str) -> list[str]:
+    """``label text`` wrapped to ``width``; the label's leading code shown as ``styled_code`` (colour)."""
+    from keyguard._console import wrap
+
+    lines = wrap(f"{label} {text}", width, hang=2)
+    code = label.split(" ", 1)[0]
+    lines[0] = styled_code + lines[0][len(code) :]
+    return lines
+
+
+def fit_table(
+    rows: Sequence[Sequence[str]],
+    headers: Sequence[str],
+    width: int,
+    *,
+    align: Sequence[str] | None = None,
+    shrink: int | None = None,
+    min_shrunk: int = 24,
+) -> list[str]:
+    """A ``tabulate`` table that fits ``width``. Column ``shrink`` (a key pattern) is shortened from the middle when
+    that helps; when that is not enough, each row is stacked (its first cell, then ``header: value`` lines) rather
+    than wrapped."""
+    from tabulate import tabulate
+
+    from keyguard._console import clip, visible_len
+
+    cells = [[str(c) for c in row] for row in rows]
+    limit = max((visible_len(row[shrink]) for row in cells), default=0) if shrink is not None else 0
+    while True:
+        shown = [[clip(c, limit) if i == shrink else c for i, c in enumerate(row)] for row in cells]
+        table = tabulate(shown, headers=list(headers), tablefmt="simple", colalign=align)
+        excess = max((visible_len(line) for line in table.splitlines()), default=0) - width
+        if excess <= 0:
+            return table.splitlines()
+        if shrink is None or limit <= min_shrunk:
+            break
+        limit = max(min_shrunk, limit - excess)
+    out: list[str] = []
+    for row in cells:
+        out.append(row[0] if visible_len(row[0]) <= width else clip(row[0], width))
+        out.extend(f"  {header}: {cell}" for header, cell in zip(headers[1:], row[1:]) if cell)
+    return out
 
 
 def render_json(report: Report, *, indent: int | None = 2) -> str:
@@ -151,19 +206,19 @@ def render_markdown(report: Report, **_: Any) -> str:
     if report.findings:
         lines += ["| severity | code | kind | keys | fix |", "|---|---|---|---:|---|"]
         for f in report.findings:
-            fix = f.fix.applicability.value if f.fix else "-"
-            lines.append(f"| {f.severity.value} | `{f.code}` | {f.kind} | {f.count:,} | {fix} |")
+            lines.append(f"| {f.severity.value} | `{f.code}` | {f.kind} | {f.count:,} | {_fix_cell(f)} |")
         lines.append("")
         for f in report.findings:
             # a line opening with <details> is raw HTML up to the next blank line: HTML escaping, no Markdown
             lines.append(f"<details><summary><code>{f.code}</code> {_html(f.message)}</summary>")
             lines.append("")
+            lines.append(f"- more: `{f.explain}`")  # every block has a body, even a finding without keys (KG404)
             for pattern in f.patterns:
                 lines.append(f"- {_code(pattern)}")
             for ex in f.examples:
                 arrow = (
                     f"{_code(ex.checkpoint)} → {_code(ex.expected)}"
-                    if ex.checkpoint and ex.expected
+                    if ex.checkpoint and ex.expected and ex.checkpoint != ex.expected
                     else _code(ex.checkpoint or ex.expected or "")
                 )
                 lines.append(f"- e.g. {arrow}" + (f" ({_md(ex.detail)})" if ex.detail else ""))
@@ -218,7 +273,9 @@ def render_github(report: Report, **_: Any) -> str:
         lines.append(
             f"::{level[f.severity]} file={_gh(location, True)},title={_gh(f.code + ' ' + f.kind, True)}::{_gh(detail)}"
         )
-    lines.append(f"::notice title=keyguard::{_gh(_headline(report) + '. ' + _verdict(report))}")
+    # several adapters each get a notice: its title names the one it is about
+    title = _gh(f"keyguard: {location}" if location else "keyguard", True)
+    lines.append(f"::notice title={title}::{_gh(_headline(report) + '. ' + _verdict(report))}")
     return "\n".join(lines)
 
 
@@ -291,12 +348,11 @@ def _junit_suite(report: Report, checks: Sequence[str] | None, fail_on: Severity
 def _junit_details(finding: Finding) -> str:
     lines = [f"{finding.severity.value} {finding.code} {finding.kind}: {finding.message}", *finding.patterns]
     for ex in finding.examples:
-        arrow = f"{ex.checkpoint} -> {ex.expected}" if ex.checkpoint and ex.expected else (ex.checkpoint or ex.expected)
-        lines.append(f"e.g. {arrow}" + (f" ({ex.detail})" if ex.detail else ""))
+        lines.append(f"e.g. {_example_text(ex)}" + (f" ({ex.detail})" if ex.detail else ""))
     for extra in (_fix_text(finding), finding.benign and f"usually harmless: {finding.benign}", finding.hint):
         if extra:
             lines.append(extra)
-    lines.append(f"docs: {finding.url}")
+    lines.append(f"more: {finding.explain}" + (f" ({finding.url})" if finding.url else ""))
     return "\n".join(lines)
 
 
@@ -334,7 +390,9 @@ def render_many(
         return render(reports[0], format, **options)
     if format == "github":
         body = [render_github(r) for r in reports]
-        body += [f"::error title=keyguard::{_gh(message)}" for message in errors.values()]
+        body += [
+            f"::error title={_gh('keyguard: ' + where, True)}::{_gh(message)}" for where, message in errors.items()
+        ]
         body.append(f"::notice title=keyguard summary::{_gh(_many_summary(reports, errors))}")
         return "\n".join(body)
     rule = "=" * 40 if format == "table" else "---"

@@ -100,7 +100,7 @@ class KeySet(Mapping[str, TensorInfo]):
 
     def __repr__(self) -> str:
         where = f" {self.location!r}" if self.location else ""
-        return f"<KeySet {self.format}{where}: {len(self)} tensors>"
+        return f"<KeySet {self.format}{where}: {len(self):,} tensor{'' if len(self) == 1 else 's'}>"
 
     # -- summaries -------------------------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ from keyguard._exceptions import SourceError
 from keyguard.sources._jsonfile import load_json_object
 from keyguard.sources._keyset import KeySet
 from keyguard.sources._module import read_module
-from keyguard.sources._torch import import_torch, import_transformers
+from keyguard.sources._torch import import_torch, import_transformers, require
 
 
 def read_config(folder: str | os.PathLike[str], *, architecture: str | None = None) -> KeySet:
@@ -31,6 +31,7 @@ def read_config(folder: str | os.PathLike[str], *, architecture: str | None = No
             "config.json names no architectures, so the model class is unknown; pass the class name"
             " (--architecture LlamaForCausalLM)",
         )
+    require(f"to build the model described by {config_path}", "transformers", "torch")  # both named at once
     transformers = import_transformers(f"to build the model described by {config_path}")
     torch = import_torch(f"to build the model described by {config_path}")
     try:

@@ -20,7 +20,8 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
     """Read keys, shapes and dtypes from any supported source, without loading tensor data.
 
     Args:
-        source: one of
+        source: one of:
+
             - a ``.safetensors`` file;
             - a sharded checkpoint: a folder with ``*.index.json``, or the index file itself;
             - a PyTorch pickle (``.bin``, ``.pt``, ``.pth``, ``.ckpt``), read with ``weights_only=True`` only;

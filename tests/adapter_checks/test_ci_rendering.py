@@ -68,7 +68,10 @@ def test_render_many(reports: list[Report]) -> None:
     assert "**4 inputs checked: 1 OK, 2 failing, 1 unreadable**" in markdown
     assert "| `gone` | unreadable | - | - |" in markdown
     github = render_many(reports, "github", errors={"gone": "gone: no such adapter folder"}).splitlines()
-    assert github[-2] == "::error title=keyguard::gone: no such adapter folder"
+    assert github[-2] == "::error title=keyguard%3A gone::gone: no such adapter folder"
+    notices = [line for line in github if line.startswith("::notice title=keyguard%3A ")]
+    # one notice per adapter, each naming the adapter it is about
+    assert [n.split("::")[1] for n in notices] == [f"notice title=keyguard%3A {r.checkpoint.location}" for r in reports]
     assert github[-1].startswith("::notice title=keyguard summary::4 inputs checked")
     suites = cases_of(render_many(reports, "junit", errors={"gone": "gone: no such adapter folder"}))
     assert len(suites) == 4 and suites[-1][0].find("error") is not None

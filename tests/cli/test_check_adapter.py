@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapters"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "adapter_checks"))
 from _peft_adapters import Zoo, rename_all, set_fields, zoo
 
 from keyguard import Report
@@ -60,7 +60,7 @@ def test_github_and_markdown(cli: Cli, zoo: Zoo, adapters: dict[str, Path]) -> N
     assert result.code == 1
     lines = result.out.splitlines()
     assert lines[0].startswith("::error file=") and "title=KG507 rank_mismatch::" in lines[0]
-    assert lines[-1].startswith("::notice title=keyguard::")
+    assert lines[-1].startswith(f"::notice title=keyguard%3A {adapters['rank']}::")
     markdown = cli("check-adapter", adapters["rank"], "--base", zoo.base("llama"), "--format", "markdown")
     assert markdown.out.startswith("### ❌ keyguard:") and "`KG507`" in markdown.out
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from keyguard._console import plain
 from keyguard._st_write import write_safetensors
 from keyguard.fixes import Plan, StripPrefix
 from keyguard.report import KINDS
@@ -143,7 +144,7 @@ def test_github_format(cli: Cli, files: dict[str, Path]) -> None:
         result = cli("diagnose", files[checkpoint], "-e", files["reference"], "--format", "github")
         lines = result.out.strip().splitlines()
         assert lines and all(line.startswith(("::error ", "::warning ", "::notice ")) for line in lines), lines
-        assert lines[0].startswith(first) and lines[-1].startswith("::notice title=keyguard::")
+        assert lines[0].startswith(first) and lines[-1].startswith("::notice title=keyguard%3A ")
 
 
 def test_table_format_is_the_default(cli: Cli, files: dict[str, Path]) -> None:
@@ -151,7 +152,7 @@ def test_table_format_is_the_default(cli: Cli, files: dict[str, Path]) -> None:
     table = cli("diagnose", files["error"], "-e", files["reference"], "--format", "table")
     assert default.out == table.out
     assert "KG101 extra_prefix" in table.out and "Safe plan (1 rule):" in table.out
-    assert all(len(line) <= 100 for line in table.out.splitlines())
+    assert not [line for line in table.out.splitlines() if len(line) > 100]
 
 
 @pytest.mark.slow
@@ -226,7 +227,8 @@ def test_explain_finds_a_kind_by_any_spelling(cli: Cli, spelling: str) -> None:
     for heading in ("What it does", "Why is this bad?", "Fix safety", "Example"):
         assert f"\n{heading}\n" in result.out
     assert all(len(line) <= 100 for line in result.out.splitlines())
-    assert " ".join(kind.why.split()) in " ".join(result.out.split())
+    assert " ".join(plain(kind.why).split()) in " ".join(result.out.split())
+    assert "`" not in result.out  # Markdown code marks are for the docs site, not the terminal
 
 
 def test_explain_every_kind(cli: Cli) -> None:
@@ -244,14 +246,21 @@ def test_explain_an_unknown_code(cli: Cli, unknown: str) -> None:
     assert result.err.startswith("keyguard: error: unknown finding code or kind") and repr(unknown) in result.err
 
 
-def test_explain_lists_all_kinds(cli: Cli) -> None:
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_explain_lists_all_kinds_by_code(cli: Cli, width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", str(width))
     result = cli("explain")
     assert result.code == 0
     lines = result.out.strip().splitlines()
-    assert len(lines) == len(KINDS) >= 13
-    for line, (code, kind) in zip(lines, KINDS.items()):
-        assert line.split()[:3] == [code, kind.kind, kind.severity.value]
-        assert line.endswith(kind.title)
+    assert all(len(line) <= width for line in lines)
+    heads = [line for line in lines if line[:2] == "KG"]
+    assert [line.split()[0] for line in heads] == sorted(KINDS) and len(heads) >= 13  # KG550 before KG601
+    text = " ".join(result.out.split())
+    for line, (code, kind) in zip(heads, sorted(KINDS.items())):
+        assert line.split()[:2] == [code, kind.kind] and kind.severity.value in line
+        assert kind.title in text
+    if width >= 100:  # a column per field, aligned whatever the length of the names
+        assert len({line.index(KINDS[line.split()[0]].severity.value) for line in heads}) == 1
 
 
 def test_explain_in_a_real_process(cli_subprocess: Callable[..., Any]) -> None:
@@ -284,3 +293,18 @@ def test_diagnose_of_safetensors_files_never_imports_torch(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "RESULT [1, 1, 1, 1, 0] []"
+
+
+def test_junit_format(cli: Cli, files: dict[str, Path]) -> None:
+    import xml.etree.ElementTree as ET
+
+    for checkpoint, code, failures in (("error", 1, 2), ("clean", 0, 0), ("warning", 0, 0)):
+        result = cli("diagnose", files[checkpoint], "-e", files["reference"], "--format", "junit")
+        assert result.code == code, result.err
+        root = ET.fromstring(result.out)
+        assert root.tag == "testsuites" and int(root.get("failures", "-1")) == failures
+        cases = root.findall(".//testcase")
+        assert any(case.get("name", "").startswith("KG101 extra_prefix") for case in cases)
+        assert "keyguard.invalid" not in result.out and "http" not in result.out
+    failing = cli("diagnose", files["warning"], "-e", files["reference"], "--format", "junit", "--fail-on", "warning")
+    assert failing.code == 1 and ET.fromstring(failing.out).get("failures") == "1"

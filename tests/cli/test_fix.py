@@ -78,7 +78,7 @@ def test_exit_0_when_the_output_matches_exactly(tmp_path: Path, files: dict[str,
     out = tmp_path / "out.safetensors"
     r = fix(files["ddp"], files["expected"], args=[files["ddp"], "-e", files["expected"], "-o", out])
     assert r.code == 0, r.err
-    assert "7 were renamed" in r.out
+    assert "7 tensors written (7 renamed)" in r.out
     assert f"wrote {out}" in r.out and "verified" in r.out
     assert "the output matches the expected keys and shapes exactly" in r.out
     assert_tensors(out, MODEL)
@@ -144,7 +144,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, files: dict[str, Path], fix: Any
     before = sorted(p.name for p in tmp_path.iterdir())
     r = fix(files["extra"], args=[files["extra"], "-e", files["expected"], "-o", out, "--dry-run", "--drop-unexpected"])
     assert r.code == 0, r.err
-    assert "7 would be renamed" in r.out and "2 would be dropped" in r.out
+    assert "7 tensors would be written (7 renamed), 2 would be dropped" in r.out
     assert "wrote" not in r.out
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -152,7 +152,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, files: dict[str, Path], fix: Any
 def test_dry_run_in_place_writes_nothing(tmp_path: Path, files: dict[str, Path], fix: Any) -> None:
     inode = files["ddp"].stat().st_ino
     r = fix(files["ddp"], args=[files["ddp"], "-e", files["expected"], "--in-place", "--dry-run"])
-    assert r.code == 0 and "7 would be renamed" in r.out
+    assert r.code == 0 and "7 tensors would be written (7 renamed)" in r.out
     assert files["ddp"].stat().st_ino == inode and leftovers(tmp_path) == []
 
 
@@ -160,7 +160,7 @@ def test_drop_unexpected_lists_every_dropped_key(tmp_path: Path, files: dict[str
     out = tmp_path / "out.safetensors"
     r = fix(files["extra"], args=[files["extra"], "-e", files["expected"], "-o", out, "--drop-unexpected"])
     assert r.code == 0, r.out + r.err
-    assert "dropped 2 key(s) (--drop-unexpected):" in r.out
+    assert "dropped 2 keys (--drop-unexpected):" in r.out
     listed = [line.strip() for line in r.out.splitlines() if line.startswith("  module.")]
     assert sorted(listed) == ["module.model.layers.0.self_attn.rotary_emb.inv_freq", "module.optimizer_step"]
     assert_tensors(out, MODEL)
@@ -190,10 +190,12 @@ def test_unsafe_fixes_list_each_transposed_split_and_fused_key(
 
     r = fix(src, args=[src, "-e", files["expected"], "-o", out, "--unsafe-fixes"])
     assert r.code == 0, r.out + r.err
-    lines = [line for line in r.out.splitlines() if "(unsafe fix, data changed)" in line]
+    # one entry per tensor, wrapped to the width (continuation lines are indented)
+    entries = " ".join(line.strip() if line.startswith("  ") else "\n" + line for line in r.out.splitlines())
+    lines = [line.strip() for line in entries.splitlines() if "(unsafe fix, data changed)" in line]
     assert sorted(lines) == sorted(
         [
-            f"transposed (unsafe fix, data changed): {p}mlp.down_proj.weight -> {p}mlp.down_proj.weight",
+            f"transposed (unsafe fix, data changed): {p}mlp.down_proj.weight",
             f"split (unsafe fix, data changed): {p}self_attn.qkv_proj.weight -> {p}self_attn.q_proj.weight,"
             f" {p}self_attn.k_proj.weight, {p}self_attn.v_proj.weight",
             f"fused (unsafe fix, data changed): {p}mlp.gate_proj.weight -> {p}mlp.gate_up_proj.weight",
@@ -230,7 +232,7 @@ def test_a_hand_written_plan(tmp_path: Path, files: dict[str, Path], fix: Any) -
 
     r = fix(files["extra"], plan, args=[*args, "--unsafe-fixes"])
     assert r.code == 1  # model.inv_freq is still not expected
-    assert "1 were dropped" in r.out and "note:" not in r.out
+    assert ", 1 dropped" in r.out and "note:" not in r.out
     expected = {**MODEL, "model.inv_freq": torch.arange(4.0)}
     assert_tensors(out, expected)
 
@@ -248,7 +250,7 @@ def test_quiet_prints_only_the_summary(tmp_path: Path, files: dict[str, Path], f
     out = tmp_path / "out.safetensors"
     r = fix(files["extra"], args=[files["extra"], "-e", files["expected"], "-o", out, "--quiet", "--drop-unexpected"])
     assert r.code == 0
-    assert r.out.splitlines()[0] == "2 were dropped, 7 were renamed"
+    assert r.out.splitlines()[0] == "7 tensors written (7 renamed), 2 dropped"
     assert "renamed from" not in r.out and "  module." not in r.out
     assert r.err == ""  # no progress bar either
 
@@ -362,14 +364,38 @@ def _run_with_tty_stderr(args: list[Any], env: dict[str, str], cwd: Path) -> tup
 
 
 @pytest.mark.slow
-def test_progress_bar_only_on_a_terminal_and_not_with_quiet(
+def test_progress_shows_each_phase_only_on_a_terminal_and_not_with_quiet(
     tmp_path: Path, files: dict[str, Path], offline_env: dict[str, str], cli: Any
 ) -> None:
     out = tmp_path / "out.safetensors"
     base = ["fix", files["ddp"], "-e", files["expected"], "-o", out]
     code, drawn = _run_with_tty_stderr(base, offline_env, tmp_path)
-    assert code == 0 and "writing [" in drawn and "100%" in drawn  # a terminal: the bar is drawn
+    assert code == 0
+    for phase in ("reading", "diagnosing", "writing", "verifying", "checking"):
+        assert phase in drawn, phase  # each phase has its line, labelled
+    assert "100%" in drawn and "KiB" in drawn  # writing and verifying count bytes
+    out.unlink()
     code, drawn = _run_with_tty_stderr([*base, "--quiet"], offline_env, tmp_path)
-    assert code == 0 and "writing [" not in drawn
+    assert code == 0 and "writing" not in drawn
+    out.unlink()
     r = cli(*base)  # stderr captured: not a terminal
     assert r.code == 0 and r.err == ""
+
+
+@pytest.mark.slow
+def test_the_progress_library_is_imported_only_to_draw(
+    tmp_path: Path, files: dict[str, Path], offline_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out.safetensors"
+    args = ["fix", files["ddp"], "-e", files["expected"], "-o", out]
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keyguard", *map(os.fspath, args)],
+        capture_output=True,
+        text=True,
+        env=offline_env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "keyguard._progress" in imported and "rich" not in imported  # no terminal, no drawing, no rich

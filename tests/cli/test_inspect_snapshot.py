@@ -188,6 +188,9 @@ def test_debug_raises_in_process(cli: Callable[..., Any], tmp_path: Path) -> Non
 
     with pytest.raises(SourceError):
         cli("inspect", "--debug", tmp_path / "missing.safetensors")
+    with pytest.raises(SourceError):  # before the command too: the command's parser keeps it
+        cli("--debug", "inspect", tmp_path / "missing.safetensors")
+    assert cli("--color", "never", "inspect", tmp_path / "missing.safetensors").code == 2
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "code-execution", "protocol-4-code"])

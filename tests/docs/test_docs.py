@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import keyguard
 import keyguard.fixes
@@ -92,15 +91,14 @@ def section(markdown: str, heading: str) -> str:
 # -- the build -----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_docs_build_strict(site: Path) -> None:
-    for page in ("index.html", "getting-started/index.html", "concepts/index.html", "cli/index.html"):
+    for page in ("index.html", "getting-started.html", "concepts.html", "cli.html", "404.html"):
         assert (site / page).is_file(), page
 
 
 @pytest.mark.slow
 def test_every_finding_kind_has_a_generated_page(site: Path) -> None:
-    site_url = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["site_url"]
     for kind in KINDS.values():
-        page = site / "findings" / kind.code.lower() / "index.html"
+        page = site / "findings" / f"{kind.code.lower()}.html"
         assert page.is_file(), f"no page for {kind.code}"
         text = page_text(page)
         for expected in (kind.code, kind.kind, kind.severity.value, kind.family, kind.title):
@@ -112,9 +110,13 @@ def test_every_finding_kind_has_a_generated_page(site: Path) -> None:
             ("Example", kind.example),
         ):
             assert f"{heading} " in text and plain(body) in squeeze(text), (kind.code, heading)
-        # reports link every finding to its page: the link must land on this one
+        # a finding names its page by the command that prints it; no link points to a site that is not published
         finding = Finding(code=kind.code, kind=kind.kind, severity=kind.severity, message="", count=0)
-        assert finding.url == f"{site_url}findings/{kind.code.lower()}/"
+        assert finding.explain == f"keyguard explain {kind.code}" and finding.url is None
+        # the fields table has a header row with names (no empty row above the values)
+        raw = page.read_text(encoding="utf-8")
+        first_row = re.search(r"<thead>(.*?)</thead>", raw, re.DOTALL)
+        assert first_row and "Severity" in first_row.group(1) and re.sub(r"<[^>]+>|\s", "", first_row.group(1))
 
 
 def test_finding_pages_are_not_written_by_hand() -> None:
@@ -124,15 +126,15 @@ def test_finding_pages_are_not_written_by_hand() -> None:
 
 @pytest.mark.slow
 def test_findings_index_lists_every_code(site: Path) -> None:
-    raw = (site / "findings" / "index.html").read_text(encoding="utf-8")
+    raw = (site / "findings" / "index.html").read_text(encoding="utf-8")  # findings/index.md
     for kind in KINDS.values():
-        assert f'href="{kind.code.lower()}/"' in raw, kind.code
+        assert f'href="{kind.code.lower()}.html"' in raw, kind.code
 
 
 # -- generated references ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_reference_documents_every_command_and_option(site: Path) -> None:
-    raw = (site / "cli" / "index.html").read_text(encoding="utf-8")
+    raw = (site / "cli.html").read_text(encoding="utf-8")
     # table cells only: the usage lines name every option too, but say nothing about it
     cells = " ".join(html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td>(.*?)</td>", raw, re.DOTALL))
     parser = build_parser()
@@ -150,7 +152,7 @@ def test_cli_reference_documents_every_command_and_option(site: Path) -> None:
 
 @pytest.mark.slow
 def test_api_reference_covers_every_public_name(site: Path) -> None:
-    raw = (site / "api" / "index.html").read_text(encoding="utf-8")
+    raw = (site / "api.html").read_text(encoding="utf-8")
     top = set(keyguard.__all__)
     missing = [name for name in keyguard.__all__ if f'id="keyguard.{name}"' not in raw]
     for module in (keyguard.sources, keyguard.fixes, keyguard.report):
@@ -164,7 +166,7 @@ def test_api_reference_covers_every_public_name(site: Path) -> None:
 
 @pytest.mark.slow
 def test_format_reference_shows_the_generated_schemas(site: Path) -> None:
-    text = page_text(site / "reference" / "report-format" / "index.html")
+    text = page_text(site / "reference" / "report-format.html")
     for fmt in ("keyguard.report/v1", "keyguard.plan/v1", "keyguard.keys/v1", "keyguard.inspect/v1"):
         assert fmt in text, fmt
     for model in (keyguard.Report, keyguard.Plan, keyguard.SourceSummary):
@@ -223,3 +225,35 @@ def test_changelog_keeps_a_changelog() -> None:
     assert text.startswith("# Changelog\n")
     unreleased = section(text, "[Unreleased]")
     assert "### Added" in unreleased
+
+
+# -- what a reader meets -------------------------------------------------------------------------------------------
+def test_nothing_user_visible_points_to_a_placeholder_address() -> None:
+    places = [REPO / "README.md", REPO / "mkdocs.yml", REPO / "pyproject.toml", REPO / ".pre-commit-hooks.yaml"]
+    places += [p for p in DOCS.rglob("*.md") if p.name != "changelog.md"]
+    places += list((REPO / "keyguard").rglob("*.py"))
+    for path in places:
+        text = path.read_text(encoding="utf-8")
+        for placeholder in (".invalid/", '.invalid"', "example.com", "example.org"):
+            assert placeholder not in text, (path, placeholder)
+
+
+@pytest.mark.slow
+def test_the_site_opens_as_files(site: Path) -> None:
+    index = (site / "index.html").read_text(encoding="utf-8")
+    # links between pages name files (a folder link opened from disk shows a directory listing)
+    links = re.findall(r'href="([^"#:]+)"', index)
+    pages = [
+        link for link in links if not link.startswith(("assets/", "search/")) and not link.endswith((".css", ".png"))
+    ]
+    assert pages and all(link.endswith(".html") for link in pages), pages
+    assert (site / "404.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_read_keys_source_list_stays_a_list(site: Path) -> None:
+    raw = (site / "api.html").read_text(encoding="utf-8")
+    start = raw.index("a sharded checkpoint: a folder with")
+    before = raw[raw.rindex("<ul>", 0, start) : start]
+    assert "<li>" in before  # each kind of source is an item of its own, not a run-on line
+    assert raw.count("<li>a <code>.safetensors</code> file;</li>") == 1

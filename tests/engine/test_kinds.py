@@ -665,30 +665,49 @@ class Net(nn.Module):
 
 
 def test_ambiguous_same_shaped_targets_are_display_only() -> None:
-    checkpoint = Net(("q", "k")).state_dict()
-    model = Net(("query", "key"))
+    # names that no convention relates: nothing can tell the two same-shaped projections apart
+    checkpoint = Net(("alpha", "beta")).state_dict()
+    model = Net(("left", "right"))
     report = diagnose(checkpoint, model)
     finding = only(report, "ambiguous")
     assert (finding.code, finding.severity, finding.count) == ("KG403", Severity.error, 2)
-    assert sorted(finding.checkpoint_keys) == ["attn.k.weight", "attn.q.weight"]
-    assert sorted(finding.expected_keys) == ["attn.key.weight", "attn.query.weight"]
-    assert finding.fix is not None and finding.fix.applicability is Applicability.display_only
-    assert all(r.applicability is Applicability.display_only for r in finding.fix.rules)
-    truth = {"attn.q.weight": "attn.query.weight", "attn.k.weight": "attn.key.weight"}
-    for key, target in truth.items():
-        assert target in finding.ctx["candidates"][key]
+    assert sorted(finding.checkpoint_keys) == ["attn.alpha.weight", "attn.beta.weight"]
+    assert sorted(finding.expected_keys) == ["attn.left.weight", "attn.right.weight"]
+    assert finding.fix is None or finding.fix.applicability is Applicability.display_only
+    for key in ("attn.alpha.weight", "attn.beta.weight"):
+        assert sorted(finding.ctx["candidates"][key]) == ["attn.left.weight", "attn.right.weight"]
         # never in a plan, not even the unsafe one
         assert report.plan.rename_key(key) == key and report.unsafe_plan.rename_key(key) == key
     assert report.plan.empty and report.summary.ambiguous == 2 and report.summary.fixable == 0
-    assert "several" in finding.message
+    assert "several" in finding.message and finding.hint is not None and "--hint" in finding.hint
+
+
+def test_names_break_a_tie_of_equal_shapes_as_an_unsafe_fix() -> None:
+    # q/k and query/key are published names of the same projections: the names choose, never safely
+    checkpoint = Net(("q", "k")).state_dict()
+    report = diagnose(checkpoint, Net(("query", "key")))
+    finding = only(report, "restructured")
+    assert finding.fix is not None and finding.fix.applicability is Applicability.unsafe
+    assert {e["kind"] for c in finding.ctx["changes"] for e in c["evidence"]} >= {"names"}
+    truth = {"attn.q.weight": "attn.query.weight", "attn.k.weight": "attn.key.weight"}
+    assert report.unsafe_plan.mapping(truth) == truth
+    assert report.plan.mapping(truth) == {k: k for k in truth}
+
+
+def test_a_hint_decides_a_tie_for_its_whole_group() -> None:
+    checkpoint = Net(("alpha", "beta")).state_dict()
+    report = diagnose(checkpoint, Net(("left", "right")), hints={"attn.alpha.weight": "attn.right.weight"})
+    mapping = report.plan.mapping(checkpoint)
+    assert mapping["attn.alpha.weight"] == "attn.right.weight"
+    assert mapping["attn.beta.weight"] == "attn.left.weight"  # the only candidate left, forced by the shapes
 
 
 def test_ambiguous_candidates_include_every_true_target() -> None:
-    checkpoint = Net(("q", "k", "v")).state_dict()
-    report = diagnose(checkpoint, Net(("query", "key", "value")))
+    checkpoint = Net(("one", "two", "three")).state_dict()
+    report = diagnose(checkpoint, Net(("first", "second", "third")))
     finding = only(report, "ambiguous")
-    truth = {"attn.q.weight": "attn.query.weight", "attn.k.weight": "attn.key.weight"}
-    truth["attn.v.weight"] = "attn.value.weight"
+    truth = {"attn.one.weight": "attn.first.weight", "attn.two.weight": "attn.second.weight"}
+    truth["attn.three.weight"] = "attn.third.weight"
     for key, target in truth.items():
         assert target in finding.ctx["candidates"][key], (key, finding.ctx["candidates"][key])
 

@@ -1,0 +1,583 @@
+"""Template alignment: which group of checkpoint keys is which group of expected keys, and how sure that is.
+
+What prefix and segment rules cannot explain (several segments renamed at once, an index moved to another segment,
+blocks regrouped into stages, separators changed) is aligned group by group (``_groups``): two groups can be the same
+tensors only when their leaf kind, their size and their shapes agree index by index. Three stages, kept apart as in
+git's rename detection:
+
+1. *candidates*: every pair of groups with equal signatures, at the coarsest grouping first, then splitting groups
+   that match nothing at one index position (``in_layers.0`` / ``in_layers.2``, ``w1`` / ``w2`` / ``w3``);
+2. *evidence*: a pair that is the only candidate of both its groups is forced by the shapes; ties are weighed by
+   names (``_names``) and user hints. Registration order is not evidence: a converted checkpoint keeps its
+   producer's order, not the consumer's;
+3. *choice*: forced pairs are ``safe`` when nothing contradicts them and something corroborates them (their names
+   agree, or other forced pairs move their sibling modules the same way, or they stay inside a parent that matches
+   as it stands) over at least two keys; pairs chosen by names are ``unsafe``; everything else stays a candidate
+   (``display_only``) so that the report offers the right target without applying a guess.
+
+One hard rule holds throughout: a checkpoint key that sits inside a subtree whose keys match the model as they
+stand can only go to a key of that same subtree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from keyguard.engine._groups import (
+    Group,
+    Member,
+    ancestors,
+    build_groups,
+    compatible,
+    digit_template,
+    signature_index,
+    split_leaf,
+    split_positions,
+    structural_splits,
+    transposed,
+)
+from keyguard.engine._names import path_similarity, same_path, segment_similarity
+from keyguard.fixes._rules import Applicability
+from keyguard.sources._keyset import TensorInfo
+
+LEVELS: Final = 3  # coarse groups, then up to two splits
+MAX_COMPONENT: Final = 400  # groups per side in one tie weighed by names; larger ties stay candidates
+STRONG_NAME: Final = 1.0  # the module's own name agrees (equal up to spelling, or a published equivalent)
+WEAK_NAME: Final = 0.25  # the module's own name shares a token: enough to offer a candidate, not to choose one
+MARGIN: Final = 0.25  # how much better the chosen candidate must be than the next
+PLACEMENT: Final = 0.75  # weight of agreeing (or not) with where decided sibling modules put the parent
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One reason for (or against) a correspondence, kept as data so reports and docs can show why."""
+
+    kind: str  # shape_unique | module | names | siblings | anchored | tie | hint
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class Match:
+    """Two groups that hold the same tensors, pairing their members in index order."""
+
+    checkpoint: Group
+    expected: Group
+    applicability: Applicability
+    evidence: list[Evidence] = field(default_factory=list)
+    forced: bool = False
+    transposed: bool = False
+    note: str | None = None
+
+    @property
+    def pairs(self) -> list[tuple[Member, Member]]:
+        return list(zip(self.checkpoint.members, self.expected.members))
+
+
+@dataclass
+class Tie:
+    """Checkpoint keys that could be any of several expected keys: candidates, never applied."""
+
+    options: dict[str, list[str]]  # original checkpoint key -> expected keys, best first
+    why: str
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class Alignment:
+    matches: list[Match] = field(default_factory=list)
+    ties: list[Tie] = field(default_factory=list)
+
+
+Entry = tuple[str, str, TensorInfo, int]  # name as it stands, original key, info, position in the source
+
+
+def align(
+    checkpoint: Sequence[Entry],
+    expected: Sequence[Entry],
+    *,
+    anchored: Iterable[str] = (),
+    contested: Iterable[str] = (),
+    hints: Mapping[str, str] | None = None,
+) -> Alignment:
+    """Align the open keys of both sides.
+
+    Args:
+        checkpoint: open checkpoint keys (current name, original key, info, order).
+        expected: open expected keys (key, key, info, order).
+        anchored: expected keys already matched: their subtrees are fixed points.
+        contested: keys (either side) already declared ambiguous: groups of their templates are left alone, since
+            aligning the rest of a contested numbered group on its own would read it piecemeal.
+        hints: the user's choices, checkpoint key (original or current name) -> expected key.
+    """
+    return _Aligner(checkpoint, expected, anchored, contested, dict(hints or {})).run()
+
+
+class _Aligner:
+    def __init__(
+        self,
+        checkpoint: Sequence[Entry],
+        expected: Sequence[Entry],
+        anchored: Iterable[str],
+        contested: Iterable[str],
+        hints: dict[str, str],
+    ) -> None:
+        left_alone = {digit_template(key)[0] for key in contested}
+        self.c_groups = structural_splits(
+            [g for g in build_groups("checkpoint", checkpoint) if g.template not in left_alone]
+        )
+        self.e_groups = structural_splits(
+            [g for g in build_groups("expected", expected) if g.template not in left_alone]
+        )
+        self.anchored: set[str] = set()
+        for key in anchored:
+            self.anchored.update(ancestors(key))
+        self.hints = hints
+        self.hint_reduced: set[Group] = set()
+        # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
+        # parent -> model parent; None where matches disagree
+        self.module_map: dict[str, str | None] = {}
+        self.module_image: dict[str, str | None] = {}
+        self.parent_map: dict[str, str | None] = {}
+        self.pending: list[tuple[list[tuple[Group, list[Group]]], str, list[Evidence]]] = []
+        self.result = Alignment()
+
+    # ------------------------------------------------------------------------------------------------ driver
+    def run(self) -> Alignment:
+        if not self.c_groups or not self.e_groups:
+            return self.result
+        pool_c, pool_e = self.c_groups, self.e_groups
+        for level in range(LEVELS):
+            edges = self._candidates(pool_c, pool_e)
+            used_c, used_e = self._decide(pool_c, pool_e, edges)
+            rest_c = [g for g in pool_c if g not in used_c]
+            rest_e = [g for g in pool_e if g not in used_e]
+            if level == LEVELS - 1 or not rest_c or not rest_e:
+                break
+            pool_c, pool_e = self._refine(rest_c, rest_e)
+            if not pool_c or not pool_e:
+                break
+        self._settle()
+        return self.result
+
+    # -------------------------------------------------------------------------------------------- candidates
+    def _candidates(self, pool_c: list[Group], pool_e: list[Group]) -> dict[Group, list[Group]]:
+        """Compatible expected groups of every checkpoint group, consistent with the anchored subtrees."""
+        index = signature_index(pool_e)
+        loose = [g for g in pool_e if not g.shapes_known or "?" in g.signature[3]]  # type: ignore[operator]
+        edges: dict[Group, list[Group]] = {}
+        for group in pool_c:
+            exact = index.get(group.signature, []) if group.shapes_known else []
+            others = loose if group.shapes_known else pool_e
+            found = [*exact, *(g for g in others if g not in exact and compatible(group, g))]
+            found = [g for g in found if self._consistent(group, g)]
+            if self.hints:
+                found = self._apply_hints(group, found, pool_e)
+            if found:
+                edges[group] = found
+        return edges
+
+    def _consistent(self, c: Group, e: Group) -> bool:
+        """No checkpoint key leaves a subtree that matches as it stands (checked on the first and last pair)."""
+        if not self.anchored:
+            return True
+        for cm, em in {0: (c.members[0], e.members[0]), 1: (c.members[-1], e.members[-1])}.values():
+            for parent in ancestors(cm.name):
+                if parent in self.anchored and not em.name.startswith(parent + "."):
+                    return False
+        return True
+
+    def _apply_hints(self, group: Group, found: list[Group], pool_e: list[Group]) -> list[Group]:
+        for member in group.members:
+            target = self.hints.get(member.key) or self.hints.get(member.name)
+            if target is None:
+                continue
+            chosen = [g for g in pool_e if any(m.name == target for m in g.members)]
+            chosen = [g for g in chosen if compatible(group, g) or transposed(group, g)]
+            return chosen[:1]
+        hinted_targets = set(self.hints.values())
+        kept = [g for g in found if not any(m.name in hinted_targets for m in g.members)]
+        if len(kept) < len(found):
+            self.hint_reduced.add(group)  # what is left of its tie follows from the user's choice
+        return kept
+
+    # --------------------------------------------------------------------------------------------- decisions
+    def _decide(
+        self, pool_c: list[Group], pool_e: list[Group], edges: dict[Group, list[Group]]
+    ) -> tuple[set[Group], set[Group]]:
+        """Settle the candidate graph: pairs forced by the shapes first, then pairs forced once every module's
+        leaves must go to one module (weight and bias together), repeated while that forces more; the ties left
+        are weighed by names."""
+        used_c: set[Group] = set()
+        used_e: set[Group] = set()
+        while True:
+            edges, narrowed = self._constrain(edges, used_c, used_e)
+            reverse = _reverse(edges)
+            forced = False
+            seen: set[Group] = set()
+            for start in pool_c:
+                if start not in edges or start in seen:
+                    continue
+                comp_c, comp_e = self._component(start, edges, reverse)
+                seen.update(comp_c)
+                if len(comp_c) != 1 or len(comp_e) != 1:
+                    continue
+                c, e = comp_c[0], comp_e[0]
+                if self._hinted(c):
+                    evidence = [Evidence("hint", "chosen by --hint")]
+                elif c in self.hint_reduced:
+                    evidence = [Evidence("hint", "the only candidate left once the hinted keys are taken")]
+                elif c in narrowed:
+                    evidence = [Evidence("module", "the only candidate in the module its other leaves went to")]
+                else:
+                    evidence = [Evidence("shape_unique", "the only group of its shapes on both sides")]
+                self._record(Match(c, e, Applicability.safe, evidence, forced=True))
+                used_c.add(c)
+                used_e.add(e)
+                forced = True
+            if not forced:
+                break
+        reverse = _reverse(edges)
+        seen = set()
+        for start in pool_c:
+            if start not in edges or start in seen:
+                continue
+            comp_c, comp_e = self._component(start, edges, reverse)
+            seen.update(comp_c)
+            used_c.update(comp_c)
+            used_e.update(comp_e)
+            self._weigh(comp_c, comp_e, edges)
+        return used_c, used_e
+
+    def _record(self, match: Match) -> None:
+        """Keep a match, and what it says of its modules and their parents for the pairs still open."""
+        self.result.matches.append(match)
+        for cm, em in match.pairs:
+            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            _learn(self.module_map, c_module, e_module)
+            _learn(self.module_image, e_module, c_module)
+            c_up, e_up = _parents(cm.name), _parents(em.name)
+            if c_up and e_up:
+                _learn(self.parent_map, c_up[0], e_up[0])
+
+    def _constrain(
+        self, edges: dict[Group, list[Group]], used_c: set[Group], used_e: set[Group]
+    ) -> tuple[dict[Group, list[Group]], set[Group]]:
+        """Drop taken groups, and candidates that would split a module: a module whose leaves already went to one
+        module sends the rest there, and no other module goes there."""
+        out: dict[Group, list[Group]] = {}
+        narrowed: set[Group] = set()
+        for c, es in edges.items():
+            if c in used_c:
+                continue
+            kept = [e for e in es if e not in used_e and self._module_fits(c, e)]
+            if len(kept) < len([e for e in es if e not in used_e]):
+                narrowed.add(c)
+            if kept:
+                out[c] = kept
+        return out, narrowed
+
+    def _module_fits(self, c: Group, e: Group) -> bool:
+        if not self.module_map:
+            return True
+        for cm, em in zip(c.members, e.members):
+            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            image = self.module_map.get(c_module, "")
+            if image and image != e_module:
+                return False
+            source = self.module_image.get(e_module, "")
+            if source and source != c_module:
+                return False
+        return True
+
+    def _hinted(self, group: Group) -> bool:
+        return bool(self.hints) and any(m.key in self.hints or m.name in self.hints for m in group.members)
+
+    @staticmethod
+    def _component(
+        start: Group, edges: dict[Group, list[Group]], reverse: dict[Group, list[Group]]
+    ) -> tuple[list[Group], list[Group]]:
+        comp_c: list[Group] = []
+        comp_e: list[Group] = []
+        seen_c: set[Group] = {start}
+        seen_e: set[Group] = set()
+        stack = [start]
+        while stack:
+            c = stack.pop()
+            comp_c.append(c)
+            for e in edges.get(c, ()):
+                if e in seen_e:
+                    continue
+                seen_e.add(e)
+                comp_e.append(e)
+                for other in reverse.get(e, ()):
+                    if other not in seen_c:
+                        seen_c.add(other)
+                        stack.append(other)
+        return comp_c, comp_e
+
+    def _weigh(self, comp_c: list[Group], comp_e: list[Group], edges: dict[Group, list[Group]]) -> None:
+        """A tie among groups of equal shapes: names choose where they agree clearly; the rest are
+        candidates. A pair is chosen when each is the other's clear favourite (by ``MARGIN``) and the module's
+        own name agrees; choosing removes both, which may make others clear, so passes repeat."""
+        open_c = set(comp_c)
+        open_e = set(comp_e)
+        scores: dict[tuple[Group, Group], float] = {}
+        if len(comp_c) <= MAX_COMPONENT and len(comp_e) <= MAX_COMPONENT:
+            for c in comp_c:
+                for e in edges[c]:
+                    scores[c, e] = path_similarity(c.path, e.path) + self._placement(c, e)
+                    if same_path(c.path, e.path):
+                        scores[c, e] += STRONG_NAME
+        by_c: dict[Group, list[tuple[float, Group]]] = {}
+        by_e: dict[Group, list[tuple[float, Group]]] = {}
+        for (c, e), score in scores.items():
+            by_c.setdefault(c, []).append((score, e))
+            by_e.setdefault(e, []).append((score, c))
+        decided = True
+        while decided and scores:
+            decided = False
+            for c in [g for g in comp_c if g in open_c]:
+                best, target, runner = _best(by_c.get(c, []), open_e)
+                if target is None or best - runner < MARGIN or not _own_name_agrees(c, target):
+                    continue
+                best_back, source, runner_back = _best(by_e.get(target, []), open_c)
+                if source is not c or best_back - runner_back < MARGIN:
+                    continue
+                evidence = [Evidence("names", f"{'.'.join(c.path) or c.template} ~ {'.'.join(target.path)}")]
+                candidates = sum(1 for _, e in by_c.get(c, []) if e in open_e)
+                if candidates > 1:
+                    evidence.append(Evidence("tie", f"{candidates} groups of equal shapes were candidates"))
+                if self._placement(c, target) > 0:
+                    evidence.append(Evidence("siblings", "its sibling modules went to the same parent"))
+                self._record(Match(c, target, Applicability.unsafe, evidence))
+                open_c.discard(c)
+                open_e.discard(target)
+                decided = True
+        if open_c:
+            self._tie(
+                [g for g in comp_c if g in open_c],
+                [g for g in comp_e if g in open_e],
+                edges,
+                scores,
+                "several groups of equal shapes fit and the names do not decide",
+            )
+
+    def _placement(self, c: Group, e: Group) -> float:
+        """Where decided siblings put this module's parent: agreeing with every pair counts for the candidate,
+        contradicting one counts against it (a parent whose children went to several places says nothing)."""
+        agree = False
+        for cm, em in zip(c.members, e.members):
+            c_up, e_up = _parents(cm.name), _parents(em.name)
+            image = self.parent_map.get(c_up[0]) if c_up else None
+            if image is None:
+                continue
+            if not e_up or image != e_up[0]:
+                return -PLACEMENT
+            agree = True
+        return PLACEMENT if agree else 0.0
+
+    def _tie(
+        self,
+        comp_c: list[Group],
+        comp_e: list[Group],
+        edges: dict[Group, list[Group]],
+        scores: dict[tuple[Group, Group], float],
+        why: str,
+        evidence: Sequence[Evidence] = (),
+    ) -> None:
+        """Candidates to show, settled once every match is known (``_settle`` keeps only supported ones)."""
+        pairs: list[tuple[Group, list[Group]]] = []
+        for c in comp_c:
+            targets = [e for e in edges.get(c, []) if e in comp_e]
+            targets.sort(key=lambda e: -scores.get((c, e), 0.0))
+            pairs.append((c, targets))
+        self.pending.append((pairs, why, list(evidence)))
+
+    # ------------------------------------------------------------------------------------------------ splits
+    def _refine(self, rest_c: list[Group], rest_e: list[Group]) -> tuple[list[Group], list[Group]]:
+        """Split the groups that found no candidate at the index position whose parts find the most."""
+        c_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_c}
+        e_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_e}
+        e_signatures = {s.signature[:3] for g in rest_e for s in [g, *_flat(e_options[g])]}
+        c_signatures = {s.signature[:3] for g in rest_c for s in [g, *_flat(c_options[g])]}
+        return _choose(rest_c, c_options, e_signatures), _choose(rest_e, e_options, c_signatures)
+
+    # ----------------------------------------------------------------------------------------- applicability
+    def _settle(self) -> None:
+        """Safe only with corroboration and two keys; a module's leaves must all go to one module; ties."""
+        matches = self.result.matches
+        by_module: dict[str, list[Match]] = {}
+        for match in matches:
+            by_module.setdefault(match.checkpoint.module, []).append(match)
+        inconsistent: set[int] = set()
+        for group in by_module.values():
+            targets = {m.expected.module for m in group}
+            if len(targets) > 1:
+                inconsistent.update(id(m) for m in group)
+        siblings = self._sibling_support(matches)
+        kept: list[Match] = []
+        for match in matches:
+            if id(match) in inconsistent:
+                self._demote(match, "the leaves of one module would go to different modules")
+                continue
+            if match.forced and match.applicability is Applicability.safe:
+                if any(e.kind == "hint" for e in match.evidence):
+                    kept.append(match)
+                    continue
+                keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
+                support = self._corroboration(match, siblings)
+                if support and keys >= 2:
+                    match.evidence.extend(support)
+                elif _own_name_agrees(match.checkpoint, match.expected):
+                    match.applicability = Applicability.unsafe
+                    match.evidence.append(Evidence("names", self._names_text(match)))
+                    match.note = "inferred from a single key" if keys < 2 else "nothing around it moves the same way"
+                else:
+                    self._demote(match, "the only candidate by shape, but neither names nor neighbours confirm it")
+                    continue
+            kept.append(match)
+        self.result.matches = kept
+        self._settle_ties(self._sibling_support(kept))
+
+    @staticmethod
+    def _names_text(match: Match) -> str:
+        return f"{'.'.join(match.checkpoint.path) or '?'} ~ {'.'.join(match.expected.path) or '?'}"
+
+    def _demote(self, match: Match, why: str) -> None:
+        self.pending.append(([(match.checkpoint, [match.expected])], why, match.evidence))
+
+    def _settle_ties(self, siblings: dict[tuple[str, str], set[str]]) -> None:
+        """Offer candidates only with some support: a name that links them, or a place in the tree that matched
+        keys confirm (siblings that moved the same way, a parent that matches as it stands). Candidates from
+        nowhere (two unrelated models that happen to share a shape) are no help: better no hint than a wrong one."""
+        modules: dict[str, set[str]] = {}
+        for match in self.result.matches:
+            modules.setdefault(match.checkpoint.module, set()).add(match.expected.module)
+        for pending, why, evidence in self.pending:
+            # a module's other leaves went somewhere: this one can only go to the same module
+            pairs = [
+                (c, [e for e in targets if c.module not in modules or e.module in modules[c.module]])
+                for c, targets in pending
+            ]
+            supported = any(self._related(c, e, siblings) for c, targets in pairs for e in targets)
+            if not supported:
+                continue
+            options: dict[str, list[str]] = {}
+            for c, targets in pairs:
+                kept = [e for e in targets if self._related(c, e, siblings) or len(targets) == 1]
+                if not kept:
+                    continue
+                for position, member in enumerate(c.members):
+                    options[member.key] = [e.members[position].name for e in kept]
+            self.result.ties.append(Tie(options, why, evidence))
+
+    def _related(self, c: Group, e: Group, siblings: dict[tuple[str, str], set[str]]) -> bool:
+        if c.path and e.path and segment_similarity(c.path[-1], e.path[-1]) >= WEAK_NAME:
+            return True
+        cm, em = c.members[0], e.members[0]
+        c_up, e_up = _parents(cm.name), _parents(em.name)
+        if c_up and e_up and c_up[0] == e_up[0]:
+            return True  # renamed inside one parent module
+        for parent in ancestors(cm.name)[1:]:
+            if parent in self.anchored and em.name.startswith(parent + "."):
+                return True
+        return any(pair in siblings for pair in _ancestor_pairs(cm.name, em.name))
+
+    def _sibling_support(self, matches: list[Match]) -> dict[tuple[str, str], set[str]]:
+        """For every (checkpoint ancestor, expected ancestor) pair that a match's keys share, the checkpoint modules
+        whose matches share it."""
+        shared: dict[tuple[str, str], set[str]] = {}
+        for match in matches:
+            if not (match.forced or match.applicability is Applicability.unsafe):
+                continue
+            module = match.checkpoint.module
+            for c, e in match.pairs:
+                for pair in _ancestor_pairs(c.name, e.name):
+                    shared.setdefault(pair, set()).add(module)
+        return shared
+
+    def _corroboration(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+        module = match.checkpoint.module
+        c, e = match.pairs[0]
+        for c_parent in ancestors(c.name)[1:]:
+            if c_parent in self.anchored and e.name.startswith(c_parent + "."):
+                return [Evidence("anchored", f"stays inside '{c_parent}', which matches as it stands")]
+        for pair in _ancestor_pairs(c.name, e.name):
+            others = siblings.get(pair, set()) - {module}
+            if others:
+                return [
+                    Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
+                ]
+        if _own_name_agrees(match.checkpoint, match.expected):
+            return [Evidence("names", self._names_text(match))]
+        return []
+
+
+def _own_name_agrees(c: Group, e: Group) -> bool:
+    """The module's own name (its last segment) is the same up to spelling, or a published equivalent."""
+    if not c.path or not e.path:
+        return False
+    return segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path)
+
+
+def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
+    if key not in mapping:
+        mapping[key] = value
+    elif mapping[key] != value:
+        mapping[key] = None
+
+
+def _reverse(edges: dict[Group, list[Group]]) -> dict[Group, list[Group]]:
+    reverse: dict[Group, list[Group]] = {}
+    for c, es in edges.items():
+        for e in es:
+            reverse.setdefault(e, []).append(c)
+    return reverse
+
+
+def _best(options: list[tuple[float, Group]], open_: set[Group]) -> tuple[float, Group | None, float]:
+    """The best open option, its score, and the runner-up's score (0 when it is alone)."""
+    ranked = sorted((score for score, group in options if group in open_), reverse=True)
+    if not ranked:
+        return -1.0, None, 0.0
+    best = ranked[0]
+    target = next(group for score, group in options if group in open_ and score == best)
+    return best, target, ranked[1] if len(ranked) > 1 else 0.0
+
+
+def _flat(options: list[list[Group]]) -> list[Group]:
+    return [g for split in options for g in split]
+
+
+def _choose(rest: list[Group], options: dict[Group, list[list[Group]]], other: set[tuple[object, ...]]) -> list[Group]:
+    out: list[Group] = []
+    for group in rest:
+        best: list[Group] | None = None
+        best_hits = 0
+        for parts in options[group]:
+            hits = sum(1 for p in parts if p.signature[:3] in other)
+            if hits > best_hits:
+                best, best_hits = parts, hits
+        if best is not None:
+            out.extend(best)
+        else:
+            out.append(group)  # unsplit: it may still match a part of the other side
+    return out
+
+
+def _ancestor_pairs(c_name: str, e_name: str) -> list[tuple[str, str]]:
+    """Pairs of the nearest ancestors (parent and grandparent) of the two keys' modules: the places two sibling
+    modules share. Farther ancestors (a wrapper prefix every key has) say nothing about siblings."""
+    c_up = _parents(c_name)
+    e_up = _parents(e_name)
+    return [(a, b) for a in c_up for b in e_up]
+
+
+def _parents(name: str) -> list[str]:
+    module = split_leaf(name)[0]
+    return ancestors(module + ".x")[1:3] if module else []

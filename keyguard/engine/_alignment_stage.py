@@ -1,0 +1,177 @@
+"""The alignment stage: what the rule rounds left open is aligned template by template (``_align``), and every
+correspondence becomes one ``remap`` rule of the plan, proven to rename exactly the keys it explains."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from keyguard.engine._align import Match, Tie, align
+from keyguard.engine._groups import HOLE, Group, digit_template
+from keyguard.engine._infer import Candidate
+from keyguard.engine._state import EngineState, _Accepted, _Ambiguity
+from keyguard.fixes._rules import MapKeys, Remap, Rule
+
+
+class _AlignmentStage(EngineState):
+    def _align(self) -> None:
+        if not self.cur or not self.open_e:
+            return
+        position_c = {k: i for i, k in enumerate(self.C)}
+        position_e = {k: i for i, k in enumerate(self.E)}
+        entries_c = [(name, key, self.C[key], position_c[key]) for name, key in self.by_cur.items()]
+        entries_e = [(k, k, self.E[k], position_e[k]) for k in self.E if k in self.open_e]
+        contested = [*self.frozen, *(t for amb in self.ambiguities for ts in amb.keys.values() for t in ts)]
+        alignment = align(
+            entries_c,
+            entries_e,
+            anchored=self.resolved.values(),
+            contested=contested,
+            hints=self.hints,
+        )
+        by_template: dict[str, list[str]] = {}
+        for name in (*self.by_cur, *self.resolved.values(), *self.frozen):
+            by_template.setdefault(digit_template(name)[0], []).append(name)
+        for match in sorted(alignment.matches, key=_match_order):
+            self._take_match(match, by_template)
+        for tie in alignment.ties:
+            self._take_tie(tie)
+
+    # ---------------------------------------------------------------------------------------------- matches
+    def _take_match(self, match: Match, by_template: dict[str, list[str]]) -> None:
+        names = {c.name: e.name for c, e in match.pairs}
+        if any(n not in self.by_cur for n in names) or any(e not in self.open_e for e in names.values()):
+            return  # an earlier match of this stage took part of it
+        rule = self._remap(match, names, by_template)
+        taken = set(names)
+        if not set(names.values()).isdisjoint(n for n in self.by_cur if n not in taken):
+            # a new name that another open key still holds: renaming in two steps would collide
+            self._take_tie(Tie({self.by_cur[n]: [e] for n, e in names.items()}, "the names are swapped with others"))
+            return
+        index = len(self.accepted)
+        kind = "renumbered" if _renumbers(rule) else "restructured"
+        accepted = _Accepted(
+            kind,
+            [rule],
+            match.applicability,
+            Candidate(rule, kind),
+            settled=True,
+            note=match.note,
+            evidence=[e.as_dict() for e in match.evidence],
+            change=_change(match.checkpoint, match.expected),
+        )
+        originals = [self.by_cur.pop(n) for n in names]
+        accepted.touched = originals
+        for original in self.first_rule.keys() & set(originals):
+            self.chain.setdefault(original, [self.first_rule[original]]).append(index)
+        for original in originals:
+            self.first_rule.setdefault(original, index)
+        for original, target in zip(originals, names.values()):
+            del self.cur[original]
+            self.resolved[original] = target
+            self.via[original] = index
+            accepted.pairs[original] = target
+        self.open_e.difference_update(names.values())
+        for old, new in names.items():
+            bucket = by_template.get(digit_template(old)[0])
+            if bucket is not None and old in bucket:
+                bucket.remove(old)
+            by_template.setdefault(digit_template(new)[0], []).append(new)
+        self.accepted.append(accepted)
+
+    def _remap(self, match: Match, names: dict[str, str], by_template: dict[str, list[str]]) -> Remap | MapKeys:
+        """The shortest rule that renames exactly ``names``: a template map taking the indices as they are (in any
+        order), else one listing the index tuples it renames; a key-by-key map when neither is exact."""
+        c, e = match.checkpoint, match.expected
+        old = _placeholders(c.template)
+        pairs = match.pairs
+        sources: list[int] = []
+        for position in range(e.holes):
+            values = [em.index[position] for _, em in pairs]
+            # the same position first: with one block, every index reads 0 and any position would do
+            order = [position, *(i for i in range(c.holes) if i != position)] if position < c.holes else range(c.holes)
+            found = next((i for i in order if all(cm.index[i] == v for (cm, _), v in zip(pairs, values))), None)
+            if found is None:
+                break
+            sources.append(found)
+        candidates: list[Remap] = []
+        if len(sources) == e.holes:
+            new = _placeholders(e.template, sources)
+            candidates.append(Remap(old=old, new=new))
+            listed = {",".join(map(str, cm.index)): list(cm.index) for cm, _ in pairs}
+            candidates.append(Remap(old=old, new=new, indices=listed))
+        explicit = {",".join(map(str, cm.index)): list(em.index) for cm, em in pairs}
+        candidates.append(Remap(old=old, new=_placeholders(e.template), indices=explicit))
+        pool = by_template.get(digit_template(c.members[0].name)[0], [])
+        for rule in candidates:
+            if _exact(rule, names, pool):
+                return rule.model_copy(update={"applicability": match.applicability})
+        return MapKeys(mapping=dict(names), applicability=match.applicability)
+
+    # ------------------------------------------------------------------------------------------------- ties
+    def _take_tie(self, tie: Tie) -> None:
+        options: dict[str, list[str]] = {}
+        for original, targets in tie.options.items():
+            name = self.cur.get(original)
+            if name is None or name not in self.by_cur:
+                continue
+            open_targets = [t for t in targets if t in self.open_e]
+            if not open_targets:
+                continue
+            options[original] = open_targets
+        if not options:
+            return
+        for original in options:
+            name = self.cur.pop(original)
+            del self.by_cur[name]
+            self.frozen.append(name)
+        for targets in options.values():
+            self.open_e.difference_update(targets)
+        self.ambiguities.append(_Ambiguity(options, [], tie.why))
+
+
+def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:
+    """The rule renames every key of ``names`` to its target and nothing else among ``pool``."""
+    for name, target in names.items():
+        if rule.rename(name) != target:
+            return False
+    return all(rule.rename(other) is None for other in pool if other not in names)
+
+
+def _placeholders(template: str, sources: list[int] | None = None) -> str:
+    """A digit template written for ``Remap``: braces doubled, the i-th hole as ``{i}`` (or ``{sources[i]}``)."""
+    pieces = template.replace("{", "{{").replace("}", "}}").split(HOLE)
+    out = [pieces[0]]
+    for position, piece in enumerate(pieces[1:]):
+        out.append("{" + str(sources[position] if sources is not None else position) + "}")
+        out.append(piece)
+    return "".join(out)
+
+
+def _readable(template: str) -> list[str]:
+    return template.replace(HOLE, "{N}").split(".")
+
+
+def _change(c: Group, e: Group) -> tuple[str, str]:
+    """What changed, as people say it: the differing runs of segments (``attention.wq`` -> ``self_attn.q_proj``),
+    the leaf left out when both sides share it."""
+    a, b = _readable(c.template), _readable(e.template)
+    if len(a) > 1 and len(b) > 1 and a[-1] == b[-1]:
+        a, b = a[:-1], b[:-1]
+    opcodes = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    changed = [op for op in opcodes if op[0] != "equal"]
+    if len(changed) == 1:
+        _, i1, i2, j1, j2 = changed[0]
+        return ".".join(a[i1:i2]), ".".join(b[j1:j2])
+    return ".".join(a), ".".join(b)
+
+
+def _match_order(match: Match) -> int:
+    return match.checkpoint.members[0].order
+
+
+def _renumbers(rule: Rule) -> bool:
+    """True when the rule gives keys other indices than they have (not just other names)."""
+    if not isinstance(rule, Remap) or rule.indices is None:
+        return False
+    return any(old != ",".join(map(str, new)) for old, new in rule.indices.items())

@@ -1,0 +1,603 @@
+"""Findings and the report: rule findings, shapes, transposes, dtypes, leftovers, ambiguities, summary."""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from collections import Counter
+from itertools import compress
+from typing import Any, Final
+
+from keyguard._dtypes import dtype_label
+from keyguard._patterns import HOLE, template
+from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._groups import leaf_class
+from keyguard.engine._state import (
+    _DTYPE_OF,
+    _EMBEDDING,
+    _FLOAT_DTYPES,
+    _SHAPE_OF,
+    EngineState,
+    _Accepted,
+    _display_only,
+    _shape,
+)
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import (
+    AddPrefix,
+    Applicability,
+    Fuse,
+    Rename,
+    ReplacePrefix,
+    Rule,
+    ShiftIndex,
+    Split,
+    StripPrefix,
+    Transpose,
+)
+from keyguard.report import _kinds as kinds
+from keyguard.report._build import EXAMPLES
+from keyguard.report._model import Example, Finding, Fix, Report, SourceRef, Summary
+from keyguard.sources._keyset import TensorInfo
+
+#: Ambiguous keys whose candidates the report lists in full (machines read them: ``ctx.candidates``).
+MAX_CANDIDATES_SHOWN: Final = 2000
+
+
+class _Findings(EngineState):
+    def _pair_findings(self) -> set[str]:
+        """Rule findings, then shape / transpose / dtype findings over every mapped pair."""
+        shape_bad: dict[str, str] = {}
+        transposed: list[str] = []
+        dtype_diff: list[str] = []
+        casts: Counter[int] = Counter()
+        originals = list(self.resolved)
+        targets = list(self.resolved.values())
+        ours = list(map(self.C.__getitem__, originals))
+        theirs = list(map(self.E.__getitem__, targets))
+        # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
+        differ = list(map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)))
+        differ_dtype = list(map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
+        for i in compress(range(len(originals)), map(operator.or_, differ, differ_dtype)):
+            original, target, a, b = originals[i], targets[i], ours[i], theirs[i]
+            if a.shape is not None and b.shape is not None and a.shape != b.shape:
+                if len(a.shape) == 2 and a.shape == b.shape[::-1]:
+                    transposed.append(original)
+                else:
+                    shape_bad[original] = target
+            elif a.dtype and b.dtype and a.dtype != b.dtype:
+                if original in self.exact:
+                    dtype_diff.append(original)
+                elif original in self.via:
+                    casts[self.via[original]] += 1
+        problem = set(shape_bad) | set(transposed)
+        merged: dict[object, list[int]] = {}
+        for index, acc in enumerate(self.accepted):
+            rule = acc.candidate.rule
+            signature: object = ("rename", rule.old, rule.new, acc.applicability) if isinstance(rule, Rename) else index
+            if acc.settled:
+                signature = ("aligned", acc.kind, acc.applicability)
+            merged.setdefault(signature, []).append(index)
+        steps_shown: set[int] = set()
+        for indices in merged.values():
+            if len(merged) == 1 and not problem:
+                keys = list(self.via)
+            else:
+                keys = [k for k, i in self.via.items() if i in indices and k not in problem]
+            if keys:
+                # a step that lands nothing itself (a prefix stripped before a rename) travels with the first
+                # finding whose keys need it, so every rule of the plan belongs to exactly one finding
+                chained = self.chain.keys() & set(keys) if self.chain else set()
+                steps = [
+                    i
+                    for k in chained
+                    for i in self.chain[k][:-1]
+                    if not self.accepted[i].pairs and i not in steps_shown
+                ]
+                steps = sorted(set(steps))
+                steps_shown.update(steps)
+                rules = [r for i in [*steps, *indices] for r in self.accepted[i].rules]
+                self.findings.append(
+                    self._aligned_finding(
+                        [self.accepted[i] for i in indices], keys, sum(casts[i] for i in indices), rules
+                    )
+                    if self.accepted[indices[0]].settled
+                    else self._rule_finding(self.accepted[indices[0]], keys, sum(casts[i] for i in indices), rules)
+                )
+        if shape_bad:
+            self.findings.append(self._shape_finding(shape_bad))
+        if transposed:
+            transpose = Transpose(keys=[self.resolved[k] for k in transposed], reason=kinds.TRANSPOSED.code)
+            self.findings.append(
+                self._finding(
+                    kinds.TRANSPOSED,
+                    f"{len(transposed)} 2-D tensor(s) are stored transposed (e.g. GPT-2 Conv1D weights into nn.Linear)",
+                    transposed,
+                    [self.resolved[k] for k in transposed],
+                    examples=[
+                        Example(
+                            checkpoint=k,
+                            expected=self.resolved[k],
+                            detail=f"{_shape(self.C[k])} vs {_shape(self.E[self.resolved[k]])}",
+                        )
+                        for k in transposed[:EXAMPLES]
+                    ],
+                    fix=Fix(applicability=Applicability.unsafe, rules=[transpose], note="transposing changes the data"),
+                    ctx={"count": len(transposed)},
+                )
+            )
+        groups: dict[tuple[str, str], list[tuple[Rule, list[str], list[str]]]] = {}
+        for fused, originals, targets in self.fused:
+            anchor = fused.source if isinstance(fused, Split) else getattr(fused, "target", "")
+            groups.setdefault((fused.op, template(anchor)[0]), []).append((fused, originals, targets))
+        for members in groups.values():
+            self.findings.append(self._fused_finding(members))
+        if dtype_diff:
+            self.findings.append(self._dtype_finding(dtype_diff))
+        return problem
+
+    def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int, rules: list[Rule]) -> Finding:
+        cand = acc.candidate
+        rule = cand.rule
+        targets = list(map(self.resolved.__getitem__, keys))
+        ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
+        if casts:
+            ctx["dtype_casts"] = casts
+        chained = [k for k in keys if k in self.chain] if self.chain else []
+        if isinstance(rule, StripPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "extra_prefix"):
+            prefix = rule.prefix if isinstance(rule, StripPrefix) else rule.old[: len(rule.old) - len(rule.new)]
+            origin = knowledge.prefix_origin(rule.old) if isinstance(rule, ReplacePrefix) else None
+            origin = origin or knowledge.prefix_origin(prefix)
+            ctx.update(prefix=prefix, origin=origin)
+            message = (
+                f"{len(keys):,} checkpoint key(s) carry the extra prefix '{prefix}'"
+                + (f" (left by {origin})" if origin else "")
+                + ": strip it and they match"
+            )
+            kind = kinds.EXTRA_PREFIX
+        elif isinstance(rule, AddPrefix) or (isinstance(rule, ReplacePrefix) and cand.kind == "missing_prefix"):
+            prefix = rule.prefix if isinstance(rule, AddPrefix) else rule.new[: len(rule.new) - len(rule.old)]
+            origin = knowledge.missing_prefix_origin(prefix)
+            ctx.update(prefix=prefix, origin=origin)
+            message = (
+                f"{len(keys):,} checkpoint key(s) lack the prefix '{prefix}' the model expects"
+                + (f" ({origin})" if origin else "")
+                + ": add it and they match"
+            )
+            kind = kinds.MISSING_PREFIX
+        elif isinstance(rule, ReplacePrefix):
+            ctx.update(old=rule.old, new=rule.new)
+            message = f"{len(keys):,} checkpoint key(s) start with '{rule.old}' where the model expects '{rule.new}'"
+            kind = kinds.REPLACED_PREFIX
+        elif isinstance(rule, ShiftIndex):
+            ctx.update(prefix=rule.prefix, offset=rule.offset)
+            message = (
+                f"{len(keys):,} key(s) in numbered blocks after '{rule.prefix}' are offset by {-rule.offset:+d}"
+                f" (checkpoint index = model index {-rule.offset:+d})"
+            )
+            kind = kinds.INDEX_SHIFT
+        else:
+            assert isinstance(rule, Rename)
+            ctx.update(old=rule.old, new=rule.new)
+            if rule.old and rule.new:
+                message = f"{len(keys):,} key(s) name a segment '{rule.old}' where the model says '{rule.new}'"
+            elif rule.new:
+                message = f"{len(keys):,} key(s) lack the segment '{rule.new}' the model's keys have"
+            else:
+                message = f"{len(keys):,} key(s) carry a segment '{rule.old}' the model's keys do not have"
+            if rule.new == "default" or rule.old == "default":
+                message += " (PEFT's adapter name)"
+            kind = kinds.RENAMED
+        if chained:
+            earlier = dict.fromkeys(
+                self.accepted[i].candidate.rule.describe() for k in chained for i in self.chain[k][:-1]
+            )
+            message += f"; {len(chained):,} of them after the plan's earlier rule ({'; '.join(earlier)})"
+        if casts:
+            message += f"; {casts:,} differ in dtype and are cast on load"
+        fix = Fix(applicability=acc.applicability, rules=rules, note=acc.note)
+        return self._finding(
+            kind,
+            message,
+            keys,
+            targets,
+            examples=[Example(checkpoint=k, expected=self.resolved[k]) for k in keys[:EXAMPLES]],
+            fix=fix,
+            ctx=ctx,
+        )
+
+    def _aligned_finding(self, group: list[_Accepted], keys: list[str], casts: int, rules: list[Rule]) -> Finding:
+        """One finding for the modules template alignment matched at one applicability: what changed in each, in
+        how many keys, and the evidence that decided."""
+        first = group[0]
+        kind = kinds.RENUMBERED if first.kind == "renumbered" else kinds.RESTRUCTURED
+        wanted = set(keys)
+        changes: list[dict[str, Any]] = []
+        by_change: dict[tuple[str, str], dict[str, Any]] = {}
+        for acc in group:
+            count = sum(1 for k in acc.pairs if k in wanted)
+            if not count:
+                continue
+            old, new = acc.change or ("?", "?")
+            entry = by_change.get((old, new))
+            if entry is None:
+                entry = {"old": old, "new": new, "keys": 0, "evidence": []}
+                by_change[old, new] = entry
+                changes.append(entry)
+            entry["keys"] += count
+            for evidence in acc.evidence:
+                if evidence not in entry["evidence"]:
+                    entry["evidence"].append(evidence)
+        shown = "; ".join(f"`{c['old']}` became `{c['new']}` ({c['keys']:,} keys)" for c in changes[:4])
+        if len(changes) > 4:
+            shown += f"; and {len(changes) - 4} more"
+        what = "renumbered" if kind is kinds.RENUMBERED else "named differently in several places"
+        message = f"{len(keys):,} checkpoint key(s) in {len(changes):,} module(s) are {what}: {shown}"
+        if casts:
+            message += f"; {casts:,} differ in dtype and are cast on load"
+        notes = [acc.note for acc in group if acc.note]
+        fix = Fix(applicability=first.applicability, rules=rules, note=notes[0] if notes else None)
+        ctx: dict[str, Any] = {"count": len(keys), "changes": changes}
+        if casts:
+            ctx["dtype_casts"] = casts
+        return self._finding(
+            kind,
+            message,
+            keys,
+            [self.resolved[k] for k in keys],
+            examples=[Example(checkpoint=k, expected=self.resolved[k]) for k in keys[:EXAMPLES]],
+            fix=fix,
+            ctx=ctx,
+        )
+
+    def _shape_finding(self, bad: dict[str, str]) -> Finding:
+        reasons: Counter[str] = Counter()
+        examples: list[Example] = []
+        for original, target in bad.items():
+            a, b = self.C[original], self.E[target]
+            why = _shape_reason(target, a, b)
+            reasons[why] += 1
+            if len(examples) < EXAMPLES:
+                examples.append(
+                    Example(
+                        checkpoint=original,
+                        expected=target,
+                        detail=f"checkpoint {_shape(a)}, model {_shape(b)}" + (f": {why}" if why else ""),
+                    )
+                )
+        named = [r for r in reasons if r]
+        message = f"{len(bad):,} tensor(s) have another shape than the model's" + (
+            f" ({'; '.join(named)})" if named else ""
+        )
+        return self._finding(
+            kinds.SHAPE_MISMATCH,
+            message,
+            list(bad),
+            list(bad.values()),
+            examples=examples,
+            hint="build the model with the checkpoint's sizes (e.g. resize_token_embeddings, num_labels), or leave"
+            " these keys out with --ignore"
+            + (
+                "; to train a new head of another size, transformers' from_pretrained(...,"
+                " ignore_mismatched_sizes=True) starts it from its initialisation"
+                if any(r.startswith("number of labels") for r in reasons)
+                else ""
+            ),
+            ctx={"count": len(bad), "reasons": dict(reasons)},
+        )
+
+    def _fused_finding(self, members: list[tuple[Rule, list[str], list[str]]]) -> Finding:
+        rules = [rule for rule, _, _ in members]
+        originals = [k for _, keys, _ in members for k in keys]
+        targets = [k for _, _, keys in members for k in keys]
+        first = rules[0]
+        if isinstance(first, Split):
+            message = (
+                f"{len(rules):,} checkpoint tensor(s) are fused ('{first.source.split('.')[-2]}');"
+                f" the model expects each split in {len(first.targets)} parts"
+            )
+        else:
+            assert isinstance(first, Fuse)
+            what = "stacked-expert tensor(s)" if first.stack else "fused tensor(s)"
+            message = (
+                f"{len(originals):,} separate checkpoint tensor(s) make up {len(rules):,} {what} the model expects"
+            )
+        return self._finding(
+            kinds.FUSED_SPLIT,
+            message,
+            originals,
+            targets,
+            examples=[Example(checkpoint=members[0][1][0], expected=members[0][2][0], detail=first.describe())],
+            fix=Fix(applicability=Applicability.unsafe, rules=rules, note="splitting or fusing changes the data"),
+            ctx={"count": len(originals), "tensors": len(rules)},
+        )
+
+    def _dtype_finding(self, keys: list[str]) -> Finding:
+        pairs = Counter((self.C[k].dtype, self.E[k].dtype) for k in keys)
+        text = ", ".join(f"{dtype_label(a)} -> {dtype_label(b)} x{n:,}" for (a, b), n in pairs.most_common(4))
+        mixed = sum(n for (a, b), n in pairs.items() if a and b and (a in _FLOAT_DTYPES) != (b in _FLOAT_DTYPES))
+        message = f"{len(keys):,} tensor(s) differ in dtype (checkpoint -> model: {text}); load_state_dict casts them"
+        if mixed:
+            message += f"; {mixed:,} pair a float with an integer tensor, which usually means a wrong match"
+        return self._finding(
+            kinds.DTYPE_MISMATCH,
+            message,
+            keys,
+            keys,
+            examples=[
+                Example(
+                    checkpoint=k, expected=k, detail=f"{dtype_label(self.C[k].dtype)} vs {dtype_label(self.E[k].dtype)}"
+                )
+                for k in keys[:EXAMPLES]
+            ],
+            ctx={"count": len(keys), "pairs": {f"{a}->{b}": n for (a, b), n in pairs.items()}},
+        )
+
+    def _leftover_findings(self) -> None:
+        missing = [k for k in self.E if k in self.open_e]
+        unexpected = [k for k in self.C if k in self.cur]
+        tied = self.ex_set.tied_to()
+        tied_groups = {k: g for g in self.ex_set.tied for k in g}
+        present = set(self.resolved.values())
+        categories: dict[str, list[str]] = {}
+        for key in missing:
+            group = tied_groups.get(key, ())
+            if any(other in present for other in group if other != key):
+                why = "tied"
+            elif self._is_task_head(key):
+                why = "head"
+            elif key.endswith("num_batches_tracked"):
+                why = "legacy"
+            else:
+                why = ""
+            categories.setdefault(why, []).append(key)
+        del tied
+        for why, keys in categories.items():
+            self.findings.append(self._missing_finding(why, keys, unexpected))
+        categories = {}
+        non_persistent = self.ex_set.non_persistent
+        for key in unexpected:
+            name = self.cur[key]
+            if name in non_persistent:
+                why = "non-persistent"
+            elif knowledge.is_legacy_buffer(name):
+                why = "legacy"
+            else:
+                why = ""
+            categories.setdefault(why, []).append(key)
+        for why, keys in categories.items():
+            self.findings.append(self._unexpected_finding(why, keys, missing))
+
+    def _is_task_head(self, key: str) -> bool:
+        if not self.resolved or not knowledge.is_task_head(key):
+            return False  # with nothing else loaded, a missing head is not the explanation
+        head = key.split(".", 1)[0]
+        # a head is "absent on purpose" only when the checkpoint holds none of it
+        return not any(k.split(".", 1)[0] == head for k in self.resolved.values())
+
+    def _missing_finding(self, why: str, keys: list[str], unexpected: list[str]) -> Finding:
+        benign = {
+            "tied": "tied to a weight the checkpoint holds (transformers re-ties it; checkpoints leave it out on"
+            " purpose). load_state_dict(strict=True) still reports it: --ignore it",
+            "head": "a task head absent from a base-model checkpoint: it starts from its initialisation, as expected"
+            " when fine-tuning. --ignore it to load the rest strictly",
+            "legacy": "older BatchNorm checkpoints lack num_batches_tracked; PyTorch fills it in",
+        }.get(why)
+        if benign is not None:
+            benign = benign.replace("--ignore it", f"--ignore {_ignore_hint(keys)}")
+        label = {"tied": " (tied weights)", "head": " (a task head)", "legacy": " (legacy)"}.get(why, "")
+        hint = None if why else self._closest(keys, [self.cur[k] for k in unexpected])
+        return self._finding(
+            kinds.MISSING,
+            f"{len(keys):,} expected key(s) are missing from the checkpoint{label}",
+            [],
+            keys,
+            examples=[Example(expected=k) for k in keys[:EXAMPLES]],
+            benign=benign,
+            hint=hint,
+            ctx={"count": len(keys), "category": why or None},
+            pattern_keys=keys,
+        )
+
+    def _unexpected_finding(self, why: str, keys: list[str], missing: list[str]) -> Finding:
+        benign = {
+            "legacy": "legacy buffers older code saved and current models recompute at init; safe to drop:"
+            " --drop-unexpected when fixing, or --ignore",
+            "non-persistent": "non-persistent buffers of the model, never part of its state dict; safe to drop:"
+            " --drop-unexpected when fixing, or --ignore",
+        }.get(why)
+        label = {"legacy": " (legacy buffers)", "non-persistent": " (non-persistent buffers)"}.get(why, "")
+        names = [self.cur[k] for k in keys]
+        renamed = sum(1 for k in keys if self.cur[k] != k)
+        message = f"{len(keys):,} checkpoint key(s) are not expected by the model{label}"
+        if renamed:
+            message += f"; the plan renames {renamed:,} of them without finding a match"
+        return self._finding(
+            kinds.UNEXPECTED,
+            message,
+            keys,
+            [],
+            examples=[
+                Example(checkpoint=k, detail=None if self.cur[k] == k else f"renamed to {self.cur[k]}")
+                for k in keys[:EXAMPLES]
+            ],
+            benign=benign,
+            hint=None if why else self._closest(names, missing),
+            ctx={"count": len(keys), "category": why or None},
+        )
+
+    def _closest(self, keys: list[str], pool: list[str]) -> str | None:
+        """A hint only where the evidence allows one: same shape, same leaf, same count of indices, and a name
+        clearly closer than any other such key. Better no hint than a wrong one."""
+        if not pool or not keys:
+            return None
+        hints = []
+        for key in keys[:3]:
+            info = self._info_of(key)
+            if info is None or info.shape is None:
+                continue
+            holes, leaf = _hole_count(key), leaf_class(key)
+            fitting = [
+                other
+                for other in pool[:20_000]
+                if (o := self._info_of(other)) is not None
+                and o.shape == info.shape
+                and _hole_count(other) == holes
+                and leaf_class(other) == leaf
+                and _alike(key, other)
+            ]
+            scored = sorted(
+                ((difflib.SequenceMatcher(None, key, other).ratio(), other) for other in fitting), reverse=True
+            )
+            if scored and scored[0][0] >= 0.6 and (len(scored) == 1 or scored[0][0] - scored[1][0] >= 0.1):
+                hints.append(f"{key} ~ {scored[0][1]}")
+        return "closest candidates: " + "; ".join(hints) if hints else None
+
+    def _info_of(self, name: str) -> TensorInfo | None:
+        """What is known of a key by its current name: an expected key, or an open checkpoint key."""
+        if name in self.E:
+            return self.E[name]
+        original = self.by_cur.get(name)
+        return self.C[original] if original is not None else None
+
+    def _ambiguity_findings(self) -> None:
+        for amb in self.ambiguities:
+            keys = list(amb.keys)
+            targets = list(dict.fromkeys(t for ts in amb.keys.values() for t in ts))
+            single = all(len(ts) == 1 for ts in amb.keys.values())
+            if single:
+                message = f"{len(keys):,} checkpoint key(s) have one candidate each that nothing confirms ({amb.why})"
+            else:
+                message = f"{len(keys):,} checkpoint key(s) could map to several expected keys ({amb.why})"
+            fix = (
+                Fix(
+                    applicability=Applicability.display_only,
+                    rules=[_display_only(r) for r in amb.rules],
+                    note="never applied: write the mapping you mean in a plan (--plan)",
+                )
+                if amb.rules
+                else None
+            )
+            if amb.contested:
+                message = (
+                    f"{len(keys):,} key(s) match as they stand, or belong elsewhere by the rule that explains their"
+                    f" neighbours ({amb.why}); both readings are shown"
+                )
+            self.findings.append(
+                self._finding(
+                    kinds.CONTESTED_MATCH if amb.contested else kinds.AMBIGUOUS,
+                    message,
+                    keys,
+                    targets,
+                    examples=[
+                        Example(checkpoint=k, expected=" | ".join(amb.keys[k]), detail="candidates")
+                        for k in keys[:EXAMPLES]
+                    ],
+                    fix=fix,
+                    hint=None
+                    if amb.rules
+                    else "choose with --hint CHECKPOINT_KEY=EXPECTED_KEY (one key decides its whole numbered group),"
+                    " or write the mapping you mean in a plan (--plan)",
+                    ctx={"count": len(keys), "candidates": dict(list(amb.keys.items())[:MAX_CANDIDATES_SHOWN])},
+                )
+            )
+
+    # -------------------------------------------------------------------------------------------------- report
+    def _report(self, problem: set[str]) -> Report:
+        matched = len(self.exact) - len(problem & self.exact)
+        safe = [acc.applicability is Applicability.safe for acc in self.accepted]
+        fixable = sum(map(safe.__getitem__, self.via.values())) - sum(
+            1 for k in problem if k in self.via and safe[self.via[k]]
+        )
+        if not self.exact and self.C and self.E:
+            self.findings.insert(0, self._no_overlap(fixable))
+        safe_rules: list[Rule] = []
+        all_rules: list[Rule] = []
+        for acc in self.accepted:
+            if (acc.pairs or acc.helped) and acc.applicability.at_least(Applicability.unsafe):
+                all_rules.extend(acc.rules)
+                if acc.applicability is Applicability.safe:
+                    safe_rules.extend(acc.rules)
+        for finding in self.findings:
+            if finding.kind in ("transposed", "fused_split") and finding.fix is not None:
+                all_rules.extend(finding.fix.rules)
+        missing = sum(f.count for f in self.findings if f.kind == "missing")
+        unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
+        shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))
+        ambiguous = sum(f.count for f in self.findings if f.kind in ("ambiguous", "contested_match"))
+        summary = Summary.of(
+            expected=len(self.E),
+            checkpoint=len(self.C),
+            matched=matched,
+            fixable=fixable,
+            missing=missing,
+            unexpected=unexpected,
+            shape_mismatches=shape,
+            ambiguous=ambiguous,
+            ignored=self.ignored,
+        )
+        order = {"fatal": 0, "error": 1, "warning": 2, "info": 3}
+        findings = sorted(self.findings, key=lambda f: (order[f.severity.value], f.code))
+        return Report(
+            ok=not any(f.severity.at_least(kinds.Severity.error) for f in findings),
+            checkpoint=SourceRef(location=self.ck_set.location, format=self.ck_set.format, tensors=len(self.ck_set)),
+            expected=SourceRef(location=self.ex_set.location, format=self.ex_set.format, tensors=len(self.ex_set)),
+            summary=summary,
+            findings=findings,
+            plan=Plan(rules=safe_rules),
+            unsafe_plan=Plan(rules=all_rules),
+        )
+
+    def _no_overlap(self, fixable: int) -> Finding:
+        if fixable:
+            after = f"; the safe plan maps {fixable:,} of {len(self.E):,} expected keys"
+        else:
+            after = "; no safe plan could map them"
+        return self._finding(
+            kinds.NO_OVERLAP,
+            "no checkpoint key matches the model as the keys stand: load_state_dict(strict=False) would load"
+            f" nothing and leave the model unchanged{after}",
+            [],
+            [],
+            examples=[],
+            ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
+        )
+
+
+def _hole_count(key: str) -> int:
+    return template(key)[0].count(HOLE)
+
+
+def _alike(a: str, b: str) -> bool:
+    """True when the parts where ``a`` and ``b`` differ look alike (``layer.0.attn`` / ``layers.0.attention``), so
+    a shared frame (``base_model.model.`` ... ``.lora_A.weight``) alone never pairs two unrelated modules."""
+    shorter = min(len(a), len(b))
+    head = 0
+    while head < shorter and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    left, right = a[head : len(a) - tail], b[head : len(b) - tail]
+    return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
+
+
+def _ignore_hint(keys: list[str]) -> str:
+    """The ``--ignore`` argument that covers exactly ``keys`` (one alternation for a few, the pattern for many)."""
+    if len(keys) <= 3:
+        body = "|".join(re.escape(k) for k in keys)
+        return f"'^(?:{body})$'" if len(keys) > 1 else f"'^{body}$'"
+    return f"'{re.escape(keys[0].split('.', 1)[0])}\\.'"
+
+
+def _shape_reason(key: str, a: TensorInfo, b: TensorInfo) -> str:
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape) or not a.shape:
+        return ""
+    if a.shape[1:] == b.shape[1:] and a.shape[0] != b.shape[0]:
+        delta = b.shape[0] - a.shape[0]
+        if _EMBEDDING.search(key):
+            return f"vocabulary resized by {delta:+d} rows"
+        if knowledge.is_task_head(key) or key.split(".")[-2:-1] in (["classifier"], ["score"]):
+            return f"number of labels changed ({a.shape[0]} -> {b.shape[0]})"
+    return ""

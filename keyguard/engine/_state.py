@@ -1,0 +1,215 @@
+"""The engine's state: what is matched, what is open, which rules were kept; shared by the stages."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from keyguard.engine._infer import (
+    Candidate,
+    RenameRule,
+)
+from keyguard.fixes._plan import Plan
+from keyguard.fixes._rules import (
+    AddPrefix,
+    Applicability,
+    Rename,
+    ReplacePrefix,
+    Rule,
+    ShiftIndex,
+    StripPrefix,
+)
+from keyguard.report import _kinds as kinds
+from keyguard.report._build import make_finding
+from keyguard.report._model import Example, Finding, Fix
+from keyguard.sources._keyset import KeySet, TensorInfo
+
+MAX_ROUNDS: Final = 6
+_FLOAT_DTYPES: Final = frozenset(
+    {
+        "F16",
+        "BF16",
+        "F32",
+        "F64",
+        "F8_E5M2",
+        "F8_E4M3",
+        "F8_E5M2FNUZ",
+        "F8_E4M3FNUZ",
+        "F8_E8M0",
+        "F4",
+        "F6_E2M3",
+        "F6_E3M2",
+    }
+)
+_SHAPE_OF: Final = operator.itemgetter(0)  # TensorInfo.shape
+_DTYPE_OF: Final = operator.itemgetter(1)  # TensorInfo.dtype
+_EMBEDDING: Final = re.compile(
+    r"(?:^|\.)(?:embed_tokens|word_embeddings|wte|embed_in|embed_out|shared|lm_head|embeddings)(?:\.|$)"
+)
+
+
+@dataclass
+class _Accepted:
+    """A rule the engine kept, and the keys it explains."""
+
+    kind: str
+    rules: list[Rule]
+    applicability: Applicability
+    candidate: Candidate
+    pairs: dict[str, str] = field(default_factory=dict)  # original checkpoint key -> expected key
+    note: str | None = None
+    touched: list[str] = field(default_factory=list)  # original keys this rule renamed
+    helped: int = 0  # keys that reached an expected key through this rule (alone or with later ones)
+    settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
+    evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
+    change: tuple[str, str] | None = None  # (old, new) as people read it, for aligned modules
+
+
+@dataclass
+class _Ambiguity:
+    keys: dict[str, list[str]]  # original checkpoint key -> candidate expected keys
+    rules: list[Rule]
+    why: str
+    contested: bool = False  # an exact match among the readings (KG405)
+
+
+class EngineState:
+    """Keys of both sides, and what the stages have established so far."""
+
+    def __init__(
+        self,
+        ck: KeySet,
+        ex: KeySet,
+        ignore: Sequence[re.Pattern[str]],
+        hints: dict[str, str] | None = None,
+    ) -> None:
+        self.ck_set, self.ex_set = ck, ex
+        self.hints: dict[str, str] = dict(hints or {})
+        self.aligning = True  # run template alignment on what the rule rounds leave open
+
+        def kept(keys: KeySet) -> dict[str, TensorInfo]:
+            if not ignore:
+                return dict(keys.tensors)
+            return {k: v for k, v in keys.tensors.items() if not any(p.search(k) for p in ignore)}
+
+        self.C = kept(ck)
+        self.E = kept(ex)
+        self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
+        exact = self.C.keys() & self.E.keys()
+        self.exact = exact
+        self.resolved: dict[str, str] = {k: k for k in self.C if k in exact} if exact else {}
+        open_c = [k for k in self.C if k not in exact] if exact else list(self.C)
+        self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
+        self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
+        self.open_e: set[str] = self.E.keys() - exact
+        # whole-side facts that let the per-rule checks skip work on large inputs
+        shapes = set(map(_SHAPE_OF, self.C.values())) | set(map(_SHAPE_OF, self.E.values()))
+        dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
+        self.shapes_all_known = None not in shapes
+        self.dtypes_all_float = dtypes <= _FLOAT_DTYPES
+        self.accepted: list[_Accepted] = []
+        self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
+        self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
+        self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
+        self.ambiguities: list[_Ambiguity] = []
+        self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
+        self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
+        self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
+        self.findings: list[Finding] = []
+
+    # ------------------------------------------------------------------------------------------ shared helpers
+    def _renames_resolved(self, rule: Rule) -> bool:
+        """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
+        literal = _literal(rule)
+        return any(
+            literal in name and rule.rename(name) is not None for name in (*self.resolved.values(), *self.frozen)
+        )
+
+    def _finding(
+        self,
+        kind: kinds.FindingKind,
+        message: str,
+        checkpoint_keys: list[str],
+        expected_keys: list[str],
+        *,
+        examples: list[Example],
+        fix: Fix | None = None,
+        benign: str | None = None,
+        hint: str | None = None,
+        ctx: dict[str, Any] | None = None,
+        pattern_keys: list[str] | None = None,
+    ) -> Finding:
+        return make_finding(
+            kind,
+            message,
+            checkpoint_keys=checkpoint_keys,
+            expected_keys=expected_keys,
+            examples=examples,
+            fix=fix,
+            benign=benign,
+            hint=hint,
+            ctx=ctx,
+            pattern_keys=pattern_keys,
+            count=len(checkpoint_keys) or len(expected_keys),
+        )
+
+
+def _rename_all(rules: list[Rule], names: list[str]) -> dict[str, str]:
+    """New names of ``names`` under ``rules`` (only those that change); prefix rules by slicing, in bulk."""
+    if len(rules) == 1 and isinstance(rules[0], (StripPrefix, ReplacePrefix)):
+        rule = rules[0]
+        old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
+        new = "" if isinstance(rule, StripPrefix) else rule.new
+        cut = len(old)
+        return {n: new + n[cut:] for n in names if n.startswith(old)}
+    plan = Plan(rules=rules)
+    out: dict[str, str] = {}
+    for name in names:
+        renamed = plan.rename_key(name)
+        if renamed != name:
+            out[name] = renamed
+    return out
+
+
+def _display_only(rule: RenameRule | Rule) -> Rule:
+    return rule.model_copy(update={"applicability": Applicability.display_only})
+
+
+def _code(kind: str) -> str:
+    return next(k.code for k in kinds.KINDS.values() if k.kind == kind)
+
+
+def _literal(rule: Rule) -> str:
+    if isinstance(rule, StripPrefix):
+        return rule.prefix
+    if isinstance(rule, ReplacePrefix):
+        return rule.old
+    if isinstance(rule, ShiftIndex):
+        return rule.prefix
+    if isinstance(rule, Rename):
+        return rule.old.split(".")[0] if rule.old else ""
+    return ""
+
+
+def _prefix_of(rule: StripPrefix | ReplacePrefix | AddPrefix) -> str:
+    if isinstance(rule, StripPrefix):
+        return rule.prefix
+    if isinstance(rule, AddPrefix):
+        return rule.prefix
+    if rule.old.endswith(rule.new):
+        return rule.old[: len(rule.old) - len(rule.new)]
+    if rule.new.endswith(rule.old):
+        return rule.new[: len(rule.new) - len(rule.old)]
+    return rule.old
+
+
+def _dims(info: TensorInfo) -> tuple[int, ...]:
+    """The shape, or ``()`` when unknown (callers treat both as "cannot tell")."""
+    return info.shape if info.shape is not None else ()
+
+
+def _shape(info: TensorInfo) -> str:
+    return "?" if info.shape is None else "[" + ", ".join(map(str, info.shape)) + "]"
