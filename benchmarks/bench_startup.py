@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 modules = c.imported_modules(["-c", code])
             except RuntimeError:  # --version and findings exit through SystemExit / exit 1
                 modules = set()
-            heavy = sorted(m for m in modules if m.split(".")[0] in ("torch", "numpy", "transformers", "pydantic"))
+            heavy = sorted({m.split(".")[0] for m in modules} & {"torch", "numpy", "transformers", "pydantic"})
             print(f"`keyguard {name}` imports {len(modules)} modules; torch/numpy/transformers/pydantic: {heavy}")
         c.write_json(args.json, {name: s.samples for name, s in cpu.items()})
     finally:

@@ -334,3 +334,19 @@ def test_duplicate_keys_are_refused_and_the_message_says_why(tmp_path: Path) -> 
         read_safetensors(path)
     assert info.value.problem == "duplicate-key"
     assert "safetensors library would silently keep the last one" in info.value.detail
+
+
+def test_fix_refuses_what_the_library_refuses_and_writes_nothing(tmp_path: Path, cli: Any) -> None:
+    """A zero-size tensor with a 2**64 dimension: keyguard once wrote it out and called it verified."""
+    header = '{"module.a":{"dtype":"F32","shape":[0,18446744073709551616],"data_offsets":[0,0]}}'
+    source = tmp_path / "in.safetensors"
+    source.write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    assert isinstance(official(source), Exception)
+    expected = tmp_path / "expected.safetensors"
+    expected_header = '{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}'
+    expected.write_bytes(struct.pack("<Q", len(expected_header)) + expected_header.encode())
+    out = tmp_path / "out.safetensors"
+    result = cli("fix", source, "-e", expected, "-o", out)
+    assert result.code == 2, result
+    assert "in.safetensors" in result.err and "invalid-shape" not in result.out
+    assert not out.exists()
