@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from keyguard.engine._groups import (
+    HOLE,
     Group,
     Member,
     ancestors,
@@ -38,7 +39,7 @@ from keyguard.engine._groups import (
     structural_splits,
     transposed,
 )
-from keyguard.engine._names import path_similarity, same_path, segment_similarity
+from keyguard.engine._names import path_similarity, same_name, same_path, segment_similarity
 from keyguard.fixes._rules import Applicability
 from keyguard.sources._keyset import TensorInfo
 
@@ -136,6 +137,8 @@ class _Aligner:
         self.anchored: set[str] = set()
         for key in anchored:
             self.anchored.update(ancestors(key))
+        # the same subtrees with their indices as holes: a block may move to another block of its list
+        self.anchored_shapes = {digit_template(a)[0] for a in self.anchored}
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -182,12 +185,15 @@ class _Aligner:
         return edges
 
     def _consistent(self, c: Group, e: Group) -> bool:
-        """No checkpoint key leaves a subtree that matches as it stands (checked on the first and last pair)."""
+        """No checkpoint key leaves a subtree that matches as it stands, though it may move to another block of
+        the same numbered list (checked on the first and last pair)."""
         if not self.anchored:
             return True
         for cm, em in {0: (c.members[0], e.members[0]), 1: (c.members[-1], e.members[-1])}.values():
+            e_shape = digit_template(em.name)[0]
             for parent in ancestors(cm.name):
-                if parent in self.anchored and not em.name.startswith(parent + "."):
+                shape = digit_template(parent)[0]
+                if shape in self.anchored_shapes and not e_shape.startswith(shape + "."):
                     return False
         return True
 
@@ -401,8 +407,8 @@ class _Aligner:
     # ------------------------------------------------------------------------------------------------ splits
     def _refine(self, rest_c: list[Group], rest_e: list[Group]) -> tuple[list[Group], list[Group]]:
         """Split the groups that found no candidate at the index position whose parts find the most."""
-        c_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_c}
-        e_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_e}
+        c_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_c}
+        e_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_e}
         e_signatures = {s.signature[:3] for g in rest_e for s in [g, *_flat(e_options[g])]}
         c_signatures = {s.signature[:3] for g in rest_c for s in [g, *_flat(c_options[g])]}
         return _choose(rest_c, c_options, e_signatures), _choose(rest_e, e_options, c_signatures)
@@ -522,7 +528,11 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
     """The module's own name (its last segment) is the same up to spelling, or a published equivalent."""
     if not c.path or not e.path:
         return False
-    return segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path)
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path):
+        return True
+    # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    return len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
@@ -550,19 +560,31 @@ def _best(options: list[tuple[float, Group]], open_: set[Group]) -> tuple[float,
     return best, target, ranked[1] if len(ranked) > 1 else 0.0
 
 
-def _flat(options: list[list[Group]]) -> list[Group]:
-    return [g for split in options for g in split]
+def _flat(options: list[tuple[int, list[Group]]]) -> list[Group]:
+    return [g for _, split in options for g in split]
 
 
-def _choose(rest: list[Group], options: dict[Group, list[list[Group]]], other: set[tuple[object, ...]]) -> list[Group]:
+def _inside_a_name(template: str, position: int) -> bool:
+    """True when the ``position``-th hole sits inside a segment with letters (``ln_1``), not alone (``h.0``)."""
+    pieces = template.split(HOLE)
+    before, after = pieces[position], pieces[position + 1]
+    return not (before.endswith(".") or before == "") or not (after.startswith(".") or after == "")
+
+
+def _choose(
+    rest: list[Group], options: dict[Group, list[tuple[int, list[Group]]]], other: set[tuple[object, ...]]
+) -> list[Group]:
     out: list[Group] = []
     for group in rest:
         best: list[Group] | None = None
-        best_hits = 0
-        for parts in options[group]:
+        best_rank: tuple[int, bool, int] = (0, False, -1)
+        for position, parts in options[group]:
             hits = sum(1 for p in parts if p.signature[:3] in other)
-            if hits > best_hits:
-                best, best_hits = parts, hits
+            # on equal hits, an index written into a name (``ln_1``, ``c_fc_0``, ``norm2``) names modules more often
+            # than a dotted index counts blocks; then the innermost position
+            rank = (hits, _inside_a_name(group.template, position), position)
+            if hits and rank > best_rank:
+                best, best_rank = parts, rank
         if best is not None:
             out.extend(best)
         else:

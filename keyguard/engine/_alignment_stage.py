@@ -15,6 +15,26 @@ from keyguard.fixes._rules import MapKeys, Remap, Rule
 
 class _AlignmentStage(EngineState):
     def _align(self) -> None:
+        for key in self.held:
+            self.cur[key] = key
+            self.by_cur[key] = key
+            self.open_e.add(key)
+        try:
+            self._align_open()
+        finally:
+            self._match_held_by_name()
+
+    def _match_held_by_name(self) -> None:
+        """Keys held out for a shape mismatch that alignment did not explain match by name again."""
+        for key in self.held:
+            if self.cur.get(key) == key and key in self.open_e:
+                del self.cur[key]
+                del self.by_cur[key]
+                self.open_e.discard(key)
+                self.resolved[key] = key
+                self.exact.add(key)
+
+    def _align_open(self) -> None:
         if not self.cur or not self.open_e:
             return
         position_c = {k: i for i, k in enumerate(self.C)}

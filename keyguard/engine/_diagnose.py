@@ -76,6 +76,8 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
                 break
         if self.aligning:
             self._align()
+        else:
+            self._match_held_by_name()
         self._finalize()
         self._fused_split()
         shape_bad = self._pair_findings()

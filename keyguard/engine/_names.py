@@ -33,18 +33,18 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
     # blocks and their parts
     ("self_attn", "attention", "attn", "self_attention", "mixer", "attn_layer", "self"),
     ("mlp", "feed_forward", "ffn", "feedforward", "block_sparse_moe", "ff", "mlp_block", "channel_mixer"),
+    # pre-norm blocks (Llama, Mistral, GPT-2): the norm before attention, the norm before the MLP. Numbered norms
+    # (norm1 / norm2) are left out on purpose: post-norm models number the norms *after* attention and the MLP.
     (
         "input_layernorm",
         "attention_norm",
         "ln_1",
         "ln1",
-        "norm1",
         "attn_norm",
         "self_attn_layer_norm",
         "layernorm_before",
         "input_norm",
         "pre_attention_layernorm",
-        "norm_1",
         "attention_layernorm",
     ),
     (
@@ -52,11 +52,9 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "ffn_norm",
         "ln_2",
         "ln2",
-        "norm2",
         "mlp_norm",
         "layernorm_after",
         "pre_feedforward_layernorm",
-        "norm_2",
         "ffn_layernorm",
         "post_attn_norm",
     ),
@@ -164,26 +162,31 @@ def canonical_tokens(name: str) -> frozenset[str]:
     return frozenset(_canonical_token(t) for t in tokens(name))
 
 
-def _normalised(name: str) -> str:
-    return "_".join(_canonical_token(t) for t in tokens(name))
+def _plain(name: str) -> str:
+    """The name with case, separators and plurals set aside (``LayerNorm``, ``layer_norms`` -> ``layernorm``);
+    token synonyms are *not* applied here: ``ln_2`` and ``norm2`` stay different names."""
+    return "".join(_singular(t) for t in tokens(name))
+
+
+def _singular(token: str) -> str:
+    return token[:-1] if len(token) > 3 and token.endswith("s") and not token.endswith("ss") else token
 
 
 _GROUPS_OF: Final[dict[str, frozenset[int]]] = {}
 for _index, _group in enumerate(EQUIVALENT_NAMES):
     for _name in _group:
-        _GROUPS_OF[_name.lower()] = _GROUPS_OF.get(_name.lower(), frozenset()) | {_index}
-        _GROUPS_OF.setdefault(_normalised(_name), frozenset())
-        _GROUPS_OF[_normalised(_name)] = _GROUPS_OF[_normalised(_name)] | {_index}
+        for _form in {_name.lower(), _plain(_name)}:
+            _GROUPS_OF[_form] = _GROUPS_OF.get(_form, frozenset()) | {_index}
 
 
 def _groups(name: str) -> frozenset[int]:
-    return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_normalised(name), frozenset())
+    return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_plain(name), frozenset())
 
 
 @functools.lru_cache(maxsize=65536)
 def same_name(a: str, b: str) -> bool:
-    """Equal once separators, case, plurals and token synonyms are set aside (``layer_norm`` / ``LayerNorm``)."""
-    return a == b or (bool(tokens(a)) and _normalised(a) == _normalised(b))
+    """Equal once case, separators and plurals are set aside (``layer_norm`` / ``LayerNorm``)."""
+    return a == b or (bool(tokens(a)) and _plain(a) == _plain(b))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -221,8 +224,8 @@ def path_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
 
 
 def path_tokens(path: tuple[str, ...]) -> tuple[str, ...]:
-    """The canonical tokens of a whole module path, in order, separators set aside."""
-    return tuple(_canonical_token(t) for segment in path for t in tokens(segment))
+    """The tokens of a whole module path, in order, with case, separators and plurals set aside (no synonyms)."""
+    return tuple(_singular(t) for segment in path for t in tokens(segment))
 
 
 def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:

@@ -99,12 +99,20 @@ class EngineState:
         self.E = kept(ex)
         self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
         exact = self.C.keys() & self.E.keys()
+        # same name, other shape: no match yet. Held out of the rule rounds (a shape mismatch is no evidence for a
+        # rename), offered to template alignment (``layers.0.downsample`` may be the model's ``layers.1``), and
+        # matched by name again if nothing explains them better (then reported as a shape mismatch)
+        self.held: set[str] = {
+            k for k in exact if (a := self.C[k].shape) is not None and (b := self.E[k].shape) is not None and a != b
+        }
+        if self.held:
+            exact = exact - self.held
         self.exact = exact
         self.resolved: dict[str, str] = {k: k for k in self.C if k in exact} if exact else {}
-        open_c = [k for k in self.C if k not in exact] if exact else list(self.C)
+        open_c = [k for k in self.C if k not in exact and k not in self.held] if exact or self.held else list(self.C)
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
-        self.open_e: set[str] = self.E.keys() - exact
+        self.open_e: set[str] = self.E.keys() - exact - self.held
         # whole-side facts that let the per-rule checks skip work on large inputs
         shapes = set(map(_SHAPE_OF, self.C.values())) | set(map(_SHAPE_OF, self.E.values()))
         dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
