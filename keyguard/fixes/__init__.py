@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from keyguard._exceptions import WriteError
+    from keyguard.fixes._adapter_write import write_fixed_adapter
     from keyguard.fixes._load import load_state_dict, load_tensors
     from keyguard.fixes._plan import PLAN_FORMAT, Plan
     from keyguard.fixes._rules import (
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
         StripPrefix,
         Transpose,
     )
+    from keyguard.fixes._stale import StaleTemp, find_stale_temps, remove_stale_temps
     from keyguard.fixes._writer import WriteResult, write_fixed
 else:
     from keyguard._lazy import lazy_exports
@@ -27,6 +29,8 @@ else:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
+            "WriteError": "keyguard._exceptions",
+            "write_fixed_adapter": "keyguard.fixes._adapter_write",
             "load_state_dict": "keyguard.fixes._load",
             "load_tensors": "keyguard.fixes._load",
             "PLAN_FORMAT": "keyguard.fixes._plan",
@@ -43,7 +47,9 @@ else:
             "Split": "keyguard.fixes._rules",
             "StripPrefix": "keyguard.fixes._rules",
             "Transpose": "keyguard.fixes._rules",
-            "WriteError": "keyguard._exceptions",
+            "StaleTemp": "keyguard.fixes._stale",
+            "find_stale_temps": "keyguard.fixes._stale",
+            "remove_stale_temps": "keyguard.fixes._stale",
             "WriteResult": "keyguard.fixes._writer",
             "write_fixed": "keyguard.fixes._writer",
         },
@@ -62,11 +68,15 @@ __all__ = [
     "Rule",
     "ShiftIndex",
     "Split",
+    "StaleTemp",
     "StripPrefix",
     "Transpose",
     "WriteError",
     "WriteResult",
+    "find_stale_temps",
     "load_state_dict",
     "load_tensors",
+    "remove_stale_temps",
     "write_fixed",
+    "write_fixed_adapter",
 ]

@@ -68,7 +68,7 @@ class Source(Protocol):
 
 class Stream:
     """Reads (and copies) byte ranges through two reusable buffers; checksums run in a helper thread while the
-    next chunk is read and this one written (``zlib.crc32`` and file I/O release the GIL), so memory stays at two
+    next chunk is read and this one written (the checksums and file I/O release the GIL), so memory stays at two
     buffers and the checksum costs little wall time. Source files stay open for the whole write."""
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
 from keyguard.fixes._block_copy import Stream, copy_data_section
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
-from keyguard.fixes._tensor_data import write_item
+from keyguard.fixes._tensor_data import TensorSource, write_item
 from keyguard.fixes._write_verify import verify_written
 from keyguard.sources._keyset import KeySet
 from keyguard.sources._readfile import open_regular
@@ -45,6 +45,7 @@ def write_file(
     bar: Progress,
     *,
     stream: Stream,
+    tensors: TensorSource,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str | None, FileSpan] | None = None,
 ) -> int:
@@ -66,8 +67,12 @@ def write_file(
     checks: dict[str, int] = {}
     used = {keys[src].file for i in items for src in i.sources}
     sources = {source_path(keys, file): files[file] for file in used if file in files}
+    # a new output gets the permissions of the file it is made from (a 0600 checkpoint stays private)
+    like = source_path(keys, sorted(used, key=str)[0]) if used else keys.location
     try:
-        with atomic_output(out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar)) as f:
+        with atomic_output(
+            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar), like=like
+        ) as f:
             _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
@@ -75,7 +80,7 @@ def write_file(
                 copy_data_section(path, base, rows, f, checks, bar, stream)
             else:
                 for name, _, _, start, end in rows:
-                    write_item(keys, by_name[name], f, checks, bar, end - start, stream)
+                    write_item(keys, by_name[name], f, checks, bar, end - start, stream, tensors)
             _check_sources(sources)  # ...and did not change while they were copied
     except PlanError:
         raise

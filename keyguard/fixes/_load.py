@@ -46,7 +46,13 @@ def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, containe
         )
         tensors: dict[str, Any] = {}
         for path in files:
-            obj = torch.load(path, weights_only=True, mmap=_is_zip(path), map_location="cpu")
+            try:
+                obj = torch.load(path, weights_only=True, mmap=_is_zip(path), map_location="cpu")
+            except Exception as exc:  # read_keys read it a moment ago: it changed, or its data is broken
+                first = str(exc).split("\n", 1)[0][:200]
+                raise SourceError(
+                    path, "corrupted-pickle", f"cannot be loaded (torch.load said: {type(exc).__name__}: {first})"
+                ) from None
             state, _, _ = _unwrap(path, obj, keys.unwrapped)
             tensors.update({k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
         return tensors

@@ -104,6 +104,15 @@ def plan_output(keys: KeySet, plan: Plan, *, drop: Sequence[str] = ()) -> tuple[
             continue
         if info.shape is None or info.dtype is None:
             raise SourceError(keys.location, "unknown-shape", f"tensor {old!r} has no known shape or dtype")
+        if info.dtype not in DTYPE_BITS:  # complex128, complex32, quantized...: the format has no name for them
+            raise SourceError(
+                keys.location,
+                "unsupported-dtype",
+                f"tensor {old!r} has dtype {info.dtype.lower()}, which the safetensors format cannot store"
+                " (keyguard fix writes safetensors only); convert it first where you trust the file",
+                key=old,
+                dtype=info.dtype,
+            )
         if new in transposed:
             if len(info.shape) != 2:
                 raise PlanError(f"plan refused: {new!r} is not 2-D, it cannot be transposed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,17 +10,24 @@ import sys
 import tempfile
 from typing import Any
 
-from keyguard._atomic import atomic_output, fsync_dir
+from keyguard._atomic import atomic_output, fsync_dir, new_mode, temp_prefix
 from keyguard._exceptions import SourceError, WriteError
 from keyguard._progress import Progress
 from keyguard.fixes._block_copy import Stream
 from keyguard.fixes._file_write import METADATA_KEY, file_spans, fix_metadata, write_file
 from keyguard.fixes._output_plan import Change, OutputItem, item_nbytes
+from keyguard.fixes._tensor_data import TensorSource
 from keyguard.sources._keyset import KeySet
 
 
 def write_sharded(
-    keys: KeySet, items: list[OutputItem], changes: list[Change], out: str, bar: Progress, stream: Stream
+    keys: KeySet,
+    items: list[OutputItem],
+    changes: list[Change],
+    out: str,
+    bar: Progress,
+    stream: Stream,
+    tensors: TensorSource,
 ) -> tuple[int, list[str]]:
     source_folder = (
         os.path.dirname(keys.location or "") if os.path.isfile(keys.location or "") else (keys.location or "")
@@ -31,9 +39,16 @@ def write_sharded(
     if os.path.exists(out) and not in_place:
         raise WriteError(f"{out}: already exists; sharded output goes to a new folder (or use --in-place)")
     parent = os.path.dirname(os.path.abspath(out)) or "."
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.keyguard-", dir=parent)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(errno.ENOENT, "no such folder", parent)
+    if in_place:
+        _check_replaceable(out, [os.path.join(out, name) for name in (*keys.files, index_name)])
+    staging = tempfile.mkdtemp(prefix=temp_prefix(os.path.basename(os.path.abspath(out))), dir=parent)
     total = 0
     try:
+        # mkdtemp makes 0700: the folder gets the source folder's permissions (less the umask for a new one)
+        os.chmod(staging, os.stat(out).st_mode & 0o7777 if in_place else new_mode(source_folder))
+
         by_shard: dict[str, list[OutputItem]] = {}
         for item in items:
             shard = keys[item.sources[0]].file or "model.safetensors"
@@ -51,6 +66,7 @@ def write_sharded(
                 os.path.join(staging, shard),
                 bar,
                 stream=stream,
+                tensors=tensors,
                 metadata=meta,
                 files=spans,
             )
@@ -59,7 +75,7 @@ def write_sharded(
         index_meta["total_size"] = sum(item_nbytes(i) for i in items)
         index_meta[METADATA_KEY] = summary
         index = {"metadata": index_meta, "weight_map": dict(sorted(weight_map.items()))}
-        with atomic_output(os.path.join(staging, index_name)) as f:
+        with atomic_output(os.path.join(staging, index_name), like=os.path.join(source_folder, index_name)) as f:
             f.write((json.dumps(index, indent=2) + "\n").encode())
         rewritten = {*keys.files, index_name}
         if in_place:
@@ -68,7 +84,7 @@ def write_sharded(
                 if extra not in rewritten:
                     _carry_over(os.path.join(source_folder, extra), os.path.join(staging, extra))
         else:
-            for extra in _companions(source_folder, rewritten):
+            for extra in companions(source_folder, rewritten):
                 shutil.copy2(os.path.join(source_folder, extra), os.path.join(staging, extra))
         fsync_dir(staging)
         if in_place:
@@ -80,6 +96,20 @@ def write_sharded(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return total, [os.path.join(out, s) for s in by_shard]
+
+
+def _check_replaceable(folder: str, files: list[str]) -> None:
+    """In place, the folder and the files rewritten in it must be this user's to replace: the new ones would be owned
+    by this user, and a file the user may not write would be replaced through the folder's permission alone."""
+    info = os.stat(folder)
+    if hasattr(os, "geteuid") and os.geteuid() not in (0, info.st_uid):
+        raise WriteError(
+            f"{folder}: not replaced: the folder belongs to uid {info.st_uid}, and replacing it in place would give"
+            " it (and its shards) a new owner"
+        )
+    for path in [folder, *files]:
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise WriteError(f"{path}: not replaced: it is not writable by you")
 
 
 def _shard_metadata(path: str) -> dict[str, str]:
@@ -129,12 +159,12 @@ def _swap_folder(new: str, target: str, parent: str) -> None:
 
     On Linux the two are exchanged in one atomic ``renameat2(RENAME_EXCHANGE)``, so ``target`` is always either the
     old folder or the new one. Elsewhere (or when the call is refused) the old folder is first renamed aside: a crash
-    between the two renames leaves it there, as ``.NAME.keyguard-old-*``, and nothing at ``target``.
+    between the two renames leaves it there, as ``.NAME.keyguard-PID-BOOT-old-*``, and nothing at ``target``.
     """
     if _exchange(new, target):
         shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old folder
         return
-    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.keyguard-old-", dir=parent)
+    backup = tempfile.mkdtemp(prefix=temp_prefix(os.path.basename(os.path.abspath(target))) + "old-", dir=parent)
     os.rmdir(backup)
     os.rename(target, backup)
     os.rename(new, target)
@@ -158,7 +188,7 @@ def _exchange(a: str, b: str) -> bool:
     return bool(result == 0)
 
 
-def _companions(folder: str, skip: set[str]) -> list[str]:
+def companions(folder: str, skip: set[str]) -> list[str]:
     """Small files that travel with a checkpoint (config, tokenizer): copied into a sharded output unchanged."""
     if not folder or not os.path.isdir(folder):
         return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import IO, Any
 
 from keyguard._exceptions import WriteError
@@ -12,9 +13,60 @@ from keyguard.fixes._output_plan import OutputItem, source_path
 from keyguard.fixes._rules import Fuse, Split
 from keyguard.sources._keyset import KeySet
 
+PICKLE_FORMATS = ("torch-pickle", "torch-pickle-sharded")
+
+
+class TensorSource:
+    """The source tensors one write needs through torch, one pickle file at a time.
+
+    A pickle is loaded from a private copy made in ``scratch`` (the output's folder), never mapped in place: see
+    ``keyguard.fixes._pickle_snapshot``. Nothing is kept after the write.
+    """
+
+    def __init__(self, keys: KeySet, scratch: str, needed: set[str]) -> None:
+        self.keys = keys
+        self.scratch = scratch
+        self.needed = needed  # the source keys the write reads (a changed file is checked on these)
+        self.path: str | None = None
+        self.state: dict[str, Any] = {}
+
+    def tensor(self, key: str) -> Any:
+        keys = self.keys
+        info = keys[key]
+        if keys.format in PICKLE_FORMATS:
+            path = (keys.location or "") if keys.format == "torch-pickle" else source_path(keys, info.file)
+            if path != self.path:
+                from keyguard.fixes._pickle_snapshot import load_snapshot
+
+                self.state, self.path = {}, None  # one file's tensors at a time
+                expected = {k: i for k, i in keys.items() if k in self.needed and i.file == info.file}
+                self.state = load_snapshot(path, container=keys.unwrapped, expected=expected, scratch=self.scratch)
+                self.path = path
+            return self.state[key]
+        from keyguard.fixes._load import read_safetensors_tensor
+        from keyguard.sources._torch import import_torch
+
+        torch = import_torch("to change tensor data (transpose, split, fuse)")
+        return read_safetensors_tensor(torch, source_path(keys, info.file), info)
+
+    def close(self) -> None:
+        self.state, self.path = {}, None
+
+
+def scratch_folder(output: str) -> str:
+    """Where a write may put private scratch files: the folder the output goes into."""
+    return os.path.dirname(os.path.abspath(output)) or "."
+
 
 def write_item(
-    keys: KeySet, item: OutputItem, f: IO[bytes], checks: dict[str, int], bar: Progress, size: int, stream: Stream
+    keys: KeySet,
+    item: OutputItem,
+    f: IO[bytes],
+    checks: dict[str, int],
+    bar: Progress,
+    size: int,
+    stream: Stream,
+    tensors: TensorSource,
 ) -> None:
     if item.op == "copy":
         info = keys[item.sources[0]]
@@ -24,7 +76,7 @@ def write_item(
                 raise WriteError(f"internal: {item.name!r} has {end - start} bytes in the source, expected {size}")
             copy_range(source_path(keys, info.file), start, size, [(item.name, 0, size)], f, checks, bar, stream)
             return
-    data = _tensor_bytes(keys, item)
+    data = _tensor_bytes(item, tensors)
     if len(data) != size:
         raise WriteError(f"internal: {item.name!r} produced {len(data)} bytes, expected {size}")
     checks[item.name] = checksum.digest(data)
@@ -32,36 +84,13 @@ def write_item(
     bar.update(len(data))
 
 
-# torch is needed only for pickles and for rules that change data
-TORCH_CACHE: dict[str, Any] = {}
-
-
-def _source_tensor(keys: KeySet, key: str) -> Any:
-    from keyguard.sources._torch import import_torch
-
-    torch = import_torch("to change tensor data (transpose, split, fuse) or to read a PyTorch pickle")
-    info = keys[key]
-    if keys.format in ("torch-pickle", "torch-pickle-sharded"):
-        state = TORCH_CACHE.get(source_path(keys, info.file) if keys.format != "torch-pickle" else keys.location or "")
-        if state is None:
-            from keyguard.fixes._load import load_tensors
-
-            path = keys.location if keys.format == "torch-pickle" else source_path(keys, info.file)
-            TORCH_CACHE.clear()
-            state = TORCH_CACHE[path or ""] = load_tensors(path or "", container=keys.unwrapped)
-        return state[key]
-    from keyguard.fixes._load import read_safetensors_tensor
-
-    return read_safetensors_tensor(torch, source_path(keys, info.file), info)
-
-
-def _tensor_bytes(keys: KeySet, item: OutputItem) -> bytes:
+def _tensor_bytes(item: OutputItem, source: TensorSource) -> bytes:
     import ctypes
 
     from keyguard.sources._torch import import_torch
 
     torch = import_torch("to change tensor data")
-    tensors = [_source_tensor(keys, s) for s in item.sources]
+    tensors = [source.tensor(s) for s in item.sources]
     if item.op == "copy":
         out = tensors[0]
     elif item.op == "transpose":

@@ -23,7 +23,7 @@ from keyguard.fixes._file_write import write_file
 from keyguard.fixes._output_plan import Change, item_nbytes, plan_output
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._sharded_write import write_sharded
-from keyguard.fixes._tensor_data import TORCH_CACHE
+from keyguard.fixes._tensor_data import TensorSource, scratch_folder
 from keyguard.sources._keyset import KeySet
 
 
@@ -71,12 +71,14 @@ def write_fixed(
     bar.phase("writing", total)
     bar.phase("verifying", total)  # shown, waiting, from the start: the write is done once it is verified
     bar.phase("writing")
+    # a pickle's tensors are loaded from a private copy, one file at a time, and not kept after the write
+    tensors = TensorSource(keys, scratch_folder(out), {s for i in items for s in i.sources})
     try:
         with Stream() as stream:
             if keys.format == "safetensors-sharded":
-                written, files = write_sharded(keys, items, changes, out, bar, stream)
+                written, files = write_sharded(keys, items, changes, out, bar, stream, tensors)
             else:
-                written = write_file(keys, items, changes, out, bar, stream=stream)
+                written = write_file(keys, items, changes, out, bar, stream=stream, tensors=tensors)
                 files = [out]
     except WriteError:
         raise
@@ -85,5 +87,5 @@ def write_fixed(
     finally:
         if own:
             bar.close()
-        TORCH_CACHE.clear()  # a pickle's tensors are not kept (nor reused, should the file change) after the write
+        tensors.close()
     return WriteResult(out, changes, written, files)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from keyguard._printable import printable
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Rule
 from keyguard.report._kinds import KINDS, Severity
@@ -92,6 +93,11 @@ class SourceRef(BaseModel):
     location: str | None
     format: str
     tensors: int
+
+    @field_validator("location")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else printable(value)  # a file name that is not UTF-8 is shown escaped
 
 
 class Summary(BaseModel):

@@ -356,6 +356,14 @@ def _junit_details(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+def _many_with_steps(reports: Sequence[Report], errors: Mapping[str, str], steps_for: Any, **options: Any) -> str:
+    """``render_many`` for tables, each report followed by its next steps (``check-adapter``: the fix command)."""
+    parts = [render(r, "table", next_steps=steps_for(r), **options) for r in reports]
+    if len(reports) == 1 and not errors:
+        return parts[0]
+    return f"\n\n{'=' * 40}\n\n".join([*parts, _many_summary(reports, errors)])
+
+
 def render_many(
     reports: Sequence[Report],
     format: str = "table",
@@ -372,6 +380,9 @@ def render_many(
     errors = dict(errors or {})
     checks = options.pop("checks", None)
     fail_on = options.pop("fail_on", Severity.error)
+    steps_for = options.pop("next_steps_for", None)  # table only: the commands to run after each report
+    if steps_for is not None and format == "table":
+        return _many_with_steps(reports, errors, steps_for, **options)
     if format == "junit":
         suites = [_junit_suite(r, checks, fail_on) for r in reports]
         for location, message in errors.items():

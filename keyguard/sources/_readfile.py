@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 from keyguard._exceptions import SourceError
 
+_CHUNK = 1024 * 1024
+
 _FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_NONBLOCK", 0)
@@ -70,13 +72,27 @@ def read_bounded(path: str | os.PathLike[str], limit: int, *, error: type[Source
     with open_regular(name, error=error) as f:
         try:
             size = os.fstat(f.fileno()).st_size
-            data = b"" if size > limit else f.read(limit + 1)
+            data = b"" if size > limit else _read_upto(f, size, limit)
         except OSError as exc:
             raise _os_error(name, exc, error) from None
     if size > limit or len(data) > limit:
         shown = f"{size:,} bytes" if size > limit else f"more than {limit:,} bytes"
         raise error(name, "file-too-large", f"is {shown}, above the {limit:,}-byte limit for this kind of file")
     return data
+
+
+def _read_upto(f: BinaryIO, size: int, limit: int) -> bytes:
+    """The file's bytes, at most ``limit + 1`` of them; one read when it holds the ``size`` it says (no buffer of
+    ``limit`` bytes is allocated up front), small reads beyond that (a file that grows, or says 0 like /proc's)."""
+    parts = [f.read(size + 1)]
+    total = len(parts[0])
+    while size < total <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
 
 
 def _check_mode(path: str, mode: int, error: type[SourceError]) -> None:

@@ -24,12 +24,11 @@ import gc
 import io
 import json
 import os
-import re
 from typing import Final, cast
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
-from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, pairs_without_duplicates
+from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, lone_surrogate, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._readfile import open_regular
 from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_fast
@@ -41,8 +40,6 @@ MAX_HEADER_SIZE: Final = 100_000_000
 _JSON_WS: Final = " \t\n\r"
 #: serde_json refuses JSON nested deeper than this (the header object itself counts as 1).
 MAX_DEPTH: Final = 127
-_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -> KeySet:
@@ -150,8 +147,6 @@ def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
     try:
         # Python reads "-0" as the integer 0: only headers that hold one pay for a Python call per integer
         obj = (_NEGATIVE_ZERO_DECODER if "-0" in text else _HEADER_DECODER).decode(text)
-        if _SURROGATE_ESCAPE.search(text) is not None and _holds_lone_surrogate(obj):
-            raise ValueError("a string holds a lone surrogate escape such as \\ud800")
     except DuplicateKeyError as exc:
         raise HeaderError(
             path,
@@ -162,6 +157,9 @@ def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
         ) from None
     except (ValueError, RecursionError) as exc:
         raise HeaderError(path, "header-not-json", f"header is not valid JSON ({exc})") from None
+    bad = lone_surrogate(text, obj)  # the safetensors library refuses these; keyguard could not print them
+    if bad is not None:
+        raise HeaderError(path, "lone-surrogate", f"header holds {bad!r}, with an unpaired UTF-16 surrogate escape")
     if not isinstance(obj, dict):
         raise HeaderError(path, "header-not-object", "header is not a JSON object")
     metadata = obj.pop("__metadata__", None)
@@ -278,22 +276,6 @@ def _check_unknown_fields(path: str, key: str, entry: dict[str, object]) -> None
             f"header is not valid JSON (tensor {key!r} has {problem}, which the safetensors library refuses)",
             key=key,
         )
-
-
-def _holds_lone_surrogate(value: object) -> bool:
-    """True when a string anywhere in ``value`` (keys included) holds half of a surrogate pair."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item) is not None:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def _entry_error(path: str, key: str, what: str) -> HeaderError:

@@ -32,6 +32,7 @@ SLUG_PAGES = {
     "_safetensors.py": ["sources/safetensors.md"],
     "_sharded.py": ["sources/sharded.md"],
     "_pickle.py": ["sources/pytorch-pickle.md"],
+    "_pickle_zip.py": ["sources/pytorch-pickle.md"],
     "_model_config.py": ["sources/config-folder.md"],
     "_adapter.py": ["sources/peft-adapter.md"],
     "_manifest.py": ["sources/manifest.md"],

@@ -510,13 +510,20 @@ def test_in_place_replaces_the_file_atomically(tmp_path: Path, source: Callable[
     assert leftovers(tmp_path) == []
 
 
-def test_a_new_output_gets_the_usual_permissions(tmp_path: Path, source: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])
+def test_a_new_output_keeps_the_permissions_of_its_source(
+    tmp_path: Path, source: Callable[..., Any], mode: int
+) -> None:
+    """As ``cp`` does: the source's permissions less the umask (a private checkpoint stays private)."""
     src, _ = source()
+    os.chmod(src, mode)
     out = tmp_path / "out.safetensors"
-    write_fixed(keyguard.read_keys(src), Plan(), out, progress=False)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    umask = os.umask(0o022)
+    try:
+        write_fixed(keyguard.read_keys(src), Plan(), out, progress=False)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == mode & ~0o022
 
 
 # -- verification ------------------------------------------------------------------------------------------------

@@ -162,3 +162,14 @@ def test_read_bounded_reads_at_most_the_limit(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="above the 99-byte limit") as info:
         read_bounded(path, 99)
     assert info.value.problem == "file-too-large"
+
+
+def test_read_bounded_reads_a_file_that_says_it_is_empty(tmp_path: Path) -> None:
+    """/proc files are regular files of size 0 that hold text: read in small pieces, still bounded."""
+    status = Path("/proc/self/status")
+    if not status.is_file() or status.stat().st_size != 0:
+        pytest.skip("no /proc")
+    assert b"Name:" in read_bounded(status, 1 << 20)
+    with pytest.raises(SourceError) as info:
+        read_bounded(status, 10)
+    assert info.value.problem == "file-too-large"
