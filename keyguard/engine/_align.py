@@ -436,13 +436,15 @@ class _Aligner:
                     kept.append(match)
                     continue
                 keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
-                support = self._corroboration(match, siblings)
-                if support and keys >= 2:
-                    match.evidence.extend(support)
-                elif _own_name_agrees(match.checkpoint, match.expected):
+                structure = self._structure(match, siblings)
+                own = _own_name_agrees(match.checkpoint, match.expected)
+                named = _named_in_place(match.checkpoint, match.expected)
+                if keys >= 2 and (structure or named):
+                    match.evidence.extend(structure or [Evidence("names", self._names_text(match))])
+                elif named or (structure and own):
                     match.applicability = Applicability.unsafe
-                    match.evidence.append(Evidence("names", self._names_text(match)))
-                    match.note = "inferred from a single key" if keys < 2 else "nothing around it moves the same way"
+                    match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
+                    match.note = "inferred from a single key"
                 else:
                     self._demote(match, "the only candidate by shape, but neither names nor neighbours confirm it")
                     continue
@@ -507,7 +509,9 @@ class _Aligner:
                     shared.setdefault(pair, set()).add(module)
         return shared
 
-    def _corroboration(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+    def _structure(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+        """What the tree says for a match: it stays inside a parent that matches as it stands, or sibling modules
+        move the same way."""
         module = match.checkpoint.module
         c, e = match.pairs[0]
         for c_parent in ancestors(c.name)[1:]:
@@ -519,9 +523,33 @@ class _Aligner:
                 return [
                     Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
                 ]
-        if _own_name_agrees(match.checkpoint, match.expected):
-            return [Evidence("names", self._names_text(match))]
         return []
+
+
+#: Wrapper segments that say nothing of where a module sits (DDP, torch.compile, a loader's ``model.``).
+_WRAPPERS: Final = frozenset({"module", "_orig_mod", "model", "base_model"})
+
+
+def _named_in_place(c: Group, e: Group) -> bool:
+    """The module's own name agrees *and* it sits in the same place: its parent path is the same once wrapper
+    segments are set aside (or reads the same up to separators). A match no neighbour confirms needs both:
+    ``attn`` under ``transformer.layers`` is not ``attn`` under ``model.layers``."""
+    if not c.path or not e.path:
+        return False
+    if same_path(c.path, e.path):
+        return True
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME:
+        return _same_place(c.path[:-1], e.path[:-1])
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    if len(long) == len(short) + 1 and same_name(short[-1], long[-2]):  # wrapped (``head`` -> ``head.fc``)
+        return _same_place(short[:-1], long[:-2])
+    return False
+
+
+def _same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    a = tuple(s for s in a if s not in _WRAPPERS)
+    b = tuple(s for s in b if s not in _WRAPPERS)
+    return a == b or (bool(a) and bool(b) and same_path(a, b))
 
 
 def _own_name_agrees(c: Group, e: Group) -> bool:
@@ -601,5 +629,8 @@ def _ancestor_pairs(c_name: str, e_name: str) -> list[tuple[str, str]]:
 
 
 def _parents(name: str) -> list[str]:
+    """The nearest ancestors of a key's module (up to three levels), wrapper-only prefixes left out."""
     module = split_leaf(name)[0]
-    return ancestors(module + ".x")[1:3] if module else []
+    if not module:
+        return []
+    return [a for a in ancestors(module + ".x")[1:4] if not set(a.split(".")) <= _WRAPPERS]

@@ -147,7 +147,7 @@ class _AlignmentStage(EngineState):
             self.frozen.append(name)
         for targets in options.values():
             self.open_e.difference_update(targets)
-        self.ambiguities.append(_Ambiguity(options, [], tie.why))
+        self._ambiguous(_Ambiguity(options, [], tie.why))
 
 
 def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:

@@ -123,12 +123,35 @@ class EngineState:
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
+        self.claimed: set[str] = set()  # expected keys offered as candidates by an ambiguity
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []
 
     # ------------------------------------------------------------------------------------------ shared helpers
+    def _ambiguous(self, ambiguity: _Ambiguity) -> None:
+        """Record keys with several readings. Each candidate is offered once in the whole report, only where its
+        shape fits, and never when it is already matched."""
+        taken = self.claimed | set(self.resolved.values())
+        options: dict[str, list[str]] = {}
+        offered: set[str] = set()
+        for original, targets in ambiguity.keys.items():
+            shape = self.C[original].shape
+            kept = [
+                t
+                for t in dict.fromkeys(targets)
+                if t not in taken and (shape is None or self.E[t].shape is None or self.E[t].shape == shape)
+            ]
+            options[original] = kept
+            offered.update(targets)
+        for kept in options.values():
+            self.claimed.update(kept)
+        # a candidate left out (another shape) that nothing else claims stays open: reported as missing
+        self.open_e.update(t for t in offered if t not in self.claimed and t not in taken)
+        ambiguity.keys = options
+        self.ambiguities.append(ambiguity)
+
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
         literal = _literal(rule)
