@@ -25,6 +25,7 @@ def algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 @settings(
     derandomize=True,
     database=None,
+    deadline=None,
     max_examples=60,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # the fixture only picks the algorithm
 )
