@@ -12,10 +12,12 @@ from keyguard._exceptions import (
     KeyguardError,
     KeyMismatchError,
     MissingDependencyError,
+    PatternError,
     PlanError,
     ShardIndexError,
     SourceError,
     UnsafePickleError,
+    UnsupportedModelError,
     UnsupportedVersionError,
 )
 from keyguard._version import __version__
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from keyguard.adapter_checks import check_adapter
     from keyguard.engine import diagnose
     from keyguard.fixes import Applicability, Plan, load_state_dict, write_fixed
-    from keyguard.report import Finding, Report, Severity
+    from keyguard.report import Finding, LoadResult, Report, Severity
     from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
 else:
     from keyguard._lazy import lazy_exports
@@ -42,6 +44,7 @@ else:
             "load_state_dict": "keyguard.fixes",
             "write_fixed": "keyguard.fixes",
             "Finding": "keyguard.report",
+            "LoadResult": "keyguard.report",
             "Report": "keyguard.report",
             "Severity": "keyguard.report",
             "AdapterConfig": "keyguard.sources",
@@ -61,7 +64,9 @@ __all__ = [
     "KeyMismatchError",
     "KeySet",
     "KeyguardError",
+    "LoadResult",
     "MissingDependencyError",
+    "PatternError",
     "Plan",
     "PlanError",
     "Report",
@@ -71,6 +76,7 @@ __all__ = [
     "SourceSummary",
     "TensorInfo",
     "UnsafePickleError",
+    "UnsupportedModelError",
     "UnsupportedVersionError",
     "__version__",
     "check_adapter",

@@ -800,6 +800,7 @@ class _Check:
         findings = sorted(self.findings, key=lambda f: (_ORDER[f.severity.value], f.code))
         engine = self.engine
         return Report(
+            check="adapter-files",
             ok=not any(f.severity.at_least(kinds.Severity.error) for f in findings),
             checkpoint=SourceRef(location=self.folder, format="peft-adapter", tensors=len(self.adapter)),
             expected=SourceRef(

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise SourceError(args.base, "base-is-adapter", "is a PEFT adapter; --base must be the model it was trained on")
     jobs = args.jobs or min(_cpus(), len(folders))
     results = _check_all(folders, base, jobs, check_values=args.check_values, xlora=args.xlora)
-    reports = [r for r in results if not isinstance(r, str)]
+    reports = [r.failing_on(args.fail_on) for r in results if not isinstance(r, str)]
     errors = {printable(folder): printable(r) for folder, r in zip(folders, results) if isinstance(r, str)}
     for message in errors.values():
         print(f"keyguard: error: {message}", file=sys.stderr)
@@ -96,19 +96,19 @@ def run(args: argparse.Namespace) -> int:
 
             out = screen(args)
             options = {"width": out.width, "color": out.color, "next_steps_for": _fix_steps(args)}
-        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on, **options)
+        text = render_many(reports, args.format, errors=errors, checks=checks, **options)
         print(text.rstrip("\n"))
     if args.junit_xml:
         from keyguard._atomic import atomic_write_text
 
-        document = render_many(reports, "junit", errors=errors, checks=checks, fail_on=args.fail_on)
+        document = render_many(reports, "junit", errors=errors, checks=checks)
         try:
             atomic_write_text(args.junit_xml, document)
         except OSError as exc:
             raise KeyguardError(f"{args.junit_xml}: cannot write the JUnit report ({exc.strerror or exc})") from exc
     if errors:
         return 2
-    return max((r.exit_code(args.fail_on) for r in reports), default=0)
+    return max((r.exit_code() for r in reports), default=0)
 
 
 def _fix_steps(args: argparse.Namespace) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Literal
 
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template
@@ -123,10 +124,11 @@ class _AlignmentStage(EngineState):
         explicit = {",".join(map(str, cm.index)): list(em.index) for cm, em in pairs}
         candidates.append(Remap(old=old, new=_placeholders(e.template), indices=explicit))
         pool = by_template.get(digit_template(c.members[0].name)[0], [])
+        origin: Literal["inferred", "hint"] = "hint" if any(e.kind == "hint" for e in match.evidence) else "inferred"
         for rule in candidates:
             if _exact(rule, names, pool):
-                return rule.model_copy(update={"applicability": match.applicability})
-        return MapKeys(mapping=dict(names), applicability=match.applicability)
+                return rule.model_copy(update={"applicability": match.applicability, "origin": origin})
+        return MapKeys(mapping=dict(names), applicability=match.applicability, origin=origin)
 
     # ------------------------------------------------------------------------------------------------- ties
     def _take_tie(self, tie: Tie) -> None:

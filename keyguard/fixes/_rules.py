@@ -49,6 +49,9 @@ class _Rule(BaseModel):
 
     applicability: Applicability = Applicability.safe
     reason: str | None = Field(default=None, description="Code of the finding this rule fixes, e.g. KG101")
+    origin: Literal["inferred", "hint"] = Field(
+        default="inferred", description="How the rule came about: inferred by keyguard, or the user's --hint"
+    )
     renames: ClassVar[bool] = True
 
     def rename(self, key: str) -> str | None:  # pragma: no cover - every rule overrides

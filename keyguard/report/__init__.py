@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from keyguard.report._kinds import KINDS, FindingKind, Severity, lookup
+    from keyguard.report._load_result import LOAD_RESULT_FORMAT, LoadResult
     from keyguard.report._model import REPORT_FORMAT, Example, Finding, Fix, Report, SourceRef, Summary
     from keyguard.report._render import RENDERERS, render
 else:
@@ -16,6 +17,8 @@ else:
             "FindingKind": "keyguard.report._kinds",
             "Severity": "keyguard.report._kinds",
             "lookup": "keyguard.report._kinds",
+            "LOAD_RESULT_FORMAT": "keyguard.report._load_result",
+            "LoadResult": "keyguard.report._load_result",
             "REPORT_FORMAT": "keyguard.report._model",
             "Example": "keyguard.report._model",
             "Finding": "keyguard.report._model",
@@ -30,12 +33,14 @@ else:
 
 __all__ = [
     "KINDS",
+    "LOAD_RESULT_FORMAT",
     "RENDERERS",
     "REPORT_FORMAT",
     "Example",
     "Finding",
     "FindingKind",
     "Fix",
+    "LoadResult",
     "Report",
     "Severity",
     "SourceRef",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -44,11 +44,12 @@ def next_steps(
     ignore: Sequence[str] = (),
     container: str | None = None,
     architecture: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> list[NextStep]:
     """The commands to run after ``report``, naming ``checkpoint`` and ``expected`` as the user did.
 
     ``checkpoint`` / ``expected`` default to the report's locations; ``ignore``, ``container`` and ``architecture``
-    are the options the diagnosis ran with, repeated in every command.
+    ``hints`` are the options the diagnosis ran with, repeated in every command.
     """
     ck = checkpoint if checkpoint is not None else report.checkpoint.location
     ex = expected if expected is not None else report.expected.location
@@ -56,7 +57,7 @@ def next_steps(
         return []
     if report.checkpoint.format == "peft-adapter":
         return _adapter_steps(report, ck, ex, _options((), container, architecture))
-    common = ["--expected", ex, *_options(ignore, container, architecture)]
+    common = ["--expected", ex, *_options(ignore, container, architecture, hints)]
     harmless = [f for f in report.findings if f.benign and f.severity.at_least(Severity.error)]
     ignores = [ignore_pattern(f.expected_keys) for f in harmless if f.kind != "unexpected" and f.expected_keys]
     unexpected = [f for f in report.findings if f.kind == "unexpected"]
@@ -114,8 +115,11 @@ def _adapter_steps(report: Report, adapter: str, base: str, options: list[str]) 
     return []
 
 
-def _options(ignore: Sequence[str], container: str | None, architecture: str | None) -> list[str]:
+def _options(
+    ignore: Sequence[str], container: str | None, architecture: str | None, hints: Mapping[str, str] | None = None
+) -> list[str]:
     out = [a for p in ignore for a in ("--ignore", p)]
+    out += [a for old, new in (hints or {}).items() for a in ("--hint", f"{old}={new}")]
     if container:
         out += ["--container", container]
     if architecture:

@@ -106,10 +106,18 @@ def _tensor_json(info: TensorInfo) -> str:
     return f'{{"shape": {shape}, "dtype": {json.dumps(info.dtype)}}}'
 
 
-def write_manifest(keys: KeySet, path: str | os.PathLike[str]) -> None:
-    """Write ``keys`` as a manifest, atomically (a crash never leaves a partial file at ``path``)."""
+def write_manifest(keys: Any, path: str | os.PathLike[str]) -> None:
+    """Write the keys of ``keys`` as a manifest, atomically (a crash never leaves a partial file at ``path``).
+
+    ``keys`` is a ``KeySet`` or anything ``keyguard.read_keys`` accepts: a live ``torch.nn.Module`` (a meta-device
+    one too), a state dict, a checkpoint path, a ``config.json`` folder.
+    """
     from keyguard._atomic import atomic_write_text
 
+    if not isinstance(keys, KeySet):
+        from keyguard.sources._resolve import read_keys
+
+        keys = read_keys(keys)
     atomic_write_text(path, manifest_json(keys))
 
 
