@@ -5,13 +5,10 @@ from __future__ import annotations
 import itertools
 import re
 
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from keyguard._patterns import HOLE, KeyGroup, collapse, pattern_of, render_numbers, summarize_patterns, template
-
-# a fixed seed, no example database, no deadline: the same examples on every run, whatever the machine's load
-DETERMINISTIC = settings(derandomize=True, database=None, deadline=None)
 
 
 def test_template_examples() -> None:
@@ -65,7 +62,6 @@ def expand(rendered: str) -> set[int]:
     return out
 
 
-@DETERMINISTIC
 @given(st.sets(st.integers(min_value=0, max_value=300), min_size=1, max_size=60))
 def test_render_numbers_is_exact_or_says_it_summarises(values: set[int]) -> None:
     text = render_numbers(values, limit=10_000)
@@ -139,7 +135,6 @@ grid_keys = st.builds(
 )
 
 
-@DETERMINISTIC
 @given(grid_keys)
 def test_collapse_properties(keys: list[str]) -> None:
     groups = collapse(keys)
@@ -155,7 +150,6 @@ def test_collapse_properties(keys: list[str]) -> None:
     assert group.pattern == f"m.layers.{render_numbers(layers)}.experts.{render_numbers(experts)}.w"
 
 
-@DETERMINISTIC
 @given(st.lists(st.from_regex(r"[a-z]{1,3}(\.(0|[1-9][0-9]{0,2}|[a-z_]{1,4}))*", fullmatch=True), max_size=30))
 def test_every_key_lands_in_exactly_one_group(keys: list[str]) -> None:
     unique = list(dict.fromkeys(keys))
@@ -171,7 +165,6 @@ def test_every_key_lands_in_exactly_one_group(keys: list[str]) -> None:
 KEYS = st.from_regex(r"[a-z]{1,3}(\.(0|[1-9][0-9]{0,2}|0[0-9]|[a-z_]{1,4}))*", fullmatch=True)
 
 
-@DETERMINISTIC
 @given(st.lists(st.one_of(KEYS, st.text(st.sampled_from("a.01\n\x00"), max_size=6)), max_size=40), st.integers(0, 8))
 @example(keys=[f"m.{i}.w" for i in range(5)] + ["x", "m.a.w", "m.7.w"], limit=1)
 @example(keys=["a.1\nb", "a.2\nb", "c.3"], limit=2)

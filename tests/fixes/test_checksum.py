@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _hypothesis_profiles import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,10 +24,7 @@ def algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 @settings(
-    derandomize=True,
-    database=None,
-    deadline=None,
-    max_examples=60,
+    max_examples=examples(60),
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # the fixture only picks the algorithm
 )
 @given(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hypothesis_profiles import examples
 from _st_files import canonical_header, json_layout_header, layout
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -38,12 +39,10 @@ pytest.importorskip("numpy")  # safe_open(framework="numpy") reads the metadata 
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Fixed seed, no example database: the same examples on every run and in CI.
+#: Under the ``ci`` profile (tests/_hypothesis_profiles.py): a fixed seed, no example database, the same examples
+#: on every run and in CI; ``make fuzz`` explores further.
 SETTINGS = settings(
-    derandomize=True,
-    database=None,
-    deadline=None,
-    max_examples=250,
+    max_examples=examples(250),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
