@@ -104,6 +104,8 @@ def align(
     anchored: Iterable[str] = (),
     contested: Iterable[str] = (),
     hints: Mapping[str, str] | None = None,
+    resolved: Mapping[str, str] | None = None,
+    shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None = None,
 ) -> Alignment:
     """Align the open keys of both sides.
 
@@ -114,8 +116,17 @@ def align(
         contested: keys (either side) already declared ambiguous: groups of their templates are left alone, since
             aligning the rest of a contested numbered group on its own would read it piecemeal.
         hints: the user's choices, checkpoint key (original or current name) -> expected key.
+        resolved: checkpoint keys already mapped (original key -> expected key): their modules tell where the
+            rest of each module goes (a bias follows its weight).
+        shape_counts: how often each shape occurs among all checkpoint and all expected keys: a lone match of a
+            shape found once on each side is offered as a candidate even when nothing confirms it.
     """
-    return _Aligner(checkpoint, expected, anchored, contested, dict(hints or {})).run()
+    aligner = _Aligner(checkpoint, expected, anchored, contested, dict(hints or {}))
+    for key, target in (resolved or {}).items():
+        _learn(aligner.module_map, split_leaf(key)[0], split_leaf(target)[0])
+        _learn(aligner.module_image, split_leaf(target)[0], split_leaf(key)[0])
+    aligner.shape_counts = shape_counts
+    return aligner.run()
 
 
 class _Aligner:
@@ -146,6 +157,7 @@ class _Aligner:
         self.module_map: dict[str, str | None] = {}
         self.module_image: dict[str, str | None] = {}
         self.parent_map: dict[str, str | None] = {}
+        self.shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None = None
         self.pending: list[tuple[list[tuple[Group, list[Group]]], str, list[Evidence]]] = []
         self.result = Alignment()
 
@@ -263,7 +275,7 @@ class _Aligner:
         """Keep a match, and what it says of its modules and their parents for the pairs still open."""
         self.result.matches.append(match)
         for cm, em in match.pairs:
-            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            c_module, e_module = split_leaf(cm.key)[0], split_leaf(em.name)[0]
             _learn(self.module_map, c_module, e_module)
             _learn(self.module_image, e_module, c_module)
             c_up, e_up = _parents(cm.name), _parents(em.name)
@@ -291,7 +303,7 @@ class _Aligner:
         if not self.module_map:
             return True
         for cm, em in zip(c.members, e.members):
-            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            c_module, e_module = split_leaf(cm.key)[0], split_leaf(em.name)[0]
             image = self.module_map.get(c_module, "")
             if image and image != e_module:
                 return False
@@ -472,17 +484,35 @@ class _Aligner:
                 (c, [e for e in targets if c.module not in modules or e.module in modules[c.module]])
                 for c, targets in pending
             ]
-            supported = any(self._related(c, e, siblings) for c, targets in pairs for e in targets)
+            supported = any(
+                self._related(c, e, siblings) or self._unique_everywhere(c, e) for c, targets in pairs for e in targets
+            )
             if not supported:
                 continue
             options: dict[str, list[str]] = {}
             for c, targets in pairs:
-                kept = [e for e in targets if self._related(c, e, siblings) or len(targets) == 1]
+                kept = [
+                    e
+                    for e in targets
+                    if self._related(c, e, siblings) or self._unique_everywhere(c, e) or len(targets) == 1
+                ]
                 if not kept:
                     continue
                 for position, member in enumerate(c.members):
                     options[member.key] = [e.members[position].name for e in kept]
             self.result.ties.append(Tie(options, why, evidence))
+
+    def _unique_everywhere(self, c: Group, e: Group) -> bool:
+        """Every tensor of the pair has a shape found once among all checkpoint keys and once among all expected
+        keys (not only the open ones): the shapes alone point from one to the other, which is worth a candidate
+        (never a fix) even where no name or neighbour confirms it."""
+        if self.shape_counts is None or not c.shapes_known or not e.shapes_known:
+            return False
+        ours, theirs = self.shape_counts
+        return all(
+            ours.get(cm.info.shape, 0) == 1 and theirs.get(em.info.shape, 0) == 1
+            for cm, em in zip(c.members, e.members)
+        )
 
     def _related(self, c: Group, e: Group, siblings: dict[tuple[str, str], set[str]]) -> bool:
         if c.path and e.path and segment_similarity(c.path[-1], e.path[-1]) >= WEAK_NAME:

@@ -4,6 +4,7 @@ correspondence becomes one ``remap`` rule of the plan, proven to rename exactly 
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable
 from typing import Literal
 
@@ -49,6 +50,8 @@ class _AlignmentStage(EngineState):
             anchored=self.resolved.values(),
             contested=contested,
             hints=self.hints,
+            resolved={k: t for k, t in self.resolved.items() if k != t},
+            shape_counts=(Counter(i.shape for i in self.C.values()), Counter(i.shape for i in self.E.values())),
         )
         by_template: dict[str, list[str]] = {}
         for name in (*self.by_cur, *self.resolved.values(), *self.frozen):

@@ -59,7 +59,11 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "post_attn_norm",
     ),
     ("layers", "layer", "h", "blocks", "block", "resblocks", "transformer_blocks", "decoder_layers"),
+    # ViT-style pre-norm blocks name the norms by position; numbered norms read the same way there
+    ("layernorm_before", "norm1", "layer_norm_1", "ln_1", "ln1", "norm_1"),
+    ("layernorm_after", "norm2", "layer_norm_2", "ln_2", "ln2", "norm_2"),
     # whole-model parts
+    ("classifier", "head", "fc", "score", "cls"),
     ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "norm_out", "ln_out"),
     (
         "embed_tokens",
@@ -229,10 +233,19 @@ def path_tokens(path: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One path reads as the end of the other once separators are set aside (``lora_unet_down_blocks_0_proj_in``
-    against ``unet.down_blocks.0.proj_in``): the same module, named as another tool flattens it."""
-    ta, tb = path_tokens(a), path_tokens(b)
-    if min(len(ta), len(tb)) < 2:
-        return False
-    short, long = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
-    return long[len(long) - len(short) :] == short
+    """The two paths end alike once separators are set aside: one is the end of the other
+    (``lora_unet_down_blocks_0_proj_in`` against ``unet.down_blocks.0.proj_in``), or is once its first segment,
+    a root of another name, is set aside (``lora_te_text_model...`` against ``text_encoder.text_model...``): the
+    same module, named as another tool flattens it."""
+    if _ends(path_tokens(a), path_tokens(b)):
+        return True
+    for one, other in ((a, b), (b, a)):
+        rest = path_tokens(one[1:])
+        if len(one) >= 3 and len(rest) >= 3 and _ends(rest, path_tokens(other)):
+            return True
+    return False
+
+
+def _ends(ta: tuple[str, ...], tb: tuple[str, ...]) -> bool:
+    shorter, longer = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
+    return len(shorter) >= 2 and longer[len(longer) - len(shorter) :] == shorter

@@ -305,9 +305,15 @@ class _Rounds(EngineState):
         """Keys another rule reads otherwise, where that rule also explains keys of its own (two subtrees renamed
         onto one prefix: ``trunk.norm`` could be ``model.norm`` or ``transformer.norm``), are taken out of the
         winner's pairs and shown with both readings."""
+        if not isinstance(cand.rule, (StripPrefix, ReplacePrefix, AddPrefix)):
+            return pairs  # numbered groups have their own checks (offsets, partly matched groups)
         contested: dict[str, list[str]] = {}
         for _, other in scored:
-            if other is cand or not other.landing:
+            if (
+                other is cand
+                or not other.landing
+                or not isinstance(other.rule, (StripPrefix, ReplacePrefix, AddPrefix))
+            ):
                 continue
             clash = {n for n, t in other.landing.items() if n in pairs and pairs[n] != t}
             if not clash:
@@ -534,8 +540,12 @@ class _Rounds(EngineState):
         return suspicious
 
     def _group_partly_resolved(self, rule: ShiftIndex) -> bool:
+        """Some blocks of the group already match, or were declared ambiguous: an offset for the rest cannot be
+        told from a coincidence."""
         block = re.compile(re.escape(rule.prefix) + r"[0-9]+(?:\.|$)")
-        return any(block.match(name) for name in self.resolved.values() if name.startswith(rule.prefix))
+        return any(
+            block.match(name) for name in (*self.resolved.values(), *self.frozen) if name.startswith(rule.prefix)
+        )
 
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
