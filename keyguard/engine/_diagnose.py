@@ -81,6 +81,7 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
             self._match_held_by_name()
         self._finalize()
         self._fused_split()
+        self._fused_by_shape()
         shape_bad = self._pair_findings()
         self._leftover_findings()
         self._ambiguity_findings()

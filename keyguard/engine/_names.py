@@ -187,6 +187,28 @@ def _groups(name: str) -> frozenset[int]:
     return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_plain(name), frozenset())
 
 
+def name_groups(name: str) -> frozenset[int]:
+    """The equivalence groups a module name belongs to (``q_proj`` and ``wq`` share one)."""
+    return _groups(name)
+
+
+def spelled_parts(name: str) -> list[frozenset[int]]:
+    """The modules a fused name spells, in order: ``qkv_proj``, ``Wqkv`` and ``query_key_value`` spell the query,
+    key and value projections; ``up_gate_proj`` the up then the gate projection. Empty when it spells nothing."""
+    out: list[frozenset[int]] = []
+    for token in tokens(name):
+        letters = token[1:] if token.startswith("w") and len(token) > 2 else token
+        if 2 <= len(letters) <= 3 and all(ch in "qkv" for ch in letters):
+            out.extend(_groups(ch) for ch in letters)
+        elif token not in _GENERIC and (groups := _groups(token)):
+            out.append(groups)
+    return out
+
+
+#: Tokens that name no part of a fused tensor (``qkv_proj`` spells q, k, v; ``proj`` spells nothing).
+_GENERIC: Final = frozenset({"proj", "projection", "linear", "fc", "dense", "layer", "w", "weight", "in", "out"})
+
+
 @functools.lru_cache(maxsize=65536)
 def same_name(a: str, b: str) -> bool:
     """Equal once case, separators and plurals are set aside (``layer_norm`` / ``LayerNorm``)."""
