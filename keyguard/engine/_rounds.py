@@ -261,6 +261,10 @@ class _Rounds(EngineState):
             doubtful = {n: e for n, e in pairs.items() if template(e)[0] in suspicious}
             self.deferred.append((cand, doubtful, suspicious, renamed))
             self.declined.add(cand.identity)
+            self.deferred_templates |= suspicious  # no weaker rule may land this group piecemeal meanwhile
+            return False
+        if self.deferred_templates and any(template(e)[0] in self.deferred_templates for e in pairs.values()):
+            self.declined.add(cand.identity)
             return False
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)

@@ -128,6 +128,7 @@ class EngineState:
         self.claimed: set[str] = set()  # expected keys offered as candidates by an ambiguity
         # groups that partly land by a rule (offset?), set aside until alignment has weighed them
         self.deferred: list[tuple[Candidate, dict[str, str], set[str], dict[str, str]]] = []
+        self.deferred_templates: set[str] = set()
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
