@@ -250,17 +250,17 @@ class _Findings(EngineState):
             count = sum(1 for k in acc.pairs if k in wanted)
             if not count:
                 continue
-            old, new = acc.change or ("?", "?")
+            old, new, text = acc.change or ("?", "?", "renamed")
             entry = by_change.get((old, new))
             if entry is None:
-                entry = {"old": old, "new": new, "keys": 0, "evidence": []}
+                entry = {"old": old, "new": new, "text": text, "keys": 0, "evidence": []}
                 by_change[old, new] = entry
                 changes.append(entry)
             entry["keys"] += count
             for evidence in acc.evidence:
                 if evidence not in entry["evidence"]:
                     entry["evidence"].append(evidence)
-        shown = "; ".join(f"`{c['old']}` became `{c['new']}` ({c['keys']:,} keys)" for c in changes[:4])
+        shown = "; ".join(c["text"] for c in changes[:4])
         if len(changes) > 4:
             shown += f"; and {len(changes) - 4} more"
         what = "renumbered" if kind is kinds.RENUMBERED else "named differently in several places"
