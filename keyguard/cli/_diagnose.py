@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from keyguard.cli._options import add_hint_option, add_report_options, add_source_options
+from keyguard.cli._options import add_hint_option, add_match_values_option, add_report_options, add_source_options
 
 HELP = "explain every key mismatch between a checkpoint and what a model expects"
 
@@ -37,6 +37,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="leave out keys matching REGEX on either side (repeatable)",
     )
     add_hint_option(p)
+    add_match_values_option(p)
     p.add_argument(
         "--emit",
         choices=["key-mapping"],
@@ -56,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         from keyguard.integrations import transformers as kg_transformers
         from keyguard.sources import read_keys
 
-        if args.hint:
+        if args.hint or args.match_values:
             from keyguard._exceptions import KeyguardError
 
-            raise KeyguardError("--hint does not go with --expected transformers:CLASS (use its key_mapping)")
+            raise KeyguardError("--hint and --match-values do not go with --expected transformers:CLASS")
         checkpoint = read_keys(args.checkpoint, container=args.container)
         report = kg_transformers.diagnose(
             checkpoint, expected.removeprefix("transformers:"), config=args.config, ignore=args.ignore
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             container=args.container,
             architecture=args.architecture,
             hints=dict(args.hint),
+            match_values=args.match_values,
         ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping
