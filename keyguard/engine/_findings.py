@@ -28,6 +28,7 @@ from keyguard.fixes._rules import (
     AddPrefix,
     Applicability,
     Fuse,
+    RemoveSegment,
     Rename,
     ReplacePrefix,
     Rule,
@@ -186,6 +187,15 @@ class _Findings(EngineState):
                 f" (checkpoint index = model index {-rule.offset:+d})"
             )
             kind = kinds.INDEX_SHIFT
+        elif isinstance(rule, RemoveSegment):
+            origin = knowledge.INFIX_WRAPPERS.get(rule.segment)
+            ctx.update(old=rule.segment, new="", origin=origin)
+            message = (
+                f"{len(keys):,} key(s) carry the wrapper segment '{rule.segment}' inside them"
+                + (f" (left by {origin})" if origin else "")
+                + ": remove it wherever it stands and they match"
+            )
+            kind = kinds.RENAMED
         else:
             assert isinstance(rule, Rename)
             ctx.update(old=rule.old, new=rule.new)

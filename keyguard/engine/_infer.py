@@ -16,11 +16,20 @@ from itertools import compress, repeat
 from typing import Final
 
 from keyguard._patterns import HOLE, template
-from keyguard.engine._knowledge import KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
+from keyguard.engine._knowledge import INFIX_WRAPPERS, KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
 from keyguard.engine._segments import anywhere_rule, segment_rule
-from keyguard.fixes._rules import AddPrefix, MapKeys, Remap, Rename, ReplacePrefix, ShiftIndex, StripPrefix
+from keyguard.fixes._rules import (
+    AddPrefix,
+    MapKeys,
+    Remap,
+    RemoveSegment,
+    Rename,
+    ReplacePrefix,
+    ShiftIndex,
+    StripPrefix,
+)
 
-RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | MapKeys
+RenameRule = StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | RemoveSegment | MapKeys
 
 SAMPLE: Final = 400  # keys per side used to generate candidates
 MAX_PREFIX_DEPTH: Final = 4  # segments a prefix may span
@@ -215,6 +224,10 @@ def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Ca
         for a, b in ((old, new), (new, old)):
             if any(a in t.split(".") for t in c_templates) and any(b in t.split(".") for t in e_templates):
                 out.append(Candidate(anywhere_rule(a, b), "renamed", known=True, votes=1, general=True))
+    for wrapper in INFIX_WRAPPERS:  # one rule for a wrapper inside every layer, not one per following segment
+        inside = any(wrapper in t.split(".")[1:] for t in c_templates)  # only in front: a prefix strip says it
+        if inside and not any(wrapper in t.split(".") for t in e_templates):
+            out.append(Candidate(RemoveSegment(segment=wrapper), "renamed", known=True, votes=1, general=True))
     return out
 
 

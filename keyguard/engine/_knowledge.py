@@ -40,6 +40,14 @@ BASE_MODEL_ORIGIN: Final = (
     " the base model under this attribute"
 )
 
+#: Wrapper modules that sit *inside* keys (one per wrapped layer), and who adds them: removed wherever they stand.
+INFIX_WRAPPERS: Final[dict[str, str]] = {
+    "_fsdp_wrapped_module": "FSDP (FullyShardedDataParallel, v1)",
+    "_checkpoint_wrapped_module": "activation checkpointing (checkpoint_wrapper)",
+    "_fpw_module": "FSDP's FlattenParamsWrapper (torch < 2.0)",
+    "_orig_mod": "torch.compile",
+}
+
 #: Segment renames that are conventions, not guesses.
 KNOWN_RENAMES: Final[dict[str, str]] = {
     "gamma": "weight",  # legacy LayerNorm parameter names (TF ports, old BERT checkpoints)

@@ -66,6 +66,7 @@ __all__ = [
     "MapKeys",
     "Plan",
     "Remap",
+    "RemoveSegment",
     "Rename",
     "ReplacePrefix",
     "Rule",

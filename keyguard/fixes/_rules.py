@@ -1,8 +1,8 @@
 """Rules: the steps of a fix plan, each with an applicability.
 
 Renaming rules (``strip_prefix``, ``add_prefix``, ``replace_prefix``, ``rename``, ``shift_index``, ``remap``,
-``map``) change keys only. Data rules (``transpose``, ``split``, ``fuse``) change tensors and are never ``safe``;
-``drop`` removes keys and is only applied when asked for.
+``remove_segment``, ``map``) change keys only. Data rules (``transpose``, ``split``, ``fuse``) change tensors and are
+never ``safe``; ``drop`` removes keys and is only applied when asked for.
 """
 
 from __future__ import annotations
@@ -354,6 +354,28 @@ class Remap(_Rule):
         return [(f"^{pattern.pattern}$", "".join(pieces))]
 
 
+class RemoveSegment(_Rule):
+    """Remove the segment ``segment`` wherever it stands in a key, as often as it does (wrappers that sit inside
+    keys: FSDP's ``_fsdp_wrapped_module`` around every layer, activation checkpointing's
+    ``_checkpoint_wrapped_module``)."""
+
+    op: Literal["remove_segment"] = "remove_segment"
+    segment: str
+
+    def rename(self, key: str) -> str | None:
+        parts = key.split(".")
+        kept = [p for p in parts if p != self.segment]
+        return ".".join(kept) if len(kept) != len(parts) and kept else None
+
+    def describe(self) -> str:
+        return f"remove segment {self.segment!r} wherever it stands"
+
+    def key_mapping(self) -> list[tuple[str, str]]:
+        # re.sub replaces every occurrence (mmengine); transformers' single replacement gets per-key entries
+        escaped = re.escape(self.segment)
+        return [(rf"^{escaped}\.|\.{escaped}(?=\.|$)", "")]
+
+
 class MapKeys(_Rule):
     """Explicit key-to-key renames."""
 
@@ -430,7 +452,27 @@ class Drop(_DataRule):
 
 
 Rule = Annotated[
-    StripPrefix | AddPrefix | ReplacePrefix | Rename | ShiftIndex | Remap | MapKeys | Transpose | Split | Fuse | Drop,
+    StripPrefix
+    | AddPrefix
+    | ReplacePrefix
+    | Rename
+    | ShiftIndex
+    | Remap
+    | RemoveSegment
+    | MapKeys
+    | Transpose
+    | Split
+    | Fuse
+    | Drop,
     Field(discriminator="op"),
 ]
-RENAMING_OPS = ("strip_prefix", "add_prefix", "replace_prefix", "rename", "shift_index", "remap", "map")
+RENAMING_OPS = (
+    "strip_prefix",
+    "add_prefix",
+    "replace_prefix",
+    "rename",
+    "shift_index",
+    "remap",
+    "remove_segment",
+    "map",
+)

@@ -271,22 +271,24 @@ def test_fsdp_wrapper_prefix_is_one_known_safe_strip(prefix: str, origin: str) -
     assert report.summary.coverage_after == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: an infix wrapper segment is removed by one context-scoped rule per following segment "
-    "(reported to the lead; keyguard/engine is not this branch's)",
+@pytest.mark.parametrize(
+    "inner", ["_fsdp_wrapped_module.", "_fsdp_wrapped_module._checkpoint_wrapped_module."], ids=["fsdp", "fsdp+ckpt"]
 )
-def test_fsdp_nested_wrapper_segments_are_one_rule(tiny_llama: Any) -> None:
+def test_fsdp_wrapper_segments_inside_keys_are_one_rule_each(tiny_llama: Any, inner: str) -> None:
     expected = keyguard.read_keys(tiny_llama(meta=True))
 
     def wrapped(key: str) -> str:
         for block in ("layers.0.", "layers.1."):
-            key = key.replace(block, block + "_fsdp_wrapped_module.")
+            key = key.replace(block, block + inner)
         return "_fsdp_wrapped_module." + key
 
-    report = keyguard.diagnose({wrapped(k): i.shape for k, i in expected.items()}, expected)
+    checkpoint = {wrapped(k): i.shape for k, i in expected.items()}
+    report = keyguard.diagnose(checkpoint, expected)
     described = [rule.describe() for rule in report.plan.rules]
     assert len(described) == len(set(described)), described
+    assert len(described) == inner.count(".")  # one removal per wrapper kind, wherever it stands
+    assert report.plan.mapping(checkpoint) == {wrapped(k): k for k in expected}
+    assert report.summary.coverage_after == 1.0
 
 
 # -- Accelerate and DeepSpeed folders --------------------------------------------------------------------------------
