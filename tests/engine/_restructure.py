@@ -1,12 +1,10 @@
-"""Realistic module trees, the conversions real checkpoints apply to them, and the invariants keyguard must keep.
+"""Conversions real checkpoints apply to a model's keys, and the noise they carry, with the truth tracked through
+every step (checkpoint key -> the expected key it really is, or ``None``): the cases behind
+``test_properties_restructure.py``, its explicit regressions (``explicit``) and ``explore_restructure.py``.
 
-The generators behind ``test_properties_restructure.py``, its explicit regressions and the exploration script
-(``explore_restructure.py``). A *model* is a key -> ``TensorInfo`` mapping laid out as PyTorch lays modules out
-(numbered block lists, stages of different widths, BatchNorm leaf sets, norms of equal shapes inside a block, nested
-``nn.Sequential`` containers, stems laid out unlike later stages). A *conversion* renames the model's keys the way a
-legacy layout or a published conversion script does (every step keeps the truth: checkpoint key -> the expected key
-it really is, or ``None``), and *noise* adds what real checkpoints carry besides (dropped keys, extra keys whose shape
-equals a dropped one's, wrapper prefixes, stale copies).
+A *conversion* renames keys as a legacy layout or a published conversion script does; *noise* adds what real
+checkpoints carry besides (dropped keys, extra keys whose shape equals a dropped one's, wrapper prefixes, stale
+copies). Models come from ``_restructure_trees``; the invariants and coverage from ``_restructure_checks``.
 """
 
 from __future__ import annotations
@@ -14,19 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
+from _restructure_trees import ARBITRARY, F32, I64, models
+from hypothesis import assume
 from hypothesis import strategies as st
 
-import keyguard
 from keyguard.engine._names import EQUIVALENT_NAMES
-from keyguard.report import Report
 from keyguard.sources import KeySet, TensorInfo
 
-F32, I64 = "F32", "I64"
-
-#: Names no published convention uses: renames to these carry no evidence at all.
-ARBITRARY = ("zeta", "omega", "kappa", "theta", "sigma", "rho")
 #: Names for a new container segment (an index moved under it, blocks regrouped under it).
 CONTAINERS = ("levels", "stages", "branches", "groups")
 #: Names for a flat list that interleaves two families.
@@ -34,13 +27,11 @@ FLAT_LISTS = ("features", "layers", "seq")
 PREFIXES = ("module.", "_orig_mod.", "model.")
 #: Tensors that sit in real checkpoints and in no model.
 STRAYS = ("rotary_emb.inv_freq", "aux.weight", "ema.decay")
+#: Names of extra modules: used by no model (an extra key never takes a real key's name by accident).
+SPARE = ("spare", "unused", "orphan")
 
 _DIGITS = re.compile(r"^[0-9]+$")
 _NUMBERED_NAME = re.compile(r"^([a-z_]+?)([0-9]+)$")
-
-
-def T(*shape: int, dtype: str = F32) -> TensorInfo:
-    return TensorInfo(tuple(shape), dtype)
 
 
 def equivalents(name: str) -> list[str]:
@@ -51,196 +42,6 @@ def equivalents(name: str) -> list[str]:
             out.update(group)
     out.discard(name)
     return sorted(out)
-
-
-# -- models ------------------------------------------------------------------------------------------------------
-
-Module = dict[str, TensorInfo]  # leaf -> info, or a relative path -> info
-
-
-def linear(out: int, inp: int, bias: bool = True) -> Module:
-    return {"weight": T(out, inp), **({"bias": T(out)} if bias else {})}
-
-
-def norm(width: int, bias: bool = True) -> Module:
-    return {"weight": T(width), **({"bias": T(width)} if bias else {})}
-
-
-def batchnorm(width: int) -> Module:
-    return {
-        "weight": T(width),
-        "bias": T(width),
-        "running_mean": T(width),
-        "running_var": T(width),
-        "num_batches_tracked": T(dtype=I64),
-    }
-
-
-def conv(out: int, inp: int, k: int = 3, bias: bool = False) -> Module:
-    return {"weight": T(out, inp, k, k), **({"bias": T(out)} if bias else {})}
-
-
-def nest(**modules: Module) -> Module:
-    return {f"{name}.{leaf}": info for name, module in modules.items() for leaf, info in module.items()}
-
-
-def _llama(w: int) -> Module:
-    return nest(
-        **{
-            "self_attn.q_proj": linear(w, w, False),
-            "self_attn.k_proj": linear(w, w, False),
-            "self_attn.v_proj": linear(w, w, False),
-            "self_attn.o_proj": linear(w, w, False),
-            "mlp.gate_proj": linear(2 * w, w, False),
-            "mlp.up_proj": linear(2 * w, w, False),
-            "mlp.down_proj": linear(w, 2 * w, False),
-            "input_layernorm": norm(w, False),
-            "post_attention_layernorm": norm(w, False),
-        }
-    )
-
-
-def _bert(w: int) -> Module:
-    return nest(
-        **{
-            "attention.self.query": linear(w, w),
-            "attention.self.key": linear(w, w),
-            "attention.self.value": linear(w, w),
-            "attention.output.dense": linear(w, w),
-            "attention.output.LayerNorm": norm(w),
-            "intermediate.dense": linear(2 * w, w),
-            "output.dense": linear(w, 2 * w),
-            "output.LayerNorm": norm(w),
-        }
-    )
-
-
-def _vit(w: int) -> Module:
-    return nest(
-        **{
-            "norm1": norm(w),
-            "attn.qkv": linear(3 * w, w),
-            "attn.proj": linear(w, w),
-            "norm2": norm(w),
-            "mlp.fc1": linear(2 * w, w),
-            "mlp.fc2": linear(w, 2 * w),
-        }
-    )
-
-
-def _resnet(w: int) -> Module:
-    return nest(conv1=conv(w, w), bn1=batchnorm(w), conv2=conv(w, w), bn2=batchnorm(w))
-
-
-def _convnext(w: int) -> Module:
-    block = nest(dwconv=conv(w, 1, 7, True), norm=norm(w), pwconv1=linear(2 * w, w), pwconv2=linear(w, 2 * w))
-    block["gamma"] = T(w)  # a layer-scale parameter: the leaf ``gamma`` reads as a norm weight
-    return block
-
-
-BLOCKS: dict[str, Callable[[int], Module]] = {
-    "llama": _llama,
-    "bert": _bert,
-    "vit": _vit,
-    "resnet": _resnet,
-    "convnext": _convnext,
-}
-#: Sub-module names of random blocks: conventions' names (with their equivalents in play) and arbitrary ones.
-BLOCK_NAMES = ("q_proj", "proj", "fc1", "fc2", "norm1", "norm2", "conv1", "attn", "mlp", "ln", "gate", *ARBITRARY[:2])
-#: What a random sub-module holds, at block width w.
-PIECES: dict[str, Callable[[int], Module]] = {
-    "square": lambda w: linear(w, w),
-    "up": lambda w: linear(2 * w, w),
-    "down": lambda w: linear(w, 2 * w),
-    "norm": norm,
-    "bn": batchnorm,
-    "conv": lambda w: conv(w, w),
-}
-
-
-@st.composite
-def blocks(draw: st.DrawFn) -> Callable[[int], Module]:
-    """A block kind: one of the real layouts, or sub-modules with random names and (often equal) shapes."""
-    kind = draw(st.sampled_from(["random", *BLOCKS]))
-    if kind != "random":
-        return BLOCKS[kind]
-    names = draw(st.lists(st.sampled_from(BLOCK_NAMES), min_size=2, max_size=4, unique=True))
-    pieces = [draw(st.sampled_from(sorted(PIECES))) for _ in names]
-    return lambda w: nest(**{name: PIECES[piece](w) for name, piece in zip(names, pieces)})
-
-
-def _place(keys: dict[str, TensorInfo], prefix: str, module: Mapping[str, TensorInfo]) -> None:
-    for leaf, info in module.items():
-        keys[f"{prefix}.{leaf}" if prefix else leaf] = info
-
-
-@st.composite
-def models(draw: st.DrawFn) -> dict[str, TensorInfo]:
-    """A model's state-dict keys, in registration order."""
-    w = draw(st.sampled_from([4, 8]))
-    keys: dict[str, TensorInfo] = {}
-    extras = draw(
-        st.lists(
-            st.sampled_from(
-                ["embed", "stem", "patch_embed", "final_norm", "head_norms", "head_fc", "proj_seq", "lm", "classifier"]
-            ),
-            max_size=3,
-            unique=True,
-        )
-    )
-    if "embed" in extras:
-        keys["embed_tokens.weight"] = T(16, w)
-    if "stem" in extras:  # a stem laid out conv-then-norm, as a named module or a Sequential
-        if draw(st.booleans()):
-            _place(keys, "stem", nest(conv=conv(w, 3), norm=batchnorm(w)))
-        else:
-            _place(keys, "stem", nest(**{"0": conv(w, 3), "1": batchnorm(w)}))
-    if "patch_embed" in extras:
-        _place(keys, "patch_embed", nest(proj=conv(w, 3, 2, True), norm=norm(w)))
-    body = draw(st.sampled_from(["list", "stages", "families"]))
-    block = draw(blocks())
-    root = draw(st.sampled_from(["model", "encoder", "backbone", ""]))
-    at = f"{root}." if root else ""
-    width = w
-    if body == "list":
-        name = draw(st.sampled_from(["layers", "blocks", "h"]))
-        for i in range(draw(st.integers(1, 4))):
-            _place(keys, f"{at}{name}.{i}", block(w))
-    elif body == "stages":
-        stages = draw(st.integers(1, 3))
-        widen = draw(st.booleans())  # stages of different widths, or all alike
-        for s in range(stages):
-            width = w * 2**s if widen else w
-            if s and draw(st.booleans()):  # later stages open with a norm-then-conv downsample
-                _place(keys, f"{at}stages.{s}.downsample", nest(**{"0": norm(width // 2 if widen else w)}))
-                _place(keys, f"{at}stages.{s}.downsample", nest(**{"1": conv(width, width // 2 if widen else w, 2)}))
-            for b in range(draw(st.integers(1, 3))):
-                _place(keys, f"{at}stages.{s}.blocks.{b}", block(width))
-    else:  # two families, as DenseNet's blocks and transitions
-        count = draw(st.integers(1, 3))
-        for i in range(count):
-            _place(keys, f"{at}blocks.{i}", block(w))
-            if i < count - 1 or draw(st.booleans()):
-                _place(keys, f"{at}transitions.{i}", nest(norm=batchnorm(w), conv=conv(w, w, 1)))
-    if "final_norm" in extras:
-        _place(keys, "norm", norm(width, draw(st.booleans())))
-    if "head_norms" in extras:
-        levels = draw(st.integers(1, 3))
-        widen = draw(st.booleans())
-        for n in range(levels):
-            _place(keys, f"head.norms.{n}", norm(w * 2**n if widen else w))
-    if "head_fc" in extras:
-        _place(keys, "head.fc", linear(10, width))
-    if "classifier" in extras:  # a Sequential holding one layer: ``classifier.0``
-        _place(keys, "classifier.0", linear(10, width))
-    if "proj_seq" in extras:  # nn.Sequential(Linear, GELU, Linear): indices 0 and 2
-        _place(keys, "head.proj", nest(**{"0": linear(width, width), "2": linear(10, width)}))
-    if "lm" in extras:
-        keys["lm_head.weight"] = T(16, width)  # the shape of the token embedding: the classic coincidence
-    return keys
-
-
-# -- cases -------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -639,12 +440,12 @@ def c_reverse(draw: st.DrawFn, case: Case) -> Case | None:
     if len(values) < 2:
         return None
     top = values[-1] + values[0]
-    content: dict[int, set[tuple[str, object]]] = {}
+    shapes: dict[int, set[object]] = {}
     for p, info in zip(_segments(case), case.checkpoint.values()):
         if (i := _first(p, name)) is not None:
-            content.setdefault(int(p[i + 1]), set()).add((".".join(p[: i + 1] + p[i + 2 :]), info.shape))
-    if any(content[v] == content.get(top - v) for v in values if 2 * v != top):
-        return None  # blocks alike index by index: a reversed order is invisible without the data
+            shapes.setdefault(int(p[i + 1]), set()).add(info.shape)
+    if any(shapes[v] & shapes.get(top - v, set()) for v in values if 2 * v != top):
+        return None  # a tensor shaped alike in mirrored blocks: a reversed order is invisible without the data
     new = _new_name(draw, name)
 
     def fn(key: str) -> str:
@@ -706,8 +507,9 @@ def n_drop(draw: st.DrawFn, case: Case) -> Case | None:
     victims = draw(st.lists(st.sampled_from(sorted(case.checkpoint)), min_size=1, max_size=3, unique=True))
     dropped = dict(case.dropped)
     for v in victims:
-        if case.truth[v] is not None:
-            dropped[case.truth[v]] = v  # type: ignore[index]
+        target = case.truth[v]
+        if target is not None and not any(t == target and k not in victims for k, t in case.truth.items()):
+            dropped[target] = v  # nothing else in the checkpoint holds it now
     return replace(
         case,
         checkpoint={k: i for k, i in case.checkpoint.items() if k not in victims},
@@ -727,9 +529,9 @@ def n_extra(draw: st.DrawFn, case: Case) -> Case | None:
         parent = module.rpartition(".")[0]
         where = draw(st.sampled_from(["sibling", "top", "same_module"]))
         name = {
-            "sibling": f"{parent + '.' if parent else ''}{draw(st.sampled_from(ARBITRARY))}.{leaf}",
-            "top": f"{draw(st.sampled_from(ARBITRARY))}.{leaf}",
-            "same_module": f"{module + '.' if module else ''}{draw(st.sampled_from(ARBITRARY))}",
+            "sibling": f"{parent + '.' if parent else ''}{draw(st.sampled_from(SPARE))}.{leaf}",
+            "top": f"{draw(st.sampled_from(SPARE))}.{leaf}",
+            "same_module": f"{module + '.' if module else ''}{draw(st.sampled_from(SPARE))}",
         }[where]
     else:
         name = draw(st.sampled_from(STRAYS))
@@ -745,7 +547,8 @@ def n_extra(draw: st.DrawFn, case: Case) -> Case | None:
 
 def n_stale(draw: st.DrawFn, case: Case) -> Case | None:
     """A stale copy under the model's own name beside the renamed key (``norm.weight`` beside
-    ``module.norm.weight``): the renamed key is the real one."""
+    ``module.norm.weight``). Both hold that tensor (the copy's truth is its own name), so either may load; but the
+    copy must not be kept silently while the report offers that name to the real key (``_restructure_checks``)."""
     options = sorted(k for k, t in case.truth.items() if t is not None and t != k and t not in case.checkpoint)
     if not options:
         return None
@@ -755,7 +558,7 @@ def n_stale(draw: st.DrawFn, case: Case) -> Case | None:
     return replace(
         case,
         checkpoint={**case.checkpoint, target: case.checkpoint[key]},
-        truth={**case.truth, target: None},
+        truth={**case.truth, target: target},
         steps=[*case.steps, f"stale copy {target}"],
     )
 
@@ -768,242 +571,35 @@ NOISE: dict[str, Callable[[st.DrawFn, Case], Case | None]] = {
 }
 
 
+#: The model body a conversion kind needs to apply at all (others apply to any model).
+BODIES: dict[str, str] = {"interleave": "families", "reverse": "stages"}
+
+
 @st.composite
 def cases(
     draw: st.DrawFn, kinds: Sequence[str] = tuple(CONVERSIONS), max_conversions: int = 3, noise: bool = True
 ) -> Case:
-    """A model and a checkpoint of it converted by 1..``max_conversions`` conversions of ``kinds``, then noise."""
-    case = Case.of(draw(models()), ordered=draw(st.booleans()))
-    for _ in range(draw(st.integers(1, max_conversions))):
+    """A model and a checkpoint of it converted by 1..``max_conversions`` conversions of ``kinds`` (at least one
+    applies), then noise."""
+    body = BODIES.get(kinds[0]) if len(kinds) == 1 else None
+    case = Case.of(draw(models(body)), ordered=draw(st.booleans()))
+    wanted = draw(st.integers(1, max_conversions))
+    applied = 0
+    for _ in range(wanted + 4):  # a drawn conversion may not apply to this model: draw another
         kind = draw(st.sampled_from(list(kinds)))
         converted = CONVERSIONS[kind](draw, case)
         if converted is not None:
             case = converted
+            applied += 1
+            if applied == wanted:
+                break
+    assume(applied)
     if noise:
         for kind in draw(st.lists(st.sampled_from(["drop", "extra", "drop", "extra", "stale", "prefix"]), max_size=3)):
             noisy = NOISE[kind](draw, case)
             if noisy is not None:
                 case = noisy
     return case
-
-
-# -- invariants --------------------------------------------------------------------------------------------------
-
-#: Finding kinds whose fix renames keys by a rule inferred from the keys.
-RULE_KINDS = frozenset(
-    {"extra_prefix", "missing_prefix", "replaced_prefix", "renamed", "index_shift", "restructured", "renumbered"}
-)
-#: Finding kinds that may name keys that match as they stand.
-EXACT_KINDS = frozenset({"shape_mismatch", "transposed", "dtype_mismatch", "contested_match"})
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One broken invariant: ``check`` (a..e), the keys, and what in the report did it (``by``)."""
-
-    check: str
-    message: str
-    by: str = ""  # the finding kind / applicability / evidence behind it, for grouping counterexamples
-
-    @property
-    def signature(self) -> tuple[str, str]:
-        return self.check, self.by
-
-
-def diagnose(case: Case) -> Report:
-    checkpoint, expected = case.sources()
-    return keyguard.diagnose(checkpoint, expected)
-
-
-def _finding_of(report: Report, key: str) -> Any:
-    return next((f for f in report.findings if key in f.checkpoint_keys), None)
-
-
-def _by(finding: Any) -> str:
-    if finding is None:
-        return "no finding"
-    level = finding.fix.applicability.value if finding.fix is not None else "-"
-    evidence: list[str] = []
-    for change in finding.ctx.get("changes") or []:
-        for item in change.get("evidence", []):
-            if item["kind"] not in evidence:
-                evidence.append(item["kind"])
-    rules = sorted({type(r).__name__ for r in finding.fix.rules}) if finding.fix is not None else []
-    return f"{finding.kind}/{level}/{'+'.join(rules)}/{'+'.join(sorted(evidence))}"
-
-
-def numbers_out(key: str) -> str:
-    """The key with its numbers collapsed: keys of one numbered group agree."""
-    return re.sub(r"[0-9]+", "#", key)
-
-
-def violations(case: Case, report: Report) -> list[Violation]:
-    """Every invariant ``report`` breaks on ``case`` (empty when it keeps them all)."""
-    out: list[Violation] = []
-    ck, ex = case.checkpoint, case.expected
-    exact = ck.keys() & ex.keys()
-    # (a) no key goes under a wrong expected key, by either plan
-    wrong_safe: set[str] = set()  # a key the safe plan maps wrong is not reported again for the unsafe plan
-    for label, plan in (("safe", report.plan), ("unsafe", report.unsafe_plan)):
-        try:
-            final = plan.mapping(ck)
-        except keyguard.PlanError as exc:
-            out.append(Violation("a", f"the {label} plan collides: {exc}", "plan error"))
-            continue
-        for original, new in final.items():
-            if new != original and new in ex and case.truth.get(original) != new and original not in wrong_safe:
-                wrong_safe.add(original)
-                out.append(
-                    Violation(
-                        "a",
-                        f"{label} plan maps {original!r} onto {new!r}, but it is {case.truth.get(original)!r}",
-                        f"{label}:{_by(_finding_of(report, original))}",
-                    )
-                )
-    # (b) every key in at most one finding, none lost
-    seen_c: list[str] = []
-    seen_e: list[str] = []
-    for finding in report.findings:
-        seen_c.extend(finding.checkpoint_keys)
-        seen_e.extend(finding.expected_keys)
-    twice_c = sorted({k for k in seen_c if seen_c.count(k) > 1})
-    twice_e = sorted({k for k in seen_e if seen_e.count(k) > 1})
-    if twice_c:
-        out.append(Violation("b", f"checkpoint keys in two findings: {twice_c}", "twice:checkpoint"))
-    if twice_e:
-        out.append(Violation("b", f"expected keys in two findings: {twice_e}", "twice:expected"))
-    lost_c = sorted(set(ck) - set(seen_c) - exact)
-    lost_e = sorted(set(ex) - set(seen_e) - exact)
-    if lost_c:
-        out.append(Violation("b", f"checkpoint keys missing from the report: {lost_c}", "lost:checkpoint"))
-    if lost_e:
-        out.append(Violation("b", f"expected keys missing from the report: {lost_e}", "lost:expected"))
-    for finding in report.findings:
-        if finding.kind not in EXACT_KINDS and set(finding.checkpoint_keys) & exact:
-            out.append(Violation("b", f"a {finding.kind} finding names exact matches", f"exact in {finding.kind}"))
-    # (c) a rule finding's examples are what the unsafe plan does
-    for finding in report.findings:
-        if finding.kind in RULE_KINDS and finding.fix is not None and finding.fix.applicability.value != "display_only":
-            for example in finding.examples:
-                if example.checkpoint is None:
-                    continue
-                got = report.unsafe_plan.rename_key(example.checkpoint)
-                if got != example.expected:
-                    out.append(
-                        Violation(
-                            "c",
-                            f"{finding.kind} example {example.checkpoint!r} -> {example.expected!r}, plan: {got!r}",
-                            _by(finding),
-                        )
-                    )
-    # (d) candidates always have the checkpoint key's shape
-    for finding in report.findings:
-        for key, targets in (finding.ctx.get("candidates") or {}).items():
-            info = ck.get(key)
-            for target in targets:
-                other = ex.get(target)
-                if info is None or other is None or info.shape != other.shape:
-                    out.append(
-                        Violation(
-                            "d",
-                            f"{finding.kind} offers {target!r} {other and other.shape}"
-                            f" for {key!r} {info and info.shape}",
-                            finding.kind,
-                        )
-                    )
-    # (e) no exact match kept silently when the truth says it is another tensor, where the report has the evidence
-    # in hand: the key that really is that name is in the checkpoint, and either sits in the same numbered group
-    # (an offset) or is offered that name somewhere in the report (a stale copy beside the renamed real key)
-    mentioned = set(seen_c)
-    offers = offered(case, report)
-    owners = {t: k for k, t in case.truth.items() if t is not None and t != k}
-    for key in sorted(exact - mentioned):
-        owner = owners.get(key)
-        if case.truth.get(key) == key or owner is None:
-            continue
-        if key not in offers.get(owner, ()) and numbers_out(owner) != numbers_out(key):
-            continue
-        try:
-            kept = report.unsafe_plan.mapping(ck).get(key) == key
-        except keyguard.PlanError:
-            kept = True
-        if kept:
-            out.append(
-                Violation(
-                    "e",
-                    f"{key!r} kept as it stands, but it is {case.truth.get(key)!r} ({owner!r} is {key!r})",
-                    "kept silently",
-                )
-            )
-    return out
-
-
-def check(case: Case) -> None:
-    """Assert every invariant on ``case``; the message names the steps that made it."""
-    found = violations(case, diagnose(case))
-    assert not found, "\n".join([*(f"({v.check}) {v.message}" for v in found), f"steps: {case.steps}"])
-
-
-# -- coverage ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Coverage:
-    need: int = 0
-    safe: int = 0
-    unsafe: int = 0
-    explained: int = 0
-    wrong: int = 0
-
-    def add(self, other: Coverage) -> None:
-        self.need += other.need
-        self.safe += other.safe
-        self.unsafe += other.unsafe
-        self.explained += other.explained
-        self.wrong += other.wrong
-
-
-def offered(case: Case, report: Report) -> dict[str, set[str]]:
-    """Checkpoint key -> every expected key the report offers it: by either plan, among a finding's candidates,
-    in a finding's examples."""
-    out: dict[str, set[str]] = {}
-    for plan in (report.plan, report.unsafe_plan):
-        for key in case.checkpoint:
-            new = plan.rename_key(key)
-            if new != key and new in case.expected:
-                out.setdefault(key, set()).add(new)
-    for finding in report.findings:
-        for key, targets in (finding.ctx.get("candidates") or {}).items():
-            out.setdefault(key, set()).update(targets)
-        for example in finding.examples:
-            if example.checkpoint and example.expected:
-                out.setdefault(example.checkpoint, set()).update(example.expected.split(" | "))
-    return out
-
-
-def coverage(case: Case, report: Report) -> Coverage:
-    """Of the keys that need a rename: mapped right by the safe plan, by the unsafe plan, and explained (the right
-    target in a plan or among a finding's candidates or examples)."""
-    need = case.need()
-    result = Coverage(need=len(need))
-    maps = []
-    for plan in (report.plan, report.unsafe_plan):
-        try:
-            maps.append(plan.mapping(case.checkpoint))
-        except keyguard.PlanError:
-            maps.append({k: plan.rename_key(k) for k in case.checkpoint})
-    offers = offered(case, report)
-    for key in need:
-        truth = case.truth[key]
-        safe, unsafe = maps[0].get(key) == truth, maps[1].get(key) == truth
-        result.safe += safe
-        result.unsafe += unsafe
-        result.explained += safe or unsafe or truth in offers.get(key, ())
-        result.wrong += any(m.get(key) not in (key, truth) and m.get(key) in case.expected for m in maps)
-    return result
-
-
-# -- explicit cases ----------------------------------------------------------------------------------------------
 
 
 def explicit(

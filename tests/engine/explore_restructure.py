@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _restructure as R
+import _restructure_checks as K
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 Signature = tuple[str, str]
@@ -48,7 +49,7 @@ def _run(examples: int, run_seed: int, kinds: Sequence[str] | None) -> dict[str,
     @given(R.cases(kinds=tuple(kinds)) if kinds else R.cases())
     def body(case: R.Case) -> None:
         cases["all"] += 1
-        found = {v.signature for v in R.violations(case, R.diagnose(case))}
+        found = {v.signature for v in K.violations(case, K.diagnose(case))}
         if found:
             cases["failing"] += 1
         for signature in found:
@@ -102,7 +103,7 @@ def minimise(case: R.Case, keeps: Callable[[R.Case], bool]) -> R.Case:
 def _shows(signature: Signature) -> Callable[[R.Case], bool]:
     def keeps(case: R.Case) -> bool:
         try:
-            return signature in {v.signature for v in R.violations(case, R.diagnose(case))}
+            return signature in {v.signature for v in K.violations(case, K.diagnose(case))}
         except Exception:  # a crash is not the same counterexample
             return False
 
@@ -178,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = pickle.loads(Path(args.file).read_bytes())
         for signature, case in data["minimal"].items():
             print(f"# {data['counts'][signature]} x {signature}")
-            for violation in R.violations(case, R.diagnose(case)):
+            for violation in K.violations(case, K.diagnose(case)):
                 if violation.signature == signature:
                     print(f"#   {violation.message}")
             print(code(case))
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "coverage":
         rows = []
         for kind in [*R.CONVERSIONS, "mixed"]:
-            total_cov = R.Coverage()
+            total_cov = K.Coverage()
             kinds = tuple(R.CONVERSIONS) if kind == "mixed" else (kind,)
             n = [0]
 
@@ -200,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 suppress_health_check=list(HealthCheck),
             )
             @given(R.cases(kinds=kinds, max_conversions=1 if kind != "mixed" else 3, noise=kind == "mixed"))
-            def measure(case: R.Case, total_cov: R.Coverage = total_cov, n: list[int] = n) -> None:
+            def measure(case: R.Case, total_cov: K.Coverage = total_cov, n: list[int] = n) -> None:
                 if not case.kinds:
                     return
                 n[0] += 1
-                total_cov.add(R.coverage(case, R.diagnose(case)))
+                total_cov.add(K.coverage(case, K.diagnose(case)))
 
             measure()
             rows.append((kind, n[0], total_cov))
