@@ -117,6 +117,8 @@ def c_rename(draw: st.DrawFn, case: Case) -> Case | None:
         return None
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=min(3, len(names)), unique=True))
     table = {old: _new_name(draw, old) for old in chosen}
+    if len(set(table.values())) < len(table) or set(table.values()) & set(names):
+        return None  # two modules under one name, or a name another module has: a merge, not a rename
 
     def fn(key: str) -> str:
         parts = key.split(".")
@@ -339,16 +341,21 @@ def c_interleave(draw: st.DrawFn, case: Case) -> Case | None:
     """One flat list interleaving two families: ``features.{0,2,4}`` / ``features.{1,3}`` <- ``blocks.N`` /
     ``transitions.N``."""
     families: dict[tuple[str, ...], dict[str, set[int]]] = {}
+    deep: set[tuple[tuple[str, ...], str]] = set()  # lists of blocks (modules with sub-modules)
     for p in _segments(case):
         for i in range(len(p) - 1):
             if _DIGITS.match(p[i + 1]) and not _DIGITS.match(p[i]):
                 families.setdefault(tuple(p[:i]), {}).setdefault(p[i], set()).add(int(p[i + 1]))
+                if i + 3 < len(p):
+                    deep.add((tuple(p[:i]), p[i]))
                 break
     options = []
     for parent, lists in families.items():
         for a in sorted(lists):
             for b in sorted(lists):
                 na, nb = len(lists[a]), len(lists[b])
+                if (parent, a) not in deep or (parent, b) not in deep:
+                    continue  # families of blocks, not a Sequential's layers
                 if a != b and lists[a] == set(range(na)) and lists[b] == set(range(nb)) and na - nb in (0, 1):
                     options.append((parent, a, b))
     if not options:
@@ -395,6 +402,10 @@ def c_sub_offset(draw: st.DrawFn, case: Case) -> Case | None:
                 return key if n < 0 else ".".join([*p[: i + 1], str(n), *p[i + 2 :]])
         return key
 
+    for key, info in case.checkpoint.items():
+        moved = fn(key)
+        if moved != key and moved in case.checkpoint and case.checkpoint[moved].shape == info.shape:
+            return None  # the offset is visible only where same-named keys hold other shapes (else: no evidence)
     return rename(case, fn, f"offset {offset:+} under {outer}.N.{sub}", "sub_offset")
 
 
@@ -546,10 +557,13 @@ def n_extra(draw: st.DrawFn, case: Case) -> Case | None:
 
 
 def n_stale(draw: st.DrawFn, case: Case) -> Case | None:
-    """A stale copy under the model's own name beside the renamed key (``norm.weight`` beside
-    ``module.norm.weight``). Both hold that tensor (the copy's truth is its own name), so either may load; but the
-    copy must not be kept silently while the report offers that name to the real key (``_restructure_checks``)."""
-    options = sorted(k for k, t in case.truth.items() if t is not None and t != k and t not in case.checkpoint)
+    """A stale copy under the model's own name beside a key that only carries a wrapper prefix (``norm.weight``
+    beside ``module.norm.weight``). Both hold that tensor (the copy's truth is its own name), so either may load;
+    but the copy must not be kept silently while the report offers that name to the real key
+    (``_restructure_checks``)."""
+    options = sorted(
+        k for k, t in case.truth.items() if t is not None and k.endswith("." + t) and t not in case.checkpoint
+    )
     if not options:
         return None
     key = draw(st.sampled_from(options))
