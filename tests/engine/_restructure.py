@@ -577,11 +577,22 @@ def n_stale(draw: st.DrawFn, case: Case) -> Case | None:
     )
 
 
+def n_partial(draw: st.DrawFn, case: Case) -> Case | None:
+    """A partial conversion: a few keys keep (or were already given) the model's own name, so they match as they
+    stand while the rest of their group is renamed: the open groups on both sides lose members."""
+    options = sorted(k for k, t in case.truth.items() if t is not None and t != k and t not in case.checkpoint)
+    if not options:
+        return None
+    chosen = set(draw(st.lists(st.sampled_from(options), min_size=1, max_size=3, unique=True)))
+    return rename(case, lambda k: case.truth[k] or k if k in chosen else k, f"partial {sorted(chosen)}", None)
+
+
 NOISE: dict[str, Callable[[st.DrawFn, Case], Case | None]] = {
     "prefix": n_prefix,
     "drop": n_drop,
     "extra": n_extra,
     "stale": n_stale,
+    "partial": n_partial,
 }
 
 
@@ -609,7 +620,9 @@ def cases(
                 break
     assume(applied)
     if noise:
-        for kind in draw(st.lists(st.sampled_from(["drop", "extra", "drop", "extra", "stale", "prefix"]), max_size=3)):
+        for kind in draw(
+            st.lists(st.sampled_from(["drop", "extra", "drop", "extra", "stale", "partial", "prefix"]), max_size=3)
+        ):
             noisy = NOISE[kind](draw, case)
             if noisy is not None:
                 case = noisy
