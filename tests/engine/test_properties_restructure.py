@@ -28,12 +28,22 @@ from _restructure_checks import check
 from hypothesis import HealthCheck, Phase, given, settings
 
 #: CI budget per conversion kind (the module runs in well under a minute).
-EXAMPLES = 60
+EXAMPLES = 150
 #: Known to fail: a failing example is reported as found, not shrunk (the regressions file holds minimal ones).
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 #: Kinds on which the engine breaks an invariant today, and why (see the regressions file).
-FAILING: dict[str, str] = {}
+FAILING: dict[str, str] = {
+    "rename": "(d) an offset-suspicion ambiguity offers candidates of other shapes",
+    "index_move": "(a) safe: blocks.N.attention.output saved as attentions.N.output is read as blocks.N.output",
+    "regroup": "(a) safe: regrouped blocks paired with other blocks",
+    "merge_split": "(d) an offset-suspicion ambiguity offers candidates of other shapes",
+    "index_base": "(d) ambiguity candidates of other shapes (1-based Sequential stem)",
+    "interleave": "(d) ambiguity candidates of other shapes (interleaved block families)",
+    "sub_offset": "(d) contested shift readings paired in order across stages of other widths",
+    "reverse": "(d) ambiguity candidates of other shapes (reversed stages of other widths)",
+    "leaf_names": "(d) ambiguity candidates of other shapes",
+}
 
 
 def _settings(examples: int, failing: bool) -> settings:
@@ -64,7 +74,7 @@ def test_one_conversion_kind_keeps_the_invariants(kind: str) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="mixed conversions combine the failing kinds")
-@_settings(200, True)
+@_settings(300, True)
 @given(cases())
 def test_mixed_conversions_keep_the_invariants(case: Case) -> None:
     check(case)
