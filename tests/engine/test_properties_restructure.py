@@ -96,3 +96,43 @@ def test_the_truth_of_a_generated_case_is_consistent(case: Case) -> None:
         claimed[target] = key
     assert set(claimed) == set(case.expected) - set(case.dropped), case.steps
     assert case.kinds, "a conversion applied"
+
+
+def test_the_checks_catch_what_they_check() -> None:
+    """Each invariant fails on a report that breaks it: a real report of a DDP prefix, then a lying truth (a) and
+    reports edited to break (b), (c), (d); and (e) on a shifted group that the truth says is offset."""
+    from _restructure import explicit
+    from _restructure_checks import diagnose, violations
+
+    from keyguard.report import Example
+
+    case = explicit(
+        expected={"a.weight": (4,), "b.weight": (4,)},
+        checkpoint={"module.a.weight": (4,), "module.b.weight": (4,)},
+        truth={"module.a.weight": "a.weight", "module.b.weight": "b.weight"},
+    )
+    report = diagnose(case)
+    assert violations(case, report) == []
+    lying = explicit(
+        expected=case.expected,
+        checkpoint=case.checkpoint,
+        truth={"module.a.weight": "b.weight", "module.b.weight": "a.weight"},
+    )
+    assert {v.check for v in violations(lying, report)} == {"a"}
+    rule = next(f for f in report.findings if f.fix is not None)
+    twice = report.model_copy(update={"findings": [*report.findings, rule]})
+    assert {v.check for v in violations(case, twice)} == {"b"}
+    wrong_example = rule.model_copy(update={"examples": [Example(checkpoint="module.a.weight", expected="b.weight")]})
+    edited = report.model_copy(update={"findings": [wrong_example if f is rule else f for f in report.findings]})
+    assert {v.check for v in violations(case, edited)} == {"c"}
+    offered = rule.model_copy(update={"ctx": {**rule.ctx, "candidates": {"module.a.weight": ["c.weight"]}}})
+    widened = explicit(expected={**case.expected, "c.weight": (4, 4)}, checkpoint=case.checkpoint, truth=lying.truth)
+    edited = report.model_copy(update={"findings": [offered if f is rule else f for f in report.findings]})
+    assert "d" in {v.check for v in violations(widened, edited)}
+    shifted = explicit(
+        expected={"x.layers.0.w": (4,), "x.layers.1.w": (4,)},
+        checkpoint={"x.layers.1.w": (4,), "x.layers.2.w": (4,)},
+        truth={"x.layers.1.w": "x.layers.0.w", "x.layers.2.w": "x.layers.1.w"},
+    )
+    quiet = diagnose(shifted).model_copy(update={"findings": []})
+    assert "e" in {v.check for v in violations(shifted, quiet)}
