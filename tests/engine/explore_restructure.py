@@ -62,6 +62,29 @@ def _run(examples: int, run_seed: int, kinds: Sequence[str] | None) -> dict[str,
     return {"counts": counts, "samples": samples, "cases": cases}
 
 
+def _measure(strategy: Any, examples: int, run_seed: int) -> tuple[int, K.Coverage]:
+    """Coverage summed over ``examples`` cases drawn from ``strategy``."""
+    total = K.Coverage()
+    count = [0]
+
+    @seed(run_seed)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def measure(case: R.Case) -> None:
+        count[0] += 1
+        total.add(K.coverage(case, K.diagnose(case)))
+
+    measure()
+    return count[0], total
+
+
 def _atoms(case: R.Case) -> list[tuple[str, str]]:
     return [*(("e", k) for k in case.expected), *(("c", k) for k in case.checkpoint)]
 
@@ -187,36 +210,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "coverage":
         rows = []
         for kind in [*R.CONVERSIONS, "mixed"]:
-            total_cov = K.Coverage()
-            kinds = tuple(R.CONVERSIONS) if kind == "mixed" else (kind,)
-            n = [0]
-
-            @seed(args.seed)
-            @settings(
-                max_examples=args.examples,
-                deadline=None,
-                database=None,
-                derandomize=False,
-                phases=[Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(R.cases(kinds=kinds, max_conversions=1 if kind != "mixed" else 3, noise=kind == "mixed"))
-            def measure(case: R.Case, total_cov: K.Coverage = total_cov, n: list[int] = n) -> None:
-                if not case.kinds:
-                    return
-                n[0] += 1
-                total_cov.add(K.coverage(case, K.diagnose(case)))
-
-            measure()
-            rows.append((kind, n[0], total_cov))
-        print("| conversion | cases | keys to rename | safe right | safe+unsafe right | explained | wrong |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for kind, cases_n, c in rows:
-            need = c.need or 1
-            print(
-                f"| {kind} | {cases_n} | {c.need} | {c.safe / need:.0%} | {c.unsafe / need:.0%} |"
-                f" {c.explained / need:.0%} | {c.wrong} |"
-            )
+            row: list[tuple[int, K.Coverage]] = []
+            for noise in (False, True):
+                kinds = tuple(R.CONVERSIONS) if kind == "mixed" else (kind,)
+                strategy = R.cases(kinds=kinds, max_conversions=3 if kind == "mixed" else 1, noise=noise)
+                n, total_cov = _measure(strategy, args.examples, args.seed)
+                row.append((n, total_cov))
+            rows.append((kind, row))
+        print("| conversion | cases | keys to rename | safe right | safe+unsafe right | explained | wrong |", end="")
+        print(" with noise: keys | safe | safe+unsafe | explained | wrong |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for kind, row in rows:
+            cells = [kind, str(row[0][0])]
+            for _, c in row:
+                need = c.need or 1
+                cells += [f"{c.need:,}", f"{c.safe / need:.0%}", f"{c.unsafe / need:.0%}", f"{c.explained / need:.0%}"]
+                cells.append(f"{c.wrong:,}")
+            print("| " + " | ".join(cells) + " |")
     return 0
 
 
