@@ -99,12 +99,14 @@ def _listed(case: Case) -> list[str]:
     return sorted(found)
 
 
-def _new_name(draw: st.DrawFn, old: str) -> str:
-    """A published equivalent of ``old`` when there is one, else (or by choice) an arbitrary name."""
-    options = equivalents(old)
+def _new_name(draw: st.DrawFn, old: str, case: Case) -> str:
+    """A published equivalent of ``old`` when there is one, else (or by choice) an arbitrary name; never a name the
+    model or the checkpoint already uses (that would make another module's name, not a new one)."""
+    used = {s for key in (*case.expected, *case.checkpoint) for s in key.split(".")}
+    options = [name for name in equivalents(old) if name not in used]
     if options and draw(st.booleans()):
         return draw(st.sampled_from(options))
-    return draw(st.sampled_from(ARBITRARY))
+    return draw(st.sampled_from([name for name in ARBITRARY if name not in used] or [f"{old}_renamed"]))
 
 
 # Every conversion takes (draw, case) and returns the converted case, or None when it does not apply.
@@ -116,7 +118,7 @@ def c_rename(draw: st.DrawFn, case: Case) -> Case | None:
     if not names:
         return None
     chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=min(3, len(names)), unique=True))
-    table = {old: _new_name(draw, old) for old in chosen}
+    table = {old: _new_name(draw, old, case) for old in chosen}
     if len(set(table.values())) < len(table) or set(table.values()) & set(names):
         return None  # two modules under one name, or a name another module has: a merge, not a rename
 
@@ -134,7 +136,7 @@ def c_single(draw: st.DrawFn, case: Case) -> Case | None:
         return None
     module = draw(st.sampled_from(modules))
     head, _, last = module.rpartition(".")
-    new = f"{head}.{_new_name(draw, last)}" if head else _new_name(draw, last)
+    new = f"{head}.{_new_name(draw, last, case)}" if head else _new_name(draw, last, case)
     return rename(
         case,
         lambda k: new + k[len(module) :] if k.rsplit(".", 1)[0] == module else k,
@@ -457,7 +459,7 @@ def c_reverse(draw: st.DrawFn, case: Case) -> Case | None:
             shapes.setdefault(int(p[i + 1]), set()).add(info.shape)
     if any(shapes[v] & shapes.get(top - v, set()) for v in values if 2 * v != top):
         return None  # a tensor shaped alike in mirrored blocks: a reversed order is invisible without the data
-    new = _new_name(draw, name)
+    new = _new_name(draw, name, case)
 
     def fn(key: str) -> str:
         p = key.split(".")

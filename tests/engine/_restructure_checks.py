@@ -6,7 +6,10 @@ truth (``_restructure.Case``).
 (c) a rule finding's examples are what the unsafe plan does;
 (d) candidates offered for a key (``ctx["candidates"]``) always have its shape;
 (e) no exact match is kept silently when the truth says it is another tensor and the report has the evidence in
-    hand (the key that really holds that name is in the checkpoint, in the same numbered group or offered it).
+    hand (the key that really holds that name is in the checkpoint, in the same numbered group or offered it);
+(f) a plan lands a key on an expected key only as far as the finding that holds it allows: the safe plan none of
+    the keys of ambiguous, contested and unsafe or display-only rule findings, the unsafe plan none of display-only
+    ones (a wrapper prefix stripped from them on the way is fine).
 """
 
 from __future__ import annotations
@@ -127,6 +130,28 @@ def violations(case: Case, report: Report) -> list[Violation]:
                             _by(finding),
                         )
                     )
+    # (f) the plans respect the applicability of the finding that holds a key
+    allowed = {"safe": {"safe"}, "unsafe": {"safe", "unsafe"}}
+    for label, plan in (("safe", report.plan), ("unsafe", report.unsafe_plan)):
+        for finding in report.findings:
+            if finding.kind in RULE_KINDS and finding.fix is not None:
+                level = finding.fix.applicability.value
+            elif finding.kind in ("ambiguous", "contested_match"):
+                level = "display_only"
+            else:
+                continue
+            if level in allowed[label]:
+                continue
+            # landing on a model key counts; a prefix step that lands nothing is fine
+            moved = [k for k in finding.checkpoint_keys if (new := plan.rename_key(k)) != k and new in ex]
+            if moved:
+                out.append(
+                    Violation(
+                        "f",
+                        f"the {label} plan lands {moved[:2]} of a {level} {finding.kind} finding",
+                        f"{label}:{finding.kind}/{level}",
+                    )
+                )
     # (d) candidates always have the checkpoint key's shape
     for finding in report.findings:
         for key, targets in (finding.ctx.get("candidates") or {}).items():

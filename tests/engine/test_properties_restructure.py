@@ -12,7 +12,8 @@ dropped ones, wrapper prefixes, stale copies), and the truth tracked through eve
 (b) every key is in at most one finding, and none is lost;
 (c) a rule finding's examples are what the unsafe plan does;
 (d) candidates offered for a key always have its shape;
-(e) no exact match is kept silently when the key that really holds that name is in the checkpoint.
+(e) no exact match is kept silently when the key that really holds that name is in the checkpoint;
+(f) a plan lands a key on a model key only as far as the applicability of the finding that holds it allows.
 
 Conversion kinds on which the engine still breaks an invariant are marked ``xfail(strict=True)``: the minimal
 counterexamples are in ``test_restructure_regressions.py``; when the engine keeps a kind's invariants, its test
@@ -100,10 +101,11 @@ def test_the_truth_of_a_generated_case_is_consistent(case: Case) -> None:
 
 def test_the_checks_catch_what_they_check() -> None:
     """Each invariant fails on a report that breaks it: a real report of a DDP prefix, then a lying truth (a) and
-    reports edited to break (b), (c), (d); and (e) on a shifted group that the truth says is offset."""
+    reports edited to break (b), (c), (d), (f); and (e) on a shifted group that the truth says is offset."""
     from _restructure import explicit
     from _restructure_checks import diagnose, violations
 
+    from keyguard.fixes import Applicability
     from keyguard.report import Example
 
     case = explicit(
@@ -136,3 +138,7 @@ def test_the_checks_catch_what_they_check() -> None:
     )
     quiet = diagnose(shifted).model_copy(update={"findings": []})
     assert "e" in {v.check for v in violations(shifted, quiet)}
+    assert rule.fix is not None
+    demoted = rule.model_copy(update={"fix": rule.fix.model_copy(update={"applicability": Applicability.display_only})})
+    edited = report.model_copy(update={"findings": [demoted if f is rule else f for f in report.findings]})
+    assert {v.check for v in violations(case, edited)} == {"f"}

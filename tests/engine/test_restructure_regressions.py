@@ -17,6 +17,8 @@ from _restructure_checks import check
 
 FC = {"weight": (8, 4), "bias": (8,)}
 LN = "backbone.stages.2.blocks.{}.input_layernorm.weight"
+DENSE = {"weight": (8, 8), "bias": (8,)}
+STAGE = "module.groups-1-branche"
 
 
 def _xfail(reason: str) -> pytest.MarkDecorator:
@@ -737,6 +739,188 @@ def test_a_plan_never_collides() -> None:
                 "kappa.omega.0.output.zeta.beta": "encoder.blocks.0.output.LayerNorm.bias",
                 "kappa.omega.1.attention.self.query.bias": "encoder.blocks.1.attention.self.query.bias",
                 "kappa.omega.1.attention.self.key.weight": "encoder.blocks.1.attention.self.key.weight",
+            },
+        )
+    )
+
+
+@_xfail("the safe plan puts levels.1.blocks.0.gamma and levels.1.blocks.1.gamma both on stages.0.blocks.1.gamma")
+def test_regrouped_blocks_are_never_put_on_one_key() -> None:
+    """Blocks regrouped under ``levels`` inside each stage (``stages.S.levels.L.blocks.B``). The safe plan maps two
+    checkpoint keys onto one expected key; applying it is refused (PlanError). Suspect: two alignment matches (or a
+    match and a rule) each rename one of them, and nothing checks the union for collisions."""
+    check(
+        explicit(
+            expected={
+                "backbone.stages.0.blocks.0.norm.weight": (8,),
+                "backbone.stages.0.blocks.0.norm.bias": (8,),
+                "backbone.stages.0.blocks.1.gamma": (8,),
+                "backbone.stages.0.blocks.2.norm.weight": (8,),
+                "backbone.stages.0.blocks.2.norm.bias": (8,),
+                "backbone.stages.0.blocks.2.gamma": (8,),
+                "backbone.stages.1.blocks.0.gamma": (16,),
+                "backbone.stages.2.blocks.0.gamma": (32,),
+            },
+            checkpoint={
+                "backbone.stages.0.levels.1.blocks.0.gamma": (8,),
+                "backbone.stages.0.levels.1.blocks.1.gamma": (8,),
+                "backbone.stages.1.levels.0.blocks.0.gamma": (16,),
+                "backbone.stages.2.levels.0.blocks.0.gamma": (32,),
+            },
+            truth={
+                "backbone.stages.0.levels.1.blocks.0.gamma": "backbone.stages.0.blocks.1.gamma",
+                "backbone.stages.0.levels.1.blocks.1.gamma": "backbone.stages.0.blocks.2.gamma",
+                "backbone.stages.1.levels.0.blocks.0.gamma": "backbone.stages.1.blocks.0.gamma",
+                "backbone.stages.2.levels.0.blocks.0.gamma": "backbone.stages.2.blocks.0.gamma",
+            },
+        )
+    )
+
+
+@_xfail("safe plan strips module.groups-1-branche. and puts layers.0 where layers.1 belongs")
+def test_a_prefix_with_a_stage_number_is_stripped() -> None:
+    """The only stage left of a regrouped checkpoint carries its number inside the prefix (``groups-1-branche``); the
+    engine strips the whole prefix (``safe``) and the block index 0 inside it lands on ``layers.0``, not on
+    ``layers.1``. Same cause as the deep strip above: a prefix holding numbers is taken when its group has one value."""
+    check(
+        explicit(
+            expected={
+                f"layers.{b}.attention.output.dense.{leaf}": shape for b in (0, 1) for leaf, shape in DENSE.items()
+            },
+            checkpoint={f"{STAGE}.layers.0.attention.output.dense.{leaf}": shape for leaf, shape in DENSE.items()},
+            truth={
+                f"{STAGE}.layers.0.attention.output.dense.{leaf}": f"layers.1.attention.output.dense.{leaf}"
+                for leaf in DENSE
+            },
+        )
+    )
+
+
+@_xfail("safe plan strips levels.1. and lands keys the report calls ambiguous on blocks.0")
+def test_a_safe_strip_lands_keys_of_an_ambiguous_finding() -> None:
+    """``blocks.K`` regrouped into ``levels.S.blocks.B``. The safe plan holds ``strip_prefix levels.1.`` (taken as a
+    first step for two keys of a safe finding), which also lands keys that an ambiguous finding lists with candidates
+    (``blocks.0``/``blocks.1``) on ``blocks.0``: the safe plan applies what the report says is undecided."""
+    check(
+        explicit(
+            expected={
+                "blocks.0.attention.self.value.bias": (4,),
+                "blocks.0.attention.output.dense.weight": (4, 4),
+                "blocks.0.attention.output.dense.bias": (4,),
+                "blocks.0.attention.output.LayerNorm.weight": (4,),
+                "blocks.0.attention.output.LayerNorm.bias": (4,),
+                "blocks.0.intermediate.dense.weight": (8, 4),
+                "blocks.1.attention.self.value.bias": (4,),
+                "blocks.1.attention.output.dense.weight": (4, 4),
+                "blocks.1.output.dense.bias": (4,),
+                "blocks.1.output.LayerNorm.weight": (4,),
+                "blocks.1.output.LayerNorm.bias": (4,),
+                "blocks.2.attention.self.value.bias": (4,),
+                "blocks.2.attention.output.dense.weight": (4, 4),
+            },
+            checkpoint={
+                "levels.0.blocks.0.intermediate.dense.weight": (8, 4),
+                "levels.1.blocks.0.attention.self.value.bias": (4,),
+                "levels.1.blocks.0.attention.output.dense.weight": (4, 4),
+                "levels.1.blocks.0.output.dense.bias": (4,),
+                "levels.1.blocks.0.output.zeta.weight": (4,),
+                "levels.1.blocks.0.output.zeta.bias": (4,),
+            },
+            truth={
+                "levels.0.blocks.0.intermediate.dense.weight": "blocks.0.intermediate.dense.weight",
+                "levels.1.blocks.0.attention.self.value.bias": "blocks.1.attention.self.value.bias",
+                "levels.1.blocks.0.attention.output.dense.weight": "blocks.1.attention.output.dense.weight",
+                "levels.1.blocks.0.output.dense.bias": "blocks.1.output.dense.bias",
+                "levels.1.blocks.0.output.zeta.weight": "blocks.1.output.LayerNorm.weight",
+                "levels.1.blocks.0.output.zeta.bias": "blocks.1.output.LayerNorm.bias",
+            },
+        )
+    )
+
+
+@_xfail("the safe plan lands stages.0.outputs.0.dense.bias, which an unsafe finding holds")
+def test_a_safe_remap_also_renames_keys_of_an_unsafe_finding() -> None:
+    """``blocks.N.output`` saved as ``outputs.N`` in every stage. A ``safe`` remap with the stage as a hole
+    (``encoder.stages.{0}.outputs.{1}.dense.bias``) also renames the stage-0 key that an ``unsafe`` finding holds (with
+    a narrower rule): the safe plan goes beyond its findings. On a larger case (28+21 keys) the same makes a safe plan
+    put ``outputs.0.dense.bias`` on ``attention.output.dense.bias``. Suspect: ``_remap``'s exactness pool
+    (``by_template``) holds the current names of open keys and the targets of resolved ones, not the old names of keys
+    already renamed by other matches."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.output.dense.bias": (4,),
+                "encoder.stages.1.blocks.0.output.dense.weight": (8, 16),
+                "encoder.stages.1.blocks.0.output.dense.bias": (8,),
+                "encoder.stages.1.blocks.1.output.dense.weight": (8, 16),
+                "encoder.stages.1.blocks.1.output.dense.bias": (8,),
+                "encoder.stages.2.blocks.0.output.dense.weight": (16, 32),
+                "encoder.stages.2.blocks.0.output.dense.bias": (16,),
+                "encoder.stages.2.blocks.1.output.dense.weight": (16, 32),
+                "encoder.stages.2.blocks.1.output.dense.bias": (16,),
+            },
+            checkpoint={
+                "encoder.stages.0.outputs.0.dense.bias": (4,),
+                "encoder.stages.1.outputs.0.dense.weight": (8, 16),
+                "encoder.stages.1.outputs.0.dense.bias": (8,),
+                "encoder.stages.1.outputs.1.dense.weight": (8, 16),
+                "encoder.stages.1.outputs.1.dense.bias": (8,),
+                "encoder.stages.2.outputs.0.dense.weight": (16, 32),
+                "encoder.stages.2.outputs.0.dense.bias": (16,),
+                "encoder.stages.2.outputs.1.dense.weight": (16, 32),
+                "encoder.stages.2.outputs.1.dense.bias": (16,),
+            },
+            truth={
+                "encoder.stages.0.outputs.0.dense.bias": "encoder.stages.0.blocks.0.output.dense.bias",
+                "encoder.stages.1.outputs.0.dense.weight": "encoder.stages.1.blocks.0.output.dense.weight",
+                "encoder.stages.1.outputs.0.dense.bias": "encoder.stages.1.blocks.0.output.dense.bias",
+                "encoder.stages.1.outputs.1.dense.weight": "encoder.stages.1.blocks.1.output.dense.weight",
+                "encoder.stages.1.outputs.1.dense.bias": "encoder.stages.1.blocks.1.output.dense.bias",
+                "encoder.stages.2.outputs.0.dense.weight": "encoder.stages.2.blocks.0.output.dense.weight",
+                "encoder.stages.2.outputs.0.dense.bias": "encoder.stages.2.blocks.0.output.dense.bias",
+                "encoder.stages.2.outputs.1.dense.weight": "encoder.stages.2.blocks.1.output.dense.weight",
+                "encoder.stages.2.outputs.1.dense.bias": "encoder.stages.2.blocks.1.output.dense.bias",
+            },
+        )
+    )
+
+
+@_xfail("model.transitions.0.norm.bias appears in two findings")
+def test_an_interleaved_transition_is_in_one_finding_only() -> None:
+    """``blocks.N``/``transitions.N`` interleaved into ``features``, a ``module.`` prefix, one key dropped: an expected
+    key is counted in two findings."""
+    check(
+        explicit(
+            expected={
+                "model.blocks.0.dwconv.weight": (8, 1, 7, 7),
+                "model.blocks.0.dwconv.bias": (8,),
+                "model.blocks.0.norm.weight": (8,),
+                "model.blocks.0.norm.bias": (8,),
+                "model.transitions.0.norm.weight": (8,),
+                "model.transitions.0.norm.bias": (8,),
+                "model.transitions.0.norm.running_mean": (8,),
+                "model.transitions.0.norm.running_var": (8,),
+                "model.transitions.0.norm.num_batches_tracked": (),
+            },
+            checkpoint={
+                "module.model.features.0.dwconv.weight": (8, 1, 7, 7),
+                "module.model.features.0.dwconv.bias": (8,),
+                "module.model.features.1.norm.weight": (8,),
+                "module.model.features.1.norm.bias": (8,),
+                "module.model.features.0.norm.bias": (8,),
+                "module.model.features.0.norm.running_mean": (8,),
+                "module.model.features.0.norm.running_var": (8,),
+                "module.model.features.0.norm.num_batches_tracked": (),
+            },
+            truth={
+                "module.model.features.0.dwconv.weight": "model.blocks.0.dwconv.weight",
+                "module.model.features.0.dwconv.bias": "model.blocks.0.dwconv.bias",
+                "module.model.features.1.norm.weight": "model.blocks.0.norm.weight",
+                "module.model.features.1.norm.bias": "model.blocks.0.norm.bias",
+                "module.model.features.0.norm.bias": "model.transitions.0.norm.bias",
+                "module.model.features.0.norm.running_mean": "model.transitions.0.norm.running_mean",
+                "module.model.features.0.norm.running_var": "model.transitions.0.norm.running_var",
+                "module.model.features.0.norm.num_batches_tracked": "model.transitions.0.norm.num_batches_tracked",
             },
         )
     )
