@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint docs ci bench clean
+.PHONY: setup demo test fuzz lint docs ci bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+# Property tests with random seeds and many examples (the `fuzz` Hypothesis profile, tests/_hypothesis_profiles.py);
+# failures are kept in .hypothesis/ and replayed first next time. `make test` runs them derandomised instead.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -n 2 -q -m hypothesis --timeout 3600 $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check keyguard tests benchmarks docs

@@ -327,8 +327,12 @@ def import_object(dotted: str) -> Any:
 
 
 def render_schema(model: Any, described: set[str]) -> str:
-    """A fields table for the model and each definition it uses (once per page), then the full schema."""
-    schema: dict[str, Any] = model.model_json_schema()
+    """A fields table for the model and each definition it uses (once per page), then the full schema.
+
+    A model with computed fields (the report's ``verdict``) is documented as it is written (serialization schema).
+    """
+    mode = "serialization" if getattr(model, "model_computed_fields", None) else "validation"
+    schema: dict[str, Any] = model.model_json_schema(mode=mode)
     defs: dict[str, Any] = schema.get("$defs", {})
     out = [*fields_table(schema), ""]
     shown_above = [name for name in defs if name in described]

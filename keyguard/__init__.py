@@ -9,10 +9,12 @@ from keyguard._exceptions import (
     KeyguardError,
     KeyMismatchError,
     MissingDependencyError,
+    PatternError,
     PlanError,
     ShardIndexError,
     SourceError,
     UnsafePickleError,
+    UnsupportedModelError,
     UnsupportedVersionError,
 )
 from keyguard._summary import SourceSummary, summarize
@@ -20,7 +22,7 @@ from keyguard._version import __version__
 from keyguard.adapter_checks import check_adapter
 from keyguard.engine import diagnose
 from keyguard.fixes import Applicability, Plan, load_state_dict, write_fixed
-from keyguard.report import Finding, Report, Severity
+from keyguard.report import Finding, LoadResult, Report, Severity
 from keyguard.sources import AdapterConfig, KeySet, TensorInfo, read_keys, write_manifest
 
 __all__ = [
@@ -32,7 +34,9 @@ __all__ = [
     "KeyMismatchError",
     "KeySet",
     "KeyguardError",
+    "LoadResult",
     "MissingDependencyError",
+    "PatternError",
     "Plan",
     "PlanError",
     "Report",
@@ -42,6 +46,7 @@ __all__ = [
     "SourceSummary",
     "TensorInfo",
     "UnsafePickleError",
+    "UnsupportedModelError",
     "UnsupportedVersionError",
     "__version__",
     "check_adapter",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -11,18 +15,29 @@ from typing import IO
 
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], mode: str = "wb", *, verify: Callable[[str], None] | None = None
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    verify: Callable[[str], None] | None = None,
+    like: str | os.PathLike[str] | None = None,
 ) -> Iterator[IO[bytes]]:
     """Yield a file beside ``path``; on success it is fsynced and checked by ``verify(temporary_path)`` when given
     (the two at once), and renamed onto ``path``; on any failure (or a failed check) it is removed and ``path`` is
     untouched.
 
+    A replaced file keeps its permissions and its owner; a new one gets the permissions of ``like`` (the file it is
+    made from) less the umask, as ``cp`` does, or the usual ones. A file this process could not write itself, or
+    whose owner it could not keep, is refused before anything is written (``PermissionError``), as is a missing
+    folder (``FileNotFoundError`` naming the folder).
+
     A process killed at any moment leaves either the old ``path`` (or none) or the complete new one, never a partial
-    file at ``path``; at worst a ``.keyguard-*.tmp`` file remains beside it.
+    file at ``path``; at worst a ``.NAME.keyguard-PID-BOOT-*.tmp`` file remains beside it, which
+    ``keyguard fix --clean-stale`` recognises and removes once that process is gone.
     """
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.keyguard-", suffix=".tmp", dir=folder)
+    existing = _replaceable(target, folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(target)), suffix=".tmp", dir=folder)
     try:
         f = os.fdopen(fd, mode)
     except BaseException:
@@ -31,8 +46,12 @@ def atomic_output(
         raise
     try:
         with f:
-            # mkstemp makes 0600: a replaced file keeps its permissions, a new one gets the usual ones
-            os.fchmod(f.fileno(), _mode_of(target))
+            # mkstemp makes 0600: a replaced file keeps its permissions (and owner), a new one gets its source's
+            if existing is not None:
+                _keep_owner(f.fileno(), existing, target)
+                os.fchmod(f.fileno(), existing.st_mode & 0o7777)
+            else:
+                os.fchmod(f.fileno(), new_mode(like))
             yield f
             f.flush()
             _sync_and_verify(f.fileno(), tmp, verify)
@@ -42,6 +61,70 @@ def atomic_output(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def temp_prefix(name: str) -> str:
+    """How every temporary file or folder keyguard makes beside ``name`` starts: ``.NAME.keyguard-PID-HOST-``.
+
+    The process id and the host token (this boot of this machine, in this process-id namespace) let a later run
+    prove that a leftover is stale, its writer gone, before removing it; see ``keyguard.fixes.find_stale_temps``.
+    """
+    return f".{name}.keyguard-{os.getpid()}-{host_token()}-"
+
+
+@functools.cache
+def host_token() -> str:
+    """Eight hex digits naming where process ids mean something: this boot of this machine, and this process-id
+    namespace (containers sharing a folder have their own); ``UNKNOWN_HOST`` when the system does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return UNKNOWN_HOST
+    return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:8]
+
+
+#: The token of a system that names neither its boot nor its process-id namespace: leftovers are never proven stale.
+UNKNOWN_HOST = "00000000"
+
+
+def new_mode(like: str | os.PathLike[str] | None) -> int:
+    """Permissions for a new file: those of ``like`` less the umask (as ``cp`` does), else the usual ones."""
+    umask = _umask()
+    if like is not None:
+        with contextlib.suppress(OSError):
+            return os.stat(like).st_mode & 0o777 & ~umask
+    return 0o666 & ~umask
+
+
+def _replaceable(target: str, folder: str) -> os.stat_result | None:
+    """The existing target's status, after checking that this process may replace it; ``None`` when it is new."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such folder", folder)
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(existing.st_mode) and not os.access(target, os.W_OK):
+        # the folder may let us rename over it, but the file itself says no: replacing it would go around that
+        raise PermissionError(errno.EACCES, "permission denied: this file is not writable by you; not replaced", target)
+    return existing
+
+
+def _keep_owner(fd: int, existing: os.stat_result, target: str) -> None:
+    """Give the new file the old one's owner and group; refuse when that is not possible (it would change them)."""
+    if not hasattr(os, "fchown") or (existing.st_uid, existing.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, existing.st_uid, existing.st_gid)
+    except PermissionError:
+        raise PermissionError(
+            errno.EPERM,
+            f"permission denied: replacing this file would change its owner or group"
+            f" (uid {existing.st_uid}, gid {existing.st_gid}); not replaced",
+            target,
+        ) from None
 
 
 def _sync_and_verify(fd: int, tmp: str, verify: Callable[[str], None] | None) -> None:
@@ -73,17 +156,10 @@ def _sync_and_verify(fd: int, tmp: str, verify: Callable[[str], None] | None) ->
         raise failures[0]
 
 
-def _mode_of(target: str) -> int:
-    try:
-        return os.stat(target).st_mode & 0o7777
-    except OSError:
-        return _default_mode()
-
-
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

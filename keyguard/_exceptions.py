@@ -10,8 +10,11 @@ The hierarchy, and the builtin each one resembles::
     │   └── AdapterConfigError                        adapter_config.json is invalid
     ├── MissingDependencyError(KeyguardError, ImportError)   an optional package (torch, transformers) is needed
     ├── PlanError(KeyguardError, ValueError)          a fix plan was refused (collision, bad rule, bad file)
+    ├── PatternError(KeyguardError, ValueError)       a regular expression given to keyguard (--ignore) is invalid
+    ├── WriteError(KeyguardError, OSError)            a fixed checkpoint could not be written or did not verify
     ├── KeyMismatchError(KeyguardError, RuntimeError) a guarded load found problems; carries the report
-    └── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
+    ├── UnsupportedVersionError(KeyguardError, RuntimeError)  an integration refuses to patch an unknown version
+    └── UnsupportedModelError(KeyguardError, TypeError)  an integration was given a model it does not work on
 
 Each ``SourceError`` has a stable ``problem`` slug (what went wrong, for machines), the ``path`` it concerns
 and a ``detail`` sentence (for people); ``str(error)`` is ``"<path>: <detail>"``.
@@ -105,6 +108,29 @@ class PlanError(KeyguardError, ValueError):
     """A fix plan was refused: it would make two keys collide, or it is malformed."""
 
 
+class PatternError(KeyguardError, ValueError):
+    """A regular expression given to keyguard (``ignore=`` / ``--ignore``) does not compile.
+
+    Attributes:
+        pattern: the expression as given.
+        option: where it was given (``"ignore"``).
+        detail: why it does not compile, as Python's ``re`` says it.
+        position: the index in ``pattern`` where the problem was found, when known.
+    """
+
+    def __init__(self, pattern: str, option: str, detail: str, position: int | None = None) -> None:
+        self.pattern = pattern
+        self.option = option
+        self.detail = detail
+        self.position = position
+        where = f" at position {position}" if position is not None else ""
+        super().__init__(f"invalid regular expression {pattern!r} given to {option}= / --{option}: {detail}{where}")
+
+
+class WriteError(KeyguardError, OSError):
+    """The fixed checkpoint could not be written or did not verify; nothing was put at the target."""
+
+
 class KeyMismatchError(KeyguardError, RuntimeError):
     """A guarded load found key problems it may not fix. ``report`` holds the full diagnosis."""
 
@@ -115,3 +141,8 @@ class KeyMismatchError(KeyguardError, RuntimeError):
 
 class UnsupportedVersionError(KeyguardError, RuntimeError):
     """An integration was asked to patch a library version it has not been verified against."""
+
+
+class UnsupportedModelError(KeyguardError, TypeError):
+    """An integration was given a model it does not work on: a plain transformers model where a PEFT model is
+    needed, or a model without X-LoRA where an X-LoRA model is. The message names the function to use instead."""

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from keyguard._dtypes import dtype_label
 from keyguard._patterns import collapse
+from keyguard._printable import printable
 from keyguard.sources._keyset import KeySet
 
 
@@ -51,14 +52,14 @@ def summarize(keys: KeySet) -> SourceSummary:
     """Summarise a ``KeySet``: totals, dtypes and the keys grouped with numbered blocks collapsed."""
     groups = collapse(keys, lambda key: (keys[key].shape, keys[key].dtype))
     return SourceSummary(
-        source=keys.location,
+        source=None if keys.location is None else printable(keys.location),
         source_format=keys.format,
         tensors=len(keys),
         parameters=keys.num_parameters,
         bytes=keys.total_bytes,
         shapes_known=keys.shapes_known,
         dtypes={dtype_label(k): v for k, v in keys.dtype_counts().most_common()},
-        files=list(keys.files),
+        files=[printable(name) for name in keys.files],
         metadata=dict(keys.metadata),
         unwrapped=keys.unwrapped,
         architecture=keys.architecture,

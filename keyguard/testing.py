@@ -89,5 +89,6 @@ def assert_adapter_loadable(
 
 def _check(report: Report, fail_on: Severity | str, format: str) -> None:
     __tracebackhide__ = True
-    if report.exit_code(fail_on):
-        raise AssertionError(report.render(format))
+    judged = report.failing_on(fail_on)
+    if judged.exit_code():
+        raise AssertionError(judged.render(format))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _hypothesis_profiles
 import pytest
 from _tiny import TINY_LLAMA
 
@@ -29,6 +30,14 @@ os.environ.update(OFFLINE)
 # Output width and colour come from the environment (COLUMNS, NO_COLOR, FORCE_COLOR): tests set them explicitly.
 for _name in ("COLUMNS", "NO_COLOR", "FORCE_COLOR"):
     os.environ.pop(_name, None)
+
+# before any test module is imported: their @settings inherit from the loaded profile (``ci`` unless fuzzing)
+HYPOTHESIS_PROFILE = _hypothesis_profiles.load()
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {HYPOTHESIS_PROFILE}"
+
 
 REPO = Path(__file__).resolve().parent.parent
 

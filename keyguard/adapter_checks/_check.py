@@ -17,7 +17,7 @@ from typing import Final
 
 from keyguard._dtypes import dtype_label
 from keyguard._exceptions import SourceError
-from keyguard.adapter_checks._config_read import ConfigRead, read_config
+from keyguard.adapter_checks._config_read import ConfigRead, evaluate_patterns, read_config
 from keyguard.adapter_checks._findings import finding, plural, shape_text
 from keyguard.adapter_checks._peft_conventions import (
     BASE_LAYER,
@@ -34,14 +34,13 @@ from keyguard.adapter_checks._peft_conventions import (
     Ranks,
     Selection,
     join_key,
-    select,
     split_key,
 )
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
-from keyguard.sources._adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from keyguard.sources._adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_weights
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import Source, read_keys
 
@@ -108,12 +107,7 @@ def adapter_folder(path: str | os.PathLike[str]) -> str:
 
 
 def _read_weights(folder: str) -> KeySet:
-    found = [name for name in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(folder, name))]
-    if not found:
-        raise SourceError(
-            folder, "missing-adapter-weights", f"has {ADAPTER_CONFIG} but neither {' nor '.join(ADAPTER_WEIGHTS)}"
-        )
-    path = os.path.join(folder, found[0])
+    path = adapter_weights(folder)  # the rule shards follow: symlinks stay in the adapter's own tree
     if path.endswith(".safetensors"):
         from keyguard.sources._safetensors import read_safetensors
 
@@ -122,7 +116,7 @@ def _read_weights(folder: str) -> KeySet:
         from keyguard.sources._pickle import read_pickle
 
         keys = read_pickle(path)
-    return keys.evolve(format="peft-adapter", location=folder, files=(found[0],))
+    return keys.evolve(format="peft-adapter", location=folder, files=(os.path.basename(path),))
 
 
 def _wrapper_copy(key: str) -> str | None:
@@ -156,6 +150,7 @@ class _Check:
         self.base: Base | None = None
         self.selection: Selection | None = None
         self.saved_expected: list[str] = []  # keys PEFT expects in full
+        self.ranks: Ranks | None = None
 
     # ------------------------------------------------------------------------------------------------ driver
     def run(self, *, check_values: bool, xlora: bool) -> Report:
@@ -216,8 +211,12 @@ class _Check:
         wanted = {"lm_head"} if any(".lm_head." in k or k.startswith("lm_head.") for k in self.adapter) else set()
         self.base = base = Base.of(self.base_keys, architecture=architecture, wanted=wanted)
         self.unknown = self._sort_keys(self.adapter)
+        # every regex of the config under its budget: one that would hang PEFT is a finding, and its field invalid
+        self.selection, self.ranks, slow = evaluate_patterns(self.cfg, base)
+        selection = self.selection
+        self.config = self.cfg.config
+        self.findings.extend(slow)
         # invalid fields were replaced by their defaults; a selection made without a field it depends on is unknown
-        self.selection = selection = select(self.config, base)
         target_fields = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "task_type")
         if not self.cfg.usable(*target_fields, "modules_to_save"):
             selection.targeted, selection.unmatched = None, []
@@ -315,7 +314,7 @@ class _Check:
         fixed.update((k, info) for k, info in self.adapter.tensors.items() if k not in unknown)
         # first with the shapes PEFT would build (r from the config), so that a fix can be proven safe; when that
         # leaves keys unexplained (a rank the config gets wrong, say), again with the LoRA shapes left open
-        ranks = Ranks(self.config) if self.cfg.usable("r", "rank_pattern") else None
+        ranks = self.ranks if self.cfg.usable("r", "rank_pattern") else None
         shaped = {key: TensorInfo(self._lora_shape(m, role, ranks), None) for key, (m, role) in lora.items()}
         report, renamed = self._engine_run({**shaped, **fixed})
         if len(renamed) < len(self.unknown) and any(info.shape is not None for info in shaped.values()):
@@ -451,7 +450,7 @@ class _Check:
                     ctx={"modules": len(absent), "inferred": self.selection.inferred},
                 )
             )
-        ranks = Ranks(self.config) if self.cfg.usable("r", "rank_pattern") else None
+        ranks = self.ranks if self.cfg.usable("r", "rank_pattern") else None
         undeclared: list[tuple[str, str]] = []
         incomplete_present: list[str] = []
         incomplete_missing: list[str] = []
@@ -801,6 +800,7 @@ class _Check:
         findings = sorted(self.findings, key=lambda f: (_ORDER[f.severity.value], f.code))
         engine = self.engine
         return Report(
+            check="adapter-files",
             ok=not any(f.severity.at_least(kinds.Severity.error) for f in findings),
             checkpoint=SourceRef(location=self.folder, format="peft-adapter", tensors=len(self.adapter)),
             expected=SourceRef(

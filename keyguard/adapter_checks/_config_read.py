@@ -16,12 +16,13 @@ from pydantic import ValidationError
 
 from keyguard._exceptions import AdapterConfigError, SourceError
 from keyguard.adapter_checks._findings import finding
+from keyguard.adapter_checks._peft_conventions import Base, FirstMatch, Ranks, Selection, SlowPattern, select
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Finding
 from keyguard.sources._adapter import ADAPTER_CONFIG, AdapterConfig
 from keyguard.sources._jsonfile import load_json_object
 
-_BROKEN_FILE: Final = frozenset({"not-json", "not-utf8", "duplicate-key", "not-an-object"})
+_BROKEN_FILE: Final = frozenset({"not-json", "not-utf8", "lone-surrogate", "duplicate-key", "not-an-object"})
 EVERYTHING: Final = "*"
 
 
@@ -33,6 +34,7 @@ class ConfigRead:
     raw: dict[str, Any]
     invalid: set[str] = field(default_factory=set)  # field names, or EVERYTHING when the file is not a JSON object
     findings: list[Finding] = field(default_factory=list)
+    path: str = ""  # the adapter_config.json read
 
     def usable(self, *names: str) -> bool:
         """True when every named field was read as written."""
@@ -53,7 +55,7 @@ def read_config(folder: str) -> ConfigRead:
         SourceError: the file is absent or unreadable (the folder is not an adapter).
     """
     path = os.path.join(folder, ADAPTER_CONFIG)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # anything else that is there is read, and refused, by the JSON reader
         if not os.path.isdir(folder):
             raise SourceError(folder, "not-found", "no such adapter folder")
         raise SourceError(folder, "not-an-adapter", f"has no {ADAPTER_CONFIG}: not a PEFT adapter folder")
@@ -68,7 +70,7 @@ def read_config(folder: str) -> ConfigRead:
             examples=[],
             ctx={"file": path, "problem": exc.problem, "detail": exc.detail, "fields": {}},
         )
-        return ConfigRead(AdapterConfig(), {}, {EVERYTHING}, [problem])
+        return ConfigRead(AdapterConfig(), {}, {EVERYTHING}, [problem], path)
     problems: dict[str, list[str]] = {}
     try:
         config = AdapterConfig.model_validate(raw)
@@ -81,7 +83,7 @@ def read_config(folder: str) -> ConfigRead:
         config = _salvage(raw, set(problems))
     problems.update(_peft_checks(raw, config))
     if not problems:
-        return ConfigRead(config, raw)
+        return ConfigRead(config, raw, path=path)
     described = "; ".join(f"{name}: {' / '.join(texts)}" for name, texts in problems.items())
     problem = finding(
         kinds.INVALID_ADAPTER_CONFIG,
@@ -89,7 +91,7 @@ def read_config(folder: str) -> ConfigRead:
         examples=[],
         ctx={"file": path, "problem": "invalid-fields", "fields": {k: " / ".join(v) for k, v in problems.items()}},
     )
-    return ConfigRead(config, raw, set(problems), [problem])
+    return ConfigRead(config, raw, set(problems), [problem], path)
 
 
 def _salvage(raw: dict[str, Any], invalid: set[str]) -> AdapterConfig:
@@ -111,10 +113,57 @@ def _peft_checks(raw: dict[str, Any], config: AdapterConfig) -> dict[str, list[s
             error = _regex_error(value)
             if error:
                 out[name] = [f"not a valid regular expression ({error})"]
-    bad = {key: error for key in config.rank_pattern if (error := _regex_error(key))}
-    if bad:
-        out["rank_pattern"] = [f"key {key!r} is not a valid regular expression ({error})" for key, error in bad.items()]
+    for name in ("rank_pattern", "alpha_pattern"):
+        bad = {key: error for key in getattr(config, name) if (error := _regex_error(key))}
+        if bad:
+            out[name] = [f"key {key!r} is not a valid regular expression ({error})" for key, error in bad.items()]
+    layers = config.layers_pattern
+    for pattern in [layers] if isinstance(layers, str) else layers or []:
+        error = _regex_error(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.")  # as peft wraps it
+        if error and "layers_pattern" in raw:
+            out.setdefault("layers_pattern", []).append(f"{pattern!r} is not a valid regular expression ({error})")
     return out
+
+
+def evaluate_patterns(read: ConfigRead, base: Base) -> tuple[Selection, Ranks | None, list[Finding]]:
+    """What the config selects, and the ranks it gives, with every regular expression under its time budget.
+
+    A pattern that overruns (``(.*)*X`` backtracks for minutes in ``re``, and so in PEFT) becomes a ``KG501``
+    finding; its field is then treated as invalid (its default in its place, the checks that need it skipped) and
+    the rest is evaluated again. ``alpha_pattern`` is evaluated too, though keyguard needs no alphas: PEFT matches it
+    on load, so one that would hang PEFT is worth saying.
+    """
+    problems: list[Finding] = []
+    while True:
+        try:
+            selection = select(read.config, base)
+            modules = list(base.weights)
+            ranks = Ranks(read.config, modules) if read.usable("r", "rank_pattern") else None
+            if read.usable("alpha_pattern"):
+                FirstMatch("alpha_pattern", list(read.config.alpha_pattern), modules)
+            return selection, ranks, problems
+        except SlowPattern as slow:
+            detail = (
+                f"{slow.field} {slow.pattern!r} did not finish matching the base's {slow.names:,} module paths within"
+                f" {slow.seconds:g} s: Python's re, which PEFT uses, backtracks on it for minutes or more (PEFT would"
+                " hang); the checks that need it are skipped"
+            )
+            problems.append(
+                finding(
+                    kinds.INVALID_ADAPTER_CONFIG,
+                    f"{ADAPTER_CONFIG}: {detail}",
+                    examples=[],
+                    ctx={
+                        "file": read.path,
+                        "problem": "pattern-too-slow",
+                        "detail": detail,
+                        "fields": {slow.field: detail},
+                    },
+                )
+            )
+            read.invalid.add(slow.field)
+            default = AdapterConfig.model_fields[slow.field].get_default(call_default_factory=True)
+            read.config = read.config.model_copy(update={slow.field: default})
 
 
 def _regex_error(pattern: str) -> str | None:

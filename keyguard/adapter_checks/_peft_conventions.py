@@ -9,16 +9,20 @@
 - which modules ``modules_to_save`` wraps: ``_set_trainable`` (the module path ends with the entry, as a string).
 
 Everything that can be a dict or set lookup is one: a list of target names is matched through the last segments of
-each path, never through a regular expression per module.
+each path, never through a regular expression per module. A regular expression of the config is evaluated once over
+all the base's module paths, with ``re`` as PEFT does, under a time budget (``keyguard._regex_budget``): one that
+backtracks without end raises ``SlowPattern`` naming its field instead of hanging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from keyguard._regex_budget import Mode, PatternTimeout, match_all
 from keyguard.sources._adapter import AdapterConfig
 from keyguard.sources._keyset import KeySet, TensorInfo
 
@@ -109,6 +113,33 @@ class Base:
         return (False, True) if named or fan_in_fan_out else (False,)
 
 
+class SlowPattern(Exception):
+    """A regular expression of the config did not finish matching the base's module paths within its budget."""
+
+    def __init__(self, field: str, pattern: str, seconds: float, names: int) -> None:
+        self.field = field
+        self.pattern = pattern
+        self.seconds = seconds
+        self.names = names
+        super().__init__(f"{field}: {pattern!r} did not finish matching {names} module paths within {seconds:g} s")
+
+
+def _matching(
+    field: str, pattern: str, names: Sequence[str], mode: Mode = "match", *, entry: str | None = None
+) -> dict[str, tuple[str | None, ...]]:
+    """The names ``pattern`` matches, each with its groups; ``re.error`` when it does not compile, ``SlowPattern``
+    (naming ``entry``, the config's own text, when ``pattern`` wraps it) when it overruns its budget."""
+    try:
+        results = match_all(pattern, names, mode=mode)
+    except PatternTimeout as exc:
+        raise SlowPattern(field, pattern if entry is None else entry, exc.seconds, len(names)) from None
+    return {name: groups for name, groups in zip(names, results) if groups is not None}
+
+
+def _group(pattern: str, groups: tuple[str | None, ...], name: str) -> str | None:
+    return groups[re.compile(pattern).groupindex[name] - 1]
+
+
 # -- which modules a config selects -----------------------------------------------------------------------------
 def _suffix(path: str, segments: int) -> str | None:
     """The last ``segments`` dotted segments of ``path``, when it has more than that many."""
@@ -136,32 +167,42 @@ def _matches_name(path: str, exact: frozenset[str], by_length: Mapping[int, froz
     return any(_suffix(path, n) in group for n, group in by_length.items())
 
 
-def _mts_excluder(names: Iterable[str]) -> tuple[frozenset[str], list[re.Pattern[str]]]:
+def _mts_excluder(names: Iterable[str]) -> tuple[frozenset[str], list[tuple[str, str]]]:
     """peft excludes modules matching ``(^|.*\\.){name}($|\\..*)`` (``name`` as a regex) from LoRA targeting."""
     plain: set[str] = set()
-    patterns: list[re.Pattern[str]] = []
+    patterns: list[tuple[str, str]] = []
     for name in names:
         if re.fullmatch(r"\w+", name):
             plain.add(name)  # a plain identifier: the rule means "one of the path's segments"
         else:
+            pattern = rf"(^|.*\.){name}($|\..*)"
             try:
-                patterns.append(re.compile(rf"(^|.*\.){name}($|\..*)"))
+                re.compile(pattern)
             except re.error:
                 continue  # peft itself would raise; the config check reports the entry
+            patterns.append((name, pattern))
     return frozenset(plain), patterns
 
 
-def _layer_index(config: AdapterConfig, path: str) -> int | None:
+def _layer_indexes(config: AdapterConfig, modules: Sequence[str]) -> dict[str, int]:
+    """peft's layer index of each module path that has one (the first ``layers_pattern`` entry that matches)."""
     patterns = config.layers_pattern
     if patterns is None or len(patterns) == 0:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", path)
+        wrapped = [("", r".*?\.[^.]*\.(?P<idx>\d+)\.")]
     else:
-        match = None
-        for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", path)
-            if match is not None:
-                break
-    return int(match.group("idx")) if match else None
+        entries = [patterns] if isinstance(patterns, str) else patterns
+        wrapped = [(p, rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.") for p in entries]
+    out: dict[str, int] = {}
+    for entry, pattern in wrapped:
+        try:
+            found = _matching("layers_pattern", pattern, [m for m in modules if m not in out], entry=entry)
+        except re.error:
+            continue  # the config check reports it
+        for module, groups in found.items():
+            index = _group(pattern, groups, "idx")
+            if index is not None:
+                out[module] = int(index)
+    return out
 
 
 @dataclass
@@ -191,10 +232,9 @@ def select(config: AdapterConfig, base: Base) -> Selection:
             chosen = _all_linear(config, base)
             return Selection(chosen - excluded, [], saved_modules, inferred=True)
         try:
-            regex = re.compile(target)
+            chosen = set(_matching("target_modules", target, modules, "fullmatch"))
         except re.error:
             return Selection(set(), [target], saved_modules)
-        chosen = {m for m in modules if regex.fullmatch(m)}
         return Selection(chosen - excluded, [] if chosen else [target], saved_modules)
     exact, by_length = _name_matcher(target)
     layers = config.layers_to_transform
@@ -202,6 +242,7 @@ def select(config: AdapterConfig, base: Base) -> Selection:
     wanted_layers = {layers} if isinstance(layers, int) else set(layers or ())
     chosen = set()
     seen_names: set[str] = set()
+    indexes = _layer_indexes(config, modules) if use_layers else {}
     for module in modules:
         if module in exact:
             chosen.add(module)  # named in full: peft skips the layer filter
@@ -212,7 +253,7 @@ def select(config: AdapterConfig, base: Base) -> Selection:
             continue
         seen_names.add(hit)
         if use_layers:
-            index = _layer_index(config, module)
+            index = indexes.get(module)
             if index is None or index not in wanted_layers:
                 continue
         chosen.add(module)
@@ -225,21 +266,17 @@ def _excluded(config: AdapterConfig, modules: list[str]) -> set[str]:
     exclude = config.exclude_modules
     if exclude:
         if isinstance(exclude, str):
-            try:
-                regex = re.compile(exclude)
-            except re.error:
-                regex = None
-            if regex is not None:
-                out.update(m for m in modules if regex.fullmatch(m))
+            with contextlib.suppress(re.error):  # the config check reports it
+                out.update(_matching("exclude_modules", exclude, modules, "fullmatch"))
         else:
             exact, by_length = _name_matcher(exclude)
             out.update(m for m in modules if _matches_name(m, exact, by_length))
     if config.modules_to_save:
         plain, patterns = _mts_excluder(config.modules_to_save)
-        for module in modules:
-            hit = bool(plain) and not plain.isdisjoint(module.split("."))
-            if hit or any(p.match(module) for p in patterns):
-                out.add(module)
+        if plain:
+            out.update(m for m in modules if not plain.isdisjoint(m.split(".")))
+        for name, pattern in patterns:
+            out.update(_matching("modules_to_save", pattern, modules, entry=name))
     return out
 
 
@@ -281,35 +318,64 @@ def _all_linear(config: AdapterConfig, base: Base) -> set[str]:
 # -- ranks ------------------------------------------------------------------------------------------------------
 class Ranks:
     """The rank peft gives each module: the first ``rank_pattern`` entry whose regex matches the end of the module
-    path (``get_pattern_key``: ``re.match(rf"(.*\\.)?({key})$", path)``), else ``r``."""
+    path (``get_pattern_key``: ``re.match(rf"(.*\\.)?({key})$", path)``), else ``r``.
 
-    def __init__(self, config: AdapterConfig) -> None:
+    The entries are evaluated once over ``modules`` (the base's module paths), under the budget; another path is
+    evaluated when asked for.
+
+    Raises:
+        SlowPattern: an entry backtracks without end (field ``rank_pattern``).
+    """
+
+    def __init__(self, config: AdapterConfig, modules: Sequence[str] = ()) -> None:
         self.r = config.r
         self.patterns = dict(config.rank_pattern)
-        self._regex: re.Pattern[str] | None = None
-        self._each: list[tuple[str, re.Pattern[str]]] = []
-        if self.patterns:
-            keys = list(self.patterns)
-            alternatives = "|".join(f"(?:(?:.*\\.)?(?P<p{i}>{key})$)" for i, key in enumerate(keys))
-            try:
-                # one regex for all entries: at the start of the path alternatives are tried in order, so the first
-                # entry that matches wins, as in peft's loop
-                self._regex = re.compile(alternatives)
-            except re.error:
-                for key in keys:
-                    try:
-                        self._each.append((key, re.compile(rf"(.*\.)?({key})$")))
-                    except re.error:
-                        continue
+        self._first = FirstMatch("rank_pattern", list(self.patterns), modules)
 
     def of(self, module: str) -> tuple[int, str | None]:
         """``(rank, rank_pattern entry that gave it or None)``."""
-        if self._regex is not None:
-            match = self._regex.match(module)
-            if match is not None:
-                key = next(k for i, k in enumerate(self.patterns) if match.group(f"p{i}") is not None)
-                return self.patterns[key], key
-        for key, regex in self._each:
-            if regex.match(module):
-                return self.patterns[key], key
-        return self.r, None
+        key = self._first.of(module)
+        return (self.r, None) if key is None else (self.patterns[key], key)
+
+
+class FirstMatch:
+    """peft's ``get_pattern_key`` over a config's pattern dict (``rank_pattern``, ``alpha_pattern``): for each path,
+    the first entry ``key`` in order for which ``re.match(rf"(.*\\.)?({key})$", path)`` matches."""
+
+    def __init__(self, field: str, keys: list[str], modules: Sequence[str]) -> None:
+        self.field = field
+        self.keys = keys
+        self._table: dict[str, str | None] = {}
+        self._evaluate(list(dict.fromkeys(modules)))
+
+    def of(self, module: str) -> str | None:
+        if module not in self._table:
+            self._evaluate([module])
+        return self._table[module]
+
+    def _evaluate(self, modules: list[str]) -> None:
+        self._table.update(dict.fromkeys(modules))
+        if not self.keys or not modules:
+            return
+        # one regex for all entries: at the start of the path alternatives are tried in order, so the first entry
+        # that matches wins, as in peft's loop
+        combined = "|".join(f"(?:(?:.*\\.)?(?P<p{i}>{key})$)" for i, key in enumerate(self.keys))
+        try:
+            found = _matching(self.field, combined, modules)
+        except (re.error, SlowPattern):  # a broken or slow entry: each on its own, in order (naming the slow one)
+            self._evaluate_each(modules)
+            return
+        index = re.compile(combined).groupindex
+        for module, groups in found.items():
+            self._table[module] = next(k for i, k in enumerate(self.keys) if groups[index[f"p{i}"] - 1] is not None)
+
+    def _evaluate_each(self, modules: list[str]) -> None:
+        left = list(modules)
+        for key in self.keys:
+            try:
+                found = _matching(self.field, rf"(.*\.)?({key})$", left, entry=key)
+            except re.error:
+                continue  # peft itself would raise; the config check reports the entry
+            for module in found:
+                self._table[module] = key
+            left = [m for m in left if m not in found]

@@ -1,23 +1,26 @@
 """Argument parsing, error handling and exit codes shared by every command.
 
 Exit codes: 0 success; 1 findings at or above ``--fail-on`` remain; 2 bad input or usage (one line on stderr, no
-traceback unless ``--debug``); 3 an internal error (a bug in keyguard).
+traceback unless ``--debug``); 3 an internal error (a bug in keyguard); 130 interrupted (Ctrl-C, one line).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from keyguard._exceptions import KeyguardError
+from keyguard._printable import printable
 from keyguard._version import __version__
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process interrupted by Ctrl-C
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -56,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    # a file name that is not UTF-8 (or any other lone surrogate) is printed escaped rather than failing the print
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # at any moment: while the parser is built, the arguments parsed, or a command runs
+        print("keyguard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
@@ -66,11 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyguardError as exc:
         if args.debug:
             raise
-        print(f"keyguard: error: {exc}", file=sys.stderr)
+        print(f"keyguard: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("keyguard: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:

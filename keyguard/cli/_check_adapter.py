@@ -71,6 +71,7 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from keyguard._exceptions import KeyguardError, SourceError
+    from keyguard._printable import printable
     from keyguard.adapter_checks import adapter_folder, checked_kinds
     from keyguard.report._render import render_many
     from keyguard.sources import read_keys
@@ -85,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise SourceError(args.base, "base-is-adapter", "is a PEFT adapter; --base must be the model it was trained on")
     jobs = args.jobs or min(_cpus(), len(folders))
     results = _check_all(folders, base, jobs, check_values=args.check_values, xlora=args.xlora)
-    reports = [r for r in results if not isinstance(r, str)]
-    errors = {folder: r for folder, r in zip(folders, results) if isinstance(r, str)}
+    reports = [r.failing_on(args.fail_on) for r in results if not isinstance(r, str)]
+    errors = {printable(folder): printable(r) for folder, r in zip(folders, results) if isinstance(r, str)}
     for message in errors.values():
         print(f"keyguard: error: {message}", file=sys.stderr)
     checks = checked_kinds(check_values=args.check_values, xlora=args.xlora)
@@ -96,20 +97,37 @@ def run(args: argparse.Namespace) -> int:
             from keyguard.cli._screen import screen
 
             out = screen(args)
-            options = {"width": out.width, "color": out.color}
-        text = render_many(reports, args.format, errors=errors, checks=checks, fail_on=args.fail_on, **options)
+            options = {"width": out.width, "color": out.color, "next_steps_for": _fix_steps(args)}
+        text = render_many(reports, args.format, errors=errors, checks=checks, **options)
         print(text.rstrip("\n"))
     if args.junit_xml:
         from keyguard._atomic import atomic_write_text
 
-        document = render_many(reports, "junit", errors=errors, checks=checks, fail_on=args.fail_on)
+        document = render_many(reports, "junit", errors=errors, checks=checks)
         try:
             atomic_write_text(args.junit_xml, document)
         except OSError as exc:
             raise KeyguardError(f"{args.junit_xml}: cannot write the JUnit report ({exc.strerror or exc})") from exc
     if errors:
         return 2
-    return max((r.exit_code(args.fail_on) for r in reports), default=0)
+    return max((r.exit_code() for r in reports), default=0)
+
+
+def _fix_steps(args: argparse.Namespace) -> Any:
+    """The command that applies a report's plan: ``keyguard fix ADAPTER --base BASE -o ADAPTER-fixed``."""
+    from keyguard.report._next import next_steps
+
+    def steps(report: Any) -> list[Any]:
+        found = next_steps(
+            report,
+            checkpoint=report.checkpoint.location,
+            expected=args.base,
+            container=args.container,
+            architecture=args.architecture,
+        )
+        return [step for step in found if step.argv[:2] == ("keyguard", "fix")]
+
+    return steps
 
 
 def _cpus() -> int:
@@ -127,13 +145,27 @@ def _check_all(folders: Sequence[str], base: Any, jobs: int, *, check_values: bo
     # fork shares the parent's memory for free, but a child forked after torch started its threads can deadlock
     method = "spawn" if "torch" in sys.modules else "fork"
     context = multiprocessing.get_context(method if method in multiprocessing.get_all_start_methods() else None)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init, initargs=(base,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(base,))
+    try:
         return list(pool.map(_check_one, folders, [check_values] * len(folders), [xlora] * len(folders)))
+    except KeyboardInterrupt:  # the workers ignore Ctrl-C (no traceback from each): stop them here
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init(base: Any) -> None:
     global _BASE
     _BASE = base
+
+
+def _init_worker(base: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent reports the interruption, once
+    _init(base)
 
 
 def _check_one(folder: str, check_values: bool, xlora: bool) -> Any:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from keyguard.cli._options import add_report_options, add_source_options
+from keyguard.cli._options import add_hint_option, add_report_options, add_source_options
 
 HELP = "explain every key mismatch between a checkpoint and what a model expects"
 
@@ -28,6 +28,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="REGEX",
         help="leave out keys matching REGEX on either side (repeatable)",
     )
+    add_hint_option(p)
     p.add_argument(
         "--emit",
         choices=["key-mapping"],
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         container=args.container,
         architecture=args.architecture,
-    )
+        hints=dict(args.hint),
+    ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             ignore=args.ignore,
             container=args.container,
             architecture=args.architecture,
+            hints=dict(args.hint),
         )
         print(report.render("table", width=out.width, color=out.color, next_steps=steps))
     elif args.format == "junit":
@@ -75,4 +78,4 @@ def run(args: argparse.Namespace) -> int:
     if args.plan_out:
         report.plan.save(args.plan_out)
         print(f"wrote the safe plan to {args.plan_out}", file=sys.stderr)
-    return report.exit_code(args.fail_on)
+    return report.exit_code()

@@ -1,29 +1,48 @@
 """``keyguard fix CHECKPOINT --expected REFERENCE -o OUTPUT``: write a fixed checkpoint that loses nothing.
 
-Exit codes: 0 the output matches the expected keys and shapes exactly; 1 an output was written but findings remain
-(or nothing could be fixed); 2 bad input or a refused plan.
+``keyguard fix ADAPTER_DIR --base REFERENCE -o OUT_DIR`` writes a fixed PEFT adapter folder (``check-adapter``'s plan).
+``keyguard fix --clean-stale [FOLDER]`` removes what killed runs left behind.
+
+Exit codes: 0 the output matches the expected keys and shapes exactly (an adapter: it passes ``check-adapter``);
+1 an output was written but findings remain (or nothing could be fixed); 2 bad input, a refused plan or a refused
+output.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
-from keyguard.cli._options import add_source_options
+from keyguard.cli._options import add_hint_option, add_source_options
 
 HELP = "write a fixed checkpoint: apply the safe plan (or a reviewed one), atomically and verified"
+#: What a file output must be called: keyguard fix writes safetensors, and a name must not lie about the format.
+OUTPUT_SUFFIX = ".safetensors"
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".pkl")
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fix", help=HELP, description=HELP + ".", parents=[common])
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="safetensors file, sharded folder/index, or PyTorch pickle")
-    p.add_argument("--expected", "-e", required=True, metavar="REFERENCE", help="what the model expects")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("-o", "--output", metavar="OUTPUT", help="file (or folder, for sharded input) to write")
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        nargs="?",
+        help="safetensors file, sharded folder/index, PyTorch pickle, or PEFT adapter folder (with --base)",
+    )
+    p.add_argument("--expected", "-e", metavar="REFERENCE", help="what the model expects")
+    p.add_argument(
+        "--base", "-b", metavar="REFERENCE", help="for a PEFT adapter folder: the base model (as for check-adapter)"
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument(
+        "-o", "--output", metavar="OUTPUT", help="*.safetensors file (a new folder, for sharded input or an adapter)"
+    )
     target.add_argument(
         "--in-place", action="store_true", help="replace CHECKPOINT, through the same atomic, verified path"
     )
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it is an existing file (never an input)")
     p.add_argument("--plan", metavar="PLAN.json", help="apply this keyguard.plan/v1 file instead of the safe plan")
     p.add_argument(
         "--unsafe-fixes",
@@ -33,7 +52,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-unexpected", action="store_true", help="leave out keys the model does not expect (listed)")
     p.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="keys to leave out of the diagnosis")
+    add_hint_option(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, and only the summary")
+    p.add_argument(
+        "--clean-stale",
+        action="store_true",
+        help="remove what killed keyguard runs left in the output's folder (alone: in CHECKPOINT, a folder, or .)",
+    )
     add_source_options(p)
     p.set_defaults(run=run)
 
@@ -42,50 +67,61 @@ def run(args: argparse.Namespace) -> int:
     from keyguard._progress import Progress
     from keyguard.cli._screen import screen
 
+    if args.clean_stale and args.expected is None and args.base is None and not (args.output or args.in_place):
+        return _clean_only(args.checkpoint or ".")
+    _check_usage(args)
     out = screen(args)
     # reading a large pickle, diagnosing millions of keys, writing and verifying: each phase shows on a terminal
     with Progress(enabled=False if args.quiet or args.dry_run else None, color=out.color) as progress:
         return _run(args, progress, out.width)
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    from keyguard._exceptions import KeyguardError
+
+    missing = []
+    if args.checkpoint is None:
+        missing.append("CHECKPOINT")
+    if args.expected is None and args.base is None:
+        missing.append("--expected REFERENCE (or --base REFERENCE for an adapter)")
+    if not (args.output or args.in_place):
+        missing.append("-o OUTPUT or --in-place")
+    if missing:
+        raise KeyguardError(f"fix: missing {', '.join(missing)} (see keyguard fix --help)")
+    if args.expected is not None and args.base is not None and args.expected != args.base:
+        raise KeyguardError("fix: --expected and --base name the same thing (the reference); give one")
+
+
 def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     from keyguard._exceptions import PlanError
     from keyguard.engine import diagnose
-    from keyguard.fixes import Plan
     from keyguard.fixes._writer import write_fixed
     from keyguard.sources import read_keys
 
+    reference: str = args.expected if args.expected is not None else args.base
     progress.phase("reading")
     keys = read_keys(args.checkpoint, container=args.container)
+    if keys.format == "peft-adapter":
+        return _run_adapter(args, keys, reference, progress, width)
     if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle"):
         raise PlanError(f"{args.checkpoint}: keyguard fix writes safetensors files; a {keys.format} source has no data")
-    progress.phase("diagnosing")
-    report = diagnose(keys, args.expected, ignore=args.ignore, architecture=args.architecture)
-    if args.plan:
-        plan = Plan.load(args.plan)
-        if not args.unsafe_fixes:
-            safe = plan.at_least("safe")
-            skipped = len(plan.rules) - len(safe.rules)
-            if skipped:
-                print(f"note: {skipped} rule(s) of {args.plan} are not safe and were not applied (--unsafe-fixes)")
-            plan = safe
-    else:
-        plan = report.unsafe_plan if args.unsafe_fixes else report.plan
-    drop = (
-        [k for f in report.findings if f.kind == "unexpected" for k in f.checkpoint_keys]
-        if args.drop_unexpected
-        else []
-    )
     output = _output_path(args, keys)
+    if not args.in_place:
+        _refuse_output(args, keys, output, folder=keys.format == "safetensors-sharded")
+    progress.phase("diagnosing")
+    report = diagnose(keys, reference, ignore=args.ignore, architecture=args.architecture, hints=dict(args.hint))
+    plan = _chosen_plan(args, report)
+    drop = _dropped(args, report)
     if args.dry_run:
-        from keyguard.fixes._writer import plan_output
+        from keyguard.fixes._output_plan import plan_output
 
         _, changes = plan_output(keys, plan, drop=drop)
         print(_changes_table(changes, quiet=args.quiet, dry_run=True, width=width))
         return 0
+    _stale_temps(args, output)
     result = write_fixed(keys, plan, output, drop=drop, progress=progress)
     progress.phase("checking")
-    after = diagnose(output, args.expected, ignore=args.ignore, architecture=args.architecture)
+    after = diagnose(output, reference, ignore=args.ignore, architecture=args.architecture)
     progress.close()  # the display ends before the summary is printed
     print(_changes_table(result.changes, quiet=args.quiet, dry_run=False, width=width))
     print(f"\nwrote {output} ({result.bytes_written:,} bytes, verified)")
@@ -96,6 +132,69 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     print("\nfindings that remain in the output:\n")
     print(after.render("table", width=width))
     return 1
+
+
+def _run_adapter(args: argparse.Namespace, keys: Any, base: str, progress: Any, width: int) -> int:
+    """``keyguard fix ADAPTER_DIR --base REF -o OUT_DIR``: check-adapter's plan, applied to a new adapter folder."""
+    from keyguard._exceptions import PlanError
+    from keyguard.adapter_checks import check_adapter
+    from keyguard.fixes._adapter_write import write_fixed_adapter
+    from keyguard.report._kinds import Severity
+
+    folder = keys.location or args.checkpoint
+    if args.in_place:
+        raise PlanError(f"{args.checkpoint}: --in-place is not offered for adapter folders; write a new one with -o")
+    output: str = args.output
+    _refuse_output(args, keys, output, folder=True)
+    progress.phase("checking")
+    report = check_adapter(folder, base, container=args.container, architecture=args.architecture)
+    plan = _chosen_plan(args, report)
+    drop = _dropped(args, report)
+    if args.dry_run:
+        from keyguard.fixes._output_plan import plan_output
+        from keyguard.sources._adapter import adapter_weights
+        from keyguard.sources._resolve import read_keys
+
+        _, changes = plan_output(read_keys(adapter_weights(folder)), plan, drop=drop)
+        print(_changes_table(changes, quiet=args.quiet, dry_run=True, width=width))
+        return 0
+    _stale_temps(args, output)
+    result = write_fixed_adapter(folder, plan, output, drop=drop, progress=progress)
+    progress.phase("checking")
+    after = check_adapter(output, base, container=args.container, architecture=args.architecture)
+    progress.close()
+    print(_changes_table(result.changes, quiet=args.quiet, dry_run=False, width=width))
+    print(
+        f"\nwrote {output}/ (adapter_model.safetensors verified, adapter_config.json copied unchanged;"
+        f" {result.bytes_written:,} bytes)"
+    )
+    if not any(f.severity.at_least(Severity.error) for f in after.findings):
+        print("the fixed adapter passes check-adapter against the base")
+        return 0
+    print("\nfindings that remain in the fixed adapter:\n")
+    print(after.render("table", width=width))
+    return 1
+
+
+def _chosen_plan(args: argparse.Namespace, report: Any) -> Any:
+    from keyguard.fixes import Plan
+
+    if not args.plan:
+        return report.unsafe_plan if args.unsafe_fixes else report.plan
+    plan = Plan.load(args.plan)
+    if args.unsafe_fixes:
+        return plan
+    safe = plan.at_least("safe")
+    skipped = len(plan.rules) - len(safe.rules)
+    if skipped:
+        print(f"note: {skipped} rule(s) of {args.plan} are not safe and were not applied (--unsafe-fixes)")
+    return safe
+
+
+def _dropped(args: argparse.Namespace, report: Any) -> list[str]:
+    if not args.drop_unexpected:
+        return []
+    return [k for f in report.findings if f.kind == "unexpected" for k in f.checkpoint_keys]
 
 
 def _output_path(args: argparse.Namespace, keys: Any) -> str:
@@ -112,6 +211,93 @@ def _output_path(args: argparse.Namespace, keys: Any) -> str:
         return location
     out: str = args.output
     return out
+
+
+def _refuse_output(args: argparse.Namespace, keys: Any, output: str, *, folder: bool) -> None:
+    """Before anything is read further or written: the output must say what it holds, be no input, and be new
+    (or, for a file, replaced on purpose with ``--force``)."""
+    from keyguard._exceptions import KeyguardError
+
+    for path, role in _inputs(args, keys):
+        if _same(output, path):
+            hint = " (to replace the checkpoint, use --in-place)" if role == "the checkpoint" else ""
+            raise KeyguardError(f"{output}: is {role}; keyguard fix never writes over an input{hint}")
+    name = os.path.basename(os.path.normpath(output))
+    if folder and name.endswith(_FILE_SUFFIXES):
+        raise KeyguardError(f"{output}: the output is a folder here; name it like one, not like a checkpoint file")
+    if not folder and not name.endswith(OUTPUT_SUFFIX):
+        raise KeyguardError(
+            f"{output}: keyguard fix writes safetensors; name the output *{OUTPUT_SUFFIX} (a safetensors file under"
+            f" another name would lie about its format)"
+        )
+    if not os.path.lexists(output):
+        return
+    if folder or os.path.isdir(output):
+        raise KeyguardError(f"{output}: already exists; the output goes to a new folder (remove it first)")
+    if not args.force:
+        raise KeyguardError(f"{output}: already exists; use --force to replace it")
+
+
+def _inputs(args: argparse.Namespace, keys: Any) -> list[tuple[str, str]]:
+    """Every file the run reads, and what it is to the user."""
+    out: list[tuple[str, str]] = [(args.checkpoint, "the checkpoint")]
+    location = keys.location or args.checkpoint
+    base = os.path.dirname(location) if os.path.isfile(location) else location
+    out.append((location, "the checkpoint"))
+    out += [(os.path.join(base, name), "a file of the checkpoint") for name in keys.files]
+    if keys.format == "peft-adapter":
+        from keyguard.sources._adapter import ADAPTER_CONFIG
+
+        out.append((os.path.join(base, ADAPTER_CONFIG), "a file of the checkpoint"))
+    for option, role in (("expected", "the --expected reference"), ("base", "the --base reference")):
+        value = getattr(args, option)
+        if value is not None:
+            out.append((value, role))
+    if args.plan:
+        out.append((args.plan, "the --plan file"))
+    return out
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist: compare the paths themselves
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _stale_temps(args: argparse.Namespace, output: str) -> None:
+    """Leftovers of killed runs beside the output: removed with ``--clean-stale``, else named once."""
+    from keyguard.fixes._stale import find_stale_temps, remove_stale_temps
+
+    folder = os.path.dirname(os.path.abspath(output)) or "."
+    if args.clean_stale:
+        _report_cleaning(remove_stale_temps(folder))
+        return
+    found = find_stale_temps(folder)
+    if found:
+        size = sum(t.size for t in found)
+        print(
+            f"note: {len(found)} leftover(s) of killed keyguard runs in {folder} ({size:,} bytes);"
+            f" remove them with: keyguard fix --clean-stale {folder}",
+            file=sys.stderr,
+        )
+
+
+def _clean_only(where: str) -> int:
+    from keyguard.fixes._stale import remove_stale_temps
+
+    folder = where if os.path.isdir(where) else (os.path.dirname(os.path.abspath(where)) or ".")
+    found = remove_stale_temps(folder)
+    _report_cleaning(found)
+    if not found:
+        print(f"no leftovers of keyguard runs in {folder}")
+    return 0
+
+
+def _report_cleaning(found: list[Any]) -> None:
+    for temp in found:
+        verb = "removed" if temp.removable else "kept"
+        print(f"{verb} {temp.path} ({temp.kind}, {temp.size:,} bytes): {temp.reason}")
 
 
 def _changes_table(changes: list[Any], *, quiet: bool, dry_run: bool, width: int = 100) -> str:

@@ -36,3 +36,23 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
         default="error",
         help="exit 1 when findings at or above this severity remain (default: error)",
     )
+
+
+def hint_pair(text: str) -> tuple[str, str]:
+    """``--hint CHECKPOINT_KEY=EXPECTED_KEY`` parsed (argparse ``type``: a malformed hint is a usage error)."""
+    old, sep, new = text.partition("=")
+    if not sep or not old or not new:
+        raise argparse.ArgumentTypeError(f"expected CHECKPOINT_KEY=EXPECTED_KEY, got {text!r}")
+    return old, new
+
+
+def add_hint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hint",
+        action="append",
+        default=[],
+        type=hint_pair,
+        metavar="CHECKPOINT_KEY=EXPECTED_KEY",
+        help="decide a tie keyguard cannot: this checkpoint key is that expected key; the choice carries over to the"
+        " key's whole numbered group, is checked against shapes, and is recorded in the plan (repeatable)",
+    )

@@ -8,7 +8,8 @@ git's rename detection:
 1. *candidates*: every pair of groups with equal signatures, at the coarsest grouping first, then splitting groups
    that match nothing at one index position (``in_layers.0`` / ``in_layers.2``, ``w1`` / ``w2`` / ``w3``);
 2. *evidence*: a pair that is the only candidate of both its groups is forced by the shapes; ties are weighed by
-   names (``_names``), registration order where both sources keep one, and user hints;
+   names (``_names``) and user hints. Registration order is not evidence: a converted checkpoint keeps its
+   producer's order, not the consumer's;
 3. *choice*: forced pairs are ``safe`` when nothing contradicts them and something corroborates them (their names
    agree, or other forced pairs move their sibling modules the same way, or they stay inside a parent that matches
    as it stands) over at least two keys; pairs chosen by names are ``unsafe``; everything else stays a candidate
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from keyguard.engine._groups import (
+    HOLE,
     Group,
     Member,
     ancestors,
@@ -37,12 +39,12 @@ from keyguard.engine._groups import (
     structural_splits,
     transposed,
 )
-from keyguard.engine._names import path_similarity, segment_similarity
+from keyguard.engine._names import path_similarity, same_name, same_path, segment_similarity
 from keyguard.fixes._rules import Applicability
 from keyguard.sources._keyset import TensorInfo
 
 LEVELS: Final = 3  # coarse groups, then up to two splits
-MAX_COMPONENT: Final = 24  # groups per side in one tie weighed by names; larger ties stay candidates
+MAX_COMPONENT: Final = 400  # groups per side in one tie weighed by names; larger ties stay candidates
 STRONG_NAME: Final = 1.0  # the module's own name agrees (equal up to spelling, or a published equivalent)
 WEAK_NAME: Final = 0.25  # the module's own name shares a token: enough to offer a candidate, not to choose one
 MARGIN: Final = 0.25  # how much better the chosen candidate must be than the next
@@ -53,7 +55,7 @@ PLACEMENT: Final = 0.75  # weight of agreeing (or not) with where decided siblin
 class Evidence:
     """One reason for (or against) a correspondence, kept as data so reports and docs can show why."""
 
-    kind: str  # shape_unique | names | siblings | anchored | order | hint | transposed
+    kind: str  # shape_unique | module | names | siblings | anchored | tie | hint
     detail: str
 
     def as_dict(self) -> dict[str, str]:
@@ -101,8 +103,9 @@ def align(
     *,
     anchored: Iterable[str] = (),
     contested: Iterable[str] = (),
-    order_known: bool = False,
     hints: Mapping[str, str] | None = None,
+    resolved: Mapping[str, str] | None = None,
+    shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None = None,
 ) -> Alignment:
     """Align the open keys of both sides.
 
@@ -112,10 +115,18 @@ def align(
         anchored: expected keys already matched: their subtrees are fixed points.
         contested: keys (either side) already declared ambiguous: groups of their templates are left alone, since
             aligning the rest of a contested numbered group on its own would read it piecemeal.
-        order_known: both sources keep registration order (pickles, modules), so order is evidence.
         hints: the user's choices, checkpoint key (original or current name) -> expected key.
+        resolved: checkpoint keys already mapped (original key -> expected key): their modules tell where the
+            rest of each module goes (a bias follows its weight).
+        shape_counts: how often each shape occurs among all checkpoint and all expected keys: a lone match of a
+            shape found once on each side is offered as a candidate even when nothing confirms it.
     """
-    return _Aligner(checkpoint, expected, anchored, contested, order_known, dict(hints or {})).run()
+    aligner = _Aligner(checkpoint, expected, anchored, contested, dict(hints or {}))
+    for key, target in (resolved or {}).items():
+        _learn(aligner.module_map, split_leaf(key)[0], split_leaf(target)[0])
+        _learn(aligner.module_image, split_leaf(target)[0], split_leaf(key)[0])
+    aligner.shape_counts = shape_counts
+    return aligner.run()
 
 
 class _Aligner:
@@ -125,7 +136,6 @@ class _Aligner:
         expected: Sequence[Entry],
         anchored: Iterable[str],
         contested: Iterable[str],
-        order_known: bool,
         hints: dict[str, str],
     ) -> None:
         left_alone = {digit_template(key)[0] for key in contested}
@@ -138,7 +148,8 @@ class _Aligner:
         self.anchored: set[str] = set()
         for key in anchored:
             self.anchored.update(ancestors(key))
-        self.order_known = order_known
+        # the same subtrees with their indices as holes: a block may move to another block of its list
+        self.anchored_shapes = {digit_template(a)[0] for a in self.anchored}
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -146,6 +157,7 @@ class _Aligner:
         self.module_map: dict[str, str | None] = {}
         self.module_image: dict[str, str | None] = {}
         self.parent_map: dict[str, str | None] = {}
+        self.shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None = None
         self.pending: list[tuple[list[tuple[Group, list[Group]]], str, list[Evidence]]] = []
         self.result = Alignment()
 
@@ -185,12 +197,15 @@ class _Aligner:
         return edges
 
     def _consistent(self, c: Group, e: Group) -> bool:
-        """No checkpoint key leaves a subtree that matches as it stands (checked on the first and last pair)."""
+        """No checkpoint key leaves a subtree that matches as it stands, though it may move to another block of
+        the same numbered list (checked on the first and last pair)."""
         if not self.anchored:
             return True
         for cm, em in {0: (c.members[0], e.members[0]), 1: (c.members[-1], e.members[-1])}.values():
+            e_shape = digit_template(em.name)[0]
             for parent in ancestors(cm.name):
-                if parent in self.anchored and not em.name.startswith(parent + "."):
+                shape = digit_template(parent)[0]
+                if shape in self.anchored_shapes and not e_shape.startswith(shape + "."):
                     return False
         return True
 
@@ -260,7 +275,7 @@ class _Aligner:
         """Keep a match, and what it says of its modules and their parents for the pairs still open."""
         self.result.matches.append(match)
         for cm, em in match.pairs:
-            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            c_module, e_module = split_leaf(cm.key)[0], split_leaf(em.name)[0]
             _learn(self.module_map, c_module, e_module)
             _learn(self.module_image, e_module, c_module)
             c_up, e_up = _parents(cm.name), _parents(em.name)
@@ -288,7 +303,7 @@ class _Aligner:
         if not self.module_map:
             return True
         for cm, em in zip(c.members, e.members):
-            c_module, e_module = split_leaf(cm.name)[0], split_leaf(em.name)[0]
+            c_module, e_module = split_leaf(cm.key)[0], split_leaf(em.name)[0]
             image = self.module_map.get(c_module, "")
             if image and image != e_module:
                 return False
@@ -324,40 +339,51 @@ class _Aligner:
         return comp_c, comp_e
 
     def _weigh(self, comp_c: list[Group], comp_e: list[Group], edges: dict[Group, list[Group]]) -> None:
-        """A tie among groups of equal shapes: names (and order) choose where they agree clearly; the rest are
-        candidates."""
-        open_c = list(comp_c)
-        open_e = list(comp_e)
+        """A tie among groups of equal shapes: names choose where they agree clearly; the rest are
+        candidates. A pair is chosen when each is the other's clear favourite (by ``MARGIN``) and the module's
+        own name agrees; choosing removes both, which may make others clear, so passes repeat."""
+        open_c = set(comp_c)
+        open_e = set(comp_e)
         scores: dict[tuple[Group, Group], float] = {}
         if len(comp_c) <= MAX_COMPONENT and len(comp_e) <= MAX_COMPONENT:
             for c in comp_c:
                 for e in edges[c]:
                     scores[c, e] = path_similarity(c.path, e.path) + self._placement(c, e)
+                    if same_path(c.path, e.path):
+                        scores[c, e] += STRONG_NAME
+        by_c: dict[Group, list[tuple[float, Group]]] = {}
+        by_e: dict[Group, list[tuple[float, Group]]] = {}
+        for (c, e), score in scores.items():
+            by_c.setdefault(c, []).append((score, e))
+            by_e.setdefault(e, []).append((score, c))
         decided = True
         while decided and scores:
             decided = False
-            for c in list(open_c):
-                options = sorted(((scores.get((c, e), -1.0), e) for e in open_e if (c, e) in scores), key=_first)
-                if not options:
+            for c in [g for g in comp_c if g in open_c]:
+                best, target, runner = _best(by_c.get(c, []), open_e)
+                if target is None or best - runner < MARGIN or not _own_name_agrees(c, target):
                     continue
-                best, target = options[-1]
-                runner = options[-2][0] if len(options) > 1 else 0.0
-                rivals = [scores.get((o, target), -1.0) for o in open_c if o is not c and (o, target) in scores]
-                if not _own_name_agrees(c, target) or best - runner < MARGIN or any(best - r < MARGIN for r in rivals):
-                    continue
-                if not self._order_agrees(c, target, open_c, open_e):
+                best_back, source, runner_back = _best(by_e.get(target, []), open_c)
+                if source is not c or best_back - runner_back < MARGIN:
                     continue
                 evidence = [Evidence("names", f"{'.'.join(c.path) or c.template} ~ {'.'.join(target.path)}")]
-                if len(open_c) > 1 or len(options) > 1:
-                    evidence.append(Evidence("tie", f"{len(options)} groups of equal shapes were candidates"))
+                candidates = sum(1 for _, e in by_c.get(c, []) if e in open_e)
+                if candidates > 1:
+                    evidence.append(Evidence("tie", f"{candidates} groups of equal shapes were candidates"))
                 if self._placement(c, target) > 0:
                     evidence.append(Evidence("siblings", "its sibling modules went to the same parent"))
                 self._record(Match(c, target, Applicability.unsafe, evidence))
-                open_c.remove(c)
-                open_e.remove(target)
+                open_c.discard(c)
+                open_e.discard(target)
                 decided = True
         if open_c:
-            self._tie(open_c, open_e, edges, scores, "several groups of equal shapes fit and the names do not decide")
+            self._tie(
+                [g for g in comp_c if g in open_c],
+                [g for g in comp_e if g in open_e],
+                edges,
+                scores,
+                "several groups of equal shapes fit and the names do not decide",
+            )
 
     def _placement(self, c: Group, e: Group) -> float:
         """Where decided siblings put this module's parent: agreeing with every pair counts for the candidate,
@@ -372,15 +398,6 @@ class _Aligner:
                 return -PLACEMENT
             agree = True
         return PLACEMENT if agree else 0.0
-
-    def _order_agrees(self, c: Group, e: Group, comp_c: list[Group], comp_e: list[Group]) -> bool:
-        """Where both sources keep registration order, a choice may not contradict it: the chosen group must sit
-        at the same rank among the candidates of its component on both sides."""
-        if not self.order_known or len(comp_c) != len(comp_e):
-            return True
-        rank_c = sorted(comp_c, key=lambda g: g.members[0].order).index(c)
-        rank_e = sorted(comp_e, key=lambda g: g.members[0].order).index(e)
-        return rank_c == rank_e
 
     def _tie(
         self,
@@ -402,8 +419,8 @@ class _Aligner:
     # ------------------------------------------------------------------------------------------------ splits
     def _refine(self, rest_c: list[Group], rest_e: list[Group]) -> tuple[list[Group], list[Group]]:
         """Split the groups that found no candidate at the index position whose parts find the most."""
-        c_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_c}
-        e_options = {g: [g.split(p) for p in split_positions(g)] for g in rest_e}
+        c_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_c}
+        e_options = {g: [(p, g.split(p)) for p in split_positions(g)] for g in rest_e}
         e_signatures = {s.signature[:3] for g in rest_e for s in [g, *_flat(e_options[g])]}
         c_signatures = {s.signature[:3] for g in rest_c for s in [g, *_flat(c_options[g])]}
         return _choose(rest_c, c_options, e_signatures), _choose(rest_e, e_options, c_signatures)
@@ -431,13 +448,15 @@ class _Aligner:
                     kept.append(match)
                     continue
                 keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
-                support = self._corroboration(match, siblings)
-                if support and keys >= 2:
-                    match.evidence.extend(support)
-                elif _own_name_agrees(match.checkpoint, match.expected):
+                structure = self._structure(match, siblings)
+                own = _own_name_agrees(match.checkpoint, match.expected)
+                named = _named_in_place(match.checkpoint, match.expected)
+                if keys >= 2 and (structure or named):
+                    match.evidence.extend(structure or [Evidence("names", self._names_text(match))])
+                elif named or (structure and own):
                     match.applicability = Applicability.unsafe
-                    match.evidence.append(Evidence("names", self._names_text(match)))
-                    match.note = "inferred from a single key" if keys < 2 else "nothing around it moves the same way"
+                    match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
+                    match.note = "inferred from a single key"
                 else:
                     self._demote(match, "the only candidate by shape, but neither names nor neighbours confirm it")
                     continue
@@ -465,17 +484,35 @@ class _Aligner:
                 (c, [e for e in targets if c.module not in modules or e.module in modules[c.module]])
                 for c, targets in pending
             ]
-            supported = any(self._related(c, e, siblings) for c, targets in pairs for e in targets)
+            supported = any(
+                self._related(c, e, siblings) or self._unique_everywhere(c, e) for c, targets in pairs for e in targets
+            )
             if not supported:
                 continue
             options: dict[str, list[str]] = {}
             for c, targets in pairs:
-                kept = [e for e in targets if self._related(c, e, siblings) or len(targets) == 1]
+                kept = [
+                    e
+                    for e in targets
+                    if self._related(c, e, siblings) or self._unique_everywhere(c, e) or len(targets) == 1
+                ]
                 if not kept:
                     continue
                 for position, member in enumerate(c.members):
                     options[member.key] = [e.members[position].name for e in kept]
             self.result.ties.append(Tie(options, why, evidence))
+
+    def _unique_everywhere(self, c: Group, e: Group) -> bool:
+        """Every tensor of the pair has a shape found once among all checkpoint keys and once among all expected
+        keys (not only the open ones): the shapes alone point from one to the other, which is worth a candidate
+        (never a fix) even where no name or neighbour confirms it."""
+        if self.shape_counts is None or not c.shapes_known or not e.shapes_known:
+            return False
+        ours, theirs = self.shape_counts
+        return all(
+            ours.get(cm.info.shape, 0) == 1 and theirs.get(em.info.shape, 0) == 1
+            for cm, em in zip(c.members, e.members)
+        )
 
     def _related(self, c: Group, e: Group, siblings: dict[tuple[str, str], set[str]]) -> bool:
         if c.path and e.path and segment_similarity(c.path[-1], e.path[-1]) >= WEAK_NAME:
@@ -502,7 +539,9 @@ class _Aligner:
                     shared.setdefault(pair, set()).add(module)
         return shared
 
-    def _corroboration(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+    def _structure(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+        """What the tree says for a match: it stays inside a parent that matches as it stands, or sibling modules
+        move the same way."""
         module = match.checkpoint.module
         c, e = match.pairs[0]
         for c_parent in ancestors(c.name)[1:]:
@@ -514,16 +553,44 @@ class _Aligner:
                 return [
                     Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
                 ]
-        if _own_name_agrees(match.checkpoint, match.expected):
-            return [Evidence("names", self._names_text(match))]
         return []
+
+
+#: Wrapper segments that say nothing of where a module sits (DDP, torch.compile, a loader's ``model.``).
+_WRAPPERS: Final = frozenset({"module", "_orig_mod", "model", "base_model"})
+
+
+def _named_in_place(c: Group, e: Group) -> bool:
+    """The module's own name agrees *and* it sits in the same place: its parent path is the same once wrapper
+    segments are set aside (or reads the same up to separators). A match no neighbour confirms needs both:
+    ``attn`` under ``transformer.layers`` is not ``attn`` under ``model.layers``."""
+    if not c.path or not e.path:
+        return False
+    if same_path(c.path, e.path):
+        return True
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME:
+        return _same_place(c.path[:-1], e.path[:-1])
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    if len(long) == len(short) + 1 and same_name(short[-1], long[-2]):  # wrapped (``head`` -> ``head.fc``)
+        return _same_place(short[:-1], long[:-2])
+    return False
+
+
+def _same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    a = tuple(s for s in a if s not in _WRAPPERS)
+    b = tuple(s for s in b if s not in _WRAPPERS)
+    return a == b or (bool(a) and bool(b) and same_path(a, b))
 
 
 def _own_name_agrees(c: Group, e: Group) -> bool:
     """The module's own name (its last segment) is the same up to spelling, or a published equivalent."""
     if not c.path or not e.path:
         return False
-    return segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path):
+        return True
+    # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
+    short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
+    return len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
@@ -541,23 +608,41 @@ def _reverse(edges: dict[Group, list[Group]]) -> dict[Group, list[Group]]:
     return reverse
 
 
-def _first(item: tuple[float, Group]) -> float:
-    return item[0]
+def _best(options: list[tuple[float, Group]], open_: set[Group]) -> tuple[float, Group | None, float]:
+    """The best open option, its score, and the runner-up's score (0 when it is alone)."""
+    ranked = sorted((score for score, group in options if group in open_), reverse=True)
+    if not ranked:
+        return -1.0, None, 0.0
+    best = ranked[0]
+    target = next(group for score, group in options if group in open_ and score == best)
+    return best, target, ranked[1] if len(ranked) > 1 else 0.0
 
 
-def _flat(options: list[list[Group]]) -> list[Group]:
-    return [g for split in options for g in split]
+def _flat(options: list[tuple[int, list[Group]]]) -> list[Group]:
+    return [g for _, split in options for g in split]
 
 
-def _choose(rest: list[Group], options: dict[Group, list[list[Group]]], other: set[tuple[object, ...]]) -> list[Group]:
+def _inside_a_name(template: str, position: int) -> bool:
+    """True when the ``position``-th hole sits inside a segment with letters (``ln_1``), not alone (``h.0``)."""
+    pieces = template.split(HOLE)
+    before, after = pieces[position], pieces[position + 1]
+    return not (before.endswith(".") or before == "") or not (after.startswith(".") or after == "")
+
+
+def _choose(
+    rest: list[Group], options: dict[Group, list[tuple[int, list[Group]]]], other: set[tuple[object, ...]]
+) -> list[Group]:
     out: list[Group] = []
     for group in rest:
         best: list[Group] | None = None
-        best_hits = 0
-        for parts in options[group]:
+        best_rank: tuple[int, bool, int] = (0, False, -1)
+        for position, parts in options[group]:
             hits = sum(1 for p in parts if p.signature[:3] in other)
-            if hits > best_hits:
-                best, best_hits = parts, hits
+            # on equal hits, an index written into a name (``ln_1``, ``c_fc_0``, ``norm2``) names modules more often
+            # than a dotted index counts blocks; then the innermost position
+            rank = (hits, _inside_a_name(group.template, position), position)
+            if hits and rank > best_rank:
+                best, best_rank = parts, rank
         if best is not None:
             out.extend(best)
         else:
@@ -574,5 +659,8 @@ def _ancestor_pairs(c_name: str, e_name: str) -> list[tuple[str, str]]:
 
 
 def _parents(name: str) -> list[str]:
+    """The nearest ancestors of a key's module (up to three levels), wrapper-only prefixes left out."""
     module = split_leaf(name)[0]
-    return ancestors(module + ".x")[1:3] if module else []
+    if not module:
+        return []
+    return [a for a in ancestors(module + ".x")[1:4] if not set(a.split(".")) <= _WRAPPERS]

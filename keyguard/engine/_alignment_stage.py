@@ -4,8 +4,9 @@ correspondence becomes one ``remap`` rule of the plan, proven to rename exactly 
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterable
-from typing import Final
+from typing import Literal
 
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template
@@ -13,27 +14,44 @@ from keyguard.engine._infer import Candidate
 from keyguard.engine._state import EngineState, _Accepted, _Ambiguity
 from keyguard.fixes._rules import MapKeys, Remap, Rule
 
-#: Sources whose key order is the order modules registered their tensors (safetensors sorts its keys).
-ORDERED_FORMATS: Final = frozenset({"torch-pickle", "torch-pickle-sharded", "module", "config", "state-dict"})
-
 
 class _AlignmentStage(EngineState):
     def _align(self) -> None:
+        for key in self.held:
+            self.cur[key] = key
+            self.by_cur[key] = key
+            self.open_e.add(key)
+        try:
+            self._align_open()
+        finally:
+            self._match_held_by_name()
+
+    def _match_held_by_name(self) -> None:
+        """Keys held out for a shape mismatch that alignment did not explain match by name again."""
+        for key in self.held:
+            if self.cur.get(key) == key and key in self.open_e:
+                del self.cur[key]
+                del self.by_cur[key]
+                self.open_e.discard(key)
+                self.resolved[key] = key
+                self.exact.add(key)
+
+    def _align_open(self) -> None:
         if not self.cur or not self.open_e:
             return
         position_c = {k: i for i, k in enumerate(self.C)}
         position_e = {k: i for i, k in enumerate(self.E)}
         entries_c = [(name, key, self.C[key], position_c[key]) for name, key in self.by_cur.items()]
         entries_e = [(k, k, self.E[k], position_e[k]) for k in self.E if k in self.open_e]
-        order_known = self.ck_set.format in ORDERED_FORMATS and self.ex_set.format in ORDERED_FORMATS
         contested = [*self.frozen, *(t for amb in self.ambiguities for ts in amb.keys.values() for t in ts)]
         alignment = align(
             entries_c,
             entries_e,
             anchored=self.resolved.values(),
             contested=contested,
-            order_known=order_known,
             hints=self.hints,
+            resolved={k: t for k, t in self.resolved.items() if k != t},
+            shape_counts=(Counter(i.shape for i in self.C.values()), Counter(i.shape for i in self.E.values())),
         )
         by_template: dict[str, list[str]] = {}
         for name in (*self.by_cur, *self.resolved.values(), *self.frozen):
@@ -94,9 +112,9 @@ class _AlignmentStage(EngineState):
         sources: list[int] = []
         for position in range(e.holes):
             values = [em.index[position] for _, em in pairs]
-            found = next(
-                (i for i in range(c.holes) if all(cm.index[i] == v for (cm, _), v in zip(pairs, values))), None
-            )
+            # the same position first: with one block, every index reads 0 and any position would do
+            order = [position, *(i for i in range(c.holes) if i != position)] if position < c.holes else range(c.holes)
+            found = next((i for i in order if all(cm.index[i] == v for (cm, _), v in zip(pairs, values))), None)
             if found is None:
                 break
             sources.append(found)
@@ -109,10 +127,11 @@ class _AlignmentStage(EngineState):
         explicit = {",".join(map(str, cm.index)): list(em.index) for cm, em in pairs}
         candidates.append(Remap(old=old, new=_placeholders(e.template), indices=explicit))
         pool = by_template.get(digit_template(c.members[0].name)[0], [])
+        origin: Literal["inferred", "hint"] = "hint" if any(e.kind == "hint" for e in match.evidence) else "inferred"
         for rule in candidates:
             if _exact(rule, names, pool):
-                return rule.model_copy(update={"applicability": match.applicability})
-        return MapKeys(mapping=dict(names), applicability=match.applicability)
+                return rule.model_copy(update={"applicability": match.applicability, "origin": origin})
+        return MapKeys(mapping=dict(names), applicability=match.applicability, origin=origin)
 
     # ------------------------------------------------------------------------------------------------- ties
     def _take_tie(self, tie: Tie) -> None:
@@ -133,7 +152,7 @@ class _AlignmentStage(EngineState):
             self.frozen.append(name)
         for targets in options.values():
             self.open_e.difference_update(targets)
-        self.ambiguities.append(_Ambiguity(options, [], tie.why))
+        self._ambiguous(_Ambiguity(options, [], tie.why))
 
 
 def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:

@@ -8,9 +8,9 @@ unexpected, with known-harmless cases explained.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
+from keyguard._regex import compile_patterns
 from keyguard.engine._alignment_stage import _AlignmentStage
 from keyguard.engine._findings import _Findings
 from keyguard.engine._fused import _Fusions
@@ -47,6 +47,7 @@ def diagnose(
     Returns:
         A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
     """
+    compile_patterns(ignore, "ignore")  # PatternError before reading anything
     ck = read_keys(checkpoint, container=container)
     ex = read_keys(expected, architecture=architecture)
     return diagnose_keys(ck, ex, ignore=ignore, hints=hints)
@@ -63,7 +64,7 @@ def diagnose_keys(
     """``diagnose`` on key sets already read. ``align=False`` leaves out template alignment (whole modules matched
     by shape): the adapter checks use it, where both sides come from one architecture and only naming rules
     (prefixes, segments, adapter names) can be at fault."""
-    engine = _Engine(checkpoint, expected, [re.compile(p) for p in ignore], dict(hints or {}))
+    engine = _Engine(checkpoint, expected, compile_patterns(ignore, "ignore"), dict(hints or {}))
     engine.aligning = align
     return engine.run()
 
@@ -76,8 +77,11 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
                 break
         if self.aligning:
             self._align()
+        else:
+            self._match_held_by_name()
         self._finalize()
         self._fused_split()
+        self._fused_by_shape()
         shape_bad = self._pair_findings()
         self._leftover_findings()
         self._ambiguity_findings()

@@ -127,10 +127,12 @@ class _Findings(EngineState):
                     ctx={"count": len(transposed)},
                 )
             )
-        groups: dict[tuple[str, str], list[tuple[Rule, list[str], list[str]]]] = {}
+        groups: dict[tuple[str, str, Applicability], list[tuple[Rule, list[str], list[str]]]] = {}
         for fused, originals, targets in self.fused:
             anchor = fused.source if isinstance(fused, Split) else getattr(fused, "target", "")
-            groups.setdefault((fused.op, template(anchor)[0]), []).append((fused, originals, targets))
+            groups.setdefault((fused.op, template(anchor)[0], fused.applicability), []).append(
+                (fused, originals, targets)
+            )
         for members in groups.values():
             self.findings.append(self._fused_finding(members))
         if dtype_diff:
@@ -309,7 +311,16 @@ class _Findings(EngineState):
             originals,
             targets,
             examples=[Example(checkpoint=members[0][1][0], expected=members[0][2][0], detail=first.describe())],
-            fix=Fix(applicability=Applicability.unsafe, rules=rules, note="splitting or fusing changes the data"),
+            fix=Fix(
+                applicability=min((r.applicability for r in rules), key=lambda a: a.rank),
+                rules=rules,
+                note="splitting or fusing changes the data"
+                + (
+                    "; the order of the parts is a guess: never applied"
+                    if any(r.applicability is Applicability.display_only for r in rules)
+                    else ""
+                ),
+            ),
             ctx={"count": len(originals), "tensors": len(rules)},
         )
 
@@ -521,7 +532,7 @@ class _Findings(EngineState):
                     safe_rules.extend(acc.rules)
         for finding in self.findings:
             if finding.kind in ("transposed", "fused_split") and finding.fix is not None:
-                all_rules.extend(finding.fix.rules)
+                all_rules.extend(r for r in finding.fix.rules if r.applicability.at_least(Applicability.unsafe))
         missing = sum(f.count for f in self.findings if f.kind == "missing")
         unexpected = sum(f.count for f in self.findings if f.kind == "unexpected")
         shape = sum(f.count for f in self.findings if f.kind in ("shape_mismatch", "transposed"))

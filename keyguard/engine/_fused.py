@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._groups import split_leaf
+from keyguard.engine._names import name_groups, spelled_parts
 from keyguard.engine._state import (
     EngineState,
     _dims,
 )
 from keyguard.fixes._rules import (
+    Applicability,
     Fuse,
     Rule,
     Split,
@@ -55,6 +60,59 @@ class _Fusions(EngineState):
             ):
                 self._stacked_experts(target, parts)
 
+    def _fused_by_shape(self) -> None:
+        """Fused tensors under names no table knows (``Wqkv``, ``up_gate_proj``) against their parts in the model,
+        or the reverse: one tensor whose shape is the parts' stacked along dim 0, where the parts sit where the
+        fused tensor's module sits (its siblings went there, or it is the same place by name). The order of the
+        parts comes from the fused name when it spells them (``up_gate`` is up, then gate): then the split is
+        ``unsafe`` (it changes data); when it does not, it is shown but never applied (``display_only``)."""
+        if not self.by_cur or not self.open_e:
+            return
+        places = self._places()
+        by_parent = _by_parent([k for k in self.E if k in self.open_e])
+        for name in list(self.by_cur):
+            original = self.by_cur.get(name)
+            if original is None:
+                continue
+            module, leaf = split_leaf(name)
+            c_parent, own = _parent_and_own(module)
+            for e_parent in dict.fromkeys([places.get(_parent_and_own(split_leaf(original)[0])[0]), c_parent]):
+                if e_parent is None:
+                    continue
+                parts = [k for k in by_parent.get((e_parent, leaf), []) if k in self.open_e]
+                chosen = _order(own, parts, self.C[original], self.E)
+                if chosen is not None:
+                    ordered, applicability = chosen
+                    sizes = [_dims(self.E[t])[0] for t in ordered]
+                    rule = Split(source=name, targets=ordered, sizes=sizes, applicability=applicability)
+                    self._take_fused(rule, [original], ordered)
+                    break
+        by_parent_c = _by_parent(list(self.by_cur))
+        for target in [k for k in self.E if k in self.open_e]:
+            module, leaf = split_leaf(target)
+            e_parent, own = _parent_and_own(module)
+            sources = [n for n in by_parent_c.get((e_parent, leaf), []) if n in self.by_cur]
+            infos = {n: self.C[self.by_cur[n]] for n in sources}
+            chosen = _order(own, sources, self.E[target], infos)
+            if chosen is not None:
+                ordered, applicability = chosen
+                fuse = Fuse(sources=ordered, target=target, applicability=applicability)
+                self._take_fused(fuse, [self.by_cur[n] for n in ordered], [target])
+
+    def _places(self) -> dict[str, str]:
+        """Checkpoint parent module -> model parent module, where every matched child agrees."""
+        seen: dict[str, str | None] = {}
+        for original, target in self.resolved.items():
+            if original == target:
+                continue
+            c_parent = _parent_and_own(split_leaf(original)[0])[0]
+            e_parent = _parent_and_own(split_leaf(target)[0])[0]
+            if seen.get(c_parent, e_parent) != e_parent:
+                seen[c_parent] = None
+            elif c_parent not in seen:
+                seen[c_parent] = e_parent
+        return {c: e for c, e in seen.items() if e is not None}
+
     def _stacked_experts(self, target: str, parts: list[str]) -> None:
         info = self.E[target]
         if info.shape is None or len(info.shape) != 3:
@@ -89,3 +147,41 @@ class _Fusions(EngineState):
         for target in targets:
             self.open_e.discard(target)
         self.fused.append((rule.model_copy(update={"reason": kinds.FUSED_SPLIT.code}), originals, targets))
+
+
+def _parent_and_own(module: str) -> tuple[str, str]:
+    parent, _, own = module.rpartition(".")
+    return parent, own
+
+
+def _by_parent(keys: list[str]) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for key in keys:
+        module, leaf = split_leaf(key)
+        out.setdefault((_parent_and_own(module)[0], leaf), []).append(key)
+    return out
+
+
+def _order(
+    fused_name: str, parts: list[str], whole: TensorInfo, infos: Mapping[str, TensorInfo]
+) -> tuple[list[str], Applicability] | None:
+    """The parts that stack (dim 0) into ``whole``, in the order the fused name spells them (``unsafe``), or in
+    the model's order when the name spells nothing (``display_only``); ``None`` when no set of parts fits."""
+    shape = whole.shape
+    if shape is None or len(shape) == 0 or len(parts) < 2:
+        return None
+    fitting = [p for p in parts if (s := infos[p].shape) is not None and len(s) == len(shape) and s[1:] == shape[1:]]
+    spelled = spelled_parts(fused_name)
+    if len(spelled) >= 2:
+        ordered: list[str] = []
+        for groups in spelled:
+            found = [p for p in fitting if name_groups(_parent_and_own(split_leaf(p)[0])[1]) & groups]
+            if len(found) != 1 or found[0] in ordered:
+                break
+            ordered.append(found[0])
+        else:
+            if sum(_dims(infos[p])[0] for p in ordered) == shape[0]:
+                return ordered, Applicability.unsafe
+    if 2 <= len(fitting) <= 4 and sum(_dims(infos[p])[0] for p in fitting) == shape[0]:
+        return fitting, Applicability.display_only
+    return None

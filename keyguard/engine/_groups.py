@@ -61,8 +61,19 @@ def digit_template(key: str) -> tuple[str, tuple[int, ...]]:
 
 #: Segments that PEFT puts between a module and its tensor: part of the leaf, not of the module's name.
 _ADAPTER_SEGMENTS: Final = frozenset(
-    {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "base_layer"}
+    {
+        "lora_A",
+        "lora_B",
+        "lora_embedding_A",
+        "lora_embedding_B",
+        "lora_magnitude_vector",
+        "base_layer",
+        "lora_down",  # kohya / sd-scripts names for lora_A and lora_B
+        "lora_up",
+    }
 )
+#: Adapter leaves that name the same tensor in different tools.
+_ADAPTER_LEAVES: Final = {"lora_down": "lora_A", "lora_up": "lora_B"}
 
 
 def split_leaf(template: str) -> tuple[str, str]:
@@ -82,7 +93,9 @@ def leaf_class(template: str) -> str:
     adapter leaf (``lora_A.weight``) is its own kind."""
     leaf = split_leaf(template)[1]
     if "." in leaf:
-        return leaf
+        head, _, rest = leaf.partition(".")
+        rest = rest.rsplit(".", 1)[-1]  # PEFT's adapter name in the middle (lora_A.default.weight) says nothing
+        return f"{_ADAPTER_LEAVES.get(head, head)}.{_LEAVES.get(rest, rest)}"
     return _LEAVES.get(leaf, "param")
 
 
@@ -93,7 +106,7 @@ def module_path(template: str) -> tuple[str, ...]:
     out: list[str] = []
     for segment in segments:
         stripped = segment.replace(HOLE, "").strip("_-")
-        if stripped:
+        if stripped and not stripped.isdigit():  # a block number written in by a split is no name
             out.append(stripped)
     return tuple(out)
 
@@ -302,30 +315,38 @@ def _root(group: Group) -> Group:
 
 
 def _partition(family: list[Group], position: int, holes: int) -> list[list[Group]] | None:
-    """The family split by the kind of block at ``position``, or ``None`` when every value holds the same kinds."""
-    kinds: dict[int, set[tuple[str, int, tuple[int, ...]]]] = {}
+    """The family split by the kind of block at ``position``, or ``None`` when every value holds the same kinds.
+
+    Two values differ in kind when one tensor slot (leaf and inner indices) holds tensors of different ranks
+    under them (a norm where the other has a convolution). What is present under one value and absent under
+    another is no difference: a dropped bias is not another kind of block, and with keys missing on one side the
+    sub-modules present say little (``_align`` splits further where groups still find nothing).
+    """
+    slots: dict[int, dict[tuple[str, tuple[int, ...]], int]] = {}
     for group in family:
         tail = group.template[len(split_leaf(group.template)[0]) :]
         for member in group.members:
             rank = -1 if member.info.shape is None else len(member.info.shape)
-            inner = member.index[position + 1 : holes]
-            kinds.setdefault(member.index[position], set()).add((tail, rank, inner))
-    classes: dict[frozenset[tuple[str, int, tuple[int, ...]]], list[int]] = {}
-    for value, kind in kinds.items():
-        classes.setdefault(frozenset(kind), []).append(value)
-    if len(classes) < 2:
+            slots.setdefault(member.index[position], {})[tail, member.index[position + 1 : holes]] = rank
+    clusters: list[tuple[list[int], dict[tuple[str, tuple[int, ...]], int]]] = []
+    for value in sorted(slots):
+        kind = slots[value]
+        for values, merged in clusters:
+            if all(merged.get(slot, rank) == rank for slot, rank in kind.items()):
+                values.append(value)
+                merged.update(kind)
+                break
+        else:
+            clusters.append(([value], dict(kind)))
+    if len(clusters) < 2:
         return None
     parts: list[list[Group]] = []
-    for values in classes.values():
+    for values, _ in clusters:
         chosen = set(values)
         part: list[Group] = []
         for group in family:
             if len(values) == 1:
-                part.extend(
-                    g
-                    for g in group.split(position)
-                    if g.members and g.members[0] is not None and _value_of(g, group, position) in chosen
-                )
+                part.extend(g for g in group.split(position) if _value_of(g, group, position) in chosen)
             else:
                 members = [m for m in group.members if m.index[position] in chosen]
                 if members:

@@ -115,7 +115,7 @@ def prefix_candidates(
     out: list[Candidate] = []
     per_block = _PerBlock(sampled)
     for (op, a, b), count in votes.most_common(MAX_CANDIDATES):
-        if per_block(a if op != "add" else "") or per_block(b, expected_side=True):
+        if (op != "add" and per_block(a)) or per_block(a if op == "add" else b, expected_side=True):
             continue  # a prefix that singles out one numbered block is an index edit, not a prefix
         if op == "strip":
             out.append(Candidate(StripPrefix(prefix=a), "extra_prefix", votes=count))

@@ -33,18 +33,18 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
     # blocks and their parts
     ("self_attn", "attention", "attn", "self_attention", "mixer", "attn_layer", "self"),
     ("mlp", "feed_forward", "ffn", "feedforward", "block_sparse_moe", "ff", "mlp_block", "channel_mixer"),
+    # pre-norm blocks (Llama, Mistral, GPT-2): the norm before attention, the norm before the MLP. Numbered norms
+    # (norm1 / norm2) are left out on purpose: post-norm models number the norms *after* attention and the MLP.
     (
         "input_layernorm",
         "attention_norm",
         "ln_1",
         "ln1",
-        "norm1",
         "attn_norm",
         "self_attn_layer_norm",
         "layernorm_before",
         "input_norm",
         "pre_attention_layernorm",
-        "norm_1",
         "attention_layernorm",
     ),
     (
@@ -52,16 +52,18 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "ffn_norm",
         "ln_2",
         "ln2",
-        "norm2",
         "mlp_norm",
         "layernorm_after",
         "pre_feedforward_layernorm",
-        "norm_2",
         "ffn_layernorm",
         "post_attn_norm",
     ),
     ("layers", "layer", "h", "blocks", "block", "resblocks", "transformer_blocks", "decoder_layers"),
+    # ViT-style pre-norm blocks name the norms by position; numbered norms read the same way there
+    ("layernorm_before", "norm1", "layer_norm_1", "ln_1", "ln1", "norm_1"),
+    ("layernorm_after", "norm2", "layer_norm_2", "ln_2", "ln2", "norm_2"),
     # whole-model parts
+    ("classifier", "head", "fc", "score", "cls"),
     ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "norm_out", "ln_out"),
     (
         "embed_tokens",
@@ -164,26 +166,53 @@ def canonical_tokens(name: str) -> frozenset[str]:
     return frozenset(_canonical_token(t) for t in tokens(name))
 
 
-def _normalised(name: str) -> str:
-    return "_".join(_canonical_token(t) for t in tokens(name))
+def _plain(name: str) -> str:
+    """The name with case, separators and plurals set aside (``LayerNorm``, ``layer_norms`` -> ``layernorm``);
+    token synonyms are *not* applied here: ``ln_2`` and ``norm2`` stay different names."""
+    return "".join(_singular(t) for t in tokens(name))
+
+
+def _singular(token: str) -> str:
+    return token[:-1] if len(token) > 3 and token.endswith("s") and not token.endswith("ss") else token
 
 
 _GROUPS_OF: Final[dict[str, frozenset[int]]] = {}
 for _index, _group in enumerate(EQUIVALENT_NAMES):
     for _name in _group:
-        _GROUPS_OF[_name.lower()] = _GROUPS_OF.get(_name.lower(), frozenset()) | {_index}
-        _GROUPS_OF.setdefault(_normalised(_name), frozenset())
-        _GROUPS_OF[_normalised(_name)] = _GROUPS_OF[_normalised(_name)] | {_index}
+        for _form in {_name.lower(), _plain(_name)}:
+            _GROUPS_OF[_form] = _GROUPS_OF.get(_form, frozenset()) | {_index}
 
 
 def _groups(name: str) -> frozenset[int]:
-    return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_normalised(name), frozenset())
+    return _GROUPS_OF.get(name.lower(), frozenset()) | _GROUPS_OF.get(_plain(name), frozenset())
+
+
+def name_groups(name: str) -> frozenset[int]:
+    """The equivalence groups a module name belongs to (``q_proj`` and ``wq`` share one)."""
+    return _groups(name)
+
+
+def spelled_parts(name: str) -> list[frozenset[int]]:
+    """The modules a fused name spells, in order: ``qkv_proj``, ``Wqkv`` and ``query_key_value`` spell the query,
+    key and value projections; ``up_gate_proj`` the up then the gate projection. Empty when it spells nothing."""
+    out: list[frozenset[int]] = []
+    for token in tokens(name):
+        letters = token[1:] if token.startswith("w") and len(token) > 2 else token
+        if 2 <= len(letters) <= 3 and all(ch in "qkv" for ch in letters):
+            out.extend(_groups(ch) for ch in letters)
+        elif token not in _GENERIC and (groups := _groups(token)):
+            out.append(groups)
+    return out
+
+
+#: Tokens that name no part of a fused tensor (``qkv_proj`` spells q, k, v; ``proj`` spells nothing).
+_GENERIC: Final = frozenset({"proj", "projection", "linear", "fc", "dense", "layer", "w", "weight", "in", "out"})
 
 
 @functools.lru_cache(maxsize=65536)
 def same_name(a: str, b: str) -> bool:
-    """Equal once separators, case, plurals and token synonyms are set aside (``layer_norm`` / ``LayerNorm``)."""
-    return a == b or (bool(tokens(a)) and _normalised(a) == _normalised(b))
+    """Equal once case, separators and plurals are set aside (``layer_norm`` / ``LayerNorm``)."""
+    return a == b or (bool(tokens(a)) and _plain(a) == _plain(b))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -218,3 +247,27 @@ def path_similarity(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     if rest_a and rest_b:
         score += 0.25 * (2 * len(rest_a & rest_b) / (len(rest_a) + len(rest_b)))
     return score
+
+
+def path_tokens(path: tuple[str, ...]) -> tuple[str, ...]:
+    """The tokens of a whole module path, in order, with case, separators and plurals set aside (no synonyms)."""
+    return tuple(_singular(t) for segment in path for t in tokens(segment))
+
+
+def same_path(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """The two paths end alike once separators are set aside: one is the end of the other
+    (``lora_unet_down_blocks_0_proj_in`` against ``unet.down_blocks.0.proj_in``), or is once its first segment,
+    a root of another name, is set aside (``lora_te_text_model...`` against ``text_encoder.text_model...``): the
+    same module, named as another tool flattens it."""
+    if _ends(path_tokens(a), path_tokens(b)):
+        return True
+    for one, other in ((a, b), (b, a)):
+        rest = path_tokens(one[1:])
+        if len(one) >= 3 and len(rest) >= 3 and _ends(rest, path_tokens(other)):
+            return True
+    return False
+
+
+def _ends(ta: tuple[str, ...], tb: tuple[str, ...]) -> bool:
+    shorter, longer = (ta, tb) if len(ta) <= len(tb) else (tb, ta)
+    return len(shorter) >= 2 and longer[len(longer) - len(shorter) :] == shorter

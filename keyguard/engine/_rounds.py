@@ -102,6 +102,10 @@ class _Rounds(EngineState):
                 self._record_tie(cand, rivals, pairs, taken_c, taken_e, scored)
                 progress = True
                 continue
+            pairs = self._carve_contested(cand, pairs, scored, taken_c, taken_e)
+            if not pairs:
+                progress = True
+                continue
             if self._accept(cand, pairs):
                 progress = True
                 taken_c.update(pairs)
@@ -210,7 +214,7 @@ class _Rounds(EngineState):
         for target in targets - taken_e:
             self.open_e.discard(target)
             taken_e.add(target)
-        self.ambiguities.append(
+        self._ambiguous(
             _Ambiguity(options, [cand.rule, *(r.rule for r in rivals)], "several rules explain these keys equally well")
         )
 
@@ -290,6 +294,55 @@ class _Rounds(EngineState):
         self.accepted.append(accepted)
         return True
 
+    def _carve_contested(
+        self,
+        cand: Candidate,
+        pairs: dict[str, str],
+        scored: list[tuple[int, Candidate]],
+        taken_c: set[str],
+        taken_e: set[str],
+    ) -> dict[str, str]:
+        """Keys another rule reads otherwise, where that rule also explains keys of its own (two subtrees renamed
+        onto one prefix: ``trunk.norm`` could be ``model.norm`` or ``transformer.norm``), are taken out of the
+        winner's pairs and shown with both readings."""
+        if not isinstance(cand.rule, (StripPrefix, ReplacePrefix, AddPrefix)):
+            return pairs  # numbered groups have their own checks (offsets, partly matched groups)
+        contested: dict[str, list[str]] = {}
+        for _, other in scored:
+            if (
+                other is cand
+                or not other.landing
+                or not isinstance(other.rule, (StripPrefix, ReplacePrefix, AddPrefix))
+            ):
+                continue
+            clash = {n for n, t in other.landing.items() if n in pairs and pairs[n] != t}
+            if not clash:
+                continue
+            own = [n for n in other.landing if n not in pairs and n not in taken_c]
+            if not own:
+                continue
+            for name in clash:
+                readings = contested.setdefault(name, [pairs[name]])
+                if other.landing[name] not in readings and other.landing[name] not in taken_e:
+                    readings.append(other.landing[name])
+        contested = {n: ts for n, ts in contested.items() if len(ts) > 1}
+        if not contested:
+            return pairs
+        options: dict[str, list[str]] = {}
+        for name, targets in contested.items():
+            original = self.by_cur.pop(name)
+            del self.cur[original]
+            self.frozen.append(name)
+            taken_c.add(name)
+            for target in targets:
+                self.open_e.discard(target)
+                taken_e.add(target)
+            options[original] = targets
+        self._ambiguous(
+            _Ambiguity(options, [cand.rule], "two rules that each explain other keys read these keys differently")
+        )
+        return {n: t for n, t in pairs.items() if n not in contested}
+
     def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
         """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing
         (nothing a known convention, such as ``gamma`` -> ``weight``, makes land). Wrapper prefixes on every key
@@ -331,7 +384,7 @@ class _Rounds(EngineState):
             self.frozen.append(target)
             options[target] = [target]
             options[original] = [target]
-        self.ambiguities.append(
+        self._ambiguous(
             _Ambiguity(
                 options,
                 [cand.rule],
@@ -357,16 +410,17 @@ class _Rounds(EngineState):
         c_numbers = sorted({index(n) for n in ours} | {index(t) for t in kept.values()})
         e_numbers = sorted({index(k) for k in theirs})
         in_order = dict(zip(c_numbers, e_numbers)) if len(c_numbers) == len(e_numbers) else {}
+        freed = set(kept.values())
         options: dict[str, list[str]] = {}
         for name, original in [*ours.items(), *((t, o) for o, t in kept.items())]:
             readings: list[str] = []
             found = block.match(name)
             if found is not None and index(name) in in_order:
                 moved = f"{rule.prefix}{in_order[index(name)]}{name[found.end(1) :]}"
-                if moved in self.E:
+                if moved in self.open_e or moved in freed:
                     readings.append(moved)
             current = pairs.get(name, name if original in kept else None)
-            if current is not None and current not in readings:
+            if current is not None and current not in readings and (current in self.open_e or current in freed):
                 readings.append(current)
             options[original] = readings
         for name, original in ours.items():
@@ -383,7 +437,7 @@ class _Rounds(EngineState):
         shown: list[Rule] = [rule]
         if len(offsets) == 1 and (offset := offsets.pop()) != rule.offset:
             shown.insert(0, ShiftIndex(prefix=rule.prefix, offset=offset))
-        self.ambiguities.append(
+        self._ambiguous(
             _Ambiguity(
                 options,
                 shown,
@@ -437,7 +491,7 @@ class _Rounds(EngineState):
             self.frozen.append(name)
             self.open_e.discard(target)
             options[original] = [target]
-        self.ambiguities.append(_Ambiguity(options, [cand.rule], why))
+        self._ambiguous(_Ambiguity(options, [cand.rule], why))
 
     def _ambiguous_group(
         self, cand: Candidate, doubtful: dict[str, str], templates: set[str], renamed: dict[str, str]
@@ -456,7 +510,7 @@ class _Rounds(EngineState):
             self.open_e.discard(target)
         for choices in options.values():
             choices.extend(e for e in leftover_e if e not in choices)
-        self.ambiguities.append(
+        self._ambiguous(
             _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
         )
 
@@ -486,8 +540,12 @@ class _Rounds(EngineState):
         return suspicious
 
     def _group_partly_resolved(self, rule: ShiftIndex) -> bool:
+        """Some blocks of the group already match, or were declared ambiguous: an offset for the rest cannot be
+        told from a coincidence."""
         block = re.compile(re.escape(rule.prefix) + r"[0-9]+(?:\.|$)")
-        return any(block.match(name) for name in self.resolved.values() if name.startswith(rule.prefix))
+        return any(
+            block.match(name) for name in (*self.resolved.values(), *self.frozen) if name.startswith(rule.prefix)
+        )
 
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""

@@ -99,12 +99,20 @@ class EngineState:
         self.E = kept(ex)
         self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
         exact = self.C.keys() & self.E.keys()
+        # same name, other shape: no match yet. Held out of the rule rounds (a shape mismatch is no evidence for a
+        # rename), offered to template alignment (``layers.0.downsample`` may be the model's ``layers.1``), and
+        # matched by name again if nothing explains them better (then reported as a shape mismatch)
+        self.held: set[str] = {
+            k for k in exact if (a := self.C[k].shape) is not None and (b := self.E[k].shape) is not None and a != b
+        }
+        if self.held:
+            exact = exact - self.held
         self.exact = exact
         self.resolved: dict[str, str] = {k: k for k in self.C if k in exact} if exact else {}
-        open_c = [k for k in self.C if k not in exact] if exact else list(self.C)
+        open_c = [k for k in self.C if k not in exact and k not in self.held] if exact or self.held else list(self.C)
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
-        self.open_e: set[str] = self.E.keys() - exact
+        self.open_e: set[str] = self.E.keys() - exact - self.held
         # whole-side facts that let the per-rule checks skip work on large inputs
         shapes = set(map(_SHAPE_OF, self.C.values())) | set(map(_SHAPE_OF, self.E.values()))
         dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
@@ -115,12 +123,35 @@ class EngineState:
         self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
+        self.claimed: set[str] = set()  # expected keys offered as candidates by an ambiguity
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []
 
     # ------------------------------------------------------------------------------------------ shared helpers
+    def _ambiguous(self, ambiguity: _Ambiguity) -> None:
+        """Record keys with several readings. Each candidate is offered once in the whole report, only where its
+        shape fits, and never when it is already matched."""
+        taken = self.claimed | set(self.resolved.values())
+        options: dict[str, list[str]] = {}
+        offered: set[str] = set()
+        for original, targets in ambiguity.keys.items():
+            shape = self.C[original].shape
+            kept = [
+                t
+                for t in dict.fromkeys(targets)
+                if t not in taken and (shape is None or self.E[t].shape is None or self.E[t].shape == shape)
+            ]
+            options[original] = kept
+            offered.update(targets)
+        for kept in options.values():
+            self.claimed.update(kept)
+        # a candidate left out (another shape) that nothing else claims stays open: reported as missing
+        self.open_e.update(t for t in offered if t not in self.claimed and t not in taken)
+        ambiguity.keys = options
+        self.ambiguities.append(ambiguity)
+
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
         literal = _literal(rule)

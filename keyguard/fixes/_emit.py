@@ -3,7 +3,8 @@
 transformers applies every matching ``key_mapping`` entry in order (``re.search`` on the key, the match replaced
 once, ``\\1`` as the only back-reference); mmengine applies ``re.sub`` for each ``revise_keys`` pair in order. Rules
 that neither can express (arithmetic index shifts, renames needing two captured groups) are exported as one
-anchored entry per key, computed by running the plan over the keys.
+anchored entry per key, computed by running the plan over the keys; a ``remap`` that renumbers (an explicit
+index map) is exported that way to both.
 
 ``key_mapping`` is a dict, so a pattern can appear in it once: when a plan repeats a rule (a prefix doubled on some
 keys only is stripped by two identical rules), the repeat is written as an equivalent pattern wrapped in a
@@ -17,7 +18,7 @@ import re
 from collections.abc import Iterable
 
 from keyguard.fixes._plan import Plan
-from keyguard.fixes._rules import AddPrefix, MapKeys, Rename, ReplacePrefix, StripPrefix
+from keyguard.fixes._rules import AddPrefix, MapKeys, Remap, Rename, ReplacePrefix, StripPrefix
 
 
 def export_plan(plan: Plan, keys: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
@@ -41,10 +42,8 @@ def export_plan(plan: Plan, keys: Iterable[str]) -> tuple[dict[str, str], list[t
             continue
         per_key = [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in explicit]
         _extend(key_mapping, per_key)
-        if isinstance(rule, Rename):
-            revise.extend(rule.key_mapping())
-        else:
-            revise.extend(per_key)
+        pattern = rule.key_mapping() if isinstance(rule, (Rename, Remap)) else []
+        revise.extend(pattern or per_key)
     return key_mapping, revise
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from keyguard._exceptions import KeyMismatchError, SourceError
 from keyguard.fixes._plan import Plan
@@ -12,9 +13,29 @@ from keyguard.fixes._rules import Applicability, Drop, Fuse, Split, Transpose
 from keyguard.sources._keyset import TensorInfo
 from keyguard.sources._torch import import_torch
 
+if TYPE_CHECKING:  # pragma: no cover
+    from keyguard.report._load_result import LoadResult
+
 Strategy = Literal["auto", "strict"] | Plan
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
 
 
+def _os_errors_are_source_errors(function: _Loader) -> _Loader:
+    """Whatever the operating system refuses while a source's data is read is a ``SourceError`` naming the file."""
+
+    @functools.wraps(function)
+    def wrapper(source: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(source, *args, **kwargs)
+        except OSError as exc:
+            from keyguard.sources._resolve import unreadable
+
+            raise unreadable(str(source) if isinstance(source, (str, os.PathLike)) else "", exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_os_errors_are_source_errors
 def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, container: str | None = None) -> dict[str, Any]:
     """The tensors of a checkpoint, memory-mapped where the format allows (no unsafe pickle loading, ever).
 
@@ -46,7 +67,13 @@ def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, containe
         )
         tensors: dict[str, Any] = {}
         for path in files:
-            obj = torch.load(path, weights_only=True, mmap=_is_zip(path), map_location="cpu")
+            try:
+                obj = torch.load(path, weights_only=True, mmap=_is_zip(path), map_location="cpu")
+            except Exception as exc:  # read_keys read it a moment ago: it changed, or its data is broken
+                first = str(exc).split("\n", 1)[0][:200]
+                raise SourceError(
+                    path, "corrupted-pickle", f"cannot be loaded (torch.load said: {type(exc).__name__}: {first})"
+                ) from None
             state, _, _ = _unwrap(path, obj, keys.unwrapped)
             tensors.update({k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)})
         return tensors
@@ -99,7 +126,7 @@ def load_state_dict(
     ignore: Iterable[str] = (),
     drop_unexpected: bool = False,
     container: str | None = None,
-) -> Any:
+) -> LoadResult:
     """Load a checkpoint into ``module`` with ``load_state_dict(strict=True)``, after fixing what is safe to fix.
 
     Resolves ``source`` (a path keyguard reads, or a state dict), diagnoses it against the module, applies the
@@ -116,20 +143,22 @@ def load_state_dict(
         drop_unexpected: leave out every checkpoint key the model does not expect (listed in the report).
 
     Returns:
-        The diagnosis ``Report`` of the checkpoint as given.
+        A ``LoadResult``: the tensors loaded, each compared with its source afterwards (``verified``), the plan
+        applied, the keys left out or kept, and ``report``, the diagnosis of the checkpoint as given (before the
+        plan: it may list the errors the plan resolved). ``print(result)`` says it in a few lines.
 
     Raises:
         KeyMismatchError: problems remain after the plan; its message is the rendered report and
             ``error.report`` the report itself. The module is left untouched.
     """
-    import re
-
+    from keyguard._regex import compile_patterns
     from keyguard.engine._diagnose import diagnose
+    from keyguard.report._load_result import LoadResult
 
+    patterns = compile_patterns(ignore, "ignore")  # before reading anything: a bad pattern is the caller's error
     torch = import_torch("to load a state dict into a module")
     state = load_tensors(source, container=container)
-    patterns = [re.compile(p) for p in ignore]
-    report = diagnose(state, module, ignore=list(ignore))
+    report = diagnose(state, module, ignore=[p.pattern for p in patterns])
     if strategy == "auto":
         plan = report.unsafe_plan if unsafe_fixes else report.plan
     elif strategy == "strict":
@@ -144,12 +173,15 @@ def load_state_dict(
     leave_out = [k for k in unexpected if drop_unexpected or any(p.search(k) for p in patterns)]
     for key in leave_out:
         del fixed[key]
+    from_source = set(fixed)
     from keyguard.sources._module import read_module
 
     module_keys = read_module(module)
     partners = {k: g for g in module_keys.tied for k in g}
+    kept = []
     for key in expected:
         if key not in fixed and any(p.search(key) for p in patterns):
+            kept.append(key)
             loaded_partner = next((o for o in partners.get(key, ()) if o != key and o in fixed), None)
             fixed[key] = fixed[loaded_partner] if loaded_partner is not None else expected[key]
     after = diagnose(fixed, module_keys)
@@ -168,6 +200,7 @@ def load_state_dict(
                 for key in group:
                     fixed[key] = fixed[present[-1]]  # the last one wins, as when copying into one shared parameter
     module.load_state_dict(fixed, strict=True, assign=assign)
+    still_meta: list[str] = []
     if assign:
         _retie(module, module_keys.tied)
         still_meta = _fill_meta_buffers(torch, module)
@@ -179,7 +212,61 @@ def load_state_dict(
                 f" {', '.join(still_meta[:5])}{' ...' if len(still_meta) > 5 else ''} (initialize them before use)",
                 stacklevel=2,
             )
-    return report
+    loaded = [k for k in fixed if k in from_source]
+    verified = verify_loaded(torch, module, {k: fixed[k] for k in loaded}, module_keys.tied)
+    return LoadResult(
+        source=None if isinstance(source, Mapping) else os.fspath(source),
+        target=type(module).__name__,
+        loaded=len(loaded),
+        verified=verified,
+        plan=plan,
+        report=report,
+        left_out=_left_out(plan, state, leave_out),
+        kept=kept,
+        assigned=assign,
+        on_meta=still_meta,
+    )
+
+
+def _left_out(plan: Plan, state: Mapping[str, Any], unexpected: Iterable[str]) -> list[str]:
+    """The checkpoint's keys (as given) that were not loaded: dropped by the plan, or unexpected and left out."""
+    renamed = plan.mapping(state)
+    dropped = {k for rule in plan.rules if isinstance(rule, Drop) for k in rule.keys}
+    unloaded = set(unexpected)
+    return [k for k in state if k in dropped or renamed[k] in dropped or renamed[k] in unloaded]
+
+
+def verify_loaded(torch: Any, module: Any, loaded: Mapping[str, Any], tied: Iterable[Iterable[str]]) -> int:
+    """Compare every tensor the module now holds with the one loaded into it (in the module's dtype); returns how
+    many are equal. A tied tensor may equal any of its group's loaded tensors (the last copied into it wins).
+
+    Raises:
+        KeyMismatchError: a tensor differs from its source after ``load_state_dict`` returned.
+    """
+    live = module.state_dict(keep_vars=True)
+    partners = {k: tuple(g) for g in tied for k in g}
+    differ = []
+    with torch.no_grad():
+        for key, source in loaded.items():
+            held = live[key]
+            candidates = [loaded[k] for k in partners.get(key, (key,)) if k in loaded] or [source]
+            if not any(_same(torch, held, c) for c in candidates):
+                differ.append(key)
+    if differ:
+        raise KeyMismatchError(
+            f"{len(differ)} tensor(s) differ from the checkpoint after load_state_dict returned:"
+            f" {', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}",
+            None,
+        )
+    return len(loaded)
+
+
+def _same(torch: Any, held: Any, source: Any) -> bool:
+    if held is source:
+        return True
+    if held.is_meta or tuple(held.shape) != tuple(source.shape):
+        return False
+    return bool(torch.equal(held.detach(), source.detach().to(device=held.device, dtype=held.dtype)))
 
 
 def _retie(module: Any, groups: Iterable[Iterable[str]]) -> None:

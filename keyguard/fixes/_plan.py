@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from keyguard._exceptions import PlanError
-from keyguard.fixes._rules import Applicability, ReplacePrefix, Rule, StripPrefix
+from keyguard.fixes._rules import Applicability, Rename, ReplacePrefix, Rule, StripPrefix
 
 PLAN_FORMAT = "keyguard.plan/v1"
 V = TypeVar("V")
@@ -70,6 +70,8 @@ class Plan(BaseModel):
                 new = "" if isinstance(rule, StripPrefix) else rule.new
                 cut = len(old)
                 current = [new + k[cut:] if k.startswith(old) else k for k in current]
+            elif isinstance(rule, Rename):
+                current = rule.rename_all(current)  # a plan file's pattern is evaluated under a time budget
             else:
                 rename = rule.rename
                 current = [r if (r := rename(k)) is not None else k for k in current]

@@ -13,7 +13,10 @@ import re
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from keyguard._exceptions import PlanError
+from keyguard._regex_budget import PatternTimeout, bounded, budget, match_all, runs_here
 
 
 class Applicability(str, enum.Enum):
@@ -46,6 +49,9 @@ class _Rule(BaseModel):
 
     applicability: Applicability = Applicability.safe
     reason: str | None = Field(default=None, description="Code of the finding this rule fixes, e.g. KG101")
+    origin: Literal["inferred", "hint"] = Field(
+        default="inferred", description="How the rule came about: inferred by keyguard, or the user's --hint"
+    )
     renames: ClassVar[bool] = True
 
     def rename(self, key: str) -> str | None:  # pragma: no cover - every rule overrides
@@ -137,8 +143,37 @@ class Rename(_Rule):
             raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return value
 
+    @model_validator(mode="after")
+    def _valid_replacement(self) -> Rename:
+        try:  # a group the pattern does not have (``\\2`` with one group) is refused here, not while renaming
+            _renamer(self.pattern, self.replacement)
+        except re.error as exc:
+            raise ValueError(f"replacement {self.replacement!r} does not fit pattern {self.pattern!r}: {exc}") from None
+        return self
+
     def rename(self, key: str) -> str | None:
         return _renamer(self.pattern, self.replacement)(key)
+
+    def rename_all(self, keys: list[str]) -> list[str]:
+        """Every key renamed (or kept when the pattern does not match it), the pattern evaluated under a time budget:
+        a plan file is untrusted input, and a pattern such as ``(.*)*X`` backtracks for minutes in ``re``.
+
+        Raises:
+            PlanError: the pattern overran its budget.
+        """
+        try:
+            if runs_here(self.pattern):  # the main thread (a timer bounds it) or a tame pattern: the fast path
+                rename = _renamer(self.pattern, self.replacement)
+                with bounded(self.pattern, budget(len(keys))):
+                    return [new if (new := rename(k)) is not None else k for k in keys]
+            _, text = _template(self.pattern, self.replacement)
+            found = match_all(self.pattern, keys, mode="fullmatch")  # in a child process, killed when it overruns
+        except PatternTimeout as exc:
+            raise PlanError(
+                f"plan refused: the rename pattern {self.pattern!r} did not finish matching {len(keys):,} keys within"
+                f" {exc.seconds:g} s (Python's re backtracks on it without end); rewrite it"
+            ) from None
+        return [key if groups is None else text.format(*(g or "" for g in groups)) for key, groups in zip(keys, found)]
 
     def describe(self) -> str:
         if self.old and self.new:
@@ -158,6 +193,19 @@ class Rename(_Rule):
 @functools.lru_cache(maxsize=1024)
 def _renamer(pattern: str, replacement: str) -> Callable[[str], str | None]:
     """A fast ``fullmatch`` + ``expand``: the replacement is turned once into a format string over the groups."""
+    compiled, text = _template(pattern, replacement)
+
+    def rename(key: str) -> str | None:
+        match = compiled.fullmatch(key)
+        return None if match is None else text.format(*match.groups(""))
+
+    return rename
+
+
+@functools.lru_cache(maxsize=1024)
+def _template(pattern: str, replacement: str) -> tuple[re.Pattern[str], str]:
+    """The compiled pattern, and the replacement as a format string over its groups (``re.error`` on a group the
+    pattern does not have)."""
     compiled = re.compile(pattern)
     pieces: list[str] = []
     position = 0
@@ -172,13 +220,7 @@ def _renamer(pattern: str, replacement: str) -> Callable[[str], str | None]:
             pieces.append(_braces(_ESCAPES.get(token.group(3), "\\" + token.group(3))))
         position = token.end()
     pieces.append(_braces(replacement[position:]))
-    text = "".join(pieces)
-
-    def rename(key: str) -> str | None:
-        match = compiled.fullmatch(key)
-        return None if match is None else text.format(*match.groups(""))
-
-    return rename
+    return compiled, "".join(pieces)
 
 
 def _braces(text: str) -> str:

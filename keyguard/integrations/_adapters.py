@@ -21,6 +21,7 @@ from keyguard.fixes._rules import Applicability, Drop
 from keyguard.report import _kinds as kinds
 from keyguard.report._build import EXAMPLES, make_finding
 from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
+from keyguard.report._verdict import Check
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._resolve import read_keys
 
@@ -92,6 +93,26 @@ def expected_keyset(model: Any, saved_to_live: Mapping[str, str], label: str) ->
     return KeySet(tensors=tensors, format="module", location=label)
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What a model accepts for one adapter: the keys it needs (saved form -> key in the model), and the base-model
+    keys an adapter file may also carry (PEFT's saved embedding layers), which load when present."""
+
+    required: dict[str, str]
+    optional: dict[str, str]
+    expected: KeySet  # the required keys, with shapes and dtypes
+    label: str
+
+
+def accepted_for(model: Any, adapter_name: str, label: str) -> Accepted:
+    """The keys ``model`` accepts for ``adapter_name``: ``accepted_keys``, plus ``saved_base_keys`` as optional."""
+    from keyguard.integrations._base_weights import saved_base_keys
+
+    required = accepted_keys(model, adapter_name)
+    optional = {k: v for k, v in saved_base_keys(model).items() if k not in required}
+    return Accepted(required, optional, expected_keyset(model, required, label), label)
+
+
 # -- diagnosis of the file -------------------------------------------------------------------------------------------
 @dataclass
 class Diagnosis:
@@ -102,6 +123,8 @@ class Diagnosis:
     plan: Plan
     mapping: dict[str, str]  # file key -> saved key, after the plan (dropped keys left out)
     after: Report  # the file after the plan
+    saved_to_live: dict[str, str] = field(default_factory=dict)  # what the file loads into: required + base keys
+    base_keys: list[str] = field(default_factory=list)  # saved keys of base-model tensors the file carries
 
     @property
     def ok(self) -> bool:
@@ -134,23 +157,44 @@ def plan_mapping(plan: Plan, keys: Iterable[str]) -> dict[str, str]:
     return {key: new for key, new in mapping.items() if key not in dropped and new not in dropped}
 
 
-def diagnose_adapter(folder: str, expected: KeySet, strategy: Strategy, *, keys: KeySet | None = None) -> Diagnosis:
-    """Diagnose an adapter folder's keys against ``expected``, choose the plan, and diagnose the result again."""
+def diagnose_adapter(
+    folder: str, accepted: Accepted, strategy: Strategy, *, keys: KeySet | None = None, model: Any = None
+) -> Diagnosis:
+    """Diagnose an adapter folder's keys against what the model accepts, choose the plan, and diagnose the result.
+
+    Base-model keys the file may carry (``accepted.optional``) are expected only when the file has them: a first
+    diagnosis expects them all, and those its plan maps no file key onto are left out of the second (and final) one.
+    ``model`` gives their shapes and dtypes.
+    """
+    from keyguard.integrations._base_weights import may_carry
+
     file_keys = keys if keys is not None else read_keys(folder)
-    report = diagnose(file_keys, expected)
+    present: list[str] = []
+    if accepted.optional and model is not None and may_carry(file_keys, accepted.optional):
+        everything = expected_keyset(model, {**accepted.required, **accepted.optional}, accepted.label)
+        first = diagnose(file_keys, everything)
+        reached = set(plan_mapping(choose_plan(strategy, first), file_keys).values())
+        present = [k for k in accepted.optional if k in reached]
+    saved_to_live = {**accepted.required, **{k: accepted.optional[k] for k in present}}
+    expected = expected_keyset(model, saved_to_live, accepted.label) if present else accepted.expected
+    report = diagnose(file_keys, expected).model_copy(update={"check": "adapter-keys"})
     plan = choose_plan(strategy, report)
     mapping = plan_mapping(plan, file_keys)
     renamed = file_keys.evolve(tensors={new: file_keys[old] for old, new in mapping.items()})
-    after = diagnose(renamed, expected) if plan.rules else report
-    return Diagnosis(folder=folder, report=report, plan=plan, mapping=mapping, after=after)
+    after = diagnose(renamed, expected).model_copy(update={"check": "adapter-keys"}) if plan.rules else report
+    return Diagnosis(folder, report, plan, mapping, after, saved_to_live, present)
 
 
 def refusal(what: str, diagnosis: Diagnosis) -> KeyMismatchError:
-    """The error for keys that still do not fit after the plan: the rendered report of the file after the plan."""
+    """The error for keys that still do not fit after the plan: the rendered report of the file after the plan, and
+    the cause and the way out when the keys that do not fit are base-model weights saved with the adapter."""
+    from keyguard.integrations._base_weights import refusal_hint
+
     rules = len(diagnosis.plan.rules)
+    hint = refusal_hint(diagnosis.after)
     return KeyMismatchError(
         f"{what}: the adapter's keys do not fit the model even after the plan ({rules} rule(s) applied); nothing of"
-        f" it was loaded:\n\n{diagnosis.after.render('table')}",
+        f" it was loaded.{' ' + hint if hint else ''}\n\n{diagnosis.after.render('table')}",
         diagnosis.after,
     )
 
@@ -308,10 +352,14 @@ def unresolved_finding(diagnosis: Diagnosis, *, adapter: str, where: str, ctx: M
 finding = make_finding
 
 
-def make_report(findings: Iterable[Finding], *, checkpoint: SourceRef, expected: SourceRef, summary: Summary) -> Report:
-    """A report over ``findings`` (most severe first, stable within a severity); ``ok`` when none is an error."""
+def make_report(
+    findings: Iterable[Finding], *, check: Check, checkpoint: SourceRef, expected: SourceRef, summary: Summary
+) -> Report:
+    """A report of ``check`` over ``findings`` (most severe first, stable within a severity); ``ok`` when none is an
+    error."""
     ordered = sorted(findings, key=lambda f: _SEVERITY_ORDER[f.severity.value])
     return Report(
+        check=check,
         ok=not any(f.severity.at_least(kinds.Severity.error) for f in ordered),
         checkpoint=checkpoint,
         expected=expected,

@@ -5,7 +5,9 @@ Supported: PEFT 0.21.x, verified with 0.21.2; any other version is refused with 
 ```python
 from keyguard.integrations import peft as kg_peft
 
-report = kg_peft.load_adapter(peft_model, "./my-lora", "mine")  # diagnosed, mapped, loaded, verified
+result = kg_peft.load_adapter(peft_model, "./my-lora", "mine")  # diagnosed, mapped, loaded, verified
+print(result)  # Loaded and verified 8 tensors into adapter 'mine' of PeftModelForCausalLM from ./my-lora. ...
+peft_model = kg_peft.from_pretrained(base_model, "./my-lora")  # PeftModel.from_pretrained, through the same checks
 print(kg_peft.verify_adapter(peft_model, "./other-lora", "other"))  # loaded elsewhere: did it arrive?
 ```
 
@@ -15,7 +17,15 @@ Importing this module imports PEFT only when a function is called.
 from __future__ import annotations
 
 from keyguard.integrations._adapters import Strategy
-from keyguard.integrations._peft_load import load_adapter, verify_adapter
+from keyguard.integrations._peft_load import from_pretrained, load_adapter, verify_adapter
 from keyguard.integrations._versions import PEFT_REQUIREMENT, SUPPORTED_PEFT, VERIFIED_PEFT
 
-__all__ = ["PEFT_REQUIREMENT", "SUPPORTED_PEFT", "VERIFIED_PEFT", "Strategy", "load_adapter", "verify_adapter"]
+__all__ = [
+    "PEFT_REQUIREMENT",
+    "SUPPORTED_PEFT",
+    "VERIFIED_PEFT",
+    "Strategy",
+    "from_pretrained",
+    "load_adapter",
+    "verify_adapter",
+]

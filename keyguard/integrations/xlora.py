@@ -23,13 +23,11 @@ from keyguard.integrations._xlora_guard import (
     GuardSession,
     LoadedExpert,
     check_supported,
-    expert_keys,
     get_peft_model,
     guard,
-    preflight,
-    stock_rewrite,
-    verify,
 )
+from keyguard.integrations._xlora_preflight import expert_keys, preflight, stock_rewrite
+from keyguard.integrations._xlora_verify import verify
 
 __all__ = [
     "LOADER_NAME",

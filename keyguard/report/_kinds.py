@@ -182,8 +182,8 @@ RESTRUCTURED = register(
         "as it stands; all leaves of a module go to one module), something corroborates it (its names agree, its "
         "sibling modules move the same way, or it stays inside a parent that matches) and it covers at least two "
         "keys. `unsafe` when several templates of equal shapes fit and the names choose (the module's own name "
-        "equal up to spelling, or a published equivalent such as `wq` / `q_proj`, by a clear margin, not "
-        "contradicted by registration order): applied only with `--unsafe-fixes`. Otherwise the candidates are "
+        "equal up to spelling, or a published equivalent such as `wq` / `q_proj`, by a clear margin): applied "
+        "only with `--unsafe-fixes`. Otherwise the candidates are "
         "reported as `ambiguous`. Each finding lists the evidence that decided (`ctx.changes[].evidence`).",
         "checkpoint `layers.0.feed_forward.w2.weight` -> model `model.layers.0.mlp.down_proj.weight`",
     )
@@ -749,5 +749,58 @@ LIVE_ADAPTER_VERIFIED = register(
         "Nothing is wrong.",
         "None needed.",
         "adapter `a`: 8 of 8 tensors equal the file",
+    )
+)
+
+# -- 620-629: loads through the integrations (`keyguard.integrations.peft`, `keyguard.integrations.xlora`)
+
+ADAPTER_BASE_WEIGHT_REPLACED = register(
+    FindingKind(
+        "KG620",
+        "adapter_base_weight_replaced",
+        W,
+        "The adapter's copy of a base weight replaced the model's",
+        "Compares, before loading, each base-model tensor an adapter file carries besides its LoRA tensors with the "
+        "model's. PEFT saves the embedding layers with an adapter whose `target_modules` name an embedding "
+        "(`save_embedding_layers`, on by default then), or whose vocabulary was resized; loading the adapter loads "
+        "them too. Reported when the file's copy differs from the model's.",
+        "The base weight is shared: every other adapter (every X-LoRA expert) and the base model itself now use the "
+        "file's copy. That is what stock PEFT does, and right when the adapter was trained on a model whose "
+        "embedding differs (new tokens); wrong when the adapter was trained on another base model.",
+        "None: keyguard loads the file's copy as PEFT does, verifies it arrived, and says so. To keep the model's "
+        "embedding, save the adapter again with `save_embedding_layers=False`.",
+        "`model.model.decoder.embed_tokens.base_layer.weight` differs from the model's (largest difference 0.37)",
+    )
+)
+XLORA_EXPERT_ORDER = register(
+    FindingKind(
+        "KG621",
+        "xlora_expert_order",
+        E,
+        "X-LoRA experts are paired with other classifier outputs than the config says",
+        "Compares the order of the experts in the built X-LoRA model (the order in which its classifier's outputs "
+        "weigh them) with the order of `XLoraConfig.adapters` given to `verify`.",
+        "The X-LoRA classifier gives output k to the k-th expert. PEFT saves the X-LoRA config with its keys "
+        "sorted, so a model built with experts `math, code` reloads with `PeftModel.from_pretrained` as `code, "
+        "math`: every expert silently receives the weight the classifier learnt for another one.",
+        "No automatic fix on a built model: rebuild it from a config in the right order. keyguard's "
+        "`xlora.get_peft_model` builds experts in the order PEFT saves them (sorted by name), so that a saved model "
+        "reloads with every expert on its own classifier output.",
+        "classifier output 0 goes to `code`, the config says `math`",
+    )
+)
+XLORA_ORDER_NOT_SAVED = register(
+    FindingKind(
+        "KG622",
+        "xlora_order_not_saved",
+        W,
+        "A saved copy of this X-LoRA model would reload its experts in another order",
+        "Checks whether the experts' order (the order of `XLoraConfig.adapters`) is the order PEFT writes them in "
+        "when the model is saved: sorted by name.",
+        "After `save_pretrained` and `PeftModel.from_pretrained`, the experts come back sorted by name and pair with "
+        "other classifier outputs than the ones they were trained with (KG621); nothing fails.",
+        "Build the model with `keyguard.integrations.xlora.get_peft_model`, which orders the experts as PEFT will "
+        "save them, or name the experts so that their sorted order is the order you mean.",
+        '`adapters={"math": ..., "code": ...}` is saved as `{"code": ..., "math": ...}`',
     )
 )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from keyguard._printable import printable
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Rule
 from keyguard.report._kinds import KINDS, Severity
+from keyguard.report._verdict import CHECKS, Check, FailOn, Verdict, verdict_of
 
 REPORT_FORMAT = "keyguard.report/v1"
 DOCS_URL: str | None = None
@@ -93,6 +95,11 @@ class SourceRef(BaseModel):
     format: str
     tensors: int
 
+    @field_validator("location")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return None if value is None else printable(value)  # a file name that is not UTF-8 is shown escaped
+
 
 class Summary(BaseModel):
     """Counts over the whole comparison. Coverage is the fraction of expected keys matched."""
@@ -145,15 +152,23 @@ class Summary(BaseModel):
 
 
 class Report(BaseModel):
-    """The result of ``keyguard.diagnose``.
+    """The result of ``keyguard.diagnose``, and of every other check keyguard makes (``check`` says which).
 
-    ``ok`` is True when nothing at or above ``error`` was found: ``load_state_dict(strict=True)`` would succeed
-    as the keys stand. ``plan`` holds the safe rules, in order.
+    ``ok`` is True when nothing at or above ``error`` was found: for a diagnosis, ``load_state_dict(strict=True)``
+    would succeed as the keys stand. ``plan`` holds the safe rules, in order. ``verdict`` is the closing line at the
+    severity the report is judged at (``fail_on``), and agrees with ``exit_code()``.
     """
 
     model_config = ConfigDict(frozen=True)
 
     format: Literal["keyguard.report/v1"] = "keyguard.report/v1"
+    check: Check = Field(
+        default="state-dict",
+        description="what was checked: state-dict (a diagnosis for load_state_dict), adapter-files (an exported"
+        " adapter, from its files), adapter-keys (an adapter's keys against a live PEFT model), adapter-verify (a"
+        " loaded adapter's tensors against its file), xlora-preflight, xlora-verify, or refusal (nothing compared)",
+    )
+    fail_on: FailOn = Field(default="error", description="the severity at which the report fails (--fail-on)")
     ok: bool
     checkpoint: SourceRef
     expected: SourceRef
@@ -162,23 +177,40 @@ class Report(BaseModel):
     plan: Plan = Field(default_factory=Plan)
     unsafe_plan: Plan = Field(default_factory=Plan, description="safe rules plus those that need --unsafe-fixes")
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def verdict(self) -> Verdict:
+        """The closing verdict at ``fail_on``: passed or not, and the line that says so in the check's terms."""
+        return verdict_of(self)
+
+    @property
+    def question(self) -> str:
+        """What the check behind this report asks."""
+        return CHECKS[self.check].question
+
     def at_least(self, severity: Severity | str) -> list[Finding]:
         """Findings at or above ``severity``."""
         level = Severity(severity)
         return [f for f in self.findings if f.severity.at_least(level)]
 
     def errors(self) -> list[Finding]:
-        """Findings that would stop ``load_state_dict(strict=True)``."""
+        """Findings at or above ``error`` (for a diagnosis: those that would stop ``load_state_dict(strict=True)``)."""
         return self.at_least(Severity.error)
 
-    def exit_code(self, fail_on: Severity | str | None = Severity.error) -> int:
-        """0 when nothing at or above ``fail_on`` remains (``None``/``"never"``: always 0), else 1."""
-        if fail_on is None or fail_on == "never":
-            return 0
-        return 1 if self.at_least(fail_on) else 0
+    def failing_on(self, fail_on: Severity | str) -> Report:
+        """This report judged at another severity: a ``Severity`` (``"error"``, ``"warning"``, ...) or ``"never"``."""
+        level = "never" if fail_on == "never" else Severity(fail_on).value
+        return self if level == self.fail_on else self.model_copy(update={"fail_on": level})
+
+    def exit_code(self, fail_on: Severity | str | None = None) -> int:
+        """0 when nothing at or above ``fail_on`` remains, else 1; ``fail_on`` defaults to the report's own
+        (``"error"`` unless set), and ``"never"`` always gives 0."""
+        judged = self if fail_on is None else self.failing_on(fail_on)
+        return judged.verdict.exit_code
 
     def render(self, format: str = "table", **options: Any) -> str:
-        """Render as ``table`` (default), ``json``, ``markdown``, ``github`` or ``junit``."""
+        """Render as ``table`` (default), ``json``, ``markdown``, ``github`` or ``junit``; ``fail_on=`` judges the
+        report at that severity first (the verdict line then agrees with ``exit_code(fail_on)``)."""
         from keyguard.report._render import render
 
         return render(self, format, **options)

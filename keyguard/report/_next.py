@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,7 +20,7 @@ from keyguard.report._kinds import Severity
 from keyguard.report._model import Report
 
 #: Checkpoint formats ``keyguard fix`` writes a fixed copy of.
-FIXABLE_FORMATS: Final = frozenset({"safetensors", "safetensors-sharded", "torch-pickle"})
+FIXABLE_FORMATS: Final = frozenset({"safetensors", "safetensors-sharded", "torch-pickle", "peft-adapter"})
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,20 @@ def next_steps(
     ignore: Sequence[str] = (),
     container: str | None = None,
     architecture: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> list[NextStep]:
     """The commands to run after ``report``, naming ``checkpoint`` and ``expected`` as the user did.
 
     ``checkpoint`` / ``expected`` default to the report's locations; ``ignore``, ``container`` and ``architecture``
-    are the options the diagnosis ran with, repeated in every command.
+    ``hints`` are the options the diagnosis ran with, repeated in every command.
     """
     ck = checkpoint if checkpoint is not None else report.checkpoint.location
     ex = expected if expected is not None else report.expected.location
     if ck is None or ex is None:
         return []
-    common = ["--expected", ex, *_options(ignore, container, architecture)]
+    if report.checkpoint.format == "peft-adapter":
+        return _adapter_steps(report, ck, ex, _options((), container, architecture))
+    common = ["--expected", ex, *_options(ignore, container, architecture, hints)]
     harmless = [f for f in report.findings if f.benign and f.severity.at_least(Severity.error)]
     ignores = [ignore_pattern(f.expected_keys) for f in harmless if f.kind != "unexpected" and f.expected_keys]
     unexpected = [f for f in report.findings if f.kind == "unexpected"]
@@ -97,8 +100,26 @@ def next_steps(
     return steps
 
 
-def _options(ignore: Sequence[str], container: str | None, architecture: str | None) -> list[str]:
+def _adapter_steps(report: Report, adapter: str, base: str, options: list[str]) -> list[NextStep]:
+    """After ``check-adapter``: ``keyguard fix ADAPTER --base BASE -o ADAPTER-fixed`` writes the fixed folder."""
+    safe, every = len(report.plan.rules), len(report.unsafe_plan.rules)
+    argv = ["keyguard", "fix", adapter, "--base", base, *options, "-o", fixed_output(adapter, "peft-adapter")]
+    if safe:
+        why = f"write a fixed copy of the adapter folder with the safe plan ({safe} rule{'s' if safe != 1 else ''})"
+        return [NextStep(why, tuple(argv))]
+    if every:
+        why = (
+            f"write a fixed copy of the adapter folder with the {every} unsafe rule(s) listed above (review them first)"
+        )
+        return [NextStep(why, (*argv, "--unsafe-fixes"))]
+    return []
+
+
+def _options(
+    ignore: Sequence[str], container: str | None, architecture: str | None, hints: Mapping[str, str] | None = None
+) -> list[str]:
     out = [a for p in ignore for a in ("--ignore", p)]
+    out += [a for old, new in (hints or {}).items() for a in ("--hint", f"{old}={new}")]
     if container:
         out += ["--container", container]
     if architecture:
@@ -124,6 +145,9 @@ def _fix_why(safe: int, every: int, *, unsafe: bool, drop: bool, ignored: int) -
 def fixed_output(checkpoint: str, format: str) -> str:
     """Where the suggested fix writes: beside the checkpoint, ``NAME.fixed.safetensors`` (a folder for shards)."""
     path = checkpoint.rstrip("/\\") or checkpoint
+    if format == "peft-adapter":  # a folder beside the adapter's
+        folder = os.path.dirname(path) if os.path.isfile(path) else path
+        return (folder.rstrip("/\\") or ".") + "-fixed"
     if format == "safetensors-sharded":
         folder = os.path.dirname(path) if os.path.isfile(path) or path.endswith(".json") else path
         return (folder.rstrip("/\\") or ".") + "-fixed"

@@ -23,8 +23,9 @@ def report_repr(report: Report) -> str:
     errors = len(report.errors())
     warnings = len(report.at_least(Severity.warning)) - errors
     coverage = f"{s.coverage_before:.0%}" + (f" -> {s.coverage_after:.0%}" if s.fixable else "")
+    status = "OK" if report.verdict.passed else "FAILS"
     return (
-        f"<Report {'OK' if report.ok else 'FAILS'}: {_count(errors, 'error')}, {_count(warnings, 'warning')};"
+        f"<Report {status}: {_count(errors, 'error')}, {_count(warnings, 'warning')};"
         f" {s.checkpoint:,} checkpoint keys vs {s.expected:,} expected, coverage {coverage}>"
     )
 
@@ -58,9 +59,10 @@ def report_html(report: Report) -> str:
     from keyguard.report._render import _example_text, _fix_cell, _fix_text, _headline, _verdict
 
     cell = "padding:2px 8px;text-align:left"
+    mark = "✅" if report.verdict.passed else "❌"
     parts = [
         "<div class='keyguard-report'>",
-        f"<p><b>{'✅' if report.ok else '❌'} keyguard</b>: <code>{escape(str(report.checkpoint.location))}</code>"
+        f"<p><b>{mark} keyguard</b>: <code>{escape(str(report.checkpoint.location))}</code>"
         f" ({escape(report.checkpoint.format)}) vs <code>{escape(str(report.expected.location))}</code>"
         f" ({escape(report.expected.format)})<br/>{escape(_headline(report))}</p>",
     ]

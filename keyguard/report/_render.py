@@ -11,20 +11,27 @@ from typing import Any
 from keyguard.report._kinds import Severity
 from keyguard.report._model import Example, Finding, Report
 from keyguard.report._next import NextStep
+from keyguard.report._verdict import CHECKS
 
 WIDTH = 100  # pipes, files and renderers called without a width (keyguard._console.STABLE_WIDTH)
 _LABEL = {Severity.fatal: "FATAL", Severity.error: "error", Severity.warning: "warning", Severity.info: "info"}
 
 
-def render(report: Report, format: str = "table", **options: Any) -> str:
-    """Render ``report`` in ``format``."""
+def render(report: Report, format: str = "table", *, fail_on: Severity | str | None = None, **options: Any) -> str:
+    """Render ``report`` in ``format``, judged at ``fail_on`` when given (default: the report's own ``fail_on``)."""
     renderer = RENDERERS.get(format)
     if renderer is None:
         raise ValueError(f"unknown report format {format!r} (choose from {', '.join(RENDERERS)})")
-    return renderer(report, **options)
+    return renderer(_judged(report, fail_on), **options)
+
+
+def _judged(report: Report, fail_on: Severity | str | None) -> Report:
+    return report if fail_on is None else report.failing_on(fail_on)
 
 
 def _headline(report: Report) -> str:
+    if not CHECKS[report.check].counts:
+        return "nothing was compared: the load was refused before reading any tensor"
     s = report.summary
     before, after = f"{s.coverage_before:.0%}", f"{s.coverage_after:.0%}"
     line = f"{s.checkpoint:,} checkpoint keys, {s.expected:,} expected: {s.matched:,} match as they stand"
@@ -38,15 +45,7 @@ def _headline(report: Report) -> str:
 
 
 def _verdict(report: Report) -> str:
-    errors = len(report.errors())
-    warnings = len(report.at_least(Severity.warning)) - errors
-    if report.ok:
-        tail = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
-        return f"OK: load_state_dict(strict=True) would succeed{tail}."
-    return (
-        f"{errors} error finding{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}:"
-        " load_state_dict(strict=True) would fail as the keys stand."
-    )
+    return report.verdict.message
 
 
 def _fix_text(finding: Finding) -> str | None:
@@ -137,7 +136,8 @@ def render_table(
         lines.append(f"Safe plan ({len(report.plan.rules)} rule{'s' if len(report.plan.rules) != 1 else ''}):")
         for rule in report.plan.rules:
             lines.extend(wrap(f"- {rule.describe()}", width, indent=2, hang=2))
-    lines.extend(paint(line, "ok" if report.ok else "fail", color) for line in wrap(_verdict(report), width))
+    tone = "ok" if report.verdict.passed else "fail"
+    lines.extend(paint(line, tone, color) for line in wrap(_verdict(report), width))
     if next_steps:
         from keyguard.report._next import render_steps
 
@@ -196,7 +196,7 @@ def render_json(report: Report, *, indent: int | None = 2) -> str:
 
 def render_markdown(report: Report, **_: Any) -> str:
     """For pull-request comments: a summary table and a collapsible section per finding."""
-    status = "✅" if report.ok else "❌"
+    status = "✅" if report.verdict.passed else "❌"
     lines = [
         f"### {status} keyguard: {_code(str(report.checkpoint.location))} vs {_code(str(report.expected.location))}",
         "",
@@ -290,16 +290,16 @@ def render_junit(
     report: Report,
     *,
     checks: Sequence[str] | None = None,
-    fail_on: Severity | str | None = Severity.error,
+    fail_on: Severity | str | None = None,
     **_: Any,
 ) -> str:
     """JUnit XML for CI dashboards: one ``<testcase>`` per finding kind checked, failing for findings at or above
-    ``fail_on`` (``"never"``: none fails).
+    ``fail_on`` (default: the report's own; ``"never"``: none fails).
 
     ``checks`` lists the codes that were checked, passing ones included (``keyguard.adapter_checks.checked_kinds`` for
     an adapter check); by default the engine's kinds (KG1xx-KG4xx). A kind that has findings always gets its case.
     """
-    return _junit_document([_junit_suite(report, checks, fail_on)])
+    return _junit_document([_junit_suite(_judged(report, fail_on), checks)])
 
 
 def _junit_document(suites: list[ET.Element]) -> str:
@@ -311,10 +311,10 @@ def _junit_document(suites: list[ET.Element]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _junit_suite(report: Report, checks: Sequence[str] | None, fail_on: Severity | str | None) -> ET.Element:
+def _junit_suite(report: Report, checks: Sequence[str] | None) -> ET.Element:
     from keyguard.report._kinds import KINDS
 
-    level = None if fail_on is None or fail_on == "never" else Severity(fail_on)
+    level = None if report.fail_on == "never" else Severity(report.fail_on)
     location = str(report.checkpoint.location)
     codes = list(checks) if checks is not None else [code for code in KINDS if code < "KG5"]
     codes += [f.code for f in report.findings if f.code not in codes]
@@ -324,6 +324,8 @@ def _junit_suite(report: Report, checks: Sequence[str] | None, fail_on: Severity
         ("checkpoint", location),
         ("expected", str(report.expected.location)),
         ("headline", _headline(report)),
+        ("check", report.check),
+        ("verdict", _verdict(report)),
     ):
         ET.SubElement(properties, "property", name=name, value=value)
     failures = 0
@@ -356,6 +358,14 @@ def _junit_details(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+def _many_with_steps(reports: Sequence[Report], errors: Mapping[str, str], steps_for: Any, **options: Any) -> str:
+    """``render_many`` for tables, each report followed by its next steps (``check-adapter``: the fix command)."""
+    parts = [render(r, "table", next_steps=steps_for(r), **options) for r in reports]
+    if len(reports) == 1 and not errors:
+        return parts[0]
+    return f"\n\n{'=' * 40}\n\n".join([*parts, _many_summary(reports, errors)])
+
+
 def render_many(
     reports: Sequence[Report],
     format: str = "table",
@@ -371,9 +381,13 @@ def render_many(
     """
     errors = dict(errors or {})
     checks = options.pop("checks", None)
-    fail_on = options.pop("fail_on", Severity.error)
+    fail_on = options.pop("fail_on", None)
+    reports = [_judged(r, fail_on) for r in reports]
+    steps_for = options.pop("next_steps_for", None)  # table only: the commands to run after each report
+    if steps_for is not None and format == "table":
+        return _many_with_steps(reports, errors, steps_for, **options)
     if format == "junit":
-        suites = [_junit_suite(r, checks, fail_on) for r in reports]
+        suites = [_junit_suite(r, checks) for r in reports]
         for location, message in errors.items():
             suite = ET.Element("testsuite", name=f"keyguard: {location}", tests="1", failures="0", errors="1")
             case = ET.SubElement(suite, "testcase", classname=location, name="read the input")
@@ -403,7 +417,9 @@ def render_many(
         for r in reports:
             errs = len(r.errors())
             warns = len(r.at_least(Severity.warning)) - errs
-            rows.append(f"| {_code(str(r.checkpoint.location))} | {'✅' if r.ok else '❌'} | {errs} | {warns} |")
+            rows.append(
+                f"| {_code(str(r.checkpoint.location))} | {'✅' if r.verdict.passed else '❌'} | {errs} | {warns} |"
+            )
         rows += [f"| {_code(location)} | unreadable | - | - |" for location in errors]
         summary = "\n".join([f"**{_md(summary)}**", "", *rows])
     return f"\n\n{rule}\n\n".join([*parts, summary])
@@ -411,12 +427,15 @@ def render_many(
 
 def _many_summary(reports: Sequence[Report], errors: Mapping[str, str]) -> str:
     what = "adapters" if all(r.checkpoint.format == "peft-adapter" for r in reports) else "inputs"
-    failing = [r for r in reports if not r.ok]
-    warned = [r for r in reports if r.ok and r.at_least(Severity.warning)]
-    parts = [f"{len(reports) - len(failing)} OK"]
+    passed = [r for r in reports if r.verdict.passed]
+    warned = [r for r in passed if r.at_least(Severity.warning)]
+    parts = [f"{len(passed)} OK"]
     if warned:
         parts[0] += f" ({len(warned)} with warnings)"
-    parts.append(f"{len(failing)} failing")
+    parts.append(f"{len(reports) - len(passed)} failing")
+    levels = sorted({r.fail_on for r in reports} - {"error"})
+    if levels:
+        parts[-1] += f" (--fail-on {', '.join(levels)})"
     if errors:
         parts.append(f"{len(errors)} unreadable")
     return f"{len(reports) + len(errors)} {what} checked: " + ", ".join(parts)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keyguard._exceptions import AdapterConfigError, SourceError
+from keyguard.sources._confine import escapes
 from keyguard.sources._jsonfile import load_json_object
 from keyguard.sources._keyset import KeySet
 
@@ -70,11 +71,7 @@ def read_adapter(folder: str | os.PathLike[str]) -> KeySet:
     """Read a PEFT adapter folder: its config (validated) and the keys of its weights file."""
     folder = os.fspath(folder)
     config = parse_adapter_config(os.path.join(folder, ADAPTER_CONFIG))
-    weights = next((os.path.join(folder, n) for n in ADAPTER_WEIGHTS if os.path.isfile(os.path.join(folder, n))), None)
-    if weights is None:
-        raise SourceError(
-            folder, "missing-adapter-weights", f"has {ADAPTER_CONFIG} but neither {' nor '.join(ADAPTER_WEIGHTS)}"
-        )
+    weights = adapter_weights(folder)
     if weights.endswith(".safetensors"):
         from keyguard.sources._safetensors import read_safetensors
 
@@ -84,3 +81,27 @@ def read_adapter(folder: str | os.PathLike[str]) -> KeySet:
 
         inner = read_pickle(weights)
     return inner.evolve(format="peft-adapter", location=folder, adapter=config)
+
+
+def adapter_weights(folder: str) -> str:
+    """The adapter's weights file (``adapter_model.safetensors``, else ``.bin``), held to the rule shards follow: a
+    symlink may not lead outside the adapter's own tree (its folder, or its repository's blobs in the Hugging Face
+    cache).
+
+    Raises:
+        SourceError: ``missing-adapter-weights`` or ``weights-outside-folder``.
+    """
+    weights = next((os.path.join(folder, n) for n in ADAPTER_WEIGHTS if os.path.exists(os.path.join(folder, n))), None)
+    if weights is None:
+        raise SourceError(
+            folder, "missing-adapter-weights", f"has {ADAPTER_CONFIG} but neither {' nor '.join(ADAPTER_WEIGHTS)}"
+        )
+    real = escapes(folder, weights)
+    if real is not None:
+        raise SourceError(
+            folder,
+            "weights-outside-folder",
+            f"{os.path.basename(weights)} is a symlink that leads outside the adapter's folder (to {real}); refused",
+            weights=weights,
+        )
+    return weights

@@ -9,13 +9,18 @@ import json
 import os
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keyguard._exceptions import SourceError
+from keyguard._printable import printable
 from keyguard.sources._jsonfile import load_json_object
 from keyguard.sources._keyset import KeySet, TensorInfo
 
 MANIFEST_FORMAT: Final = "keyguard.keys/v1"
+
+
+#: As in safetensors files: no dimension, and no tensor, is larger than 64-bit sizes can say.
+_MAX_SIZE: Final = 2**64 - 1
 
 
 class ManifestTensor(BaseModel):
@@ -23,8 +28,20 @@ class ManifestTensor(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shape: list[Annotated[int, Field(strict=True, ge=0)]] | None = None
+    shape: list[Annotated[int, Field(strict=True, ge=0, le=_MAX_SIZE)]] | None = None
     dtype: Annotated[str, Field(strict=True)] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _fits_in_64_bits(cls, shape: list[int] | None) -> list[int] | None:
+        if shape is None or 0 in shape:
+            return shape
+        numel = 1
+        for dim in shape:  # stops at the first dimension that overflows: 200,000 dims cost nothing more
+            numel *= dim
+            if numel > _MAX_SIZE:
+                raise ValueError(f"a tensor of {len(shape)} dimensions this large has more than 2**64 elements")
+        return shape
 
 
 class ManifestSource(BaseModel):
@@ -60,13 +77,13 @@ def manifest_json(keys: KeySet) -> str:
 
     source = {
         "format": keys.format,
-        "location": keys.location,
+        "location": None if keys.location is None else printable(keys.location),
         "architecture": keys.architecture,
         "unwrapped": keys.unwrapped,
         "metadata": dict(keys.metadata),
         "tied": [list(group) for group in keys.tied],
         "non_persistent": sorted(keys.non_persistent),
-        "files": list(keys.files),
+        "files": [printable(name) for name in keys.files],
         "notes": list(keys.notes),
         "adapter_config": keys.adapter.model_dump(mode="json") if keys.adapter is not None else None,
     }
@@ -89,10 +106,18 @@ def _tensor_json(info: TensorInfo) -> str:
     return f'{{"shape": {shape}, "dtype": {json.dumps(info.dtype)}}}'
 
 
-def write_manifest(keys: KeySet, path: str | os.PathLike[str]) -> None:
-    """Write ``keys`` as a manifest, atomically (a crash never leaves a partial file at ``path``)."""
+def write_manifest(keys: Any, path: str | os.PathLike[str]) -> None:
+    """Write the keys of ``keys`` as a manifest, atomically (a crash never leaves a partial file at ``path``).
+
+    ``keys`` is a ``KeySet`` or anything ``keyguard.read_keys`` accepts: a live ``torch.nn.Module`` (a meta-device
+    one too), a state dict, a checkpoint path, a ``config.json`` folder.
+    """
     from keyguard._atomic import atomic_write_text
 
+    if not isinstance(keys, KeySet):
+        from keyguard.sources._resolve import read_keys
+
+        keys = read_keys(keys)
     atomic_write_text(path, manifest_json(keys))
 
 

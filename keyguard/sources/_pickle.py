@@ -20,6 +20,8 @@ from typing import Any
 from keyguard._dtypes import canonical_dtype
 from keyguard._exceptions import SourceError, UnsafePickleError
 from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._pickle_zip import check_zip
+from keyguard.sources._readfile import open_regular
 from keyguard.sources._torch import import_torch
 
 #: Containers that commonly wrap a state dict, in the order they are preferred.
@@ -74,17 +76,18 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
         SourceError: missing, a directory, corrupted, or holding no tensors.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise SourceError(path, "is-a-directory", "is a directory, expected a PyTorch checkpoint file")
-    if not os.path.exists(path):
-        raise SourceError(path, "not-found", "no such file")
-    if os.path.getsize(path) == 0:
+    with open_regular(path) as f:  # torch.load opens the path itself: check that it is a regular file first
+        size = os.fstat(f.fileno()).st_size
+    if size == 0:
         raise SourceError(path, "empty-file", "is empty (0 bytes)")
+    if zipfile.is_zipfile(path):
+        check_zip(path, size)  # before torch is even imported: declared sizes and ratios no checkpoint has
     torch = import_torch(f"to read the PyTorch pickle {path}")
     obj = _load(torch, path)
     state, unwrapped, notes = _unwrap(path, obj, container)
     tensors: dict[str, TensorInfo] = {}
     skipped: list[str] = []
+    not_dense: list[str] = []
     by_storage: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
     label = name if name is not None else os.path.basename(path)
     for key, value in state.items():
@@ -94,12 +97,24 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             skipped.append(str(key))
             continue
+        if not key.isascii() and not _is_unicode(key):
+            raise SourceError(path, "lone-surrogate", f"holds the key {key!r}, which is not valid Unicode")
         tensors[key] = TensorInfo(tuple(value.shape), canonical_dtype(value.dtype), label)
+        if value.layout != torch.strided:  # sparse tensors have no single storage (nor a place in safetensors)
+            not_dense.append(f"{key!r} ({str(value.layout).removeprefix('torch.')})")
+            continue
+        _check_storage(path, key, value, size)
         by_storage.setdefault(_storage_identity(value), []).append(key)
     if skipped:
         shown = ", ".join(repr(k) for k in skipped[:_EXAMPLES])
         more = f" and {len(skipped) - _EXAMPLES} more" if len(skipped) > _EXAMPLES else ""
         notes.append(f"ignored {len(skipped)} non-tensor entr{'y' if len(skipped) == 1 else 'ies'}: {shown}{more}")
+    if not_dense:
+        more = f" and {len(not_dense) - _EXAMPLES} more" if len(not_dense) > _EXAMPLES else ""
+        notes.append(
+            f"{len(not_dense)} tensor(s) are not dense: {', '.join(not_dense[:_EXAMPLES])}{more}"
+            " (keyguard fix writes safetensors, which hold dense tensors only)"
+        )
     if all(info.shape is None for info in tensors.values()):
         raise SourceError(path, "no-tensors", "holds no tensors" + (f" under {unwrapped!r}" if unwrapped else ""))
     tied = tuple(tuple(keys) for keys in by_storage.values() if len(keys) > 1)
@@ -112,6 +127,32 @@ def read_pickle(path: str | os.PathLike[str], *, name: str | None = None, contai
         files=(label,),
         notes=tuple(notes),
     )
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_storage(path: str, key: str, tensor: Any, size: int) -> None:
+    """A tensor's storage is in the file: one declared larger than the whole file is crafted or truncated.
+
+    (Legacy files are read without their data, so torch itself never notices; ``fix`` would fail to load it.)
+    """
+    nbytes = tensor.untyped_storage().nbytes()
+    if nbytes > size:
+        raise SourceError(
+            path,
+            "storage-too-large",
+            f"tensor {key!r} lives in a storage of {nbytes:,} bytes, more than the whole file ({size:,} bytes):"
+            " the file is truncated or crafted",
+            key=key,
+            storage_bytes=nbytes,
+            size=size,
+        )
 
 
 def _load(torch: Any, path: str) -> Any:

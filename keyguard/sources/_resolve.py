@@ -42,7 +42,11 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
     if isinstance(source, KeySet):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(os.fspath(source), container=container, architecture=architecture)
+        path = os.fspath(source)
+        try:
+            return _read_path(path, container=container, architecture=architecture)
+        except OSError as exc:  # whatever a reader did not turn into a SourceError itself: a folder it may not list...
+            raise unreadable(path, exc) from exc
     from keyguard.sources._torch import is_torch_module
 
     if is_torch_module(source):
@@ -60,6 +64,13 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
     raise SourceError(
         None, "unsupported-source", f"cannot read keys from a {type(source).__name__}; see keyguard.read_keys"
     )
+
+
+def unreadable(path: str, exc: OSError) -> SourceError:
+    """The ``SourceError`` for an operating-system error met while reading ``path`` (or a file inside it)."""
+    where = exc.filename if isinstance(exc.filename, str) and exc.filename else path
+    reason = "permission denied" if isinstance(exc, PermissionError) else exc.strerror or type(exc).__name__
+    return SourceError(where, "unreadable", f"cannot be read: {reason}", errno=exc.errno)
 
 
 def _read_path(path: str, *, container: str | None, architecture: str | None) -> KeySet:
@@ -163,8 +174,10 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
 
 
 def _sniff(path: str, *, container: str | None) -> KeySet:
+    from keyguard.sources._readfile import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(16)
     except OSError as exc:
         raise SourceError(path, "unreadable", exc.strerror or type(exc).__name__) from None

@@ -25,8 +25,9 @@ from typing import Final
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
-from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError
+from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError, lone_surrogate
 from keyguard.sources._keyset import KeySet, TensorInfo
+from keyguard.sources._readfile import open_regular
 
 #: The safetensors library refuses headers above this size; so does keyguard.
 MAX_HEADER_SIZE: Final = 100_000_000
@@ -84,7 +85,7 @@ def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
     if "\x00" in path:
         raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # regular files only: a FIFO or a device never ends
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -166,6 +167,8 @@ def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | No
             return None
         if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
             return None
+        if lone_surrogate(text[:pos], raw_meta) is not None:
+            return None  # the json path refuses it
         metadata = raw_meta
         if text[pos : pos + 1] == "}":
             return (metadata, {}, base) if pos + 1 == len(text) else None
@@ -253,6 +256,9 @@ def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
         ) from None
     except (ValueError, RecursionError) as exc:
         raise HeaderError(path, "header-not-json", f"header is not valid JSON ({exc})") from None
+    bad = lone_surrogate(text, obj)  # the safetensors library refuses these; keyguard could not print them
+    if bad is not None:
+        raise HeaderError(path, "lone-surrogate", f"header holds {bad!r}, with an unpaired UTF-16 surrogate escape")
     if not isinstance(obj, dict):
         raise HeaderError(path, "header-not-object", "header is not a JSON object")
     metadata = obj.pop("__metadata__", None)

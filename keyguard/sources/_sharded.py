@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from keyguard._exceptions import ShardIndexError, SourceError
+from keyguard.sources._confine import escapes
 from keyguard.sources._jsonfile import load_json_object
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._safetensors import read_safetensors
@@ -18,8 +19,9 @@ def read_sharded(index_path: str | os.PathLike[str], *, container: str | None = 
     """Read every shard named by a sharded checkpoint's index, and check the index against the shards.
 
     Shard paths must stay inside the index's folder: absolute paths, ``..`` and symlinks that lead outside are
-    refused. Keys listed in the index but absent from their shard, keys in a shard but not in the index (a loader
-    would never load them), keys found in two shards and missing shards are errors. A ``total_size`` that does not
+    refused (in the Hugging Face cache, symlinks into the same repository's ``blobs/`` are the layout). Keys listed
+    in the index but absent from their shard, keys in a shard but not in the index (a loader would never load
+    them), keys found in two shards and missing shards are errors. A ``total_size`` that does not
     match the shards is reported as a note: loaders ignore it.
     """
     index_path = os.fspath(index_path)
@@ -109,13 +111,12 @@ def _inside(index_path: str, folder: str, shard: str) -> str:
             shard=shard,
         )
     candidate = os.path.join(folder, shard)
-    real_folder = os.path.realpath(folder)
-    real = os.path.realpath(candidate)
-    if os.path.commonpath([real_folder, real]) != real_folder:
+    real = escapes(folder, candidate)
+    if real is not None:
         raise ShardIndexError(
             index_path,
             "shard-outside-folder",
-            f"shard {shard!r} is a symlink that leads outside the index's folder (to {real}); refused",
+            f"shard {shard!r} is a symlink that leads outside the checkpoint's folder (to {real}); refused",
             shard=shard,
         )
     if not os.path.exists(candidate):

@@ -309,6 +309,10 @@ def test_nan_with_check_values(zoo: Zoo) -> None:
     finding = only(report, "KG601")
     assert finding.checkpoint_keys == [poisoned] and finding.ctx["tensors"][poisoned] == {"nan": 1, "inf": 1}
     assert finding.message.startswith("1 tensor holds NaN or infinite values")  # one tensor: holds
+    # the keys load: the verdict says what is wrong (the values), not that a load would fail
+    assert report.check == "adapter-files"
+    assert report.verdict.message == "1 error finding, 0 warnings: tensors hold NaN or infinite values."
+    assert "load_state_dict" not in report.render() and "load would fail" not in report.render()
 
 
 def test_untrained_lora_b(zoo: Zoo) -> None:

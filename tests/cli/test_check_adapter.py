@@ -55,6 +55,40 @@ def test_broken_adapter_exits_1_and_fail_on(cli: Cli, zoo: Zoo, adapters: dict[s
     assert cli("check-adapter", adapters["warning"], "--base", base, "--fail-on", "warning").code == 1
 
 
+@pytest.mark.parametrize("format", ["table", "markdown", "github", "json", "junit"])
+def test_fail_on_warning_verdicts_agree_with_the_exit_code(
+    cli: Cli, zoo: Zoo, adapters: dict[str, Path], format: str
+) -> None:
+    base = zoo.manifest("llama")
+    single = cli("check-adapter", adapters["warning"], "--base", base, "--fail-on", "warning", "--format", format)
+    two = (adapters["clean"], adapters["warning"])
+    both = cli("check-adapter", *two, "--base", base, "--fail-on", "warning", "--format", format)
+    assert single.code == both.code == 1
+    if format == "json":
+        assert json.loads(single.out)["verdict"] == {
+            "passed": False,
+            "exit_code": 1,
+            "errors": 0,
+            "warnings": 1,
+            "message": "FAILED (--fail-on warning): 1 warning, no error; a stock PEFT load would take every tensor of"
+            " the adapter.",
+        }
+        assert [r["verdict"]["passed"] for r in json.loads(both.out)] == [True, False]
+    elif format == "junit":
+        for result in (single, both):
+            root = ET.fromstring(result.out)
+            assert int(root.get("failures", "0")) == 1
+    else:
+        assert "OK:" not in single.out and "FAILED (--fail-on warning): 1 warning, no error;" in single.out
+        assert "2 adapters checked: 1 OK, 1 failing (--fail-on warning)" in both.out
+        if format == "markdown":
+            assert single.out.startswith("### ❌") and "| ❌ | 0 | 1 |" in both.out and "| ✅ | 0 | 0 |" in both.out
+    relaxed = cli("check-adapter", adapters["warning"], "--base", base, "--format", format)
+    assert relaxed.code == 0
+    if format in ("table", "markdown", "github"):
+        assert "OK: a stock PEFT load would take every tensor of the adapter (1 warning)." in relaxed.out
+
+
 def test_github_and_markdown(cli: Cli, zoo: Zoo, adapters: dict[str, Path]) -> None:
     result = cli("check-adapter", adapters["rank"], "--base", zoo.base("llama"), "--format", "github")
     assert result.code == 1

@@ -62,6 +62,32 @@ def test_exit_codes_follow_fail_on(cli: Cli, files: dict[str, Path], checkpoint:
     assert default.code == codes["error"]
 
 
+def says_passed(message: str) -> bool:
+    return message.startswith("OK:") or "(not failing: --fail-on" in message
+
+
+@pytest.mark.parametrize("fail_on", ["error", "warning", "never"])
+@pytest.mark.parametrize("checkpoint", ["clean", "warning", "error"])
+def test_the_verdict_agrees_with_the_exit_code_in_every_format(
+    cli: Cli, files: dict[str, Path], checkpoint: str, fail_on: str
+) -> None:
+    args = ("diagnose", files[checkpoint], "-e", files["reference"], "--fail-on", fail_on, "--format")
+    as_json = cli(*args, "json")
+    verdict = json.loads(as_json.out)["verdict"]
+    assert verdict["passed"] == (as_json.code == 0) == says_passed(verdict["message"]), verdict
+    assert verdict["exit_code"] == as_json.code
+    for format in ("table", "markdown", "github"):
+        result = cli(*args, format)
+        assert result.code == as_json.code
+        assert " ".join(verdict["message"].split()) in " ".join(result.out.split()), (format, result.out)
+        if format == "markdown":
+            assert result.out.startswith("### ✅" if verdict["passed"] else "### ❌")
+    if checkpoint == "warning":  # the keys load either way: the verdict says so, and why it fails
+        assert "load_state_dict(strict=True) would succeed" in verdict["message"]
+        failed = verdict["message"].startswith("FAILED (--fail-on warning): 1 warning, no error;")
+        assert failed == (fail_on == "warning")
+
+
 def test_clean_checkpoint_says_ok(cli: Cli, files: dict[str, Path]) -> None:
     result = cli("diagnose", files["clean"], "-e", files["reference"])
     assert result.code == 0

@@ -189,6 +189,8 @@ def test_unsafe_fixes_list_each_transposed_split_and_fused_key(
     assert "unsafe fix" not in r.out
 
     r = fix(src, args=[src, "-e", files["expected"], "-o", out, "--unsafe-fixes"])
+    assert r.code == 2 and "already exists; use --force to replace it" in r.err  # the first run's output
+    r = fix(src, args=[src, "-e", files["expected"], "-o", out, "--unsafe-fixes", "--force"])
     assert r.code == 0, r.out + r.err
     # one entry per tensor, wrapped to the width (continuation lines are indented)
     entries = " ".join(line.strip() if line.startswith("  ") else "\n" + line for line in r.out.splitlines())
@@ -230,7 +232,7 @@ def test_a_hand_written_plan(tmp_path: Path, files: dict[str, Path], fix: Any) -
     got = load_file(str(out))
     assert sorted(got) == sorted([*MODEL, "model.inv_freq", "module.optimizer_step"])
 
-    r = fix(files["extra"], plan, args=[*args, "--unsafe-fixes"])
+    r = fix(files["extra"], plan, args=[*args, "--unsafe-fixes", "--force"])
     assert r.code == 1  # model.inv_freq is still not expected
     assert ", 1 dropped" in r.out and "note:" not in r.out
     expected = {**MODEL, "model.inv_freq": torch.arange(4.0)}

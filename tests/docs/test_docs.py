@@ -32,12 +32,14 @@ SLUG_PAGES = {
     "_safetensors.py": ["sources/safetensors.md"],
     "_sharded.py": ["sources/sharded.md"],
     "_pickle.py": ["sources/pytorch-pickle.md"],
+    "_pickle_zip.py": ["sources/pytorch-pickle.md"],
     "_model_config.py": ["sources/config-folder.md"],
     "_adapter.py": ["sources/peft-adapter.md"],
     "_manifest.py": ["sources/manifest.md"],
     "_memory.py": ["sources/in-memory.md"],
     "_resolve.py": ["sources/index.md"],
     "_jsonfile.py": ["sources/index.md"],
+    "_readfile.py": ["sources/index.md"],
 }
 SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}
 ERROR_CALLS = {"SourceError", "HeaderError", "ShardIndexError", "UnsafePickleError", "AdapterConfigError", "error"}

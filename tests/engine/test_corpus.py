@@ -3,8 +3,9 @@
 No plan may put a checkpoint key under an expected key other than its truth, and no exact match may be kept
 silently when the truth says it is another tensor. Cases where today's engine breaks this are marked
 ``xfail(strict=True)``: when a fix makes one pass, the mark must go. Coverage (keys mapped right, explained, hints)
-is recorded per case as test output (``record_property``, and printed with ``-s``), never asserted here: see
-``benchmarks/rename_corpus.py`` for the table.
+is recorded per case as test output (``record_property``, and printed with ``-s``); over the whole corpus it must
+not fall below the floors below (the figures issue 9 reached, less a margin), so a change that loses coverage is
+seen. ``benchmarks/rename_corpus.py`` prints the table.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ from corpus.evaluate import run
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-#: Cases where the engine at this branch's start breaks the invariant, and how.
 # Cases where the engine breaks the invariant today, as strict xfails (they fail loudly once fixed). The three that
 # were listed when the corpus landed (segformer_stages, stale_unprefixed_copy, pipeline_stage_local_indices) are
 # fixed by template alignment and contested exact matches.
 BROKEN_TODAY: dict[str, str] = {}
+#: Floors over the whole corpus: keys that need a rename mapped right by the safe or unsafe plan, the right target
+#: offered somewhere in the report, and hints right when shown.
+MAPPED_FLOOR = 0.84
+EXPLAINED_FLOOR = 0.94
+HINTS_FLOOR = 0.9
+_SCORES: dict[str, Any] = {}
 
 
 def _params() -> list[Any]:
@@ -50,6 +56,19 @@ def test_no_key_lands_on_a_wrong_expected_key(name: str, record_property: Any) -
     )
     assert score.error == ""
     assert score.wrong == []
+    _SCORES[name] = score
+
+
+def test_coverage_over_the_corpus_stays_above_its_floors() -> None:
+    scores = [_SCORES[name] if name in _SCORES else run(CASES[name]())[1] for name in CASES]
+    need = sum(s.need for s in scores)
+    mapped = sum(max(s.safe_right, s.unsafe_right) for s in scores) / need
+    explained = sum(s.explained for s in scores) / need
+    print(f"corpus: {need} keys need a rename; mapped {mapped:.1%}, explained {explained:.1%}")
+    assert mapped >= MAPPED_FLOOR
+    assert explained >= EXPLAINED_FLOOR
+    hints = sum(s.hints for s in scores)
+    assert hints == 0 or sum(s.hints_right for s in scores) / hints >= HINTS_FLOOR
 
 
 def test_broken_today_names_real_cases() -> None:

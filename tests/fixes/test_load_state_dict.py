@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import keyguard  # noqa: E402
-from keyguard import KeyMismatchError, PlanError, Report  # noqa: E402
+from keyguard import KeyMismatchError, LoadResult, PlanError, Report  # noqa: E402
 from keyguard.fixes import Drop, Plan, StripPrefix, Transpose  # noqa: E402
 
 ModelFactory = Callable[..., Any]
@@ -79,9 +79,11 @@ def test_wrapped_checkpoints_load_exactly(
     path = save_st(tmp_path / "ckpt.safetensors", {WRAPPERS[wrapper](k): v for k, v in state.items()})
     model = build(models[kind], seed=1)
     assert not all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # really different before
-    report = keyguard.load_state_dict(model, path)
-    assert isinstance(report, Report) and not report.ok  # the report is the diagnosis as the checkpoint stands
-    assert not report.plan.empty
+    result = keyguard.load_state_dict(model, path)
+    assert isinstance(result, LoadResult) and result.ok
+    assert result.loaded == result.verified == len(state) and result.source == str(path)
+    assert result.plan == result.report.plan and not result.plan.empty  # the safe plan, applied
+    assert isinstance(result.report, Report) and not result.report.ok  # the diagnosis as the checkpoint stands
     assert_loaded(model, state)
 
 
@@ -89,9 +91,31 @@ def test_an_in_memory_state_dict_loads_with_the_same_tensors(tiny_llama: ModelFa
     source = build(tiny_llama, seed=0)
     state = snapshot(source)
     model = build(tiny_llama, seed=1)
-    report = keyguard.load_state_dict(model, {"module." + k: v for k, v in state.items()})
-    assert report.plan.rules == [StripPrefix(prefix="module.", reason=report.plan.rules[0].reason)]
+    result = keyguard.load_state_dict(model, {"module." + k: v for k, v in state.items()})
+    assert result.plan.rules == [StripPrefix(prefix="module.", reason=result.plan.rules[0].reason)]
+    assert result.source is None and result.target == "LlamaForCausalLM"
     assert_loaded(model, state)
+
+
+def test_a_successful_load_says_so(tmp_path: Path, save_st: Callable[..., Path], tiny_llama: ModelFactory) -> None:
+    """The load worked and every tensor was checked: the result says that, not "FATAL KG404 ... would fail"."""
+    state = snapshot(build(tiny_llama, seed=0))
+    path = save_st(tmp_path / "ddp.safetensors", {"module." + k: v for k, v in state.items()})
+    result = keyguard.load_state_dict(build(tiny_llama, seed=1), path)
+    text = str(result)
+    n = len(state)
+    assert text.splitlines()[:2] == [
+        f"Loaded and verified {n} tensors into LlamaForCausalLM from {path}.",
+        "Plan applied (1 rule): strip prefix 'module.'.",
+    ]
+    assert "FATAL" not in text and "would fail" not in text
+    assert "As given, the source had 2 error findings (KG404 no_overlap, KG101 extra_prefix)" in text
+    assert LoadResult.model_validate_json(result.render("json")) == result
+    clean = keyguard.load_state_dict(build(tiny_llama, seed=1), state)
+    assert str(clean).splitlines() == [
+        f"Loaded and verified {n} tensors into LlamaForCausalLM.",
+        "Plan applied: none (the keys loaded as they stand).",
+    ]
 
 
 def test_a_real_peft_state_dict_loads_its_base_weights(tiny_llama: ModelFactory) -> None:
@@ -108,10 +132,11 @@ def test_a_real_peft_state_dict_loads_its_base_weights(tiny_llama: ModelFactory)
     with pytest.raises(KeyMismatchError, match="unexpected"):
         keyguard.load_state_dict(model, peft_state)  # the LoRA tensors are not the model's
     assert_unchanged(model, before)
-    report = keyguard.load_state_dict(model, peft_state, drop_unexpected=True)
+    result = keyguard.load_state_dict(model, peft_state, drop_unexpected=True)
     assert_loaded(model, state)
-    unexpected = {k for f in report.findings if f.kind == "unexpected" for k in f.checkpoint_keys}
+    unexpected = {k for f in result.findings if f.kind == "unexpected" for k in f.checkpoint_keys}
     assert unexpected and all("lora_" in k for k in unexpected)
+    assert set(result.left_out) == unexpected and result.loaded == result.verified == len(state)
 
 
 # -- strict and user plans ---------------------------------------------------------------------------------------
@@ -188,7 +213,9 @@ def test_a_meta_model_is_loaded_with_assign_and_nothing_stays_on_meta(
     assert all(p.is_meta for p in model.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left on meta to warn about
-        keyguard.load_state_dict(model, path)
+        result = keyguard.load_state_dict(model, path)
+    assert result.assigned and result.on_meta == [] and result.loaded == result.verified == len(state)
+    assert str(result).startswith(f"Assigned and verified {len(state)} tensors into ")
     assert_loaded(model, state)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert leftover == []
@@ -221,7 +248,8 @@ def test_ignored_tied_lm_head_follows_the_embeddings(tiny_llama: ModelFactory) -
     assert model.lm_head.weight is model.model.embed_tokens.weight
     with pytest.raises(KeyMismatchError, match=r"lm_head\.weight"):
         keyguard.load_state_dict(model, ckpt)
-    keyguard.load_state_dict(model, ckpt, ignore=[r"^lm_head\.weight$"])
+    result = keyguard.load_state_dict(model, ckpt, ignore=[r"^lm_head\.weight$"])
+    assert result.kept == ["lm_head.weight"] and result.loaded == result.verified == len(ckpt)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.lm_head.weight, state["model.embed_tokens.weight"])
     assert_loaded(model, state)
@@ -240,7 +268,8 @@ def test_ignored_tied_lm_head_on_an_untied_source_key(tiny_gpt2: ModelFactory, m
 def test_ignore_an_unexpected_key(tiny_bert: ModelFactory) -> None:
     state = snapshot(build(tiny_bert, seed=0))
     model = build(tiny_bert, seed=1)
-    keyguard.load_state_dict(model, {**state, "extra.ema_decay": torch.tensor(0.99)}, ignore=[r"^extra\."])
+    result = keyguard.load_state_dict(model, {**state, "extra.ema_decay": torch.tensor(0.99)}, ignore=[r"^extra\."])
+    assert result.left_out == ["extra.ema_decay"]
     assert_loaded(model, state)
 
 
@@ -253,10 +282,10 @@ def test_drop_unexpected_legacy_rotary_buffers(tiny_llama: ModelFactory) -> None
     with pytest.raises(KeyMismatchError, match="inv_freq"):
         keyguard.load_state_dict(model, ckpt)
     assert_unchanged(model, before)
-    report = keyguard.load_state_dict(model, ckpt, drop_unexpected=True)
+    result = keyguard.load_state_dict(model, ckpt, drop_unexpected=True)
     assert_loaded(model, state)
-    dropped = {k for f in report.findings if f.kind == "unexpected" for k in f.checkpoint_keys}
-    assert dropped == {"module." + k for k in legacy}
+    dropped = {k for f in result.findings if f.kind == "unexpected" for k in f.checkpoint_keys}
+    assert dropped == {"module." + k for k in legacy} == set(result.left_out)
 
 
 def test_a_genuinely_missing_key_raises_and_nothing_is_loaded(tmp_path: Path, save_st: Callable[..., Path]) -> None:

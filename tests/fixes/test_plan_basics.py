@@ -16,6 +16,7 @@ from keyguard.fixes import (
     Drop,
     Fuse,
     MapKeys,
+    Remap,
     Plan,
     Rename,
     ReplacePrefix,
@@ -31,6 +32,9 @@ EVERY_RULE = [
     ReplacePrefix(old="transformer.", new="model.", reason="KG103"),
     Rename(pattern=r"((?:.*\.)?)gamma((?:\..*)?)", replacement=r"\g<1>weight\g<2>", old="gamma", new="weight"),
     ShiftIndex(prefix="model.layers.", offset=-4, reason="KG202"),
+    Remap(old="layers.{0}.attention.wq.weight", new="model.layers.{0}.self_attn.q_proj.weight", reason="KG203"),
+    Remap(old="blocks.{0}.w", new="stages.{0}.blocks.{1}.w", indices={"0": [0, 0], "1": [0, 1], "2": [1, 0]}),
+    Remap(old="a.{0}.b", new="c.{0}.d", origin="hint", reason="KG203"),
     MapKeys(mapping={"a.b": "c.d"}, applicability=Applicability.unsafe),
     Transpose(keys=["h.0.attn.c_attn.weight"]),
     Split(source="qkv.weight", targets=["q.weight", "k.weight", "v.weight"], sizes=[4, 2, 2]),
@@ -50,11 +54,18 @@ def test_json_round_trip_through_a_file(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     assert data["format"] == PLAN_FORMAT == "keyguard.plan/v1"
     assert [rule["op"] for rule in data["rules"]] == [rule.op for rule in EVERY_RULE]
-    assert data["rules"][0] == {"applicability": "safe", "reason": "KG101", "op": "strip_prefix", "prefix": "module."}
+    assert data["rules"][0] == {
+        "applicability": "safe",
+        "reason": "KG101",
+        "origin": "inferred",
+        "op": "strip_prefix",
+        "prefix": "module.",
+    }
+    assert [r["origin"] for r in data["rules"] if r["op"] == "remap"] == ["inferred", "inferred", "hint"]
     loaded = Plan.load(path)
     assert loaded == plan
     assert [type(r) for r in loaded.rules] == [type(r) for r in EVERY_RULE]
-    keys = ["module.x", "gamma", "model.layers.7.w", "embeddings.y", "transformer.z", "a.b"]
+    keys = ["module.x", "gamma", "model.layers.7.w", "embeddings.y", "transformer.z", "a.b", "blocks.2.w", "a.5.b"]
     assert loaded.mapping(keys) == plan.mapping(keys)
     assert not list(tmp_path.glob("*.tmp"))  # written atomically, nothing left beside it
 

@@ -32,7 +32,8 @@ from keyguard.fixes import (  # noqa: E402
     WriteError,
     write_fixed,
 )
-from keyguard.fixes._writer import METADATA_KEY, _verify  # noqa: E402
+from keyguard.fixes._file_write import METADATA_KEY  # noqa: E402
+from keyguard.fixes._write_verify import verify_written  # noqa: E402
 
 # -- helpers -----------------------------------------------------------------------------------------------------
 
@@ -454,7 +455,7 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
 ) -> None:
     import zlib
 
-    from keyguard.fixes._writer import CHUNK
+    from keyguard.fixes._block_copy import CHUNK
 
     src = save_st(tmp_path / "big.safetensors", big_tensors())
     header, n, data = parts(src)
@@ -463,7 +464,7 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
         ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
     )
     checks = {name: zlib.crc32(data[start:end]) for name, _, _, start, end in rows}
-    _verify(str(src), rows, checks, meta)
+    verify_written(str(src), rows, checks, meta)
     position = CHUNK + 12345  # inside the second buffer's worth of data
     victim = next(name for name, _, _, start, end in rows if start <= position < end)
     raw = bytearray(src.read_bytes())
@@ -471,7 +472,7 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(bytes(raw))
     with pytest.raises(WriteError, match=f"the bytes of {victim!r} differ"):
-        _verify(str(corrupt), rows, checks, meta)
+        verify_written(str(corrupt), rows, checks, meta)
 
 
 # -- collisions --------------------------------------------------------------------------------------------------
@@ -510,13 +511,20 @@ def test_in_place_replaces_the_file_atomically(tmp_path: Path, source: Callable[
     assert leftovers(tmp_path) == []
 
 
-def test_a_new_output_gets_the_usual_permissions(tmp_path: Path, source: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])
+def test_a_new_output_keeps_the_permissions_of_its_source(
+    tmp_path: Path, source: Callable[..., Any], mode: int
+) -> None:
+    """As ``cp`` does: the source's permissions less the umask (a private checkpoint stays private)."""
     src, _ = source()
+    os.chmod(src, mode)
     out = tmp_path / "out.safetensors"
-    write_fixed(keyguard.read_keys(src), Plan(), out, progress=False)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    umask = os.umask(0o022)
+    try:
+        write_fixed(keyguard.read_keys(src), Plan(), out, progress=False)
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == mode & ~0o022
 
 
 # -- verification ------------------------------------------------------------------------------------------------
@@ -576,7 +584,7 @@ def test_a_tensor_read_through_torch_from_a_truncated_source_fails_and_leaves_no
 
 
 def test_verification_catches_a_corrupted_byte_and_a_wrong_header(tmp_path: Path, source: Callable[..., Any]) -> None:
-    """``_verify`` is what ``write_fixed`` runs on the temporary file before renaming it: check it on real files."""
+    """``verify_written`` runs on the temporary file before the rename: check it on real files."""
     src, _ = source()
     out = tmp_path / "out.safetensors"
     write_fixed(keyguard.read_keys(src), Plan(), out, progress=False)
@@ -588,22 +596,22 @@ def test_verification_catches_a_corrupted_byte_and_a_wrong_header(tmp_path: Path
     import zlib
 
     checks = {name: zlib.crc32(data[start:end]) for name, _, _, start, end in rows}
-    _verify(str(out), rows, checks, meta)  # the genuine file verifies
+    verify_written(str(out), rows, checks, meta)  # the genuine file verifies
 
     corrupt = tmp_path / "corrupt.safetensors"
     raw = bytearray(out.read_bytes())
     raw[8 + n + header["module.encoder.layers.1.attn.weight"]["data_offsets"][0] + 3] ^= 0x40
     corrupt.write_bytes(bytes(raw))
     with pytest.raises(WriteError, match=r"the bytes of 'module.encoder.layers.1.attn.weight' differ"):
-        _verify(str(corrupt), rows, checks, meta)
+        verify_written(str(corrupt), rows, checks, meta)
     with pytest.raises(WriteError, match=r"header differs from the plan"):
-        _verify(str(out), [*rows[:-1], (rows[-1][0] + ".x", *rows[-1][1:])], checks, meta)
+        verify_written(str(out), [*rows[:-1], (rows[-1][0] + ".x", *rows[-1][1:])], checks, meta)
     with pytest.raises(WriteError, match=r"metadata differs"):
-        _verify(str(out), rows, checks, {**meta, "origin": "elsewhere"})
+        verify_written(str(out), rows, checks, {**meta, "origin": "elsewhere"})
     short = tmp_path / "short.safetensors"
     short.write_bytes(out.read_bytes()[:-8])
     with pytest.raises(WriteError, match=r"not valid safetensors"):
-        _verify(str(short), rows, checks, meta)
+        verify_written(str(short), rows, checks, meta)
 
 
 def test_a_failed_verification_leaves_no_file_behind(tmp_path: Path) -> None:

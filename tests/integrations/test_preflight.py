@@ -28,7 +28,7 @@ CASES = {
     "llama_cls": ("llama_cls", {"0": "llama_cls"}, {}, ["KG550", "KG556"], False),
     "gpt2": ("gpt2", {"0": "gpt2"}, {}, ["KG550", "KG556"], False),
     "llama": ("llama", {"0": "llama"}, {}, ["KG556"], True),
-    "two_named": ("llama", {"math": "llama", "code": "llama_2"}, {}, ["KG554", "KG556", "KG556"], False),
+    "two_named": ("llama", {"math": "llama", "code": "llama_2"}, {}, ["KG554", "KG556", "KG556", "KG622"], False),
     "stripped": ("bert_cls", {"0": "bert_cls_stripped"}, {}, ["KG551", "KG556"], False),
     "extra_prefix": ("gpt2", {"0": "gpt2_extra"}, {}, ["KG550", "KG556"], False),
     "missing": ("llama", {"0": "llama_missing"}, {}, ["KG552", "KG560"], False),
@@ -47,6 +47,11 @@ def test_predictions(case: str, adapters: dict[str, Path]) -> None:
     report = xlora.preflight(build(arch), xlora_config(arch, {n: adapters[a] for n, a in experts.items()}), **options)
     assert codes(report) == expected, report.render()
     assert report.ok is ok
+    assert report.check == "xlora-preflight" and "load_state_dict" not in report.render()
+    if ok:
+        assert report.verdict.message == "OK: every expert loads, with stock PEFT and through keyguard."
+    else:
+        assert "stock PEFT would not load every expert as it stands" in report.verdict.message
     for found in report.findings:
         assert found.ctx.get("adapter") is None or found.ctx["adapter"] in experts
 

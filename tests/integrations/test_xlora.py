@@ -52,13 +52,17 @@ def lora_model_of(model: Any) -> Any:
 
 def guarded(arch: str, experts: dict[str, Path], **kwargs: Any) -> Any:
     """Build through keyguard and check every expert against its file, and a forward pass."""
-    model = xlora.get_peft_model(build(arch), xlora_config(arch, experts), **kwargs)
+    config = xlora_config(arch, experts)
+    model = xlora.get_peft_model(build(arch), config, **kwargs)
+    assert list(config.adapters) == sorted(experts)  # put in the order PEFT saves it
     for name, folder in experts.items():
         assert assert_expert_equals_file(lora_model_of(model), name, folder) > 0
     output = forward(model)
     assert torch.isfinite(output.logits).all()
-    report = xlora.verify(model, xlora_config(arch, experts))
+    report = xlora.verify(model, config)
     assert report.ok, report.render()
+    assert report.check == "xlora-verify"
+    assert report.verdict.message == "OK: every expert of the X-LoRA model equals its file."
     assert [f.code for f in report.findings] == ["KG563"] * len(experts)
     return model
 
@@ -114,7 +118,7 @@ def test_experts_named_by_the_user(adapters: dict[str, Path]) -> None:
     model = guarded("llama", experts)
     lora_model = lora_model_of(model)
     assert {"math", "code"} <= set(lora_model.peft_config) and not {"0", "1"} & set(lora_model.peft_config)
-    assert lora_model.active_adapters == ["math", "code"]
+    assert lora_model.active_adapters == ["code", "math"]  # the order PEFT saves them in: see test_saved_order
 
 
 def test_numbered_names_in_another_order_keep_their_files(adapters: dict[str, Path]) -> None:
@@ -128,6 +132,13 @@ def test_an_expert_may_not_take_the_x_lora_models_own_name(adapters: dict[str, P
     with pytest.raises(KeyMismatchError, match="KG554") as caught:
         xlora.get_peft_model(build("llama"), xlora_config("llama", {"default": adapters["llama"]}))
     assert caught.value.report.findings[0].kind == "xlora_adapter_names"
+    # a refusal compares nothing, and says so (not "0 checkpoint keys, 0 expected (coverage 100%)")
+    refused = caught.value.report
+    assert refused.check == "refusal" and not refused.ok
+    rendered = refused.render()
+    assert "nothing was compared" in rendered and "0 checkpoint keys" not in rendered
+    assert "load_state_dict" not in rendered
+    assert refused.verdict.message.endswith("refused before any tensor was compared; nothing was loaded.")
 
 
 # -- broken adapters -----------------------------------------------------------------------------------------------
@@ -264,11 +275,17 @@ def test_a_plan_of_your_own(adapters: dict[str, Path]) -> None:
     forward(model)
 
 
-def test_bad_strategy_and_config() -> None:
+def test_bad_strategy() -> None:
     with pytest.raises(ValueError, match="strategy"), xlora.guard("loose"):  # type: ignore[arg-type]
         pass
-    with pytest.raises(TypeError, match="XLoraConfig"):
-        xlora.get_peft_model(build("llama"), peft.LoraConfig())
+
+
+def test_a_config_that_is_not_x_lora_passes_through_to_peft() -> None:
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"])
+    ours = xlora.get_peft_model(build("llama"), config)
+    theirs = peft.get_peft_model(build("llama"), peft.LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))
+    assert type(ours) is type(theirs) is peft.PeftModelForCausalLM
+    assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
 
 
 # -- the guard itself ----------------------------------------------------------------------------------------------
@@ -288,12 +305,14 @@ def test_guard_restores_the_loader_when_an_exception_escapes(adapters: dict[str,
     assert xlora_module._load_adapter_into_lora_model is ORIGINAL
 
 
-def test_nested_guards_restore_in_order() -> None:
-    with xlora.guard():
-        outer = xlora_module._load_adapter_into_lora_model
-        with xlora.guard():
-            assert xlora_module._load_adapter_into_lora_model not in (outer, ORIGINAL)
-        assert xlora_module._load_adapter_into_lora_model is outer
+def test_nested_guards_load_through_the_innermost_and_restore_at_the_last_exit(adapters: dict[str, Path]) -> None:
+    with xlora.guard() as outer:
+        installed = xlora_module._load_adapter_into_lora_model
+        with xlora.guard() as inner:
+            assert xlora_module._load_adapter_into_lora_model is installed is not ORIGINAL
+            peft.get_peft_model(build("llama"), xlora_config("llama", {"0": adapters["llama"]}))
+        assert xlora_module._load_adapter_into_lora_model is installed
+        assert [e.name for e in inner.experts] == ["0"] and outer.experts == []
     assert xlora_module._load_adapter_into_lora_model is ORIGINAL
 
 

@@ -182,6 +182,16 @@ def test_manifest_of_a_module(tmp_path: Path, tiny_llama: Callable[..., Any]) ->
     assert back.tied and back.non_persistent
 
 
+def test_write_manifest_takes_the_module_itself(tmp_path: Path, tiny_llama: Callable[..., Any]) -> None:
+    """``keyguard.write_manifest(module, path)`` (it raised AttributeError: 'LlamaForCausalLM' has no 'format')."""
+    model = tiny_llama(meta=True, tie_word_embeddings=True)
+    write_manifest(model, tmp_path / "module.keys.json")
+    write_manifest(model.state_dict(), tmp_path / "state.keys.json")
+    back = read_keys(tmp_path / "module.keys.json")
+    assert list(back) == list(read_keys(model)) and back.architecture == "LlamaForCausalLM" and back.tied
+    assert list(read_keys(tmp_path / "state.keys.json")) == list(back)
+
+
 def test_manifest_of_a_config_folder(tmp_path: Path, tiny_bert: Callable[..., Any]) -> None:
     tiny_bert(dtype="bfloat16").config.save_pretrained(tmp_path / "cfg")
     roundtrip(read_keys(tmp_path / "cfg"), tmp_path / "keys.json")

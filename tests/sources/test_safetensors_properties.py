@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _hypothesis_profiles import examples
 from _st_files import canonical_header, expected_infos, json_layout_header, layout, nbytes, write_raw
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SETTINGS = settings(
     deadline=None,
-    max_examples=150,
+    max_examples=examples(150),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -311,7 +312,7 @@ def test_parsers_agree_on_valid_headers(case: dict[str, Any]) -> None:
             assert fast_parse(text, 0) is not None
 
 
-@settings(deadline=None, max_examples=400)
+@settings(deadline=None, max_examples=examples(400))
 @given(mutant=mutated_headers())
 def test_parsers_agree_on_mutated_headers(mutant: tuple[dict[str, Any], str]) -> None:
     compare_parsers(mutant[1])

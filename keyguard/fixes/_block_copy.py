@@ -1,0 +1,229 @@
+"""Copying byte ranges between files with a running checksum per tensor, in bounded memory.
+
+Two reusable buffers carry the bytes; checksums run in a helper thread while the next chunk is read. On Linux the
+kernel copies between files (``copy_file_range``) while a helper thread reads and checksums the source.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Protocol
+
+from keyguard._exceptions import WriteError
+from keyguard._progress import Progress
+
+CHUNK = 8 * 1024 * 1024  # two reusable buffers of this size: the memory a write needs, whatever the checkpoint
+INLINE = 1024 * 1024  # ranges up to this size are checksummed in line (no hand-off to the checksum thread)
+
+
+class Spans:
+    """Running CRC-32 of consecutive, sorted byte ranges of one stream, fed chunk by chunk in stream order."""
+
+    def __init__(self, bounds: Sequence[tuple[str, int, int]]) -> None:
+        self.bounds = bounds  # (name, start, end), sorted, not overlapping, relative to the stream's start
+        self.index = 0
+        self.crcs: dict[str, int] = {}
+
+    def feed(self, view: memoryview, position: int) -> None:
+        end = position + len(view)
+        while self.index < len(self.bounds):
+            name, start, stop = self.bounds[self.index]
+            if start >= end:
+                break
+            a, b = max(start, position), min(stop, end)
+            if b > a:
+                self.crcs[name] = zlib.crc32(view[a - position : b - position], self.crcs.get(name, 0))
+            if stop > end:
+                break
+            self.index += 1
+
+    def result(self) -> dict[str, int]:
+        for name, _, _ in self.bounds:
+            self.crcs.setdefault(name, 0)  # 0-byte tensors
+        return self.crcs
+
+
+class Source(Protocol):
+    name: Any
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+    def close(self) -> None: ...
+
+
+class Stream:
+    """Reads (and copies) byte ranges through two reusable buffers; checksums run in a helper thread while the
+    next chunk is read and this one written (``zlib.crc32`` and file I/O release the GIL), so memory stays at two
+    buffers and the checksum costs little wall time. Source files stay open for the whole write."""
+
+    def __init__(self) -> None:
+        self.buffers: tuple[bytearray, bytearray] | None = None  # allocated on first use
+        self.pool: Any = None
+        self.files: dict[str, Source] = {}
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for f in self.files.values():
+            f.close()
+
+    def source(self, path: str) -> Source:
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in __exit__
+        return f
+
+    def run(
+        self,
+        src: Source,
+        start: int,
+        length: int,
+        feed: Callable[[memoryview, int], None],
+        out: IO[bytes] | None,
+        bar: Progress | None,
+        *,
+        overlap: bool = True,
+    ) -> None:
+        """Read ``length`` bytes of ``src`` from ``start``; feed each chunk (and its position) to ``feed``, in
+        order; write them to ``out`` when given. Large ranges are fed in the helper thread unless ``overlap`` is
+        false (the caller is a helper thread itself)."""
+        src.seek(start)
+        if length <= INLINE:
+            data = b""
+            while len(data) < length:
+                piece = src.read(length - len(data))  # a raw file may return less than asked
+                if not piece:
+                    break
+                data += piece
+            if len(data) != length:
+                raise WriteError(f"{src.name}: the file ended early (it changed?)")
+            feed(memoryview(data), 0)
+            if out is not None:
+                out.write(data)
+            if bar is not None:
+                bar.update(length)
+            return
+        if self.buffers is None:
+            self.buffers = (bytearray(CHUNK), bytearray(CHUNK))
+        if overlap and self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyguard-crc")
+        buffers = self.buffers
+        pending = None
+        position = 0
+        turn = 0
+        try:
+            while position < length:
+                view = memoryview(buffers[turn])[: min(CHUNK, length - position)]
+                n = src.readinto(view)
+                if not n:
+                    raise WriteError(f"{src.name}: the file ended early (it changed?)")
+                view = view[:n]
+                if pending is not None:
+                    pending.result()  # the previous chunk's checksum, in order (and its buffer free again)
+                    pending = None
+                if overlap:
+                    pending = self.pool.submit(feed, view, position)
+                else:
+                    feed(view, position)
+                if out is not None:
+                    out.write(view)
+                if bar is not None:
+                    bar.update(n)
+                position += n
+                turn ^= 1
+        finally:
+            if pending is not None:
+                pending.result()
+
+
+def copy_data_section(
+    path: str,
+    base: int,
+    rows: list[tuple[str, str, tuple[int, ...], int, int]],
+    f: IO[bytes],
+    checks: dict[str, int],
+    bar: Progress,
+    stream: Stream,
+) -> None:
+    """Copy the whole data section, checksumming each tensor's bytes."""
+    end = rows[-1][4] if rows else 0
+    copy_range(path, base, end, [(name, start, stop) for name, _, _, start, stop in rows], f, checks, bar, stream)
+
+
+def copy_range(
+    path: str,
+    base: int,
+    length: int,
+    bounds: list[tuple[str, int, int]],
+    f: IO[bytes],
+    checks: dict[str, int],
+    bar: Progress,
+    stream: Stream,
+) -> None:
+    """Append ``length`` bytes of ``path`` from ``base`` to ``f``, with the checksum of each of ``bounds`` (relative
+    to ``base``).
+
+    Where the kernel copies between files (Linux ``copy_file_range``) it does, while a helper thread reads the
+    source and checksums it; verification then re-reads the output and compares its checksums with these.
+    Elsewhere the bytes go through the two buffers, checksummed on the way."""
+    if length > INLINE and hasattr(os, "copy_file_range"):
+        import threading
+
+        spans = Spans(bounds)
+        failure: list[BaseException] = []
+
+        def checksum() -> None:
+            try:
+                with open(path, "rb", buffering=0) as src:  # the stream is not used by this thread meanwhile
+                    stream.run(src, base, length, spans.feed, None, None, overlap=False)
+            except BaseException as exc:  # handed over to the writing thread below
+                failure.append(exc)
+
+        f.flush()
+        worker = threading.Thread(target=checksum, name="keyguard-crc-source", daemon=True)
+        worker.start()
+        try:
+            copied = _kernel_copy(path, base, f, length, bar)
+        finally:
+            worker.join()
+        if failure:
+            raise failure[0]
+        if not copied:  # the kernel declined: copy through the buffers (the source is checksummed already)
+            stream.run(stream.source(path), base, length, lambda view, position: None, f, bar)
+        checks.update(spans.result())
+        return
+    spans = Spans(bounds)
+    stream.run(stream.source(path), base, length, spans.feed, f, bar)
+    checks.update(spans.result())
+
+
+def _kernel_copy(path: str, start: int, f: IO[bytes], length: int, bar: Progress) -> bool:
+    """Append ``length`` bytes of ``path`` from ``start`` to ``f`` with ``copy_file_range``; False, with nothing
+    written, when the kernel or the file systems do not offer it."""
+    import errno
+
+    declined = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EBADF}
+    out = f.fileno()
+    position = 0
+    with open(path, "rb", buffering=0) as src:
+        while position < length:
+            try:
+                n = os.copy_file_range(src.fileno(), out, min(8 * CHUNK, length - position), start + position)
+            except OSError as exc:
+                if position == 0 and exc.errno in declined:
+                    return False
+                raise
+            if n == 0:
+                raise WriteError(f"{path}: the file ended early (it changed while being read?)")
+            position += n
+            bar.update(n)
+    f.seek(0, os.SEEK_END)  # the kernel moved the descriptor's offset: keep the file object in step
+    return True
