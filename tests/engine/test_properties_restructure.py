@@ -24,6 +24,7 @@ passes, strict xfail turns that into a failure, and the marker comes off. To exp
 from __future__ import annotations
 
 import pytest
+from _hypothesis_profiles import examples
 from _restructure import CONVERSIONS, Case, cases
 from _restructure_checks import check
 from hypothesis import HealthCheck, Phase, given, settings
@@ -47,12 +48,11 @@ FAILING: dict[str, str] = {
 }
 
 
-def _settings(examples: int, failing: bool) -> settings:
+def _settings(budget: int, failing: bool) -> settings:
+    """The profile's settings (``ci``: derandomised, no database) with this module's budget."""
     return settings(
-        derandomize=True,
-        database=None,
         deadline=None,
-        max_examples=examples,
+        max_examples=examples(budget),
         phases=NO_SHRINK if failing else tuple(Phase),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
