@@ -36,15 +36,11 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 #: Kinds on which the engine breaks an invariant today, and why (see the regressions file).
 FAILING: dict[str, str] = {
-    "rename": "(d) an offset-suspicion ambiguity offers candidates of other shapes",
     "index_move": "(a) safe: blocks.N.attention.output saved as attentions.N.output is read as blocks.N.output",
-    "regroup": "(a) safe: regrouped blocks paired with other blocks",
-    "merge_split": "(d) an offset-suspicion ambiguity offers candidates of other shapes",
     "index_base": "(d) ambiguity candidates of other shapes (1-based Sequential stem)",
     "interleave": "(d) ambiguity candidates of other shapes (interleaved block families)",
     "sub_offset": "(d) contested shift readings paired in order across stages of other widths",
     "reverse": "(d) ambiguity candidates of other shapes (reversed stages of other widths)",
-    "leaf_names": "(d) ambiguity candidates of other shapes",
 }
 
 

@@ -1,9 +1,11 @@
 """Minimal counterexamples found by the restructure properties (``test_properties_restructure.py``), one per way the
 engine breaks an invariant, as explicit cases.
 
-Each is marked ``xfail(strict=True)``: when the engine handles it, the test passes, strict xfail fails the run, and the
-marker comes off. A case is a model (``expected``), a checkpoint made from it (``checkpoint``) and the truth for every
-renamed key (keys not listed are themselves, or extra); ``check`` asserts every invariant of ``_restructure_checks``.
+Cases the engine still gets wrong are marked ``xfail(strict=True)``: when the engine handles one, the test passes,
+strict xfail fails the run, and the marker comes off. Cases it handles already (fixed on main since they were found)
+are plain tests, kept as guards. A case is a model (``expected``), a checkpoint made from it (``checkpoint``) and
+the truth for every renamed key (keys not listed are themselves, or extra); ``check`` asserts every invariant of
+``_restructure_checks``.
 The cases were minimised by ``explore_restructure.py`` (keys removed while the failure persists) and kept only where the
 engine has the evidence to do better: a ``safe`` mapping must be provable, an ``unsafe`` one must not contradict a
 candidate that keeps its names and indices.
@@ -25,13 +27,14 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason)
 
 
-@_xfail("safe plan puts norm2s.0 on layers.1.norm1 and norm1s.1 on layers.0.norm2")
 def test_numbered_module_names_are_paired_across_swapped_holes() -> None:
-    """``layers.N.normK`` saved as ``normKs.N`` (an index moved across segments). ``norm1``/``norm2`` read as
+    """Once broken (safe plan puts norm2s.0 on layers.1.norm1 and norm1s.1 on layers.0.norm2); fixed on main, kept as
+    a guard. ``layers.N.normK`` saved as ``normKs.N`` (an index moved across segments). ``norm1``/``norm2`` read as
     ``norm{N}``, so both sides are one group of four with two holes, and the members are paired in sorted index order
     although the holes swapped places: (1,0)<->(0,1), (1,1)<->(0,2), ... A ``renumbered`` remap, ``safe`` by
-    shape_unique + names. Suspect: ``Match.pairs`` / ``_remap`` pair members by sorted index tuples instead of finding
-    which checkpoint hole carries which expected hole (digits inside a name are part of the name, not a block index)."""
+    shape_unique + names. Suspect: ``Match.pairs`` / ``_remap`` pair members by sorted index tuples instead of
+    finding which checkpoint hole carries which expected hole (digits inside a name are part of the name, not a block
+    index)."""
     check(
         explicit(
             expected={f"layers.{b}.norm{n}.weight": (4,) for b in (0, 1) for n in (1, 2)},
@@ -41,11 +44,10 @@ def test_numbered_module_names_are_paired_across_swapped_holes() -> None:
     )
 
 
-@_xfail("safe plan puts norm2s.0 on blocks.0.norm1")
 def test_one_numbered_family_lands_on_its_sibling_name() -> None:
-    """Only ``norm2`` blocks moved out (``norm2s.N``): the group ``norm{K}s.{N}`` pairs in order with
-    ``blocks.{N}.norm{K}`` and ``norm2s.0`` lands on ``blocks.0.norm1`` (``safe``, shape_unique + siblings). Same
-    pairing as above."""
+    """Once broken (safe plan puts norm2s.0 on blocks.0.norm1); fixed on main, kept as a guard. Only ``norm2`` blocks
+    moved out (``norm2s.N``): the group ``norm{K}s.{N}`` pairs in order with ``blocks.{N}.norm{K}`` and ``norm2s.0``
+    lands on ``blocks.0.norm1`` (``safe``, shape_unique + siblings). Same pairing as above."""
     check(
         explicit(
             expected={
@@ -75,9 +77,9 @@ def test_one_numbered_family_lands_on_its_sibling_name() -> None:
     )
 
 
-@_xfail("unsafe plan puts stages.0.layers.0.bn2 on stages.2.blocks.0.bn1")
 def test_a_numbered_batchnorm_goes_to_its_sibling_in_another_stage() -> None:
-    """``bn1``/``bn2`` are one template ``bn{N}``, so the names "agree" and ``bn2`` of stage 0 goes to ``bn1`` of stage
+    """Once broken (unsafe plan puts stages.0.layers.0.bn2 on stages.2.blocks.0.bn1); fixed on main, kept as a guard.
+    ``bn1``/``bn2`` are one template ``bn{N}``, so the names "agree" and ``bn2`` of stage 0 goes to ``bn1`` of stage
     2 (``unsafe``, names + siblings + tie) although ``stages.0.blocks.0.bn2`` is open with the same shapes."""
     check(
         explicit(
@@ -105,10 +107,10 @@ def test_a_numbered_batchnorm_goes_to_its_sibling_in_another_stage() -> None:
 @_xfail("safe plan renumbers stages.0.blocks.2 to blocks.0 and keeps blocks.1 as it stands")
 def test_an_offset_at_an_inner_index_is_renumbered_safe() -> None:
     """A pipeline stage saved with local block indices, one level down (``stages.0.blocks.{1,2}`` for ``{0,1}``). The
-    top-level case (``blocks.{1,2}``) is contested (KG405); here ``blocks.1`` is kept as an exact match and ``blocks.2``
-    -> ``blocks.0`` is a ``safe`` restructure (anchored + shape_unique). Suspect: ``shift_candidates`` only offsets a
-    template's first index, so no ShiftIndex reaches ``_contest_shift``; alignment then treats the exact half of the
-    group as truth."""
+    top-level case (``blocks.{1,2}``) is contested (KG405); here ``blocks.1`` is kept as an exact match and
+    ``blocks.2`` -> ``blocks.0`` is a ``safe`` restructure (anchored + shape_unique). Suspect: ``shift_candidates``
+    only offsets a template's first index, so no ShiftIndex reaches ``_contest_shift``; alignment then treats the
+    exact half of the group as truth."""
     check(
         explicit(
             expected={f"stages.0.blocks.{b}.fc.{leaf}": shape for b in (0, 1) for leaf, shape in FC.items()},
@@ -155,12 +157,13 @@ def test_an_offset_by_two_keeps_an_exact_match_silently() -> None:
     )
 
 
-@_xfail("safe plan puts stages.1.layers.1.conv1 on stages.2.blocks.0.conv1 (stages.1.blocks.1.conv1 is open)")
 def test_a_shape_forced_group_moves_a_block_to_another_stage() -> None:
-    """``conv1``/``conv2`` form one group of two; the only other group of two with those shapes is
-    ``stages.2.blocks.0.conv{1,2}``, so the match is forced (shape_unique) and ``safe`` (anchored: stage 2 has an exact
-    match). It moves keys to another stage and another block although ``stages.1.blocks.1.conv1`` (same stage, block and
-    name) is open. Suspect: a forced match whose index values disagree is accepted as proven."""
+    """Once broken (safe plan puts stages.1.layers.1.conv1 on stages.2.blocks.0.conv1 (stages.1.blocks.1.conv1 is
+    open)); fixed on main, kept as a guard. ``conv1``/``conv2`` form one group of two; the only other group of two
+    with those shapes is ``stages.2.blocks.0.conv{1,2}``, so the match is forced (shape_unique) and ``safe``
+    (anchored: stage 2 has an exact match). It moves keys to another stage and another block although
+    ``stages.1.blocks.1.conv1`` (same stage, block and name) is open. Suspect: a forced match whose index values
+    disagree is accepted as proven."""
     check(
         explicit(
             expected={
@@ -250,9 +253,9 @@ def test_an_exact_match_makes_gate_proj_go_to_up_proj() -> None:
     )
 
 
-@_xfail("safe plan puts stages.1.blocks_1_attn on stages.0.blocks.0.attn")
 def test_a_single_block_is_forced_onto_the_first_block_of_another_stage() -> None:
-    """``blocks.N.attn`` joined as ``blocks_N_attn``: the one-key groups are forced onto ``stages.0.blocks.0``
+    """Once broken (safe plan puts stages.1.blocks_1_attn on stages.0.blocks.0.attn); fixed on main, kept as a guard.
+    ``blocks.N.attn`` joined as ``blocks_N_attn``: the one-key groups are forced onto ``stages.0.blocks.0``
     (``safe``, module + shape_unique + siblings) though ``stages.1.blocks.1`` carries the same indices."""
     check(
         explicit(
@@ -281,12 +284,12 @@ def test_a_single_block_is_forced_onto_the_first_block_of_another_stage() -> Non
     )
 
 
-@_xfail("safe plan puts stages.{0,1,2}.kappa.proj on stages.1.blocks.{0,1,2}.attn.proj")
 def test_modules_of_three_stages_are_spread_over_the_blocks_of_one_stage() -> None:
-    """A block's ``attn`` renamed per stage (``stages.S.kappa`` for ``stages.S.blocks.0.attn``). Splitting the expected
-    group at the stage index or at the block index both give a group of three; the engine takes the first (``_refine`` /
-    ``_choose`` count hits only) and pairs stage S with block S of stage 1 (``safe``). The index values (S with S) are
-    the evidence that decides."""
+    """Once broken (safe plan puts stages.{0,1,2}.kappa.proj on stages.1.blocks.{0,1,2}.attn.proj); fixed on main,
+    kept as a guard. A block's ``attn`` renamed per stage (``stages.S.kappa`` for ``stages.S.blocks.0.attn``).
+    Splitting the expected group at the stage index or at the block index both give a group of three; the engine
+    takes the first (``_refine`` / ``_choose`` count hits only) and pairs stage S with block S of stage 1 (``safe``).
+    The index values (S with S) are the evidence that decides."""
     check(
         explicit(
             expected={
@@ -339,9 +342,9 @@ def test_modules_of_three_stages_are_spread_over_the_blocks_of_one_stage() -> No
     )
 
 
-@_xfail("safe plan puts stage0-1 on stages.2.blocks.0")
 def test_compound_indices_are_paired_with_other_blocks() -> None:
-    """``stages.S.blocks.B`` saved as ``stageS-B``: the single block ``stage0-1`` goes to ``stages.2.blocks.0``
+    """Once broken (safe plan puts stage0-1 on stages.2.blocks.0); fixed on main, kept as a guard.
+    ``stages.S.blocks.B`` saved as ``stageS-B``: the single block ``stage0-1`` goes to ``stages.2.blocks.0``
     (``safe``, module + names + shape_unique) although ``stages.0.blocks.1`` is open."""
     check(
         explicit(
@@ -390,10 +393,10 @@ def test_compound_indices_are_paired_with_other_blocks() -> None:
     )
 
 
-@_xfail("unsafe plan puts stages.1.blocks-0.gamma on stages.2.blocks.0.gamma")
 def test_separated_block_indices_are_paired_with_other_blocks() -> None:
-    """``blocks.N`` written ``blocks-N`` under each stage: the layer-scale ``gamma`` keys are paired in order across
-    stages (``unsafe``, names) instead of keeping their stage and block."""
+    """Once broken (unsafe plan puts stages.1.blocks-0.gamma on stages.2.blocks.0.gamma); fixed on main, kept as a
+    guard. ``blocks.N`` written ``blocks-N`` under each stage: the layer-scale ``gamma`` keys are paired in order
+    across stages (``unsafe``, names) instead of keeping their stage and block."""
     check(
         explicit(
             expected={
@@ -422,9 +425,9 @@ def test_separated_block_indices_are_paired_with_other_blocks() -> None:
     )
 
 
-@_xfail("unsafe plan puts stages-0-stage.blocks.1 on stages.0.blocks.2")
 def test_a_single_regrouped_key_goes_to_another_block_by_name() -> None:
-    """One key of a regrouped stage; ``stages.0.blocks.1`` and ``blocks.2`` both fit by shape and name, and the tie goes
+    """Once broken (unsafe plan puts stages-0-stage.blocks.1 on stages.0.blocks.2); fixed on main, kept as a guard.
+    One key of a regrouped stage; ``stages.0.blocks.1`` and ``blocks.2`` both fit by shape and name, and the tie goes
     to the block with another index (``unsafe``, names + shape_unique). The index-preserving candidate should win, or
     neither."""
     check(
@@ -447,10 +450,11 @@ def test_a_single_regrouped_key_goes_to_another_block_by_name() -> None:
 
 @_xfail("safe plan puts attentions.0.output.dense.weight (8, 8) on blocks.0.output.dense.weight (8, 16)")
 def test_a_segment_rule_lands_a_weight_of_another_shape() -> None:
-    """``blocks.N.attention.output`` saved as ``attentions.N.output`` (an index moved across segments), under a doubled
-    ``model.``. A replaced prefix (``model.model.attentions.0.`` -> ``model.blocks.0.``) lands the bias (equal shapes)
-    and the weight (another shape) and is applied ``safe``; the weight becomes a shape mismatch. A rule that lands a key
-    on another shape proves nothing, and ``blocks.0.attention.output`` explains both keys with equal shapes."""
+    """``blocks.N.attention.output`` saved as ``attentions.N.output`` (an index moved across segments), under a
+    doubled ``model.``. A replaced prefix (``model.model.attentions.0.`` -> ``model.blocks.0.``) lands the bias
+    (equal shapes) and the weight (another shape) and is applied ``safe``; the weight becomes a shape mismatch. A
+    rule that lands a key on another shape proves nothing, and ``blocks.0.attention.output`` explains both keys with
+    equal shapes."""
     check(
         explicit(
             expected={
@@ -474,9 +478,9 @@ def test_a_segment_rule_lands_a_weight_of_another_shape() -> None:
 @_xfail("safe plan puts attentions.0.output.dense.bias on blocks.0.output.dense.bias")
 def test_a_segment_rename_takes_one_of_two_readings_as_safe() -> None:
     """Both ``blocks.0.output.*`` and ``blocks.0.attention.output.*`` are open with equal shapes; the replaced prefix
-    ``model.model.attentions.0.`` -> ``model.blocks.0.`` (with the known ``gamma`` -> ``weight`` after it) lands every
-    key and is ``safe``, though the index move explains the same keys. Suspect: the rounds accept a prefix or segment
-    rule without asking whether another reading explains the group as well."""
+    ``model.model.attentions.0.`` -> ``model.blocks.0.`` (with the known ``gamma`` -> ``weight`` after it) lands
+    every key and is ``safe``, though the index move explains the same keys. Suspect: the rounds accept a prefix or
+    segment rule without asking whether another reading explains the group as well."""
     check(
         explicit(
             expected={
@@ -527,8 +531,8 @@ def test_siblings_split_between_output_and_attention_output() -> None:
 
 @_xfail("safe plan puts outputs.0.LayerNorm on blocks.0.attention.output.LayerNorm")
 def test_a_norm_goes_to_attention_output_while_its_siblings_go_to_output() -> None:
-    """``safe`` (module + shape_unique + siblings): ``outputs.0.LayerNorm.{gamma,beta}`` goes to the attention output's
-    norm, whose own checkpoint key (``attentions.0.output.LayerNorm.gamma``) lacks its ``beta``."""
+    """``safe`` (module + shape_unique + siblings): ``outputs.0.LayerNorm.{gamma,beta}`` goes to the attention
+    output's norm, whose own checkpoint key (``attentions.0.output.LayerNorm.gamma``) lacks its ``beta``."""
     check(
         explicit(
             expected={
@@ -589,9 +593,9 @@ def test_a_prefix_replacement_moves_a_head_onto_a_block() -> None:
 @_xfail("safe plan strips module.head.groups.0. and puts the head norm on norm.weight")
 def test_a_deep_prefix_strip_puts_a_head_norm_on_the_final_norm() -> None:
     """DDP prefix, the final ``norm`` renamed, ``head.norms.0`` saved as ``head.groups.0.norm``. Besides ``module.``,
-    the engine strips ``module.head.groups.0.`` (a prefix that ends inside a numbered group holding one block) and lands
-    the head's norm on the final norm, ``safe``. Suspect: ``_PerBlock`` only refuses a prefix naming one block of
-    several."""
+    the engine strips ``module.head.groups.0.`` (a prefix that ends inside a numbered group holding one block) and
+    lands the head's norm on the final norm, ``safe``. Suspect: ``_PerBlock`` only refuses a prefix naming one block
+    of several."""
     check(
         explicit(
             expected={
@@ -621,8 +625,8 @@ def test_a_deep_prefix_strip_puts_a_head_norm_on_the_final_norm() -> None:
 
 @_xfail("unsafe plan puts seq.1.norm.gamma on blocks.1.norm.weight")
 def test_an_interleaved_list_is_read_as_a_rename() -> None:
-    """``blocks.N`` / ``transitions.N`` interleaved into ``seq.{2N}`` / ``seq.{2N+1}``. Renaming ``seq`` to ``blocks``
-    explains ``seq.1.norm`` as well as the interleaving does; the engine applies it (``unsafe``, MapKeys)."""
+    """``blocks.N`` / ``transitions.N`` interleaved into ``seq.{2N}`` / ``seq.{2N+1}``. Renaming ``seq`` to
+    ``blocks`` explains ``seq.1.norm`` as well as the interleaving does; the engine applies it (``unsafe``, MapKeys)."""
     check(
         explicit(
             expected={
@@ -642,10 +646,10 @@ def test_an_interleaved_list_is_read_as_a_rename() -> None:
     )
 
 
-@_xfail("ambiguous finding offers head.proj.0.weight (8, 8) for a (10, 8) key")
 def test_ambiguous_candidates_have_the_keys_shape() -> None:
-    """Candidates listed for ``head.out_lin.2.weight`` include a key of another shape (the offset suspicion's leftover
-    expected keys are added without a shape check)."""
+    """Once broken (ambiguous finding offers head.proj.0.weight (8, 8) for a (10, 8) key); fixed on main, kept as a
+    guard. Candidates listed for ``head.out_lin.2.weight`` include a key of another shape (the offset suspicion's
+    leftover expected keys are added without a shape check)."""
     check(
         explicit(
             expected={
@@ -685,9 +689,10 @@ def test_contested_candidates_have_the_keys_shape() -> None:
     )
 
 
-@_xfail("backbone.blocks.0.attention.self.key.bias appears in two findings")
 def test_an_expected_key_is_in_one_finding_only() -> None:
-    """1-based blocks, a ``model.`` prefix and a stale unprefixed copy of one key: the expected key is counted twice."""
+    """Once broken (backbone.blocks.0.attention.self.key.bias appears in two findings); fixed on main, kept as a
+    guard. 1-based blocks, a ``model.`` prefix and a stale unprefixed copy of one key: the expected key is counted
+    twice."""
     check(
         explicit(
             expected={
@@ -710,9 +715,9 @@ def test_an_expected_key_is_in_one_finding_only() -> None:
 
 @_xfail("both plans put two checkpoint keys on encoder.blocks.0.output.zeta.bias")
 def test_a_plan_never_collides() -> None:
-    """Two modules saved under one name (``dense`` and ``LayerNorm`` both became ``zeta``, one with gamma/beta leaves):
-    the plans map ``...zeta.bias`` and ``...zeta.beta`` onto one key, and applying them is refused (PlanError). An odd
-    input, but a plan must never collide."""
+    """Two modules saved under one name (``dense`` and ``LayerNorm`` both became ``zeta``, one with gamma/beta
+    leaves): the plans map ``...zeta.bias`` and ``...zeta.beta`` onto one key, and applying them is refused
+    (PlanError). An odd input, but a plan must never collide."""
     check(
         explicit(
             expected={
@@ -744,11 +749,12 @@ def test_a_plan_never_collides() -> None:
     )
 
 
-@_xfail("the safe plan puts levels.1.blocks.0.gamma and levels.1.blocks.1.gamma both on stages.0.blocks.1.gamma")
 def test_regrouped_blocks_are_never_put_on_one_key() -> None:
-    """Blocks regrouped under ``levels`` inside each stage (``stages.S.levels.L.blocks.B``). The safe plan maps two
-    checkpoint keys onto one expected key; applying it is refused (PlanError). Suspect: two alignment matches (or a
-    match and a rule) each rename one of them, and nothing checks the union for collisions."""
+    """Once broken (the safe plan puts levels.1.blocks.0.gamma and levels.1.blocks.1.gamma both on
+    stages.0.blocks.1.gamma); fixed on main, kept as a guard. Blocks regrouped under ``levels`` inside each stage
+    (``stages.S.levels.L.blocks.B``). The safe plan maps two checkpoint keys onto one expected key; applying it is
+    refused (PlanError). Suspect: two alignment matches (or a match and a rule) each rename one of them, and nothing
+    checks the union for collisions."""
     check(
         explicit(
             expected={
@@ -796,11 +802,12 @@ def test_a_prefix_with_a_stage_number_is_stripped() -> None:
     )
 
 
-@_xfail("safe plan strips levels.1. and lands keys the report calls ambiguous on blocks.0")
 def test_a_safe_strip_lands_keys_of_an_ambiguous_finding() -> None:
-    """``blocks.K`` regrouped into ``levels.S.blocks.B``. The safe plan holds ``strip_prefix levels.1.`` (taken as a
-    first step for two keys of a safe finding), which also lands keys that an ambiguous finding lists with candidates
-    (``blocks.0``/``blocks.1``) on ``blocks.0``: the safe plan applies what the report says is undecided."""
+    """Once broken (safe plan strips levels.1. and lands keys the report calls ambiguous on blocks.0); fixed on main,
+    kept as a guard. ``blocks.K`` regrouped into ``levels.S.blocks.B``. The safe plan holds ``strip_prefix
+    levels.1.`` (taken as a first step for two keys of a safe finding), which also lands keys that an ambiguous
+    finding lists with candidates (``blocks.0``/``blocks.1``) on ``blocks.0``: the safe plan applies what the report
+    says is undecided."""
     check(
         explicit(
             expected={
@@ -838,14 +845,14 @@ def test_a_safe_strip_lands_keys_of_an_ambiguous_finding() -> None:
     )
 
 
-@_xfail("the safe plan lands backbone.stage0-0.q_proj.weight, which an unsafe finding holds")
 def test_a_safe_remap_also_renames_keys_of_an_unsafe_finding() -> None:
-    """``stages.S.blocks.B`` saved as ``stageS-B``. A ``safe`` remap of the other blocks, with holes for both indices,
-    also renames ``stage0-0``, which an ``unsafe`` finding holds (with a narrower rule): the safe plan goes beyond its
-    findings. On a larger case (``blocks.N.output`` saved as ``outputs.N`` in every stage, 28+21 keys) the same makes
-    the safe plan put ``outputs.0.dense.bias`` on ``attention.output.dense.bias``. Suspect: ``_remap``'s exactness pool
-    (``by_template``) holds the current names of open keys and the targets of resolved ones, not the old names of keys
-    already renamed by other matches."""
+    """Once broken (the safe plan lands backbone.stage0-0.q_proj.weight, which an unsafe finding holds); fixed on
+    main, kept as a guard. ``stages.S.blocks.B`` saved as ``stageS-B``. A ``safe`` remap of the other blocks, with
+    holes for both indices, also renames ``stage0-0``, which an ``unsafe`` finding holds (with a narrower rule): the
+    safe plan goes beyond its findings. On a larger case (``blocks.N.output`` saved as ``outputs.N`` in every stage,
+    28+21 keys) the same makes the safe plan put ``outputs.0.dense.bias`` on ``attention.output.dense.bias``.
+    Suspect: ``_remap``'s exactness pool (``by_template``) holds the current names of open keys and the targets of
+    resolved ones, not the old names of keys already renamed by other matches."""
     check(
         explicit(
             expected={
@@ -869,9 +876,9 @@ def test_a_safe_remap_also_renames_keys_of_an_unsafe_finding() -> None:
 
 @_xfail("safe plan puts seq.1.norm.bias on blocks.1.norm.bias and seq.0.norm.bias on blocks.0.norm.bias")
 def test_an_interleaved_list_is_read_as_a_safe_rename() -> None:
-    """``transitions.N``/``blocks.N`` interleaved into ``seq.{2N}``/``seq.{2N+1}`` under a DDP prefix. Renaming ``seq``
-    to ``blocks`` and the interleaving both fit every shape; the engine applies the rename ``safe`` (MapKeys). The
-    ``unsafe`` variant is above."""
+    """``transitions.N``/``blocks.N`` interleaved into ``seq.{2N}``/``seq.{2N+1}`` under a DDP prefix. Renaming
+    ``seq`` to ``blocks`` and the interleaving both fit every shape; the engine applies the rename ``safe``
+    (MapKeys). The ``unsafe`` variant is above."""
     check(
         explicit(
             expected={
@@ -933,9 +940,10 @@ def test_an_interleaved_block_goes_to_the_transition() -> None:
 
 @_xfail("safe plan puts sigma.0.blocks.0.intermediate.dense.bias (64,) on stages.0...bias (16,)")
 def test_a_reversed_list_is_renamed_in_place_despite_its_shapes() -> None:
-    """Stages stored in reverse order under another name (as the original VAE decoder's ``up.{3-i}``). A rule renaming
-    ``sigma`` to ``stages`` lands ``sigma.1`` (equal shapes) and ``sigma.0`` on a tensor of another shape, and is
-    applied ``safe``: the mismatch becomes a shape finding. Landings on other shapes are evidence against a rule."""
+    """Stages stored in reverse order under another name (as the original VAE decoder's ``up.{3-i}``). A rule
+    renaming ``sigma`` to ``stages`` lands ``sigma.1`` (equal shapes) and ``sigma.0`` on a tensor of another shape,
+    and is applied ``safe``: the mismatch becomes a shape finding. Landings on other shapes are evidence against a
+    rule."""
     check(
         explicit(
             expected={
@@ -982,8 +990,9 @@ def test_a_prefix_replacement_moves_a_downsample_onto_the_stem() -> None:
 
 @_xfail("safe plan puts stages.1.blocks.2 on stages.0.blocks.2 (it is stages.0.blocks.1)")
 def test_an_outer_shift_is_taken_while_both_indices_are_offset() -> None:
-    """Both the stage and the block index 1-based. A shift of the first index (``stages.`` -1) lands three keys and is
-    applied ``safe`` (MapKeys) although shifting both indices lands all four: the better reading is not looked for."""
+    """Both the stage and the block index 1-based. A shift of the first index (``stages.`` -1) lands three keys and
+    is applied ``safe`` (MapKeys) although shifting both indices lands all four: the better reading is not looked
+    for."""
     check(
         explicit(
             expected={
@@ -1010,11 +1019,11 @@ def test_an_outer_shift_is_taken_while_both_indices_are_offset() -> None:
     )
 
 
-@_xfail("the unsafe plan lands layers.0.bn2.num_batches_tracked, which a display-only finding holds")
 def test_the_unsafe_plan_lands_keys_of_a_display_only_finding() -> None:
-    """``blocks.N`` interleaved with transitions into ``layers`` (the transitions dropped): a ``display_only``
-    replaced-prefix finding holds ``layers.0.bn2.num_batches_tracked``, but the unsafe plan lands it anyway (and puts
-    ``layers.2.bn1.num_batches_tracked`` on ``blocks.0``)."""
+    """Once broken (the unsafe plan lands layers.0.bn2.num_batches_tracked, which a display-only finding holds);
+    fixed on main, kept as a guard. ``blocks.N`` interleaved with transitions into ``layers`` (the transitions
+    dropped): a ``display_only`` replaced-prefix finding holds ``layers.0.bn2.num_batches_tracked``, but the unsafe
+    plan lands it anyway (and puts ``layers.2.bn1.num_batches_tracked`` on ``blocks.0``)."""
     check(
         explicit(
             expected={
@@ -1059,9 +1068,9 @@ def test_the_unsafe_plan_lands_keys_of_a_display_only_finding() -> None:
     )
 
 
-@_xfail("model.transitions.0.norm.bias appears in two findings")
 def test_an_interleaved_transition_is_in_one_finding_only() -> None:
-    """``blocks.N``/``transitions.N`` interleaved into ``features``, a ``module.`` prefix, one key dropped: an expected
+    """Once broken (model.transitions.0.norm.bias appears in two findings); fixed on main, kept as a guard.
+    ``blocks.N``/``transitions.N`` interleaved into ``features``, a ``module.`` prefix, one key dropped: an expected
     key is counted in two findings."""
     check(
         explicit(
