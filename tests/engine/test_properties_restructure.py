@@ -60,6 +60,7 @@ def _kind_param(kind: str) -> object:
     return kind
 
 
+@pytest.mark.hypothesis  # the property inside is built per kind: ``make fuzz`` (``-m hypothesis``) runs it too
 @pytest.mark.parametrize("kind", [_kind_param(k) for k in CONVERSIONS])
 def test_one_conversion_kind_keeps_the_invariants(kind: str) -> None:
     @_settings(EXAMPLES, kind in FAILING)
