@@ -2,7 +2,8 @@
 truth (``_restructure.Case``).
 
 (a) neither plan puts a checkpoint key under a wrong expected key;
-(b) every key is in at most one finding, and none is lost (exact matches only in findings about exact pairs);
+(b) every key is in at most one finding, and none is lost (exact matches, same name and shape, only in findings
+    about exact pairs);
 (c) a rule finding's examples are what the unsafe plan does;
 (d) candidates offered for a key (``ctx["candidates"]``) always have its shape;
 (e) no exact match is kept silently when the truth says it is another tensor and the report has the evidence in
@@ -75,7 +76,9 @@ def violations(case: Case, report: Report) -> list[Violation]:
     """Every invariant ``report`` breaks on ``case`` (empty when it keeps them all)."""
     out: list[Violation] = []
     ck, ex = case.checkpoint, case.expected
-    exact = ck.keys() & ex.keys()
+    # a name both sides have is an exact match only with equal shapes: a key whose name is taken by a tensor of
+    # another shape may be moved (or reported as a shape mismatch)
+    exact = {k for k in ck.keys() & ex.keys() if ck[k].shape == ex[k].shape}
     # (a) no key goes under a wrong expected key, by either plan
     wrong_safe: set[str] = set()  # a key the safe plan maps wrong is not reported again for the unsafe plan
     for label, plan in (("safe", report.plan), ("unsafe", report.unsafe_plan)):
