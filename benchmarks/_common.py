@@ -93,19 +93,23 @@ def interleaved(
 # ------------------------------------------------------------------------------------------ fresh subprocesses
 
 
-def time_snippet(setup: str, stmt: str, *, python_args: Sequence[str] = (), check: str = "") -> float:
+def time_snippet(
+    setup: str, stmt: str, *, python_args: Sequence[str] = (), check: str = "", clock: str = "perf_counter"
+) -> float:
     """Run ``setup`` then ``stmt`` in a fresh interpreter; return the seconds ``stmt`` took, as the child measured.
 
-    The child times only ``stmt`` (imports in ``setup`` are not counted) with ``time.perf_counter``. ``check``
-    runs after the timing (e.g. an ``assert`` on the result) so a wrong answer fails loudly instead of looking fast.
+    The child times only ``stmt`` (imports in ``setup`` are not counted) with ``time.perf_counter`` (wall time) or
+    ``time.process_time`` (``clock="process_time"``: CPU time, which other jobs on the machine disturb far less).
+    ``check`` runs after the timing (e.g. an ``assert`` on the result) so a wrong answer fails loudly instead of
+    looking fast.
     """
     body = "\n".join(
         [
             setup,
             "import time as _kg_time",
-            "_kg_t0 = _kg_time.perf_counter()",
+            f"_kg_t0 = _kg_time.{clock}()",
             stmt,
-            "_kg_t1 = _kg_time.perf_counter()",
+            f"_kg_t1 = _kg_time.{clock}()",
             check,
             f"print({_TIME_MARKER!r} + repr(_kg_t1 - _kg_t0))",
         ]
@@ -119,14 +123,44 @@ def time_snippet(setup: str, stmt: str, *, python_args: Sequence[str] = (), chec
     raise RuntimeError(f"benchmark snippet printed no timing:\n{proc.stdout[-2000:]}")
 
 
-def interleaved_snippets(snippets: Mapping[str, tuple[str, str]], rounds: int, *, check: str = "") -> dict[str, Stats]:
+def interleaved_snippets(
+    snippets: Mapping[str, tuple[str, str]], rounds: int, *, check: str = "", clock: str = "perf_counter"
+) -> dict[str, Stats]:
     """``time_snippet`` for each ``name -> (setup, stmt)``, one fresh process per run, interleaved."""
     names = list(snippets)
     results = {name: Stats() for name in names}
     for round_index in range(rounds):
         for name in _round_order(names, round_index):
             setup, stmt = snippets[name]
-            results[name].samples.append(time_snippet(setup, stmt, check=check))
+            results[name].samples.append(time_snippet(setup, stmt, check=check, clock=clock))
+    return results
+
+
+def cpu_seconds(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> float:
+    """User + system CPU seconds of a fresh process running ``argv`` (output discarded; any exit code)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.chdir(REPO)
+            os.execve(argv[0], list(argv), {**os.environ, **(env or {})})
+        finally:
+            os._exit(127)
+    _, status, usage = os.wait4(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 127:
+        raise RuntimeError(f"could not run {' '.join(argv)}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def interleaved_cpu(commands: Mapping[str, Sequence[str]], rounds: int) -> dict[str, Stats]:
+    """``cpu_seconds`` for each ``name -> argv``, interleaved over ``rounds``."""
+    names = list(commands)
+    results = {name: Stats() for name in names}
+    for round_index in range(rounds):
+        for name in _round_order(names, round_index):
+            results[name].samples.append(cpu_seconds(commands[name]))
     return results
 
 
@@ -362,6 +396,30 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     return parser.parse_args(argv)
+
+
+#: ``KG_BENCH_BEFORE=DIR`` (a checkout of an older keyguard, e.g. ``git archive COMMIT | tar -x -C DIR``) adds
+#: that version as a contender, run by the same interpreter, so "before" and "after" come from the same run.
+BEFORE = os.environ.get("KG_BENCH_BEFORE") or None
+
+_BEFORE_CLI = """\
+import sys
+# the editable install's finder would import this checkout's keyguard: leave it out for the older tree
+sys.meta_path = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+sys.path.insert(0, sys.argv.pop(1))
+from keyguard.cli import main
+assert main.__code__.co_filename.startswith(sys.path[0]), main.__code__.co_filename
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def keyguard_cli(*args: str, before: bool = False) -> list[str]:
+    """argv of ``keyguard ARGS``; with ``before``, of the older keyguard in ``KG_BENCH_BEFORE``."""
+    if before:
+        if BEFORE is None:
+            raise ValueError("set KG_BENCH_BEFORE to an older checkout first")
+        return [PYTHON, "-c", _BEFORE_CLI, BEFORE, *args]
+    return [KEYGUARD_CLI, *args]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -6,7 +6,8 @@
    output durable, ``cp`` followed by ``sync OUT``. Fresh processes, interleaved, ``sync`` between runs (not timed)
    so no run pays for the previous one's dirty pages. Wall time and peak RSS; the extra RSS is over the same
    ``keyguard fix`` command on a 2-tensor file (same interpreter, imports and code path, no data to speak of).
-   Targets: at most 1.3x the wall time of ``cp``, under 100 MB of extra RSS.
+   Targets: at most 1.2x the wall time of ``cp`` + ``sync`` (a durable copy), under 100 MB of extra RSS. With
+   ``KG_BENCH_BEFORE=DIR`` the older keyguard in DIR runs too, in the same rounds.
 2. ``Plan.apply`` on a state dict of 1,000,000 distinct tensors (views of one big tensor, each its own object),
    in fresh processes, against a plain dict comprehension doing the same renaming; and proof that nothing is
    copied: every ``fixed[new] is state[old]``, with the same ``data_ptr``. Target: under 2 s.
@@ -66,6 +67,11 @@ def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[
     out = f"{work}/fix_out.safetensors"
     commands: dict[str, list[str]] = {
         "keyguard fix -o OUT": [c.KEYGUARD_CLI, "fix", checkpoint, "-e", expected, "-o", out, "--quiet"],
+    }
+    if c.BEFORE:
+        fix_args = ("fix", checkpoint, "-e", expected, "-o", out, "--quiet")
+        commands["keyguard fix -o OUT, before"] = c.keyguard_cli(*fix_args, before=True)
+    commands |= {
         "cp": ["/bin/cp", checkpoint, out],
         "cp + sync OUT": ["/bin/sh", "-c", 'cp "$0" "$1" && sync "$1"', checkpoint, out],
         "baseline: keyguard fix, 2 tensors": [
@@ -85,7 +91,7 @@ def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[
         for name in c._round_order(names, round_index):
             os.sync()
             measured = c.measure_command(commands[name])
-            if name == "keyguard fix -o OUT" and "verified" not in measured.stdout:
+            if name.startswith("keyguard fix -o OUT") and "verified" not in measured.stdout:
                 raise AssertionError(f"keyguard fix did not report a verified write:\n{measured.stdout[-2000:]}")
             if name != names[-1] and abs(os.path.getsize(out) - os.path.getsize(checkpoint)) > 4096:
                 raise AssertionError(f"{name}: the output has the wrong size")  # headers differ a little
@@ -150,15 +156,16 @@ def report_fix(results: dict[str, list[c.Measured]], size: int) -> dict[str, Any
     headers = ["command", "min s", "median s", "vs cp (min)", "vs cp (median)", "GB/s", "peak RSS MB", "extra MB"]
     print(c.table(headers, rows))
     fix = figures["keyguard fix -o OUT"]
-    by_min, by_median = fix["wall_min"] / cp.min, fix["wall_median"] / cp.median
+    durable = figures["cp + sync OUT"]
+    by_min, by_median = fix["wall_min"] / durable["wall_min"], fix["wall_median"] / durable["wall_median"]
     extra = fix["peak_rss_median"] - base_rss.median
-    met = by_min <= 1.3 and by_median <= 1.3
+    met = by_min <= 1.2 and by_median <= 1.2
     print(
-        f"target <= 1.3x cp: {'met' if met else 'NOT met'} (min {by_min:.2f}x, median {by_median:.2f}x);"
+        f"target <= 1.2x cp + sync: {'met' if met else 'NOT met'} (min {by_min:.2f}x, median {by_median:.2f}x);"
         f" target < 100 MB extra RSS: {'met' if extra < 100e6 else 'NOT met'} ({c.mb(extra)} MB)"
     )
-    figures["ratio_vs_cp_min"] = by_min
-    figures["ratio_vs_cp_median"] = by_median
+    figures["ratio_vs_cp_sync_min"] = by_min
+    figures["ratio_vs_cp_sync_median"] = by_median
     figures["extra_rss"] = extra
     return figures
 

@@ -10,6 +10,7 @@
   ``<!-- keyguard:dtypes -->``               the dtypes the safetensors reader knows
   ``<!-- keyguard:containers -->``           the containers the pickle reader unwraps
   ``<!-- keyguard:known-prefixes -->``       the wrapper prefixes the engine recognises
+  ``<!-- keyguard:equivalent-names -->``     the published naming equivalents template alignment uses
   ``<!-- keyguard:exceptions -->``           the exception hierarchy
   ``<!-- keyguard:api-rest MODULE -->``      ``:::`` entries for names of ``MODULE.__all__`` the page does not document
 
@@ -100,6 +101,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
             return render_containers()
         if name == "known-prefixes":
             return render_known_prefixes()
+        if name == "equivalent-names":
+            return render_equivalent_names()
         if name == "exceptions":
             return render_exceptions()
         if name == "api-rest":
@@ -406,6 +409,14 @@ def render_known_prefixes() -> str:
 
     rows = ["| Prefix | Usually left by |", "| --- | --- |"]
     rows += [f"| `{prefix}` | {cell(origin)} |" for prefix, origin in KNOWN_PREFIXES.items()]
+    return "\n".join(rows)
+
+
+def render_equivalent_names() -> str:
+    from keyguard.engine._names import EQUIVALENT_NAMES
+
+    rows = ["| Module | Also published as |", "| --- | --- |"]
+    rows += [f"| `{group[0]}` | {', '.join(f'`{n}`' for n in group[1:])} |" for group in EQUIVALENT_NAMES]
     return "\n".join(rows)
 
 

@@ -15,6 +15,9 @@ from typing import Any, Final, Generic, TypeVar
 # It is matched with its leading dot on the key prefixed by "." (cheaper than a look-behind alternation).
 _NUMBERED: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=\.|$)")
 HOLE: Final = "\x00"  # stands for a numbered segment inside a template
+# A key that itself holds a NUL is grouped alone, under LITERAL + key: no template of a key without one starts
+# with two holes (numbered segments are dot-separated), so these never collide with the others.
+LITERAL: Final = HOLE * 2
 
 T = TypeVar("T", bound=Hashable)
 
@@ -97,7 +100,8 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
     Works column-wise (C-level maps over all keys) since findings and ``inspect`` collapse up to millions of keys.
     """
     keys = list(keys)
-    shapes, numbers_of = _templates(keys)
+    columns = _Columns(keys)
+    shapes = columns.templates
     labels = list(map(extra, keys)) if extra is not None else None
     group_keys: list[Any] = list(zip(shapes, labels)) if labels is not None else shapes
     # number the groups by first appearance, then a stable sort on that number gathers each group's indices in
@@ -115,40 +119,78 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
     for indices in runs:
         shape = shapes[indices[0]]
         value = labels[indices[0]] if labels is not None else None
-        columns: list[set[int]] = []
-        if HOLE in shape:
-            columns = [numbers_of(indices, p) for p in range(shape.count(HOLE))]
-        groups.append(KeyGroup(shape, value, list(map(keys.__getitem__, indices)), columns))  # type: ignore[arg-type]
+        members = keys if len(indices) == len(keys) else list(map(keys.__getitem__, indices))
+        numbers = columns.numbers(indices, shape)
+        groups.append(KeyGroup(shape.removeprefix(LITERAL), value, members, numbers))  # type: ignore[arg-type]
     return groups
 
 
-def _templates(keys: list[str]) -> tuple[list[str], Callable[[list[int], int], set[int]]]:
-    """Templates of all keys, and a function giving the set of numbers at one position over some of them.
+def summarize_patterns(keys: Sequence[str], limit: int) -> tuple[list[str], int]:
+    """The patterns of the first ``limit`` groups of ``collapse(keys)`` and how many groups there are.
 
-    One regular-expression pass over all keys joined (about twice as fast as one split per key); keys holding a
-    newline or a NUL fall back to ``template`` one by one.
+    What a finding shows, without building every group: numbers are gathered for the groups shown only.
     """
-    joined = "." + "\n.".join(keys) + "\n"
-    if joined.count("\n") == len(keys) and HOLE not in joined:
-        shapes = _NUMBERED_LINES.sub("." + HOLE, joined)[1:-1].split("\n.") if keys else []
-        flat: list[str] = _NUMBERED_LINES.findall(joined)
-    else:
-        split = [template(k) for k in keys]
-        shapes = [shape for shape, _ in split]
-        flat = [str(n) for _, numbers in split for n in numbers]
-    starts = list(itertools.accumulate(map(str.count, shapes, repeat(HOLE)), initial=0))
+    if not keys:
+        return [], 0
+    columns = _Columns(list(keys))
+    templates = columns.templates
+    order = list(dict.fromkeys(templates))
+    shown = order[:limit]
+    members: dict[str, list[int]] = {shape: [] for shape in shown}
+    if len(order) == 1:
+        members[order[0]] = list(range(len(templates)))
+    else:  # one C-level pass picks the keys of the groups shown; only those are visited in Python
+        for index in itertools.compress(range(len(templates)), map(members.__contains__, templates)):
+            members[templates[index]].append(index)
+    patterns = []
+    for shape in shown:
+        numbers = columns.numbers(members[shape], shape)
+        group: KeyGroup[None] = KeyGroup(shape.removeprefix(LITERAL), None, numbers=numbers)
+        patterns.append(group.pattern)
+    return patterns, len(order)
 
-    def numbers_of(indices: list[int], position: int) -> set[int]:
-        texts = set(map(flat.__getitem__, map(operator.add, map(starts.__getitem__, indices), repeat(position))))
-        return set(map(int, texts))
 
-    return shapes, numbers_of
+class _Columns:
+    """The templates of many keys and their numbers, from one regular-expression pass over all keys joined.
+
+    Splitting at the numbered segments (about twice as fast as one split per key) gives the template pieces and
+    the numbers in one list; keys holding a newline or a NUL fall back to ``template`` one by one.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        joined = "." + "\n.".join(keys) + "\n"
+        self._counts: list[int] | None = None  # numbers per key, when the templates cannot tell
+        if not keys:
+            self.templates: list[str] = []
+            self.flat: list[str] = []
+        elif joined.count("\n") == len(keys) and HOLE not in joined:
+            parts = _NUMBERED_LINES.split(joined)
+            self.templates = ("." + HOLE).join(parts[0::2])[1:-1].split("\n.")
+            self.flat = parts[1::2]
+        else:
+            split = [(LITERAL + k, ()) if HOLE in k else template(k) for k in keys]
+            self.templates = [shape for shape, _ in split]
+            self.flat = [str(n) for _, numbers in split for n in numbers]
+            self._counts = [len(numbers) for _, numbers in split]
+        self._starts: list[int] | None = None
+
+    def numbers(self, indices: Sequence[int], shape: str) -> list[set[int]]:
+        """The set of numbers at each numbered position of ``shape`` over the keys at ``indices``."""
+        holes = 0 if shape.startswith(LITERAL) else shape.count(HOLE)
+        if not holes:
+            return []
+        if len(indices) == len(self.templates) and len(self.flat) == holes * len(indices):
+            # one template for all the keys: their numbers come in order, ``holes`` per key
+            return [set(map(int, set(self.flat[position::holes]))) for position in range(holes)]
+        if self._starts is None:
+            counts = self._counts if self._counts is not None else map(str.count, self.templates, repeat(HOLE))
+            self._starts = list(itertools.accumulate(counts, initial=0))
+        firsts = list(map(self._starts.__getitem__, indices))
+        get = self.flat.__getitem__
+        return [set(map(int, set(map(get, map(operator.add, firsts, repeat(p)))))) for p in range(holes)]
 
 
 _NUMBERED_LINES: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=[.\n])")
-_EVEN: Final = slice(0, None, 2)
-_ODD: Final = slice(1, None, 2)
-_AFTER_DOT: Final = slice(1, None)
 
 
 def pattern_of(keys: Sequence[str]) -> str:

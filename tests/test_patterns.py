@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 import re
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from keyguard._patterns import HOLE, KeyGroup, collapse, pattern_of, render_numbers, template
+from keyguard._patterns import HOLE, KeyGroup, collapse, pattern_of, render_numbers, summarize_patterns, template
 
 
 def test_template_examples() -> None:
@@ -160,3 +160,25 @@ def test_every_key_lands_in_exactly_one_group(keys: list[str]) -> None:
             shape, numbers = template(key)
             assert shape == g.template
             assert all(n in values for n, values in zip(numbers, g.numbers))
+
+
+KEYS = st.from_regex(r"[a-z]{1,3}(\.(0|[1-9][0-9]{0,2}|0[0-9]|[a-z_]{1,4}))*", fullmatch=True)
+
+
+@given(st.lists(st.one_of(KEYS, st.text(st.sampled_from("a.01\n\x00"), max_size=6)), max_size=40), st.integers(0, 8))
+@example(keys=[f"m.{i}.w" for i in range(5)] + ["x", "m.a.w", "m.7.w"], limit=1)
+@example(keys=["a.1\nb", "a.2\nb", "c.3"], limit=2)
+def test_summarize_patterns_is_collapse_cut_short(keys: list[str], limit: int) -> None:
+    """What a finding shows (the first patterns and the number of groups) is what ``collapse`` gives."""
+    keys = list(dict.fromkeys(keys))
+    groups = collapse(keys)
+    assert summarize_patterns(keys, limit) == ([g.pattern for g in groups[:limit]], len(groups))
+
+
+def test_keys_holding_a_nul_are_grouped_alone() -> None:
+    # a NUL is what a template uses for a numbered segment: such a key must not be taken for one
+    keys = ["a\x00", "a.5", "a.6", "a.\x00", "\x00", "0", "1"]
+    groups = collapse(keys)
+    assert [g.pattern for g in groups] == ["a\x00", "a.{5,6}", "a.\x00", "\x00", "{0,1}"]
+    assert [g.keys for g in groups] == [["a\x00"], ["a.5", "a.6"], ["a.\x00"], ["\x00"], ["0", "1"]]
+    assert summarize_patterns(keys, 3) == (["a\x00", "a.{5,6}", "a.\x00"], 5)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from keyguard.cli._options import add_source_options, source_kwargs
@@ -142,6 +140,9 @@ def _check_all(folders: Sequence[str], base: Any, jobs: int, *, check_values: bo
     if jobs <= 1 or len(folders) <= 1:
         _init(base)
         return [_check_one(folder, check_values, xlora) for folder in folders]
+    import multiprocessing  # only for parallel runs: it costs start-up time every command would pay
+    from concurrent.futures import ProcessPoolExecutor
+
     # fork shares the parent's memory for free, but a child forked after torch started its threads can deadlock
     method = "spawn" if "torch" in sys.modules else "fork"
     context = multiprocessing.get_context(method if method in multiprocessing.get_all_start_methods() else None)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from keyguard.cli._options import add_hint_option, add_report_options, add_source_options
+from keyguard.cli._options import add_hint_option, add_match_values_option, add_report_options, add_source_options
 
 HELP = "explain every key mismatch between a checkpoint and what a model expects"
 
@@ -29,6 +29,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="leave out keys matching REGEX on either side (repeatable)",
     )
     add_hint_option(p)
+    add_match_values_option(p)
     p.add_argument(
         "--emit",
         choices=["key-mapping"],
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         container=args.container,
         architecture=args.architecture,
         hints=dict(args.hint),
+        match_values=args.match_values,
     ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping

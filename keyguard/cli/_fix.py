@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from keyguard.cli._options import add_hint_option, add_source_options
+from keyguard.cli._options import add_hint_option, add_match_values_option, add_source_options
 
 HELP = "write a fixed checkpoint: apply the safe plan (or a reviewed one), atomically and verified"
 #: What a file output must be called: keyguard fix writes safetensors, and a name must not lie about the format.
@@ -53,6 +53,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would be written; write nothing")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="keys to leave out of the diagnosis")
     add_hint_option(p)
+    add_match_values_option(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, and only the summary")
     p.add_argument(
         "--clean-stale",
@@ -109,7 +110,15 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     if not args.in_place:
         _refuse_output(args, keys, output, folder=keys.format == "safetensors-sharded")
     progress.phase("diagnosing")
-    report = diagnose(keys, reference, ignore=args.ignore, architecture=args.architecture, hints=dict(args.hint))
+    report = diagnose(
+        args.checkpoint if args.match_values else keys,
+        reference,
+        ignore=args.ignore,
+        architecture=args.architecture,
+        hints=dict(args.hint),
+        match_values=args.match_values,
+        container=args.container,
+    )
     plan = _chosen_plan(args, report)
     drop = _dropped(args, report)
     if args.dry_run:

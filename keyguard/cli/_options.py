@@ -56,3 +56,12 @@ def add_hint_option(parser: argparse.ArgumentParser) -> None:
         help="decide a tie keyguard cannot: this checkpoint key is that expected key; the choice carries over to the"
         " key's whole numbered group, is checked against shapes, and is recorded in the plan (repeatable)",
     )
+
+
+def add_match_values_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--match-values",
+        action="store_true",
+        help="where keys stay ambiguous or were matched by names, compare tensor bytes with the reference (reads"
+        " those tensors; both sides must hold data): equal bytes make a mapping safe",
+    )

@@ -438,6 +438,21 @@ class _Aligner:
             if len(targets) > 1:
                 inconsistent.update(id(m) for m in group)
         siblings = self._sibling_support(matches)
+        self.landing: dict[str, dict[str, tuple[int, ...]]] = {}  # model parent -> checkpoint module -> its index
+        # checkpoint list -> checkpoint module -> (the list elements it takes, the model list it goes to)
+        self.lists: dict[str, dict[str, tuple[set[int], str]]] = {}
+        for match in matches:
+            if match.forced and HOLE in match.checkpoint.template:
+                self.lists.setdefault(match.checkpoint.template.split(HOLE)[0], {})[match.checkpoint.module] = (
+                    {m.index[0] for m in match.checkpoint.members},
+                    match.expected.template.split(HOLE)[0],
+                )
+        for match in matches:
+            if match.forced or match.applicability is Applicability.unsafe:
+                for cm, em in match.pairs:
+                    e_up = _parents(em.name)
+                    if e_up:
+                        self.landing.setdefault(e_up[0], {})[match.checkpoint.module] = cm.index
         kept: list[Match] = []
         for match in matches:
             if id(match) in inconsistent:
@@ -553,6 +568,32 @@ class _Aligner:
                 return [
                     Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
                 ]
+        return self._convergence(match) or self._list_split(match)
+
+    def _list_split(self, match: Match) -> list[Evidence]:
+        """One checkpoint list whose elements go to two model lists by kind (even entries blocks, odd entries
+        transitions): several forced matches take disjoint elements of the same list, each to a list of its own."""
+        c_list, e_list = match.checkpoint.template.split(HOLE)[0], match.expected.template.split(HOLE)[0]
+        if HOLE not in match.checkpoint.template:
+            return []
+        mine = {m.index[0] for m in match.checkpoint.members}
+        for module, (values, target) in self.lists.get(c_list, {}).items():
+            if module != match.checkpoint.module and target != e_list and not values & mine:
+                return [Evidence("siblings", f"the list '{c_list}' splits into families, element by element")]
+        return []
+
+    def _convergence(self, match: Match) -> list[Evidence]:
+        """Modules of separate checkpoint lists that land, block by block, in one model block (``norms.N`` and
+        ``projs.N`` both in ``levels.N``): their numbering agrees, which a coincidence would not."""
+        module = match.checkpoint.module
+        for cm, em in match.pairs[:1]:
+            e_up = _parents(em.name)
+            if not e_up:
+                continue
+            landed = self.landing.get(e_up[0], {})
+            others = {m for m, index in landed.items() if m != module and index == cm.index}
+            if others and all(index == cm.index for index in landed.values()):
+                return [Evidence("siblings", f"modules of {len(others) + 1} lists land in '{e_up[0]}' alike")]
         return []
 
 
@@ -568,12 +609,11 @@ def _named_in_place(c: Group, e: Group) -> bool:
         return False
     if same_path(c.path, e.path):
         return True
-    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME:
-        return _same_place(c.path[:-1], e.path[:-1])
+    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME and _same_place(c.path[:-1], e.path[:-1]):
+        return True
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
-    if len(long) == len(short) + 1 and same_name(short[-1], long[-2]):  # wrapped (``head`` -> ``head.fc``)
-        return _same_place(short[:-1], long[:-2])
-    return False
+    # wrapped or unwrapped (``head`` -> ``head.fc``)
+    return len(long) == len(short) + 1 and same_name(short[-1], long[-2]) and _same_place(short[:-1], long[:-2])
 
 
 def _same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:

@@ -11,8 +11,8 @@ from typing import Literal
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template
 from keyguard.engine._infer import Candidate
-from keyguard.engine._state import EngineState, _Accepted, _Ambiguity
-from keyguard.fixes._rules import MapKeys, Remap, Rule
+from keyguard.engine._state import EngineState, _Accepted, _Ambiguity, _rename_all
+from keyguard.fixes._rules import Applicability, MapKeys, Remap, Rule
 
 
 class _AlignmentStage(EngineState):
@@ -109,12 +109,15 @@ class _AlignmentStage(EngineState):
         c, e = match.checkpoint, match.expected
         old = _placeholders(c.template)
         pairs = match.pairs
-        sources: list[int] = []
+        sources: list[int | str] = []
         for position in range(e.holes):
             values = [em.index[position] for _, em in pairs]
             # the same position first: with one block, every index reads 0 and any position would do
             order = [position, *(i for i in range(c.holes) if i != position)] if position < c.holes else range(c.holes)
             found = next((i for i in order if all(cm.index[i] == v for (cm, _), v in zip(pairs, values))), None)
+            if found is None and len(set(values)) == 1:
+                sources.append(str(values[0]))  # a constant index (``fc`` -> ``fc.0``): written as it is
+                continue
             if found is None:
                 break
             sources.append(found)
@@ -132,6 +135,87 @@ class _AlignmentStage(EngineState):
             if _exact(rule, names, pool):
                 return rule.model_copy(update={"applicability": match.applicability, "origin": origin})
         return MapKeys(mapping=dict(names), applicability=match.applicability, origin=origin)
+
+    # ------------------------------------------------------------------------------------------------ values
+    def _settle_by_values(self) -> None:
+        """With fingerprints of both sides (``match_values``): ambiguous keys go where exactly one candidate holds
+        the same bytes, and matches chosen by names become safe when every tensor is the reference's."""
+        if self.values is None:
+            return
+        ours, theirs = self.values
+        for acc in self.accepted:
+            if (
+                acc.settled
+                and acc.applicability is Applicability.unsafe
+                and acc.pairs
+                and all(_same_bytes(ours(o), theirs(t)) for o, t in acc.pairs.items())
+            ):
+                acc.applicability = Applicability.safe
+                acc.note = None
+                acc.evidence.append({"kind": "values", "detail": "every tensor holds the reference's bytes"})
+        for amb in list(self.ambiguities):
+            decided: dict[str, str] = {}
+            for original, targets in amb.keys.items():
+                digest = ours(original)
+                same = [
+                    t for t in targets if _same_bytes(digest, theirs(t)) and self.C[original].shape == self.E[t].shape
+                ]
+                if len(same) == 1:
+                    decided[original] = same[0]
+            taken = Counter(decided.values())
+            decided = {o: t for o, t in decided.items() if taken[t] == 1}
+            # a key that keeps its name there (a stale copy, left unexpected) would collide with the decided one:
+            # the report says whose bytes they are, the choice stays the user's
+            staying = {o for o in amb.keys if o not in decided} | set(self.by_cur)
+            collide = {o: t for o, t in decided.items() if o != t and t in staying}
+            if collide:
+                owners = ", ".join(f"{t} holds the bytes of {o}" for o, t in list(collide.items())[:3])
+                amb.why += f"; by the reference's values, {owners}"
+                decided = {o: t for o, t in decided.items() if o not in collide}
+            if decided:
+                self._take_by_values(amb, decided)
+
+    def _take_by_values(self, amb: _Ambiguity, decided: dict[str, str]) -> None:
+        rules = [r for acc in self.accepted for r in acc.rules]
+        released = {t for ts in amb.keys.values() for t in ts} - set(decided.values())
+        moved: dict[str, str] = {}
+        for original, target in decided.items():
+            name = _rename_all(rules, [original]).get(original, original)
+            if name in self.frozen:
+                self.frozen.remove(name)
+            self.exact.discard(target)
+            self.resolved[original] = target
+            self.claimed.discard(target)
+            if original == target:
+                self.exact.add(original)  # the match as it stands holds the reference's bytes
+            else:
+                moved[name] = target
+                self.via[original] = len(self.accepted)
+        for original in [o for o in amb.keys if o not in decided]:
+            name = _rename_all(rules, [original]).get(original, original)
+            if name in self.frozen:
+                self.frozen.remove(name)
+            self.cur[original] = name  # no candidate holds its bytes: unexpected, reported as such
+            self.by_cur[name] = original
+        for target in released:
+            self.claimed.discard(target)
+            if target not in self.resolved.values():
+                self.open_e.add(target)
+        self.ambiguities.remove(amb)
+        if moved:
+            rule = MapKeys(mapping=moved, applicability=Applicability.safe)
+            accepted = _Accepted(
+                "restructured",
+                [rule],
+                Applicability.safe,
+                Candidate(rule, "restructured"),
+                settled=True,
+                evidence=[{"kind": "values", "detail": "the only candidate holding the same bytes"}],
+                change=("ambiguous keys", "the candidates holding their bytes"),
+            )
+            accepted.pairs = {o: t for o, t in decided.items() if o != t}
+            accepted.touched = list(accepted.pairs)
+            self.accepted.append(accepted)
 
     # ------------------------------------------------------------------------------------------------- ties
     def _take_tie(self, tie: Tie) -> None:
@@ -163,12 +247,14 @@ def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:
     return all(rule.rename(other) is None for other in pool if other not in names)
 
 
-def _placeholders(template: str, sources: list[int] | None = None) -> str:
-    """A digit template written for ``Remap``: braces doubled, the i-th hole as ``{i}`` (or ``{sources[i]}``)."""
+def _placeholders(template: str, sources: list[int | str] | None = None) -> str:
+    """A digit template written for ``Remap``: braces doubled, the i-th hole as ``{i}``, or as the old position
+    ``{sources[i]}``, or as a literal number where ``sources[i]`` is one (a constant index)."""
     pieces = template.replace("{", "{{").replace("}", "}}").split(HOLE)
     out = [pieces[0]]
     for position, piece in enumerate(pieces[1:]):
-        out.append("{" + str(sources[position] if sources is not None else position) + "}")
+        source = sources[position] if sources is not None else position
+        out.append(source if isinstance(source, str) else "{" + str(source) + "}")
         out.append(piece)
     return "".join(out)
 
@@ -200,3 +286,7 @@ def _renumbers(rule: Rule) -> bool:
     if not isinstance(rule, Remap) or rule.indices is None:
         return False
     return any(old != ",".join(map(str, new)) for old, new in rule.indices.items())
+
+
+def _same_bytes(a: bytes | None, b: bytes | None) -> bool:
+    return a is not None and a == b

@@ -8,7 +8,7 @@ unexpected, with known-harmless cases explained.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from keyguard._regex import compile_patterns
 from keyguard.engine._alignment_stage import _AlignmentStage
@@ -29,6 +29,7 @@ def diagnose(
     container: str | None = None,
     architecture: str | None = None,
     hints: Mapping[str, str] | None = None,
+    match_values: bool = False,
 ) -> Report:
     """Compare the keys a checkpoint holds with the keys a model expects, and explain every difference.
 
@@ -43,6 +44,9 @@ def diagnose(
             decides for the whole group of numbered keys the checkpoint key belongs to (``layers.0.attn.wq`` for
             every layer), is checked against shapes like any other correspondence, and is recorded in the plan as
             the user's choice.
+        match_values: compare tensor bytes where keys stay ambiguous or were matched by names, when both sides
+            hold data (files or state dicts): equal bytes make a mapping safe. Reads the tensors it compares (the
+            default reads headers only).
 
     Returns:
         A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
@@ -50,7 +54,12 @@ def diagnose(
     compile_patterns(ignore, "ignore")  # PatternError before reading anything
     ck = read_keys(checkpoint, container=container)
     ex = read_keys(expected, architecture=architecture)
-    return diagnose_keys(ck, ex, ignore=ignore, hints=hints)
+    values = None
+    if match_values:
+        from keyguard.engine._values import Fingerprints
+
+        values = (Fingerprints(checkpoint, ck, container=container), Fingerprints(expected, ex))
+    return diagnose_keys(ck, ex, ignore=ignore, hints=hints, values=values)
 
 
 def diagnose_keys(
@@ -60,12 +69,14 @@ def diagnose_keys(
     ignore: Iterable[str] = (),
     hints: Mapping[str, str] | None = None,
     align: bool = True,
+    values: tuple[Callable[[str], bytes | None], Callable[[str], bytes | None]] | None = None,
 ) -> Report:
     """``diagnose`` on key sets already read. ``align=False`` leaves out template alignment (whole modules matched
     by shape): the adapter checks use it, where both sides come from one architecture and only naming rules
     (prefixes, segments, adapter names) can be at fault."""
     engine = _Engine(checkpoint, expected, compile_patterns(ignore, "ignore"), dict(hints or {}))
     engine.aligning = align
+    engine.values = values
     return engine.run()
 
 
@@ -79,6 +90,8 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
             self._align()
         else:
             self._match_held_by_name()
+        self._deferred_groups()
+        self._settle_by_values()
         self._finalize()
         self._fused_split()
         self._fused_by_shape()

@@ -256,14 +256,16 @@ class _Rounds(EngineState):
         suspicious = self._partial_groups(pairs, unscoped)
         if suspicious:
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
-            # the block numbers may be offset, so the blocks that land could be the wrong ones
+            # the block numbers may be offset, so the blocks that land could be the wrong ones. The rule is not
+            # taken; template alignment weighs the whole group first, and what it leaves is shown with this reading
             doubtful = {n: e for n, e in pairs.items() if template(e)[0] in suspicious}
-            self._ambiguous_group(cand, doubtful, suspicious, renamed)
-            pairs = {n: e for n, e in pairs.items() if n not in doubtful}
-            if not pairs:
-                return True
-            rules = [MapKeys(mapping=dict(pairs))]
-            renamed = dict(pairs)
+            self.deferred.append((cand, doubtful, suspicious, renamed))
+            self.declined.add(cand.identity)
+            self.deferred_templates |= suspicious  # no weaker rule may land this group piecemeal meanwhile
+            return False
+        if self.deferred_templates and any(template(e)[0] in self.deferred_templates for e in pairs.values()):
+            self.declined.add(cand.identity)
+            return False
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
@@ -392,6 +394,14 @@ class _Rounds(EngineState):
                 contested=True,
             )
         )
+
+    def _deferred_groups(self) -> None:
+        """The partly landing groups the rounds set aside: what alignment left of them is shown as ambiguous,
+        with the rule's reading."""
+        for cand, doubtful, suspicious, renamed in self.deferred:
+            still = {n: e for n, e in doubtful.items() if n in self.by_cur and e in self.open_e}
+            if still:
+                self._ambiguous_group(cand, still, suspicious, {n: t for n, t in renamed.items() if n in self.by_cur})
 
     def _contest_shift(self, rule: ShiftIndex, pairs: dict[str, str]) -> None:
         """Blocks of a numbered group match as they stand while others are offset (a pipeline stage saved with
@@ -601,6 +611,15 @@ class _Rounds(EngineState):
         ) and _prefix_of(rule) in knowledge.KNOWN_PREFIXES
         if len(pairs) < 2 and not cand.known and not known_prefix:
             return Applicability.display_only, "inferred from a single key: a candidate, never applied"
+        if (
+            isinstance(rule, ReplacePrefix)
+            and not cand.known
+            and not known_prefix
+            and len({split_leaf(k)[0] for k in pairs}) < 2
+        ):
+            # one module's weight and bias are one piece of evidence: a prefix swapped on one module only
+            # (``classifier.dense`` for ``pooler.dense``) may as well be another module of the same size
+            return Applicability.display_only, "inferred from a single module: a candidate, never applied"
         return Applicability.safe, None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -89,6 +89,8 @@ class EngineState:
         self.ck_set, self.ex_set = ck, ex
         self.hints: dict[str, str] = dict(hints or {})
         self.aligning = True  # run template alignment on what the rule rounds leave open
+        # fingerprints of both sides' tensor bytes (``match_values``), or None: header-only
+        self.values: tuple[Callable[[str], bytes | None], Callable[[str], bytes | None]] | None = None
 
         def kept(keys: KeySet) -> dict[str, TensorInfo]:
             if not ignore:
@@ -124,6 +126,9 @@ class EngineState:
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
         self.claimed: set[str] = set()  # expected keys offered as candidates by an ambiguity
+        # groups that partly land by a rule (offset?), set aside until alignment has weighed them
+        self.deferred: list[tuple[Candidate, dict[str, str], set[str], dict[str, str]]] = []
+        self.deferred_templates: set[str] = set()
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys

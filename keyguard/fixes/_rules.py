@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from keyguard._exceptions import PlanError
 from keyguard._regex_budget import PatternTimeout, bounded, budget, match_all, runs_here
@@ -88,9 +88,14 @@ class AddPrefix(_Rule):
     op: Literal["add_prefix"] = "add_prefix"
     prefix: str
     only: list[str] | None = None
+    _scope: frozenset[str] | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: object, /) -> None:
+        # a set, so that a scope of many first segments stays one lookup per key (a list made it quadratic)
+        self._scope = frozenset(self.only) if self.only is not None else None
 
     def rename(self, key: str) -> str | None:
-        if self.only is not None and key.split(".", 1)[0] not in self.only:
+        if self._scope is not None and key.split(".", 1)[0] not in self._scope:
             return None
         return self.prefix + key
 

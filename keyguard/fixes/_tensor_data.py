@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import zlib
 from typing import IO, Any
 
 from keyguard._exceptions import WriteError
 from keyguard._progress import Progress
+from keyguard.fixes import _checksum as checksum
 from keyguard.fixes._block_copy import Stream, copy_range
 from keyguard.fixes._output_plan import OutputItem, source_path
 from keyguard.fixes._rules import Fuse, Split
@@ -79,7 +79,7 @@ def write_item(
     data = _tensor_bytes(item, tensors)
     if len(data) != size:
         raise WriteError(f"internal: {item.name!r} produced {len(data)} bytes, expected {size}")
-    checks[item.name] = zlib.crc32(data)
+    checks[item.name] = checksum.digest(data)
     f.write(data)
     bar.update(len(data))
 

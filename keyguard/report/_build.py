@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from keyguard._patterns import KeyGroup, collapse
+from keyguard._patterns import summarize_patterns
 from keyguard.report._kinds import FindingKind
 from keyguard.report._model import Example, Finding, Fix
 
@@ -34,11 +34,10 @@ def make_finding(
 ) -> Finding:
     """A ``Finding`` of ``kind``. Patterns come from ``pattern_keys`` (default: the checkpoint keys, else the
     expected ones); ``count`` defaults to the number of keys the finding covers."""
-    keys = list(pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys))
-    groups: list[KeyGroup[None]] = collapse(keys)
-    patterns = [g.pattern for g in groups[:PATTERNS]]
-    if len(groups) > PATTERNS:
-        patterns.append(f"... and {len(groups) - PATTERNS} more pattern(s)")
+    keys = pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys)
+    patterns, groups = summarize_patterns(keys, PATTERNS)
+    if groups > PATTERNS:
+        patterns.append(f"... and {groups - PATTERNS} more pattern(s)")
     return Finding(
         code=kind.code,
         kind=kind.kind,

@@ -4,46 +4,42 @@ The format: 8 bytes little-endian header length ``N``, ``N`` bytes of UTF-8 JSON
 ``{"dtype", "shape", "data_offsets"}`` plus an optional ``"__metadata__"`` string-to-string object), then the data
 buffer. Offsets are relative to the buffer; together the tensors must cover it exactly, without holes or overlap.
 
-Headers written by the safetensors library have one canonical layout (no whitespace, fields in a fixed order). Those
-are parsed column by column with C-level string operations, which is faster than ``json.loads`` of the same bytes
-because it builds no per-tensor dicts. Any other layout goes through ``json.loads`` with a duplicate-key check. Both
-paths accept exactly the JSON they describe and feed the same validation. The canonical path never reports an error
-itself: anything it cannot prove valid goes to the json path, so every error names the first offending tensor in
-document order, whichever layout the header has.
+keyguard accepts exactly what the safetensors library (its Rust parser, serde_json) accepts, with one documented
+exception: a key listed twice is refused (the library keeps the last silently). That means: shapes and offsets are
+integers from 0 to 2**64 - 1 written as such (``-0``, ``2.0`` and ``2e0`` are not), the element count of a shape
+must fit in 64 bits at every step of its running product, unknown fields in an entry are ignored but must be JSON
+the library reads (nested at most 127 deep in all, numbers within the range of a double, no lone surrogate
+escapes), and the library's dtypes only. A property suite checks the agreement against the library itself.
+
+Two parsers share that contract. Headers in the layout the library writes go through msgspec's typed decoder
+(``_safetensors_fast``, when msgspec is installed), which is as fast as ``json.loads`` of the same bytes; any other
+header, and any header the fast path cannot prove valid, goes through the strict pure-Python path below, which
+writes every error message. So every error names the first offending tensor in document order, whichever layout
+the header has and whichever parser is installed.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import json
-import operator
 import os
-import re
-from collections.abc import Iterable
-from itertools import repeat
-from typing import Final
+from typing import Final, cast
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard._exceptions import HeaderError, SourceError
-from keyguard.sources._jsonfile import STRICT_DECODER, DuplicateKeyError, lone_surrogate
+from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, lone_surrogate, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._readfile import open_regular
+from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_fast
+from keyguard.sources._serde_numbers import SAFE_MAGNITUDE, out_of_range
 
 #: The safetensors library refuses headers above this size; so does keyguard.
 MAX_HEADER_SIZE: Final = 100_000_000
 
 _JSON_WS: Final = " \t\n\r"
-# Split at its quotes, the entries '"K":{"dtype":"D","shape":[S],"data_offsets":[A,B]},"K":...' give a leading ''
-# then ten pieces per entry: K, ':{', 'dtype', ':', D, ',', 'shape', ':[S],', 'data_offsets', ':[A,B]},'.
-# Pieces 1, 5, 8 and 10 (counted from 1 within an entry) carry the fields; the others never change.
-_FIXED_PIECES: Final = ((2, ":{"), (3, "dtype"), (4, ":"), (6, ","), (7, "shape"), (9, "data_offsets"))
-_OFFSETS: Final = slice(2, -3)
-_NUMBER: Final = r"(?:0|[1-9][0-9]*)"  # a JSON non-negative integer: ASCII digits, no leading zeros
-_SHAPE_PIECE: Final = re.compile(rf":\[((?:{_NUMBER}(?:,{_NUMBER})*)?)\],")
-_CONTROL: Final = bytes(range(0x20))  # JSON forbids these unescaped; canonical headers never hold them
-#: No file holds more than 2**64 bytes; a shape that needs more is refused before its size is computed in full.
-_MAX_TENSOR_BITS: Final = 8 << 64
-_METADATA_PREFIX: Final = '{"__metadata__":'
+#: serde_json refuses JSON nested deeper than this (the header object itself counts as 1).
+MAX_DEPTH: Final = 127
 
 
 def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -> KeySet:
@@ -59,17 +55,15 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
     """
     path = os.fspath(path)
     header, data_start, file_size = _read_header_bytes(path)
-    text = _decode(path, header)
     label = name if name is not None else os.path.basename(path)
     # Parsing allocates one small acyclic object per tensor; the cyclic GC has nothing to find in them and
     # rescanning them as they pile up costs more than the parse itself.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        canonical = len(header.translate(None, _CONTROL)) == len(header)  # bytes-level: one fast C pass
-        parsed = _parse_canonical(path, text, data_start, label) if canonical else None
+        parsed = parse_fast(header, data_start, label)
         if parsed is None:
-            parsed = _parse_json(path, text, data_start, label)
+            parsed = _parse_json(path, _decode(path, header), data_start, label)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -81,7 +75,8 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
     return KeySet(tensors=tensors, format="safetensors", location=path, metadata=metadata, files=(label,))
 
 
-def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
+def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
+    """The header's bytes (to be parsed in place), where the data starts, and the file's size."""
     if "\x00" in path:
         raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
@@ -113,7 +108,8 @@ def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
                     header_length=n,
                     size=size,
                 )
-            header = f.read(n)
+            header = bytearray(n)
+            got = cast("io.BufferedReader", f).readinto(header)  # open_regular's files are buffered readers
     except IsADirectoryError:
         raise SourceError(path, "is-a-directory", "is a directory, expected a .safetensors file") from None
     except (FileNotFoundError, NotADirectoryError):
@@ -122,12 +118,12 @@ def _read_header_bytes(path: str) -> tuple[bytes, int, int]:
         raise SourceError(path, "unreadable", "permission denied") from None
     except OSError as exc:  # I/O error, name too long, symlink loop...
         raise SourceError(path, "unreadable", exc.strerror or str(exc)) from None
-    if len(header) != n:  # the file shrank while we read it
+    if got != n:  # the file shrank while we read it
         raise HeaderError(path, "truncated", "file ended inside the header")
     return header, 8 + n, size
 
 
-def _decode(path: str, header: bytes) -> str:
+def _decode(path: str, header: bytes | bytearray) -> str:
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,112 +142,17 @@ def _decode(path: str, header: bytes) -> str:
 Parsed = tuple[dict[str, str], dict[str, TensorInfo], "int | None"]
 
 
-def _parse_canonical(path: str, text: str, base: int, label: str) -> Parsed | None:
-    """Parse a header in the safetensors library's own layout; ``None`` means "not canonical, use json".
-
-    Works on whole columns with C-level string and list operations rather than one dict per tensor. Without
-    escapes, every entry ``"K":{"dtype":"D","shape":[S],"data_offsets":[A,B]}`` splits at its quotes into the
-    same ten pieces, so checking the fixed pieces column by column proves the layout, and the fields are read off
-    their columns. Also checks sizes, and coverage when the offsets come in order (as the library writes them);
-    the returned data end is ``None`` when the caller must still check coverage.
-
-    It does not look for control characters (which JSON forbids unescaped): the caller must only pass headers
-    free of them, as ``read_safetensors`` checks on the raw bytes. It never raises.
-    """
-    metadata: dict[str, str] = {}
-    pos = 1
-    if text.startswith(_METADATA_PREFIX):
-        try:
-            raw_meta, pos = STRICT_DECODER.raw_decode(text, len(_METADATA_PREFIX))
-        except (ValueError, RecursionError, DuplicateKeyError):
-            return None
-        if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
-            return None
-        if lone_surrogate(text[:pos], raw_meta) is not None:
-            return None  # the json path refuses it
-        metadata = raw_meta
-        if text[pos : pos + 1] == "}":
-            return (metadata, {}, base) if pos + 1 == len(text) else None
-        if text[pos : pos + 1] != ",":
-            return None
-        pos += 1
-    elif text == "{}":
-        return metadata, {}, base
-    elif not text.startswith("{"):
-        return None
-    body = text[pos:-1]
-    if not text.endswith("}") or "\\" in body:
-        return None  # escapes: only the json path reads those right
-    pieces = body.split('"')
-    count = len(pieces) // 10
-    if len(pieces) != 10 * count + 1 or pieces[0] or not count:
-        return None
-    for index, fixed in _FIXED_PIECES:
-        if pieces[index::10].count(fixed) != count:
-            return None
-    keys, dtypes, shape_pieces, offset_pieces = pieces[1::10], pieces[5::10], pieces[8::10], pieces[10::10]
-    # A shape piece is ':[S],'; shapes repeat, so each distinct piece is checked and parsed once.
-    shape_texts = shape_pieces
-    offset_pieces[-1] += ","  # the last entry closes without the comma
-    offset_texts: list[str] = list(map(operator.getitem, offset_pieces, repeat(_OFFSETS)))
-    if "".join(offset_pieces) != ":[" + "]},:[".join(offset_texts) + "]},":
-        return None
-    # Every entry holds exactly two JSON integers: one comma each, ASCII digits, none empty, no leading zeros.
-    numbers = ",".join(offset_texts)
-    if (
-        numbers.count(",") != 2 * count - 1
-        or list(map(str.count, offset_texts, repeat(","))).count(1) != count
-        or not numbers.isascii()
-        or not numbers.replace(",", "").isdigit()
-    ):
-        return None
-    bounds = numbers.split(",")
-    if "" in bounds or sum(map(str.startswith, bounds, repeat("0"))) != bounds.count("0"):
-        return None
-    try:  # int() refuses numbers longer than sys.get_int_max_str_digits(); so does the json path
-        values = list(map(int, bounds))
-        shapes: dict[str, tuple[int, ...]] = {}
-        for piece in set(shape_pieces):
-            match = _SHAPE_PIECE.fullmatch(piece)
-            if match is None:
-                return None
-            dims = match.group(1)
-            shapes[piece] = tuple(map(int, dims.split(","))) if dims else ()
-        distinct_dtypes = set(dtypes)
-        if len(distinct_dtypes) == 1:  # the common case: size depends on the shape alone
-            (dtype,) = distinct_dtypes
-            by_shape = {text: _nbytes(path, "", dtype, shape) for text, shape in shapes.items()}
-            expected: Iterable[int] = map(by_shape.__getitem__, shape_texts)
-        else:
-            columns = list(zip(shape_texts, dtypes))
-            by_pair = {pair: _nbytes(path, "", pair[1], shapes[pair[0]]) for pair in set(columns)}
-            expected = map(by_pair.__getitem__, columns)
-    except (ValueError, HeaderError):  # HeaderError: unknown dtype or impossible shape, reported by the json path
-        return None
-    starts = list(map(base.__add__, values[0::2]))
-    ends = list(map(base.__add__, values[1::2]))
-    if any(map(operator.ne, map(operator.sub, ends, starts), expected)):
-        return None  # a size mismatch: the json path reports the first one in document order
-    infos = map(
-        tuple.__new__,
-        repeat(TensorInfo),
-        zip(map(shapes.__getitem__, shape_texts), dtypes, repeat(label), zip(starts, ends)),
-    )
-    tensors: dict[str, TensorInfo] = dict(zip(keys, infos))
-    if len(tensors) != count or "__metadata__" in tensors:
-        return None  # the json path names the duplicate, or rejects the misplaced metadata
-    in_order = starts[0] == base and starts[1:] == ends[:-1]
-    return metadata, tensors, ends[-1] if in_order else None
-
-
 def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
+    """The strict path: any JSON layout, every check, an error naming the first offending tensor."""
     try:
-        obj = STRICT_DECODER.decode(text)
+        # Python reads "-0" as the integer 0: only headers that hold one pay for a Python call per integer
+        obj = (_NEGATIVE_ZERO_DECODER if "-0" in text else _HEADER_DECODER).decode(text)
     except DuplicateKeyError as exc:
         raise HeaderError(
             path,
             "duplicate-key",
-            f"header lists {exc.key!r} more than once (a plain JSON reader would silently keep the last one)",
+            f"header lists {exc.key!r} more than once (the safetensors library would silently keep the last one;"
+            " keyguard refuses the ambiguity)",
             key=exc.key,
         ) from None
     except (ValueError, RecursionError) as exc:
@@ -279,6 +180,8 @@ def _parse_json(path: str, text: str, base: int, label: str) -> Parsed:
         missing = [f for f in ("dtype", "shape", "data_offsets") if f not in entry]
         if missing:
             raise _entry_error(path, key, "lacks " + ", ".join(missing))
+        if len(entry) > 3:
+            _check_unknown_fields(path, key, entry)
         dtype = entry["dtype"]
         shape = entry["shape"]
         offsets = entry["data_offsets"]
@@ -315,7 +218,64 @@ def _first_non_string(metadata: object) -> str:
 
 
 def _is_count(value: object) -> bool:
-    return type(value) is int and value >= 0
+    return type(value) is int and 0 <= value <= MAX_DIM
+
+
+def _header_int(text: str) -> int | float:
+    """``parse_int`` reading integers as serde_json does: ``-0`` and integers beyond 64 bits become doubles."""
+    if text == "-0":
+        return -0.0
+    if len(text) < 20:
+        return int(text)
+    if out_of_range(text):  # checked before int() spends time on thousands of digits
+        raise ValueError(f"number out of range ({_shorten(text)})")
+    value = int(text)
+    return value if -(2**63) <= value <= MAX_DIM else float(value)
+
+
+def _header_float(text: str) -> float:
+    value = float(text)
+    if not -SAFE_MAGNITUDE < value < SAFE_MAGNITUDE and out_of_range(text):
+        raise ValueError(f"number out of range ({_shorten(text)})")
+    return value
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:20]}... with {len(text):,} characters"
+
+
+_HEADER_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=pairs_without_duplicates, parse_constant=_no_constants, parse_float=_header_float
+)
+_NEGATIVE_ZERO_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=pairs_without_duplicates,
+    parse_constant=_no_constants,
+    parse_float=_header_float,
+    parse_int=_header_int,
+)
+_FIELDS: Final = frozenset(("dtype", "shape", "data_offsets"))
+
+
+def _check_unknown_fields(path: str, key: str, entry: dict[str, object]) -> None:
+    """Fields the library ignores must still be JSON it reads: nested at most ``MAX_DEPTH`` deep in all (the
+    entry is level 2), integers within the range serde_json reads (Python reads any integer exactly)."""
+    stack = [(value, 3) for field, value in entry.items() if field not in _FIELDS]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, int) and not -MAX_DIM <= item <= MAX_DIM and out_of_range(str(item)):
+            problem = f"a number out of range ({_shorten(str(item))})"
+        elif isinstance(item, (dict, list)) and level > MAX_DEPTH:
+            problem = f"a field nested more than {MAX_DEPTH} levels deep in all"
+        else:
+            if isinstance(item, (dict, list)):
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+            continue
+        raise HeaderError(
+            path,
+            "header-not-json",
+            f"header is not valid JSON (tensor {key!r} has {problem}, which the safetensors library refuses)",
+            key=key,
+        )
 
 
 def _entry_error(path: str, key: str, what: str) -> HeaderError:
@@ -368,8 +328,11 @@ def _check_coverage(path: str, tensors: dict[str, TensorInfo], base: int) -> int
 
 
 def _nbytes(path: str, key: str, dtype: str, shape: tuple[int, ...]) -> int:
-    bits = DTYPE_BITS.get(dtype)
-    if bits is None:
+    """Bytes of a tensor, refused where the safetensors library refuses it (see ``nbytes_or_none``)."""
+    size = nbytes_or_none(dtype, shape)
+    if size is not None:
+        return size
+    if dtype not in DTYPE_BITS:
         raise HeaderError(
             path,
             "unknown-dtype",
@@ -377,28 +340,30 @@ def _nbytes(path: str, key: str, dtype: str, shape: tuple[int, ...]) -> int:
             key=key,
             dtype=dtype,
         )
-    total_bits = bits
-    if 0 in shape:
-        total_bits = 0
-    else:
-        for dim in shape:
-            total_bits *= dim
-            if total_bits > _MAX_TENSOR_BITS:  # stop before a huge product costs quadratic time
-                raise HeaderError(
-                    path,
-                    "invalid-shape",
-                    f"tensor {key!r} ({dtype}, {len(shape)} dimensions) would need more than 2**64 bytes;"
-                    " no file can hold it",
-                    key=key,
-                )
-    if total_bits % 8:
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > MAX_DIM:
+            raise HeaderError(
+                path,
+                "invalid-shape",
+                f"tensor {key!r} ({dtype}, {len(shape)} dimensions) has more than 2**64 elements counting its"
+                " dimensions from the first (the safetensors library refuses it, even when a later one is 0)",
+                key=key,
+            )
+    if count * DTYPE_BITS[dtype] > MAX_DIM:
         raise HeaderError(
             path,
             "invalid-shape",
-            f"tensor {key!r} ({dtype} {list(shape)}) does not fill a whole number of bytes",
+            f"tensor {key!r} ({dtype} {list(shape)}) would need more than 2**64 bits; no file can hold it",
             key=key,
         )
-    return total_bits // 8
+    raise HeaderError(
+        path,
+        "invalid-shape",
+        f"tensor {key!r} ({dtype} {list(shape)}) does not fill a whole number of bytes",
+        key=key,
+    )
 
 
 def _raise_size_mismatch(path: str, tensors: dict[str, TensorInfo], data_end: int, file_size: int) -> None:

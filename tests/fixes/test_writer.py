@@ -453,9 +453,8 @@ def test_large_tensors_are_copied_exactly(
 def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_chunk(
     tmp_path: Path, save_st: Callable[..., Path]
 ) -> None:
-    import zlib
-
     from keyguard.fixes._block_copy import CHUNK
+    from keyguard.fixes._checksum import digest
 
     src = save_st(tmp_path / "big.safetensors", big_tensors())
     header, n, data = parts(src)
@@ -463,7 +462,7 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
     rows = sorted(
         ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
     )
-    checks = {name: zlib.crc32(data[start:end]) for name, _, _, start, end in rows}
+    checks = {name: digest(data[start:end]) for name, _, _, start, end in rows}
     verify_written(str(src), rows, checks, meta)
     position = CHUNK + 12345  # inside the second buffer's worth of data
     victim = next(name for name, _, _, start, end in rows if start <= position < end)
@@ -593,9 +592,9 @@ def test_verification_catches_a_corrupted_byte_and_a_wrong_header(tmp_path: Path
     rows = sorted(
         ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
     )
-    import zlib
+    from keyguard.fixes._checksum import digest
 
-    checks = {name: zlib.crc32(data[start:end]) for name, _, _, start, end in rows}
+    checks = {name: digest(data[start:end]) for name, _, _, start, end in rows}
     verify_written(str(out), rows, checks, meta)  # the genuine file verifies
 
     corrupt = tmp_path / "corrupt.safetensors"

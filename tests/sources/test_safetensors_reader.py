@@ -26,7 +26,7 @@ from _st_files import (
 )
 
 from keyguard._exceptions import HeaderError, SourceError
-from keyguard.sources import _safetensors
+from keyguard.sources import _safetensors, _safetensors_fast
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._safetensors import MAX_HEADER_SIZE, read_safetensors
 
@@ -44,12 +44,18 @@ def entry(dtype: str = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[
     }
 
 
+def fast(text: str, base: int = 8) -> Any:
+    """The msgspec path on a header text (``None``: it declines); it must leave the header as it found it."""
+    raw = bytearray(text.encode("utf-8", "surrogatepass"))
+    before = bytes(raw)
+    result = _safetensors_fast.parse_fast(raw, base, "f")
+    assert raw == (before if result is None else b"")  # restored when it declines, emptied when it succeeds
+    return result
+
+
 def parse_both(text: str, base: int = 8) -> tuple[Any, Any]:
-    """Both parse paths on the same header text (the canonical one may decline with ``None``)."""
-    return (
-        _safetensors._parse_canonical("f", text, base, "f"),
-        _safetensors._parse_json("f", text, base, "f"),
-    )
+    """Both parse paths on the same header text (the fast one may decline with ``None``)."""
+    return fast(text, base), _safetensors._parse_json("f", text, base, "f")
 
 
 # ------------------------------------------------------------------------------------------------ real files
@@ -134,13 +140,15 @@ def test_real_file_agrees_with_safe_open(real_file: tuple[Path, dict[str, Any], 
             assert f.get_slice(key).get_dtype() == keyset[key].dtype
 
 
-def test_real_file_takes_the_canonical_path(real_file: tuple[Path, dict[str, Any], dict[str, str]]) -> None:
+@pytest.mark.skipif(not _safetensors_fast.HAVE_MSGSPEC, reason="the fast path needs msgspec")
+def test_real_file_takes_the_fast_path(real_file: tuple[Path, dict[str, Any], dict[str, str]]) -> None:
     path, _, _ = real_file
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     text = raw[8 : 8 + n].decode().rstrip(" ")
     canonical, via_json = parse_both(text, 8 + n)
     assert canonical is not None, "the safetensors library's own layout must take the fast path"
+    assert fast(raw[8 : 8 + n].decode(), 8 + n) is not None  # with its padding too
     assert canonical[:2] == via_json[:2]
     assert canonical[2] == len(raw)  # written in order, so the fast path already knows where the data ends
 
@@ -595,11 +603,24 @@ def test_huge_shapes_are_refused_quickly(tmp_path: Path) -> None:
                 read_safetensors(path)
             assert time.perf_counter() - started < 2.0
             _check_error(info.value, path, "invalid-shape", "a")
-    # a zero anywhere makes the tensor empty, however large the other dimensions
-    path = write_raw(
-        tmp_path / "zero.safetensors", canonical(item("a", shape="[" + "9" * 4000 + ",0]", offsets="[0,0]"))
-    )
-    assert read_safetensors(path)["a"].shape == (int("9" * 4000), 0)
+    # a zero makes the tensor empty, but the dimensions before it must still multiply within 64 bits, and each one
+    # is a 64-bit integer (the safetensors library refuses both)
+    big = 2**64 - 1
+    for shape, accepted in (
+        (f"[{big},0]", True),
+        (f"[0,{big}]", True),
+        ("[4294967296,4294967295,0]", True),
+        ("[4294967296,4294967296,0]", False),
+        (f"[0,{big + 1}]", False),
+        ("[" + "9" * 4000 + ",0]", False),
+    ):
+        path = write_raw(tmp_path / "zero.safetensors", canonical(item("a", shape=shape, offsets="[0,0]")))
+        if accepted:
+            assert read_safetensors(path)["a"].shape == tuple(json.loads(shape))
+        else:
+            with pytest.raises(HeaderError) as info:
+                read_safetensors(path)
+            assert info.value.problem in ("invalid-shape", "header-not-json"), str(info.value)
 
 
 def test_directory(tmp_path: Path) -> None:
@@ -734,12 +755,13 @@ def test_first_offending_tensor_is_named(tmp_path: Path, header: str, size: int,
     _check_error(info.value, path, problem, key)
 
 
-def test_canonical_parser_never_raises_and_checks_the_opening_brace() -> None:
+def test_fast_parser_never_raises_and_declines_what_it_cannot_prove() -> None:
     body = item("a")
-    assert _safetensors._parse_canonical("f", "{" + body + "}", 8, "f") is not None
-    for text in ("x" + body + "}", " " + body + "}", '"' + body + "}", body + "}"):
-        assert _safetensors._parse_canonical("f", text, 8, "f") is None
+    if _safetensors_fast.HAVE_MSGSPEC:
+        assert fast("{" + body + "}") is not None
+    for text in ("x" + body + "}", " " + body + "}", '"' + body + "}", body + "}", "{" + body + "," + body + "}"):
+        assert fast(text) is None
     for header, _ in LAYOUT_CASES.values():
-        result = _safetensors._parse_canonical("f", header, 8, "f")
+        result = fast(header)
         if result is not None:  # coverage problems are left to the caller
             assert result[2] is None
