@@ -40,7 +40,8 @@ FAILING: dict[str, str] = {
     "index_base": "(d) ambiguity candidates of other shapes (1-based Sequential stem)",
     "interleave": "(d) ambiguity candidates of other shapes (interleaved block families)",
     "sub_offset": "(d) contested shift readings paired in order across stages of other widths",
-    "reverse": "(d) ambiguity candidates of other shapes (reversed stages of other widths)",
+    "reverse": "(a) safe: reversed stages renamed in place, landing keys on other shapes",
+    "leaf_names": "(f) the safe DDP strip lands keys that an unsafe or ambiguous finding holds",
 }
 
 
