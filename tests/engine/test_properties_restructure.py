@@ -36,11 +36,11 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 #: Kinds on which the engine breaks an invariant today, and why (see the regressions file).
 FAILING: dict[str, str] = {
-    "index_move": "(a) safe: blocks.N.attention.output saved as attentions.N.output is read as blocks.N.output",
-    "index_base": "(d) ambiguity candidates of other shapes (1-based Sequential stem)",
-    "interleave": "(d) ambiguity candidates of other shapes (interleaved block families)",
-    "sub_offset": "(d) contested shift readings paired in order across stages of other widths",
-    "reverse": "(a) safe: reversed stages renamed in place, landing keys on other shapes",
+    "index_move": "(a) safe: normKs.N paired with blocks.N.normK across swapped holes",
+    "index_base": "(a) safe: an offset at an inner index renumbered while the exact half of the group stays",
+    "interleave": "(a) safe: an interleaved block's norm put on the transition's norm",
+    "sub_offset": "(a) the safe plan collides (an offset under one sub-module, stages of other widths)",
+    "reverse": "(a) safe: reversed stages put back in place by a rename",
     "leaf_names": "(f) the safe DDP strip lands keys that an unsafe or ambiguous finding holds",
 }
 
