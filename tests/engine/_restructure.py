@@ -10,25 +10,22 @@ copies). Models come from ``_restructure_trees``; the invariants and coverage fr
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
 
-from _restructure_trees import ARBITRARY, F32, I64, models
+from _restructure_case import Case, explicit, rename
+from _restructure_noise import NOISE
+from _restructure_trees import ARBITRARY, models
 from hypothesis import assume
 from hypothesis import strategies as st
 
 from keyguard.engine._names import EQUIVALENT_NAMES
-from keyguard.sources import KeySet, TensorInfo
+
+__all__ = ["CONVERSIONS", "Case", "cases", "explicit", "rename"]
 
 #: Names for a new container segment (an index moved under it, blocks regrouped under it).
 CONTAINERS = ("levels", "stages", "branches", "groups")
 #: Names for a flat list that interleaves two families.
 FLAT_LISTS = ("features", "layers", "seq")
-PREFIXES = ("module.", "_orig_mod.", "model.")
-#: Tensors that sit in real checkpoints and in no model.
-STRAYS = ("rotary_emb.inv_freq", "aux.weight", "ema.decay")
-#: Names of extra modules: used by no model (an extra key never takes a real key's name by accident).
-SPARE = ("spare", "unused", "orphan")
 
 _DIGITS = re.compile(r"^[0-9]+$")
 _NUMBERED_NAME = re.compile(r"^([a-z_]+?)([0-9]+)$")
@@ -42,49 +39,6 @@ def equivalents(name: str) -> list[str]:
             out.update(group)
     out.discard(name)
     return sorted(out)
-
-
-@dataclass
-class Case:
-    """A model, a checkpoint made from it by the steps, and the truth."""
-
-    expected: dict[str, TensorInfo]
-    checkpoint: dict[str, TensorInfo]
-    truth: dict[str, str | None]  # checkpoint key -> the expected key it really is (None: no expected key)
-    steps: list[str] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)  # the conversion kinds applied (noise excluded)
-    dropped: dict[str, str] = field(default_factory=dict)  # dropped expected key -> the name it had in the checkpoint
-    ordered: bool = False  # both sources keep registration order (pickles, live modules)
-
-    @staticmethod
-    def of(expected: Mapping[str, TensorInfo], ordered: bool = False) -> Case:
-        return Case(dict(expected), dict(expected), {k: k for k in expected}, ordered=ordered)
-
-    def sources(self) -> tuple[KeySet | dict[str, TensorInfo], KeySet | dict[str, TensorInfo]]:
-        """What to diagnose: plain mappings (order unknown), or key sets that say their order is registration
-        order."""
-        if not self.ordered:
-            return self.checkpoint, self.expected
-        return KeySet(self.checkpoint, "torch-pickle"), KeySet(self.expected, "module")
-
-    def need(self) -> list[str]:
-        """Checkpoint keys that must be renamed to load."""
-        return [k for k, t in self.truth.items() if t is not None and t != k]
-
-
-def rename(case: Case, fn: Callable[[str], str], step: str, kind: str | None) -> Case | None:
-    """Apply ``fn`` to every checkpoint key; ``None`` when it changes nothing or is not one-to-one."""
-    mapping = {k: fn(k) for k in case.checkpoint}
-    if all(k == v for k, v in mapping.items()) or len(set(mapping.values())) != len(mapping):
-        return None
-    return replace(
-        case,
-        checkpoint={mapping[k]: info for k, info in case.checkpoint.items()},
-        truth={mapping[k]: t for k, t in case.truth.items()},
-        steps=[*case.steps, step],
-        kinds=[*case.kinds, kind] if kind else case.kinds,
-        dropped={e: fn(c) for e, c in case.dropped.items()},
-    )
 
 
 def _segments(case: Case) -> list[list[str]]:
@@ -506,98 +460,6 @@ CONVERSIONS: dict[str, Callable[[st.DrawFn, Case], Case | None]] = {
 }
 
 
-# -- noise -------------------------------------------------------------------------------------------------------
-
-
-def n_prefix(draw: st.DrawFn, case: Case) -> Case | None:
-    prefix = draw(st.sampled_from(PREFIXES))
-    return rename(case, lambda k: prefix + k, f"prefix {prefix}", None)
-
-
-def n_drop(draw: st.DrawFn, case: Case) -> Case | None:
-    if len(case.checkpoint) < 3:
-        return None
-    victims = draw(st.lists(st.sampled_from(sorted(case.checkpoint)), min_size=1, max_size=3, unique=True))
-    dropped = dict(case.dropped)
-    for v in victims:
-        target = case.truth[v]
-        if target is not None and not any(t == target and k not in victims for k, t in case.truth.items()):
-            dropped[target] = v  # nothing else in the checkpoint holds it now
-    return replace(
-        case,
-        checkpoint={k: i for k, i in case.checkpoint.items() if k not in victims},
-        truth={k: t for k, t in case.truth.items() if k not in victims},
-        steps=[*case.steps, f"drop {victims}"],
-        dropped=dropped,
-    )
-
-
-def n_extra(draw: st.DrawFn, case: Case) -> Case | None:
-    """Extra checkpoint keys, each with the shape of a dropped key when there is one (the coincidence that
-    makes a shape-forced match wrong): next to where the dropped key sat, at the top, or a stray buffer."""
-    if case.dropped and draw(st.booleans()):
-        expected, old = draw(st.sampled_from(sorted(case.dropped.items())))
-        info = case.expected[expected]
-        module, _, leaf = old.rpartition(".")
-        parent = module.rpartition(".")[0]
-        where = draw(st.sampled_from(["sibling", "top", "same_module"]))
-        name = {
-            "sibling": f"{parent + '.' if parent else ''}{draw(st.sampled_from(SPARE))}.{leaf}",
-            "top": f"{draw(st.sampled_from(SPARE))}.{leaf}",
-            "same_module": f"{module + '.' if module else ''}{draw(st.sampled_from(SPARE))}",
-        }[where]
-    else:
-        name = draw(st.sampled_from(STRAYS))
-        info = draw(st.sampled_from(sorted(set(case.expected.values()), key=str)))
-    if name in case.checkpoint:
-        return None
-    checkpoint = dict(case.checkpoint)
-    keys = list(checkpoint)
-    at = draw(st.integers(0, len(keys)))
-    checkpoint = {k: checkpoint[k] for k in keys[:at]} | {name: info} | {k: checkpoint[k] for k in keys[at:]}
-    return replace(case, checkpoint=checkpoint, truth={**case.truth, name: None}, steps=[*case.steps, f"extra {name}"])
-
-
-def n_stale(draw: st.DrawFn, case: Case) -> Case | None:
-    """A stale copy under the model's own name beside a key that only carries a wrapper prefix (``norm.weight``
-    beside ``module.norm.weight``). Both hold that tensor (the copy's truth is its own name), so either may load;
-    but the copy must not be kept silently while the report offers that name to the real key
-    (``_restructure_checks``)."""
-    options = sorted(
-        k for k, t in case.truth.items() if t is not None and k.endswith("." + t) and t not in case.checkpoint
-    )
-    if not options:
-        return None
-    key = draw(st.sampled_from(options))
-    target = case.truth[key]
-    assert target is not None
-    return replace(
-        case,
-        checkpoint={**case.checkpoint, target: case.checkpoint[key]},
-        truth={**case.truth, target: target},
-        steps=[*case.steps, f"stale copy {target}"],
-    )
-
-
-def n_partial(draw: st.DrawFn, case: Case) -> Case | None:
-    """A partial conversion: a few keys keep (or were already given) the model's own name, so they match as they
-    stand while the rest of their group is renamed: the open groups on both sides lose members."""
-    options = sorted(k for k, t in case.truth.items() if t is not None and t != k and t not in case.checkpoint)
-    if not options:
-        return None
-    chosen = set(draw(st.lists(st.sampled_from(options), min_size=1, max_size=3, unique=True)))
-    return rename(case, lambda k: case.truth[k] or k if k in chosen else k, f"partial {sorted(chosen)}", None)
-
-
-NOISE: dict[str, Callable[[st.DrawFn, Case], Case | None]] = {
-    "prefix": n_prefix,
-    "drop": n_drop,
-    "extra": n_extra,
-    "stale": n_stale,
-    "partial": n_partial,
-}
-
-
 #: The model body a conversion kind needs to apply at all (others apply to any model).
 BODIES: dict[str, str] = {"interleave": "families", "reverse": "stages"}
 
@@ -629,25 +491,3 @@ def cases(
             if noisy is not None:
                 case = noisy
     return case
-
-
-def explicit(
-    expected: Mapping[str, Iterable[int] | TensorInfo],
-    checkpoint: Mapping[str, Iterable[int] | TensorInfo],
-    truth: Mapping[str, str | None],
-    *,
-    ordered: bool = False,
-) -> Case:
-    """A case written out by hand: shapes as tuples (``()`` is a scalar int64 counter), truth for renamed keys
-    (keys not listed are their own truth when the model has them, else extra)."""
-
-    def info(value: Iterable[int] | TensorInfo) -> TensorInfo:
-        if isinstance(value, TensorInfo):
-            return value
-        shape = tuple(value)
-        return TensorInfo(shape, F32 if shape else I64)
-
-    e = {k: info(v) for k, v in expected.items()}
-    c = {k: info(v) for k, v in checkpoint.items()}
-    t = {k: truth.get(k, k if k in e else None) for k in c}
-    return Case(e, c, t, ordered=ordered)

@@ -1,5 +1,5 @@
 """The invariants keyguard must keep on restructured checkpoints, and coverage figures, checked against a case's
-truth (``_restructure.Case``).
+truth (``_restructure_case.Case``).
 
 (a) neither plan puts a checkpoint key under a wrong expected key;
 (b) every key is in at most one finding, and none is lost (exact matches, same name and shape, only in findings
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from _restructure import Case
+from _restructure_case import Case
 
 import keyguard
 from keyguard.report import Report

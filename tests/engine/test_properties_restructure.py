@@ -100,7 +100,7 @@ def test_the_truth_of_a_generated_case_is_consistent(case: Case) -> None:
 def test_the_checks_catch_what_they_check() -> None:
     """Each invariant fails on a report that breaks it: a real report of a DDP prefix, then a lying truth (a) and
     reports edited to break (b), (c), (d), (f); and (e) on a shifted group that the truth says is offset."""
-    from _restructure import explicit
+    from _restructure_case import explicit
     from _restructure_checks import diagnose, violations
 
     from keyguard.fixes import Applicability

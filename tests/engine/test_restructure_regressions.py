@@ -14,7 +14,7 @@ candidate that keeps its names and indices.
 from __future__ import annotations
 
 import pytest
-from _restructure import explicit
+from _restructure_case import explicit
 from _restructure_checks import check
 
 FC = {"weight": (8, 4), "bias": (8,)}
