@@ -4,7 +4,8 @@ every step (checkpoint key -> the expected key it really is, or ``None``): the c
 
 A *conversion* renames keys as a legacy layout or a published conversion script does; *noise* adds what real
 checkpoints carry besides (dropped keys, extra keys whose shape equals a dropped one's, wrapper prefixes, stale
-copies). Models come from ``_restructure_trees``; the invariants and coverage from ``_restructure_checks``.
+copies, partial conversions; ``_restructure_noise``). Models come from ``_restructure_trees``, the case and its one
+operation (``rename``) from ``_restructure_case``, the invariants and coverage from ``_restructure_checks``.
 """
 
 from __future__ import annotations
