@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test fuzz lint docs ci bench clean
+.PHONY: setup demo test fuzz lint docs ci bench compat clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,8 @@ fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -n 2 -q -m hypothesis --timeout 3600 $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check keyguard tests benchmarks docs
-	$(BIN)/ruff format --check keyguard tests benchmarks docs
+	$(BIN)/ruff check keyguard tests benchmarks docs tools
+	$(BIN)/ruff format --check keyguard tests benchmarks docs tools
 	$(BIN)/mypy keyguard
 
 # NO_MKDOCS_2_WARNING: mkdocs-material prints an end-of-life banner on every build unless it is set
@@ -51,5 +51,9 @@ ci: lint test docs
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
+# Every supported PEFT series in a throwaway virtualenv (torch first), running the integration tests; slow.
+compat: setup
+	$(BIN)/python tools/compat.py $(COMPAT_ARGS)
+
 clean:
-	rm -rf $(VENV) site demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) site demo .pytest_cache .mypy_cache .ruff_cache .hypothesis .compat

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from keyguard._exceptions import KeyguardError, SourceError
     from keyguard._printable import printable
-    from keyguard.adapter_checks import adapter_folder, checked_kinds
+    from keyguard.adapter_checks import checked_kinds
     from keyguard.report._render import render_many
     from keyguard.sources import read_keys
 
@@ -78,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
         from keyguard.sources._torch import require
 
         require("to read tensor values (--check-values)", "torch")
-    folders = list(dict.fromkeys(adapter_folder(path) for path in args.adapters))
     base = read_keys(args.base, **source_kwargs(args))
     if base.format == "peft-adapter":
         raise SourceError(args.base, "base-is-adapter", "is a PEFT adapter; --base must be the model it was trained on")
-    jobs = args.jobs or min(_cpus(), len(folders))
-    results = _check_all(folders, base, jobs, check_values=args.check_values, xlora=args.xlora)
+    with contextlib.ExitStack() as stack:
+        folders, mirrors = _local_folders(args.adapters, stack, check_values=args.check_values)
+        jobs = args.jobs or min(_cpus(), len(folders))
+        results = _check_all(folders, base, jobs, check_values=args.check_values, xlora=args.xlora)
+        results = [_relabel(result, mirrors.get(folder)) for folder, result in zip(folders, results)]
+        folders = [mirrors[f].url if f in mirrors else f for f in folders]
     reports = [r.failing_on(args.fail_on) for r in results if not isinstance(r, str)]
     errors = {printable(folder): printable(r) for folder, r in zip(folders, results) if isinstance(r, str)}
     for message in errors.values():
@@ -126,6 +130,38 @@ def _fix_steps(args: argparse.Namespace) -> Any:
         return [step for step in found if step.argv[:2] == ("keyguard", "fix")]
 
     return steps
+
+
+def _local_folders(
+    paths: Sequence[str], stack: contextlib.ExitStack, *, check_values: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """Each adapter's local folder; a remote one (hf://, https://) is mirrored (its config and header) for the run."""
+    from keyguard.adapter_checks import adapter_folder
+    from keyguard.sources._remote import is_remote, mirrored
+
+    folders: list[str] = []
+    mirrors: dict[str, Any] = {}
+    for path in dict.fromkeys(paths):
+        if not is_remote(path):
+            folders.append(adapter_folder(path))
+            continue
+        if check_values:
+            from keyguard._exceptions import KeyguardError
+
+            raise KeyguardError(f"{path}: --check-values reads every tensor; download the adapter to check its values")
+        mirror = stack.enter_context(mirrored(path))
+        folder = mirror.path if os.path.isdir(mirror.path) else os.path.dirname(mirror.path)
+        folders.append(folder)
+        mirrors[folder] = mirror
+    return list(dict.fromkeys(folders)), mirrors
+
+
+def _relabel(result: Any, mirror: Any) -> Any:
+    if mirror is None:
+        return result
+    from keyguard.sources._remote import relabel_report, relabel_text
+
+    return relabel_text(result, mirror) if isinstance(result, str) else relabel_report(result, mirror)
 
 
 def _cpus() -> int:

@@ -19,7 +19,15 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "-e",
         required=True,
         metavar="REFERENCE",
-        help="what the model expects: a config.json folder, a manifest, or a checkpoint that loads",
+        help="what the model expects: a config.json folder, a manifest, a checkpoint that loads,"
+        " transformers:CLASS (with --config: diagnosed the way from_pretrained loads it), or module:callable"
+        " (imports the module and calls it: this runs that code)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="with --expected transformers:CLASS: the model's config.json, or the folder holding it"
+        " (default: the config.json beside the checkpoint)",
     )
     p.add_argument(
         "--ignore",
@@ -44,15 +52,36 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from keyguard.engine import diagnose
 
-    report = diagnose(
-        args.checkpoint,
-        args.expected,
-        ignore=args.ignore,
-        container=args.container,
-        architecture=args.architecture,
-        hints=dict(args.hint),
-        match_values=args.match_values,
-    ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
+    expected: str = args.expected
+    if expected.startswith("transformers:"):
+        from keyguard.integrations import transformers as kg_transformers
+        from keyguard.sources import read_keys
+
+        if args.hint or args.match_values:
+            from keyguard._exceptions import KeyguardError
+
+            raise KeyguardError("--hint and --match-values do not go with --expected transformers:CLASS")
+        checkpoint = read_keys(args.checkpoint, container=args.container)
+        report = kg_transformers.diagnose(
+            checkpoint, expected.removeprefix("transformers:"), config=args.config, ignore=args.ignore
+        ).failing_on(args.fail_on)
+    else:
+        if args.config:
+            from keyguard._exceptions import KeyguardError
+
+            raise KeyguardError("--config goes with --expected transformers:CLASS")
+        from keyguard.sources._factory import is_factory_reference, read_factory
+
+        reference = read_factory(expected) if is_factory_reference(expected) else expected
+        report = diagnose(
+            args.checkpoint,
+            reference,
+            ignore=args.ignore,
+            container=args.container,
+            architecture=args.architecture,
+            hints=dict(args.hint),
+            match_values=args.match_values,
+        ).failing_on(args.fail_on)  # the verdict printed and the exit code agree
     if args.emit == "key-mapping":
         from keyguard.fixes._emit import render_key_mapping
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "checkpoint",
         metavar="CHECKPOINT",
         nargs="?",
-        help="safetensors file, sharded folder/index, PyTorch pickle, or PEFT adapter folder (with --base)",
+        help="safetensors file, sharded folder/index, PyTorch pickle, DCP folder, or PEFT adapter folder (with --base)",
     )
     p.add_argument("--expected", "-e", metavar="REFERENCE", help="what the model expects")
     p.add_argument(
@@ -98,13 +98,16 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     from keyguard.engine import diagnose
     from keyguard.fixes._writer import write_fixed
     from keyguard.sources import read_keys
+    from keyguard.sources._remote import is_remote
 
+    if args.checkpoint is not None and is_remote(args.checkpoint):
+        raise PlanError(f"{args.checkpoint}: keyguard fix needs the tensor data; download the checkpoint first")
     reference: str = args.expected if args.expected is not None else args.base
     progress.phase("reading")
     keys = read_keys(args.checkpoint, container=args.container)
     if keys.format == "peft-adapter":
         return _run_adapter(args, keys, reference, progress, width)
-    if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle"):
+    if keys.format not in ("safetensors", "safetensors-sharded", "torch-pickle", "torch-dcp"):
         raise PlanError(f"{args.checkpoint}: keyguard fix writes safetensors files; a {keys.format} source has no data")
     output = _output_path(args, keys)
     if not args.in_place:

@@ -211,7 +211,7 @@ class _AlignmentStage(EngineState):
                 Candidate(rule, "restructured"),
                 settled=True,
                 evidence=[{"kind": "values", "detail": "the only candidate holding the same bytes"}],
-                change=("ambiguous keys", "the candidates holding their bytes"),
+                change=("ambiguous keys", "the candidates holding their bytes", "decided by the reference's bytes"),
             )
             accepted.pairs = {o: t for o, t in decided.items() if o != t}
             accepted.touched = list(accepted.pairs)
@@ -263,18 +263,24 @@ def _readable(template: str) -> list[str]:
     return template.replace(HOLE, "{N}").split(".")
 
 
-def _change(c: Group, e: Group) -> tuple[str, str]:
-    """What changed, as people say it: the differing runs of segments (``attention.wq`` -> ``self_attn.q_proj``),
-    the leaf left out when both sides share it."""
+def _change(c: Group, e: Group) -> tuple[str, str, str]:
+    """What changed, as people say it: ``(old, new, text)``, the module paths without a shared leaf, and a phrase
+    naming each edit (``in 12 blocks `attention.wq` became `self_attn.q_proj`, `model.` added in front``)."""
     a, b = _readable(c.template), _readable(e.template)
     if len(a) > 1 and len(b) > 1 and a[-1] == b[-1]:
         a, b = a[:-1], b[:-1]
-    opcodes = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
-    changed = [op for op in opcodes if op[0] != "equal"]
-    if len(changed) == 1:
-        _, i1, i2, j1, j2 = changed[0]
-        return ".".join(a[i1:i2]), ".".join(b[j1:j2])
-    return ".".join(a), ".".join(b)
+    edits: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        old, new = ".".join(a[i1:i2]), ".".join(b[j1:j2])
+        if op == "replace":
+            edits.append(f"`{old}` became `{new}`")
+        elif op == "delete":
+            edits.append(f"`{old}` removed")
+        elif op == "insert":
+            edits.append(f"`{new}.` added in front" if i1 == 0 else f"`{new}` inserted")
+    blocks = c.size if c.holes and c.size > 1 else 0
+    text = (f"in {blocks} blocks " if blocks else "") + ", ".join(edits or ["renamed"])
+    return ".".join(a), ".".join(b), text
 
 
 def _match_order(match: Match) -> int:

@@ -71,6 +71,8 @@ class _Findings(EngineState):
                     dtype_diff.append(original)
                 elif original in self.via:
                     casts[self.via[original]] += 1
+        squares = self._square_siblings(transposed) if transposed else []
+        transposed += squares
         problem = set(shape_bad) | set(transposed)
         merged: dict[object, list[int]] = {}
         for index, acc in enumerate(self.accepted):
@@ -112,7 +114,12 @@ class _Findings(EngineState):
             self.findings.append(
                 self._finding(
                     kinds.TRANSPOSED,
-                    f"{len(transposed)} 2-D tensor(s) are stored transposed (e.g. GPT-2 Conv1D weights into nn.Linear)",
+                    f"{len(transposed)} 2-D tensor(s) are stored transposed (e.g. GPT-2 Conv1D weights into nn.Linear)"
+                    + (
+                        f"; {len(squares)} of them square, which shapes cannot tell: their sibling modules are"
+                        if squares
+                        else ""
+                    ),
                     transposed,
                     [self.resolved[k] for k in transposed],
                     examples=[
@@ -124,7 +131,7 @@ class _Findings(EngineState):
                         for k in transposed[:EXAMPLES]
                     ],
                     fix=Fix(applicability=Applicability.unsafe, rules=[transpose], note="transposing changes the data"),
-                    ctx={"count": len(transposed)},
+                    ctx={"count": len(transposed), "square": squares},
                 )
             )
         groups: dict[tuple[str, str, Applicability], list[tuple[Rule, list[str], list[str]]]] = {}
@@ -209,6 +216,28 @@ class _Findings(EngineState):
             ctx=ctx,
         )
 
+    def _square_siblings(self, transposed: list[str]) -> list[str]:
+        """Square 2-D weights loaded as they are where every non-square 2-D weight of the same kind of module
+        (same parent template: ``h.{N}.attn``) is stored transposed: a GPT-2 ``Conv1D`` ``attn.c_proj`` loads
+        without error and holds its data the wrong way round."""
+        kinds_of = {_parent_template(self.resolved[k]) for k in transposed}
+        flipped = set(transposed)
+        square: list[str] = []
+        for original, target in self.resolved.items():
+            if original in flipped or not target.endswith("weight"):
+                continue
+            parent = _parent_template(target)
+            if parent not in kinds_of:
+                continue
+            a, b = self.C[original].shape, self.E[target].shape
+            if a is None or b is None or len(a) != 2 or len(b) != 2:
+                continue
+            if a[0] != a[1] or a != b:
+                kinds_of.discard(parent)  # a non-square weight of this kind loads as it is: no pattern
+                continue
+            square.append(original)
+        return [k for k in square if _parent_template(self.resolved[k]) in kinds_of]
+
     def _aligned_finding(self, group: list[_Accepted], keys: list[str], casts: int, rules: list[Rule]) -> Finding:
         """One finding for the modules template alignment matched at one applicability: what changed in each, in
         how many keys, and the evidence that decided."""
@@ -221,17 +250,17 @@ class _Findings(EngineState):
             count = sum(1 for k in acc.pairs if k in wanted)
             if not count:
                 continue
-            old, new = acc.change or ("?", "?")
+            old, new, text = acc.change or ("?", "?", "renamed")
             entry = by_change.get((old, new))
             if entry is None:
-                entry = {"old": old, "new": new, "keys": 0, "evidence": []}
+                entry = {"old": old, "new": new, "text": text, "keys": 0, "evidence": []}
                 by_change[old, new] = entry
                 changes.append(entry)
             entry["keys"] += count
             for evidence in acc.evidence:
                 if evidence not in entry["evidence"]:
                     entry["evidence"].append(evidence)
-        shown = "; ".join(f"`{c['old']}` became `{c['new']}` ({c['keys']:,} keys)" for c in changes[:4])
+        shown = "; ".join(c["text"] for c in changes[:4])
         if len(changes) > 4:
             shown += f"; and {len(changes) - 4} more"
         what = "renumbered" if kind is kinds.RENUMBERED else "named differently in several places"
@@ -574,6 +603,12 @@ class _Findings(EngineState):
             examples=[],
             ctx={"checkpoint": len(self.C), "expected": len(self.E), "fixable": fixable},
         )
+
+
+def _parent_template(key: str) -> str:
+    """The template of the parent of a key's module (``h.3.attn.c_proj.weight`` -> ``h.{N}.attn``)."""
+    parts = template(key)[0].split(".")
+    return ".".join(parts[:-2])
 
 
 def _hole_count(key: str) -> int:

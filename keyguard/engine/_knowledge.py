@@ -13,6 +13,11 @@ from typing import Final
 KNOWN_PREFIXES: Final[dict[str, str]] = {
     "module.": "DistributedDataParallel / DataParallel",
     "_orig_mod.": "torch.compile",
+    "_fsdp_wrapped_module.": "FSDP (FullyShardedDataParallel, v1)",
+    "_checkpoint_wrapped_module.": "activation checkpointing (checkpoint_wrapper)",
+    "_fsdp_wrapped_module._checkpoint_wrapped_module.": "FSDP around activation checkpointing",
+    "_fpw_module.": "FSDP's FlattenParamsWrapper (torch < 2.0)",
+    "_fsdp_wrapped_module._fpw_module.": "FSDP with its FlattenParamsWrapper (torch < 2.0)",
     "0.auto_model.": "sentence-transformers",
     "base_model.model.": "PEFT's PeftModel wrapper",
     "model.": "a wrapper module attribute (Lightning, a loader prepending `model.`)",

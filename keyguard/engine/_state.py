@@ -65,7 +65,7 @@ class _Accepted:
     helped: int = 0  # keys that reached an expected key through this rule (alone or with later ones)
     settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
     evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
-    change: tuple[str, str] | None = None  # (old, new) as people read it, for aligned modules
+    change: tuple[str, str, str] | None = None  # (old, new, phrase) as people read it, for aligned modules
 
 
 @dataclass

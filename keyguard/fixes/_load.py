@@ -39,8 +39,9 @@ def _os_errors_are_source_errors(function: _Loader) -> _Loader:
 def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, container: str | None = None) -> dict[str, Any]:
     """The tensors of a checkpoint, memory-mapped where the format allows (no unsafe pickle loading, ever).
 
-    Accepts a ``.safetensors`` file, a sharded checkpoint (folder or index), a PyTorch pickle, a Hugging Face
-    model or PEFT adapter folder, or a state dict (returned as a plain dict).
+    Accepts a ``.safetensors`` file, a sharded checkpoint (folder or index), a PyTorch pickle, a
+    ``torch.distributed.checkpoint`` folder, a Hugging Face model or PEFT adapter folder, or a state dict (returned as
+    a plain dict).
     """
     if isinstance(source, Mapping):
         return dict(source)
@@ -57,6 +58,10 @@ def load_tensors(source: str | os.PathLike[str] | Mapping[str, Any], *, containe
         for shard in keys.files:
             out.update(_safetensors_file(os.path.join(folder, shard)))
         return {k: out[k] for k in keys}
+    if keys.format == "torch-dcp":
+        from keyguard.sources._dcp import load_dcp_tensors
+
+        return load_dcp_tensors(keys)
     if keys.format in ("torch-pickle", "torch-pickle-sharded", "peft-adapter"):
         from keyguard.sources._pickle import _unwrap
 

@@ -1,4 +1,5 @@
-"""Tensors whose bytes go through torch: pickles' tensors, and data changed by a rule (transpose, split, fuse)."""
+"""Tensors whose bytes go through torch: pickles' and DCP checkpoints' tensors, and data changed by a rule (transpose,
+split, fuse)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ class TensorSource:
     def tensor(self, key: str) -> Any:
         keys = self.keys
         info = keys[key]
+        if keys.format == "torch-dcp":  # every needed tensor at once: a sharded one is put together from all ranks
+            if self.path != keys.location:
+                from keyguard.sources._dcp import load_dcp_tensors
+
+                self.state = load_dcp_tensors(keys, self.needed)
+                self.path = keys.location
+            return self.state[key]
         if keys.format in PICKLE_FORMATS:
             path = (keys.location or "") if keys.format == "torch-pickle" else source_path(keys, info.file)
             if path != self.path:

@@ -6,8 +6,8 @@ is streamed to a new, compact layout. Either way each tensor's bytes are checksu
 output is written to a temporary file beside the target, fsynced, re-read and checked (header against the plan,
 every tensor's checksum against the source's), and only then renamed into place. Sharded checkpoints are written
 shard by shard into a temporary folder that is renamed into place at the end. A PyTorch pickle (read with
-``weights_only=True``) is written out as safetensors. Tensors whose data a rule changes (transpose, split, fuse)
-go through torch, one at a time.
+``weights_only=True``) or a ``torch.distributed.checkpoint`` folder is written out as safetensors. Tensors whose
+data a rule changes (transpose, split, fuse) go through torch, one at a time.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def write_fixed(
     """Write ``keys``' checkpoint with ``plan`` applied to ``output``; verified and atomic.
 
     Args:
-        keys: the source, as read by ``keyguard.read_keys`` (safetensors, sharded safetensors, or a PyTorch pickle).
+        keys: the source, as read by ``keyguard.read_keys`` (safetensors, sharded safetensors, a PyTorch pickle, or
+            a DCP folder).
         plan: the rules to apply (all of them: filter with ``plan.at_least(...)`` first).
         output: a ``.safetensors`` file, or a folder for sharded sources (created; it must not exist yet, unless
             it is the source itself: in-place).

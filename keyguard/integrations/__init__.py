@@ -5,10 +5,12 @@
   ``preflight`` (will each expert load, stock and through keyguard?) and ``verify`` (did every tensor arrive?).
 - ``keyguard.integrations.peft``: ``load_adapter`` and ``verify_adapter`` for a LoRA adapter in a ``PeftModel``, and
   ``from_pretrained`` (a drop-in for ``PeftModel.from_pretrained``).
+- ``keyguard.integrations.transformers``: ``diagnose`` a checkpoint the way ``from_pretrained`` loads it, and a
+  guarded ``from_pretrained`` that never returns a model with weights left newly initialised.
 
 A load that is refused or interrupted (Ctrl-C included) leaves the caller's model exactly as it was.
 
-``import keyguard`` never imports these modules; each of them imports the library it integrates with.
+``import keyguard`` never imports these modules; each of them imports the library it integrates with when used.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from keyguard.engine._diagnose import diagnose
 from keyguard.fixes._load import load_tensors
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Drop
+from keyguard.integrations._versions import installed_peft, saves_lora_only_biases
 from keyguard.report import _kinds as kinds
 from keyguard.report._build import EXAMPLES, make_finding
 from keyguard.report._model import Example, Finding, Report, SourceRef, Summary
@@ -71,7 +72,7 @@ def accepted_keys(model: Any, adapter_name: str) -> dict[str, str]:
                 found[f"{prefix}{saved}"] = f"{prefix}{inner}"
     config = getattr(model, "peft_config", {}).get(adapter_name)
     bias = getattr(config, "bias", "none")
-    if bias == "lora_only":
+    if bias == "lora_only" and saves_lora_only_biases(installed_peft()):  # PEFT < 0.21 never saved them
         for prefix in tuner_paths:
             key = f"{prefix}base_layer.bias"
             found.setdefault(key, key)

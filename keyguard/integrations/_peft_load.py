@@ -28,7 +28,7 @@ from keyguard.integrations._adapters import (
 )
 from keyguard.integrations._base_weights import replaced_findings
 from keyguard.integrations._restore import ModelState
-from keyguard.integrations._versions import check_peft_version, installed_peft
+from keyguard.integrations._versions import check_peft_version, installed_peft, set_adapter_trainable
 from keyguard.report._load_result import LoadResult
 from keyguard.report._model import Report, SourceRef
 from keyguard.sources._keyset import KeySet
@@ -68,7 +68,7 @@ def load_adapter(
         KeyMismatchError: the keys do not fit even after the plan (nothing is loaded), or a tensor did not arrive;
             the message is the rendered report.
         UnsupportedModelError: ``peft_model`` is not a PEFT model (a plain transformers model, say).
-        UnsupportedVersionError: the installed PEFT is not 0.21.x.
+        UnsupportedVersionError: the installed PEFT is outside 0.15.0 to 0.21.x.
         ValueError: the folder, or the model's adapter of that name, is not LoRA.
     """
     from peft.peft_model import set_peft_model_state_dict
@@ -139,7 +139,7 @@ def from_pretrained(
         peft_model = wrapper(model, config, adapter_name)
         _load_checked(peft_model, folder, adapter_name, keys, strategy, set_peft_model_state_dict, state)
         if is_trainable:
-            peft_model.set_requires_grad(adapter_name)
+            set_adapter_trainable(peft_model, adapter_name)
         else:
             peft_model.eval()
         return peft_model

@@ -18,6 +18,7 @@ from keyguard.integrations._adapters import (
     make_report,
     summary_of,
 )
+from keyguard.integrations._versions import check_set_adapter
 from keyguard.report import _kinds as kinds
 from keyguard.report._model import Finding, Report, SourceRef
 from keyguard.report._verdict import Check
@@ -149,7 +150,7 @@ def check_heads(lora_model: Any, name: str, folder: str, what: str) -> None:
         if not isinstance(module, AuxiliaryTrainingWrapper):
             continue
         try:
-            module.check_set_adapter(experts)
+            check_set_adapter(module, experts)
         except ValueError:
             holders = [n for n in experts if n in getattr(module, "modules_to_save", {})] or experts
             raise refuse(

@@ -1,6 +1,6 @@
 """X-LoRA: standard LoRA adapters loaded as experts through a diagnosis, and verified (peft#2132).
 
-Stock PEFT 0.21 loads each expert with ``peft.tuners.xlora.model._load_adapter_into_lora_model``, which rewrites every
+Stock PEFT loads each expert with ``peft.tuners.xlora.model._load_adapter_into_lora_model``, which rewrites every
 key by dropping leading segments until it starts with ``model.`` and prepending ``model.``. That is right only when
 the base model's top-level module is called ``model``; it loops forever on a key with no ``model.`` segment; it never
 checks for missing keys; it leaves the experts on the meta device under ``low_cpu_mem_usage=True``; and it registers
@@ -76,13 +76,14 @@ _SET_STATE_NAMES: Final = (
 
 # -- version safety --------------------------------------------------------------------------------------------------
 def check_supported(version: str, function: Callable[..., Any]) -> None:
-    """Refuse to replace ``function`` unless ``version`` is a PEFT 0.21.x release and the function has the shape
-    keyguard was verified with (the parameters of ``_load_adapter_into_lora_model`` in PEFT 0.21.2).
+    """Refuse to replace ``function`` unless ``version`` is a supported PEFT release (0.15.0 to 0.21.x) and the
+    function has the shape keyguard was verified with (the parameters of ``_load_adapter_into_lora_model``, the same
+    from PEFT 0.13.0 to 0.21.2).
 
     A pure check: pass any version string and function to see what ``guard()`` would do with them.
 
     Raises:
-        UnsupportedVersionError: the version is outside PEFT 0.21.x (or a pre-release), or the function's
+        UnsupportedVersionError: the version is outside PEFT 0.15.0 to 0.21.x (or a pre-release), or the function's
             parameters differ; the message says which and what was expected.
     """
     check_peft_version(version, INTEGRATION)
@@ -385,7 +386,8 @@ def guard(strategy: Strategy = "auto") -> Iterator[GuardSession]:
     skipped.
 
     Raises:
-        UnsupportedVersionError: the installed PEFT is not 0.21.x, or its loader does not look as verified.
+        UnsupportedVersionError: the installed PEFT is outside 0.15.0 to 0.21.x, or its loader does not look as
+            verified.
         KeyMismatchError: an expert's keys do not fit even after the plan (nothing of it is loaded), a tensor did not
             arrive, an expert name is taken, or several experts train one classification head (a PEFT limitation).
             The message is the rendered report (and, for base weights saved with the adapter, the cause and the way

@@ -24,7 +24,7 @@ from keyguard.integrations._adapters import (
     summary_of,
     unresolved_finding,
 )
-from keyguard.integrations._versions import check_peft_version, installed_peft
+from keyguard.integrations._versions import check_peft_version, check_set_adapter, installed_peft
 from keyguard.integrations._xlora_experts import (
     INTEGRATION,
     PEFT_PREFIX,
@@ -398,7 +398,7 @@ def _head_findings(lora_model: Any, names: Sequence[str], findings: list[Finding
         if not isinstance(module, AuxiliaryTrainingWrapper):
             continue
         try:
-            module.check_set_adapter(list(names))
+            check_set_adapter(module, list(names))
         except ValueError:
             holders = [n for n in names if n in getattr(module, "modules_to_save", {})] or list(names)
             blocked.update(holders)

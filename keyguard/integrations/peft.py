@@ -1,6 +1,7 @@
 """Load a LoRA adapter into a ``PeftModel`` through a diagnosis, and check that an adapter really arrived.
 
-Supported: PEFT 0.21.x, verified with 0.21.2; any other version is refused with ``UnsupportedVersionError``.
+Supported: PEFT 0.15.0 to 0.21.x (``make compat``), tested with 0.21.2; any other version is refused with
+``UnsupportedVersionError``.
 
 ```python
 from keyguard.integrations import peft as kg_peft

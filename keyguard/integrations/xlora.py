@@ -1,6 +1,7 @@
 """Load standard LoRA adapters into PEFT's X-LoRA as experts, through a diagnosis, and verify them (peft#2132).
 
-Supported: PEFT 0.21.x, verified with 0.21.2; any other version is refused with ``UnsupportedVersionError``.
+Supported: PEFT 0.15.0 to 0.21.x (``make compat``), tested with 0.21.2; any other version is refused with
+``UnsupportedVersionError``.
 
 ```python
 from keyguard.integrations import xlora

@@ -1,7 +1,8 @@
 """The registry of finding kinds: one stable code and name each, with the text of its docs page.
 
 Codes are grouped by family and never reused: 1xx prefixes, 2xx renames, 3xx shapes and dtypes, 4xx missing,
-unexpected and ambiguous keys, 5xx adapters, 6xx file integrity. ``keyguard explain CODE`` prints a kind's page and
+unexpected and ambiguous keys, 5xx adapters, 6xx file integrity, 7xx what transformers' ``from_pretrained`` does with
+a checkpoint. ``keyguard explain CODE`` prints a kind's page and
 the docs site is generated from this table.
 """
 
@@ -57,6 +58,7 @@ _FAMILIES: Final = {
     "4": "Missing, unexpected and ambiguous keys",
     "5": "Adapters",
     "6": "File integrity",
+    "7": "Loader conversions (transformers from_pretrained)",
 }
 
 KINDS: Final[dict[str, FindingKind]] = {}
@@ -749,6 +751,188 @@ LIVE_ADAPTER_VERIFIED = register(
         "Nothing is wrong.",
         "None needed.",
         "adapter `a`: 8 of 8 tensors equal the file",
+    )
+)
+
+
+# -- 7xx: what transformers' from_pretrained does with a checkpoint (keyguard.integrations.transformers) ------------
+LOADER_RENAMED = register(
+    FindingKind(
+        "KG701",
+        "loader_renamed",
+        Severity.info,
+        "transformers renames these keys while loading",
+        "Lists checkpoint keys that `from_pretrained` renames itself with a `WeightRenaming` of its conversion "
+        "mapping: the per-model tables of `transformers/conversion_mapping.py` (e.g. Mixtral's `block_sparse_moe` -> "
+        "`mlp`) and the legacy renames every model gets (`LayerNorm.gamma`/`beta` -> `weight`/`bias`, `weight_g`/"
+        "`weight_v` -> `parametrizations.weight.original0`/`1`). The message names each rename and how many keys "
+        "it moves.",
+        "Nothing is wrong: the keys differ from the model's, but the loader maps them. They are reported so that "
+        "the difference is not mistaken for the reason a load fails; `load_state_dict` outside transformers would "
+        "not do it.",
+        "None needed for `from_pretrained`. To load the file elsewhere, `keyguard fix` writes the renamed keys.",
+        "12 key(s) renamed by transformers' loader: `LayerNorm.gamma -> LayerNorm.weight` (6), `LayerNorm.beta -> "
+        "LayerNorm.bias` (6)",
+    )
+)
+LOADER_BASE_PREFIX = register(
+    FindingKind(
+        "KG702",
+        "loader_base_prefix",
+        Severity.info,
+        "transformers adds or strips the base-model prefix",
+        "Lists checkpoint keys that `from_pretrained` matches to the model by adding or removing the model's "
+        "`base_model_prefix` (`model.`, `bert.`, `transformer.`): a base-model checkpoint loaded into a model with a "
+        "task head, or the other way round.",
+        "Nothing is wrong for `from_pretrained`, which does this for every key where it makes the key one the model "
+        "has. A plain `load_state_dict` would report every one of them missing and unexpected.",
+        "None needed for `from_pretrained`.",
+        "21 checkpoint key(s) get the base-model prefix `model.` from the loader",
+    )
+)
+LOADER_CONVERTED = register(
+    FindingKind(
+        "KG703",
+        "loader_converted",
+        Severity.info,
+        "transformers converts these tensors while loading",
+        "Lists checkpoint tensors that a `WeightConverter` of the model's conversion mapping turns into other "
+        "tensors while loading: per-expert MoE weights stacked into one tensor (`experts.*.w1`/`w3` -> "
+        "`experts.gate_up_proj`), fused projections split or concatenated. keyguard runs the conversion on meta "
+        "tensors of the checkpoint's shapes, so the shapes it reports are the ones the loader will produce.",
+        "Nothing is wrong when the converted shapes fit the model: the loader does the conversion. When they do "
+        "not, the shape finding that follows says so, and KG707 when the conversion itself fails.",
+        "None needed for `from_pretrained`.",
+        "48 key(s) converted by `.experts.*.w1.weight + .experts.*.w3.weight -> .experts.gate_up_proj` into 2 "
+        "tensor(s)",
+    )
+)
+LOADER_TIED = register(
+    FindingKind(
+        "KG704",
+        "loader_tied",
+        Severity.info,
+        "transformers ties these missing weights to another one",
+        "Lists model weights absent from the checkpoint that the loader fills by tying them to their partner "
+        "(`lm_head.weight` to `model.embed_tokens.weight` when `tie_word_embeddings` is set); the tie is symmetric, "
+        "so a checkpoint holding only the head fills the embeddings.",
+        "Nothing is wrong: tied weights are saved once.",
+        "None needed.",
+        "`lm_head.weight` is tied to `model.embed_tokens.weight` by the loader",
+    )
+)
+LOADER_IGNORED_UNEXPECTED = register(
+    FindingKind(
+        "KG705",
+        "loader_ignored_unexpected",
+        Severity.info,
+        "transformers drops these checkpoint keys by design",
+        "Lists checkpoint keys the model does not have and that the loader drops without a warning: those matching "
+        "the model's `_keys_to_ignore_on_load_unexpected`, and buffers older code saved (`rotary_emb.inv_freq`, "
+        "`position_ids`) when the model computes them now.",
+        "Nothing is wrong: the model declares these keys obsolete.",
+        "None needed.",
+        "`model.layers.{0..31}.self_attn.rotary_emb.inv_freq` (32 keys) dropped by the loader",
+    )
+)
+LOADER_IGNORED_MISSING = register(
+    FindingKind(
+        "KG706",
+        "loader_ignored_missing",
+        Severity.info,
+        "The model allows these weights to be missing",
+        "Lists model keys absent from the checkpoint that match the model's `_keys_to_ignore_on_load_missing`: the "
+        "loader initialises them without a warning.",
+        "Usually nothing: the model declares them optional. They are initialised, not loaded.",
+        "None needed.",
+        "`classifier.bias` is allowed missing by the model",
+    )
+)
+LOADER_CONVERSION_FAILED = register(
+    FindingKind(
+        "KG707",
+        "loader_conversion_failed",
+        E,
+        "A conversion transformers applies while loading fails",
+        "Runs each `WeightConverter` that matches checkpoint keys on meta tensors of their shapes and reports the "
+        "ones that raise (too few experts, parts that cannot be concatenated, a chunk count that does not divide).",
+        "`from_pretrained` raises `RuntimeError: We encountered some issues during automatic conversion of the "
+        "weights`, after reading the checkpoint.",
+        "No automatic fix: the checkpoint does not have the layout the model's conversion mapping expects. Check "
+        "that the config (number of experts, sizes) is the checkpoint's.",
+        "`.experts.*.w1.weight -> .experts.gate_up_proj` on `model.layers.0.mlp.experts.gate_up_proj`: RuntimeError",
+    )
+)
+FROM_PRETRAINED_SILENT = register(
+    FindingKind(
+        "KG708",
+        "from_pretrained_silent",
+        E,
+        "from_pretrained would load with weights left newly initialised",
+        "Sums up what `from_pretrained` would do with the checkpoint as it stands: it does not fail on missing or "
+        "unexpected keys; it initialises the missing weights at random, drops the unexpected tensors and only logs "
+        "a warning. The findings above say which keys and why; this one says what the loader would make of them.",
+        "The model loads, runs, and computes with random weights where the checkpoint's were meant to be: the "
+        "classic silent failure (`Some weights of ... were not initialized from the model checkpoint`).",
+        "`keyguard.integrations.transformers.from_pretrained` applies the safe plan through transformers' own "
+        "`key_mapping`, loads, verifies every tensor, and raises instead of leaving weights initialised.",
+        "from_pretrained would newly initialise 21 of 21 weights and drop 21 checkpoint tensors",
+    )
+)
+FROM_PRETRAINED_RAISES = register(
+    FindingKind(
+        "KG709",
+        "from_pretrained_raises",
+        E,
+        "from_pretrained would raise",
+        "Sums up the findings that make `from_pretrained` raise: shapes that differ from the model's (unless "
+        "`ignore_mismatched_sizes=True`, which initialises those weights instead) and conversions that fail.",
+        "The load fails after reading the checkpoint, with `RuntimeError`.",
+        "No automatic fix: the checkpoint and the config describe different models (vocabulary, hidden size, "
+        "number of experts). Use the checkpoint's config.",
+        "from_pretrained would raise: 2 shape mismatch(es)",
+    )
+)
+LOADED_TENSOR_DIFFERS = register(
+    FindingKind(
+        "KG710",
+        "loaded_tensor_differs",
+        E,
+        "A weight of the loaded model differs from the checkpoint",
+        "After a guarded `from_pretrained`, compares every weight of the model with the checkpoint's tensor it was "
+        "loaded from (converted the way the loader converts it, cast to the model's dtype); tied weights must be "
+        "the same tensor as their partner.",
+        "The weight did not arrive: it kept its initialisation or came from another tensor.",
+        "No automatic fix; the guarded load raises `KeyMismatchError` with this finding instead of returning the "
+        "model.",
+        "`model.layers.0.mlp.down_proj.weight` differs from the checkpoint (largest difference 0.8)",
+    )
+)
+LOADED_VERIFIED = register(
+    FindingKind(
+        "KG711",
+        "loaded_verified",
+        Severity.info,
+        "Every weight of the loaded model equals the checkpoint",
+        "Confirms that a guarded `from_pretrained` loaded every weight from the checkpoint, each equal to the "
+        "file's tensor (converted and cast as the loader does), and tied weights tied.",
+        "Nothing is wrong.",
+        "None needed.",
+        "all 21 weights equal the checkpoint",
+    )
+)
+USER_KEY_MAPPING = register(
+    FindingKind(
+        "KG712",
+        "user_key_mapping",
+        Severity.info,
+        "Your key_mapping renames these keys",
+        "Lists checkpoint keys renamed by the `key_mapping` passed to `from_pretrained` (or to the diagnosis), "
+        "before the model's own conversions.",
+        "Nothing is wrong: the keys are renamed as asked. Keys your mapping moves onto names the model does not "
+        "have show up in the findings that follow.",
+        "None needed.",
+        "21 key(s) renamed by key_mapping `^module\\.` -> ``",
     )
 )
 

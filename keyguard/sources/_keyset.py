@@ -15,6 +15,7 @@ SourceFormat = Literal[
     "safetensors-sharded",
     "torch-pickle",
     "torch-pickle-sharded",
+    "torch-dcp",
     "peft-adapter",
     "module",
     "config",

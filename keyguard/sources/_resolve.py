@@ -28,7 +28,12 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
             - a Hugging Face model folder (``model.safetensors``, sharded, or ``pytorch_model.bin``);
             - a folder with only ``config.json`` (the model is built on the meta device);
             - a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``);
+            - a ``torch.distributed.checkpoint`` folder (``.metadata`` + ``*.distcp``), read from its metadata;
+            - an Accelerate ``save_state`` folder or a DeepSpeed checkpoint folder (``latest`` +
+              ``<tag>/mp_rank_00_model_states.pt``): the model's weights in it, with the container explained;
             - a keyguard manifest (``keyguard.keys/v1`` JSON);
+            - a remote source: ``hf://ORG/REPO[@REV][/PATH]`` or an ``https://`` URL, of which only JSON files and
+              safetensors headers are fetched (needs ``keyguard[hub]``);
             - a live ``torch.nn.Module`` (also on the meta device);
             - a state dict, a mapping of key to shape or ``(shape, dtype)``, or an iterable of keys;
             - a ``KeySet`` (returned as is).
@@ -41,6 +46,10 @@ def read_keys(source: Source, *, container: str | None = None, architecture: str
     """
     if isinstance(source, KeySet):
         return source
+    if isinstance(source, str) and source.startswith(("hf://", "https://", "http://")):
+        from keyguard.sources._remote import read_remote
+
+        return read_remote(source, container=container, architecture=architecture)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         try:
@@ -87,10 +96,18 @@ def _read_path(path: str, *, container: str | None, architecture: str | None) ->
         from keyguard.sources._sharded import read_sharded
 
         return read_sharded(path, container=container)
+    if name.endswith("model_states.pt"):
+        from keyguard.sources._frameworks import read_deepspeed
+
+        return read_deepspeed(path, container=container)
     if name.endswith(PICKLE_SUFFIXES):
         from keyguard.sources._pickle import read_pickle
 
         return read_pickle(path, container=container)
+    if name == ".metadata" or name.endswith(".distcp"):
+        from keyguard.sources._dcp import read_dcp
+
+        return read_dcp(path, container=container)
     if name == "adapter_config.json":
         return _read_folder(os.path.dirname(path) or ".", container=container, architecture=architecture)
     if name.endswith(".json"):
@@ -129,6 +146,15 @@ def _read_folder(folder: str, *, container: str | None, architecture: str | None
         from keyguard.sources._adapter import read_adapter
 
         return read_adapter(folder)
+    if has(".metadata"):
+        from keyguard.sources._dcp import read_dcp
+
+        return read_dcp(folder, container=container)
+    from keyguard.sources._frameworks import read_framework_folder
+
+    framework = read_framework_folder(folder, container=container)
+    if framework is not None:
+        return framework
     if has("model.safetensors.index.json"):
         from keyguard.sources._sharded import read_sharded
 

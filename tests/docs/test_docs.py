@@ -39,6 +39,11 @@ SLUG_PAGES = {
     "_memory.py": ["sources/in-memory.md"],
     "_resolve.py": ["sources/index.md"],
     "_jsonfile.py": ["sources/index.md"],
+    "_dcp.py": ["sources/dcp.md"],
+    "_dcp_metadata.py": ["sources/dcp.md"],
+    "_frameworks.py": ["sources/frameworks.md"],
+    "_remote.py": ["sources/remote.md"],
+    "_factory.py": ["sources/index.md"],
     "_readfile.py": ["sources/index.md"],
 }
 SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}

@@ -412,11 +412,14 @@ def test_transposed_gpt2_conv1d(tiny_gpt2: Callable[..., Any]) -> None:
     linear_port = {k: (v.T.contiguous() if conv1d.fullmatch(k) else v) for k, v in state.items()}
     report = diagnose(state, linear_port)
     finding = only(report, "transposed")
-    # square weights (attn.c_proj, [16, 16]) cannot be told apart by shape: they match as they stand
-    flipped = sorted(k for k in state if conv1d.fullmatch(k) and state[k].shape[0] != state[k].shape[1])
-    assert len(flipped) == 3 * 2
+    # square weights (attn.c_proj, [16, 16]) cannot be told apart by shape: every non-square Conv1D sibling of their
+    # kind is transposed, so they are flagged with them (unsafe), rather than loading the wrong way round silently
+    flipped = sorted(k for k in state if conv1d.fullmatch(k))
+    square = sorted(k for k in flipped if state[k].shape[0] == state[k].shape[1])
+    assert len(flipped) == 4 * 2 and len(square) == 2
     assert (finding.code, finding.severity) == ("KG302", Severity.error)
     assert sorted(finding.checkpoint_keys) == flipped and finding.count == len(flipped)
+    assert sorted(finding.ctx["square"]) == square and "square" in finding.message
     assert "transposed" in finding.message
     assert finding.fix is not None and finding.fix.applicability is Applicability.unsafe
     (rule,) = finding.fix.rules

@@ -14,7 +14,7 @@ def test_importing_the_integrations_is_light(offline_env: dict[str, str], tmp_pa
         import keyguard
         assert "keyguard.integrations" not in sys.modules
         from keyguard.integrations import peft, xlora
-        assert xlora.SUPPORTED_PEFT == "0.21.x" and peft.VERIFIED_PEFT == "0.21.2"
+        assert xlora.SUPPORTED_PEFT == ">=0.15,<0.22" and peft.VERIFIED_PEFT == "0.21.2"
         heavy = [m for m in ("torch", "transformers", "peft") if m in sys.modules]
         assert not heavy, heavy
         print("ok")
