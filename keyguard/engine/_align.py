@@ -612,8 +612,14 @@ def _named_in_place(c: Group, e: Group) -> bool:
     if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME and _same_place(c.path[:-1], e.path[:-1]):
         return True
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
-    # wrapped or unwrapped (``head`` -> ``head.fc``)
-    return len(long) == len(short) + 1 and same_name(short[-1], long[-2]) and _same_place(short[:-1], long[:-2])
+    # wrapped or unwrapped (``head`` -> ``head.fc``); as many indices on both sides, so that the extra segment is
+    # a container's, not one standing where the other side has a block number (``blocks.unused`` / ``blocks.0``)
+    return (
+        c.holes == e.holes
+        and len(long) == len(short) + 1
+        and same_name(short[-1], long[-2])
+        and _same_place(short[:-1], long[:-2])
+    )
 
 
 def _same_place(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -630,7 +636,7 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
         return True
     # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
-    return len(long) == len(short) + 1 and same_name(short[-1], long[-2])
+    return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:
