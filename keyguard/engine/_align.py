@@ -33,6 +33,7 @@ from keyguard.engine._groups import (
     build_groups,
     compatible,
     digit_template,
+    own_name,
     signature_index,
     split_leaf,
     split_positions,
@@ -609,7 +610,7 @@ def _named_in_place(c: Group, e: Group) -> bool:
         return False
     if same_path(c.path, e.path):
         return True
-    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME and _same_place(c.path[:-1], e.path[:-1]):
+    if _own_names_agree(c, e) and _same_place(c.path[:-1], e.path[:-1]):
         return True
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     # wrapped or unwrapped (``head`` -> ``head.fc``); as many indices on both sides, so that the extra segment is
@@ -632,11 +633,15 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
     """The module's own name (its last segment) is the same up to spelling, or a published equivalent."""
     if not c.path or not e.path:
         return False
-    if segment_similarity(c.path[-1], e.path[-1]) >= STRONG_NAME or same_path(c.path, e.path):
+    if _own_names_agree(c, e) or same_path(c.path, e.path):
         return True
     # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
+
+
+def _own_names_agree(c: Group, e: Group) -> bool:
+    return segment_similarity(own_name(c), own_name(e)) >= STRONG_NAME
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:

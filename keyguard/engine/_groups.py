@@ -111,6 +111,25 @@ def module_path(template: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def own_name(group: Group) -> str:
+    """The module's own name (the last segment of its path), with an index written into it kept when every key
+    of the group has the same one: ``ln1`` is not ``ln``, while ``w1``/``w2``/``w3`` together read ``w``."""
+    module = split_leaf(group.template)[0]
+    if not module:
+        return ""
+    segments = module.split(".")
+    before = sum(s.count(HOLE) for s in segments[:-1])
+    last = segments[-1]
+    if last == HOLE or not last.replace(HOLE, "").strip("_-"):
+        return group.path[-1] if group.path else ""
+    pieces = last.split(HOLE)
+    text = pieces[0]
+    for i, piece in enumerate(pieces[1:]):
+        taken = {m.index[before + i] for m in group.members}
+        text += (str(next(iter(taken))) if len(taken) == 1 else "") + piece
+    return text.strip("_-")
+
+
 def dtype_class(dtype: str | None) -> str:
     if dtype is None:
         return "?"

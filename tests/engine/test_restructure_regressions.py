@@ -1078,7 +1078,6 @@ def test_the_unsafe_plan_lands_keys_of_a_display_only_finding() -> None:
     )
 
 
-@_xfail("the safe plan puts stem.2.weight on stem.1.weight while stem.1.weight keeps its name")
 def test_a_one_based_sequential_never_collides() -> None:
     """A Sequential stem (conv, norm) saved 1-based: ``stem.1`` is the conv under the name the model gives the norm
     (another shape), ``stem.2`` the norm. The safe plan renames ``stem.2`` onto ``stem.1`` but leaves ``stem.1``
