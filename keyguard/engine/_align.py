@@ -190,7 +190,7 @@ class _Aligner:
             exact = index.get(group.signature, []) if group.shapes_known else []
             others = loose if group.shapes_known else pool_e
             found = [*exact, *(g for g in others if g not in exact and compatible(group, g))]
-            found = [g for g in found if self._consistent(group, g)]
+            found = [g for g in found if _same_holes(group, g) and self._consistent(group, g)]
             if self.hints:
                 found = self._apply_hints(group, found, pool_e)
             if found:
@@ -459,6 +459,11 @@ class _Aligner:
             if id(match) in inconsistent:
                 self._demote(match, "the leaves of one module would go to different modules")
                 continue
+            hinted = any(e.kind == "hint" for e in match.evidence)
+            if not hinted and self._placement(match.checkpoint, match.expected) < 0:
+                # its sibling modules all went under another parent: this pairing contradicts them
+                self._demote(match, "its sibling modules went under another parent")
+                continue
             if match.forced and match.applicability is Applicability.safe:
                 if any(e.kind == "hint" for e in match.evidence):
                     kept.append(match)
@@ -638,6 +643,11 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
     # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
+
+
+def _same_holes(c: Group, e: Group) -> bool:
+    """Split at the same holes where both keys have as many (see ``Group.remaining``)."""
+    return c.root_holes != e.root_holes or c.origins == e.origins
 
 
 def _own_names_agree(c: Group, e: Group) -> bool:

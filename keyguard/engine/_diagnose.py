@@ -91,6 +91,7 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
         else:
             self._match_held_by_name()
         self._deferred_groups()
+        self._deferred_lookalikes()
         self._settle_by_values()
         self._finalize()
         self._fused_split()

@@ -155,6 +155,9 @@ class Group:
     template: str
     members: list[Member]
     parent: Group | None = None
+    # which holes of the key's own template remain here (a split writes one in): two groups split at different
+    # holes of templates with as many holes hold different dimensions, however alike their sizes and shapes
+    remaining: tuple[int, ...] | None = None
     _signature: tuple[object, ...] | None = field(default=None, repr=False)
 
     @property
@@ -220,8 +223,20 @@ class Group:
             moved = [
                 Member(m.name, m.key, m.index[:position] + m.index[position + 1 :], m.info, m.order) for m in members
             ]
-            out.append(Group(self.side, template, moved, parent=self))
+            remaining = self.origins[:position] + self.origins[position + 1 :]
+            out.append(Group(self.side, template, moved, parent=self, remaining=remaining))
         return out
+
+    @property
+    def origins(self) -> tuple[int, ...]:
+        return self.remaining if self.remaining is not None else tuple(range(self.holes))
+
+    @property
+    def root_holes(self) -> int:
+        group = self
+        while group.parent is not None:
+            group = group.parent
+        return group.holes
 
 
 def build_groups(side: Side, entries: Iterable[tuple[str, str, TensorInfo, int]]) -> list[Group]:
@@ -238,8 +253,11 @@ def build_groups(side: Side, entries: Iterable[tuple[str, str, TensorInfo, int]]
 
 
 def compatible(a: Group, b: Group) -> bool:
-    """Same leaf kind and count, shapes and dtype kinds equal index by index (unknown on a side: not refuted)."""
+    """Same leaf kind and count, shapes and dtype kinds equal index by index (unknown on a side: not refuted), and
+    split at the same holes where both keys have as many."""
     if a.size != b.size or a.leaf != b.leaf:
+        return False
+    if a.root_holes == b.root_holes and a.origins != b.origins:
         return False
     if a.signature == b.signature:
         return True
@@ -369,7 +387,7 @@ def _partition(family: list[Group], position: int, holes: int) -> list[list[Grou
             else:
                 members = [m for m in group.members if m.index[position] in chosen]
                 if members:
-                    part.append(Group(group.side, group.template, members, parent=group))
+                    part.append(Group(group.side, group.template, members, parent=group, remaining=group.remaining))
         if part:
             parts.append(part)
     return parts

@@ -45,6 +45,7 @@ from keyguard.fixes._rules import (
 
 class _Rounds(EngineState):
     def _round(self) -> bool:
+        self.endings = {}  # open expected keys change between rounds
         names = list(self.by_cur)
         expected = list(self.E) if len(self.open_e) == len(self.E) else [k for k in self.E if k in self.open_e]
         open_names = set(names)
@@ -238,6 +239,14 @@ class _Rounds(EngineState):
             # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
             self.declined.add(cand.identity)
             return False
+        alike = self._lookalikes(pairs)
+        if alike:
+            # a key lands where another open key of the model looks just as right (``attentions.0.output.dense``
+            # onto ``blocks.0.output.dense`` while ``blocks.0.attention.output.dense`` is as open, as shaped, and
+            # ends alike): not this rule's to decide. Alignment weighs them; what it leaves is shown with both
+            self.declined.add(cand.identity)
+            self.lookalikes.append({self.by_cur[n]: targets for n, targets in alike.items()})
+            return False
         self._contest_exact(cand, renamed)
         # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
         new_names = set(renamed.values())
@@ -394,6 +403,69 @@ class _Rounds(EngineState):
                 contested=True,
             )
         )
+
+    def _lookalikes(self, pairs: dict[str, str]) -> dict[str, list[str]]:
+        """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end
+        the same way (the part the key kept) with the same shape: readings the rule cannot tell from its own."""
+        out: dict[str, list[str]] = {}
+        targets = set(pairs.values())
+        for name, target in pairs.items():
+            a, b = name.split("."), target.split(".")
+            kept = 0
+            while kept < min(len(a), len(b)) and a[-1 - kept] == b[-1 - kept]:
+                kept += 1
+            if kept == len(b) or kept == 0:
+                continue  # a prefix edit keeps the whole target: nothing else ends like it
+            while kept > 1 and b[len(b) - kept].isdigit():
+                kept -= 1  # a block number right after the change belongs to the changed part
+            head = 0
+            while head < min(len(a), len(b)) - kept and a[head] == b[head]:
+                head += 1
+            shape = self.C[self.by_cur[name]].shape
+            if shape is None:
+                continue
+            start = ".".join(b[:head]) + "." if head else ""
+            # alike: the same kept prefix and ending, another middle (where the rule made its change)
+            middle = _names_only(b[head : len(b) - kept])
+            alike = [
+                e
+                for e in self._ending(kept).get(".".join(b[len(b) - kept :]), ())
+                if e not in targets
+                and e in self.open_e
+                and e.startswith(start)
+                and self.E[e].shape == shape
+                and _names_only(e.split(".")[head : len(e.split(".")) - kept]) != middle  # not just another block
+            ]
+            if alike:
+                out[name] = [target, *alike]
+        return out
+
+    def _ending(self, kept: int) -> dict[str, list[str]]:
+        """Open expected keys by their last ``kept`` segments (built once per round and length)."""
+        index = self.endings.get(kept)
+        if index is None:
+            index = {}
+            for key in self.open_e:
+                parts = key.rsplit(".", kept)
+                if len(parts) > kept:
+                    index.setdefault(".".join(parts[1:]), []).append(key)
+            self.endings[kept] = index
+        return index
+
+    def _deferred_lookalikes(self) -> None:
+        """Keys a rule left for another reading: what alignment did not settle is shown with every reading."""
+        for options in self.lookalikes:
+            still = {o: [t for t in ts if t in self.open_e] for o, ts in options.items() if o in self.cur}
+            still = {o: ts for o, ts in still.items() if len(ts) > 1}
+            if not still:
+                continue
+            for original in still:
+                name = self.cur.pop(original)
+                del self.by_cur[name]
+                self.frozen.append(name)
+            for targets in still.values():
+                self.open_e.difference_update(targets)
+            self._ambiguous(_Ambiguity(still, [], "another open key of the same shape ends the same way"))
 
     def _deferred_groups(self) -> None:
         """The partly landing groups the rounds set aside: what alignment left of them is shown as ambiguous,
@@ -621,6 +693,10 @@ class _Rounds(EngineState):
             # (``classifier.dense`` for ``pooler.dense``) may as well be another module of the same size
             return Applicability.display_only, "inferred from a single module: a candidate, never applied"
         return Applicability.safe, None
+
+
+def _names_only(segments: list[str]) -> tuple[str, ...]:
+    return tuple(s for s in segments if not s.isdigit())
 
 
 def _parent(name: str) -> str:

@@ -129,6 +129,8 @@ class EngineState:
         # groups that partly land by a rule (offset?), set aside until alignment has weighed them
         self.deferred: list[tuple[Candidate, dict[str, str], set[str], dict[str, str]]] = []
         self.deferred_templates: set[str] = set()
+        self.lookalikes: list[dict[str, list[str]]] = []  # keys a rule left for another reading (original -> targets)
+        self.endings: dict[int, dict[str, list[str]]] = {}
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys

@@ -485,7 +485,6 @@ def test_a_segment_rule_lands_a_weight_of_another_shape() -> None:
     )
 
 
-@_xfail("safe plan puts attentions.0.output.dense.bias on blocks.0.output.dense.bias")
 def test_a_segment_rename_takes_one_of_two_readings_as_safe() -> None:
     """Both ``blocks.0.output.*`` and ``blocks.0.attention.output.*`` are open with equal shapes; the replaced prefix
     ``model.model.attentions.0.`` -> ``model.blocks.0.`` (with the known ``gamma`` -> ``weight`` after it) lands
@@ -511,7 +510,6 @@ def test_a_segment_rename_takes_one_of_two_readings_as_safe() -> None:
     )
 
 
-@_xfail("unsafe plan puts outputs.0.dense.bias on blocks.0.attention.output.dense.bias")
 def test_siblings_split_between_output_and_attention_output() -> None:
     """``outputs.0.LayerNorm`` goes to ``blocks.0.output.LayerNorm``, but its sibling ``outputs.0.dense`` goes to
     ``blocks.0.attention.output.dense`` (``unsafe``, module + names): sibling placement loses to the name tie."""
@@ -539,7 +537,6 @@ def test_siblings_split_between_output_and_attention_output() -> None:
     )
 
 
-@_xfail("safe plan puts outputs.0.LayerNorm on blocks.0.attention.output.LayerNorm")
 def test_a_norm_goes_to_attention_output_while_its_siblings_go_to_output() -> None:
     """``safe`` (module + shape_unique + siblings): ``outputs.0.LayerNorm.{gamma,beta}`` goes to the attention
     output's norm, whose own checkpoint key (``attentions.0.output.LayerNorm.gamma``) lacks its ``beta``."""
@@ -973,7 +970,6 @@ def test_a_reversed_list_is_renamed_in_place_despite_its_shapes() -> None:
     )
 
 
-@_xfail("safe plan puts stages.1.zeta.1.bias on stem.1.bias")
 def test_a_prefix_replacement_moves_a_downsample_onto_the_stem() -> None:
     """A stage's ``downsample`` Sequential (norm, conv) renamed and stored in reverse order: the replaced prefix
     ``stages.1.zeta.`` -> ``stem.`` lands the norm's bias on the stem's norm and the conv weight on the stem conv of
@@ -1242,7 +1238,6 @@ def test_a_ddp_prefix_lands_keys_of_an_unsafe_finding() -> None:
     )
 
 
-@_xfail("safe plan puts _orig_mod.stages.2.blocks.0.gamma on stages.1.blocks.1.gamma")
 def test_a_compile_prefix_with_a_missing_block_is_renumbered() -> None:
     """Nothing but a ``torch.compile`` prefix, and the checkpoint lacks ``stages.0.blocks.0`` (a model with one more
     block). Stripping ``_orig_mod.`` lands every key on its own name with equal shapes; the engine instead renumbers
