@@ -147,10 +147,14 @@ class _Aligner:
             [g for g in build_groups("expected", expected) if g.template not in left_alone]
         )
         self.anchored: set[str] = set()
-        for key in anchored:
+        anchored_keys = list(anchored)
+        for key in anchored_keys:
             self.anchored.update(ancestors(key))
         # the same subtrees with their indices as holes: a block may move to another block of its list
         self.anchored_shapes = {digit_template(a)[0] for a in self.anchored}
+        # templates of keys that match as they stand: a group of one of these, paired with the same template's open
+        # blocks, would renumber a family that partly matches by name (an offset): that is a contested reading
+        self.matched_templates = {digit_template(k)[0] for k in anchored_keys}
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -190,12 +194,23 @@ class _Aligner:
             exact = index.get(group.signature, []) if group.shapes_known else []
             others = loose if group.shapes_known else pool_e
             found = [*exact, *(g for g in others if g not in exact and compatible(group, g))]
-            found = [g for g in found if _same_holes(group, g) and self._consistent(group, g)]
+            found = [
+                g for g in found if _same_holes(group, g) and self._consistent(group, g) and not self._offset(group, g)
+            ]
             if self.hints:
                 found = self._apply_hints(group, found, pool_e)
             if found:
                 edges[group] = found
         return edges
+
+    def _offset(self, c: Group, e: Group) -> bool:
+        """The same names, other blocks, in a family whose other blocks match as they stand: renumbering these
+        would read the family one way and keep the matched blocks another (a 1-based list, an inner offset)."""
+        if not c.holes or digit_template(c.members[0].name)[0] != digit_template(e.members[0].name)[0]:
+            return False
+        if digit_template(c.members[0].name)[0] not in self.matched_templates:
+            return False
+        return any(cm.index != em.index for cm, em in zip(c.members, e.members))
 
     def _consistent(self, c: Group, e: Group) -> bool:
         """No checkpoint key leaves a subtree that matches as it stands, though it may move to another block of
