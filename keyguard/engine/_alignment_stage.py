@@ -22,9 +22,65 @@ class _AlignmentStage(EngineState):
             self.by_cur[key] = key
             self.open_e.add(key)
         try:
+            self._contest_offsets()
             self._align_open()
         finally:
             self._match_held_by_name()
+
+    def _contest_offsets(self) -> None:
+        """A numbered family whose blocks partly match by name while others are open on both sides, at any index
+        (a 1-based list, an offset of inner blocks): paired in order, the whole family may read otherwise. Where it
+        does, the family is shown with both readings (KG405), the in-order one first, and neither is applied."""
+        exact_by: dict[str, list[str]] = {}
+        for key in self.exact:
+            if key not in self.held:
+                exact_by.setdefault(digit_template(key)[0], []).append(key)
+        if not exact_by:
+            return
+        open_c: dict[str, list[str]] = {}
+        for name, original in self.by_cur.items():
+            if name == original:
+                open_c.setdefault(digit_template(name)[0], []).append(name)
+        open_e: dict[str, list[str]] = {}
+        for key in self.open_e:
+            open_e.setdefault(digit_template(key)[0], []).append(key)
+        for shape, matched in exact_by.items():
+            ours, theirs = open_c.get(shape), open_e.get(shape)
+            if not ours or not theirs or HOLE not in shape:
+                continue
+            c_keys = sorted([*ours, *matched], key=lambda k: digit_template(k)[1])
+            e_keys = sorted([*theirs, *matched], key=lambda k: digit_template(k)[1])
+            if len(c_keys) != len(e_keys):
+                continue
+            in_order = dict(zip(c_keys, e_keys))
+            if any(self.C[c].shape != self.E[e].shape for c, e in in_order.items()):
+                continue
+            if all(in_order[k] == k for k in matched):
+                continue  # the in-order reading keeps the matches: nothing contested
+            options: dict[str, list[str]] = {}
+            for key in c_keys:
+                readings = [in_order[key]]
+                if key in matched and key not in readings:
+                    readings.append(key)
+                options[key] = readings
+            for key in ours:
+                del self.by_cur[key]
+                del self.cur[key]
+                self.frozen.append(key)
+            for key in matched:
+                del self.resolved[key]
+                self.exact.discard(key)
+                self.frozen.append(key)
+            self.open_e.difference_update(theirs)
+            self._ambiguous(
+                _Ambiguity(
+                    options,
+                    [],
+                    "blocks of this numbered group match as they stand while others are open: paired in order,"
+                    " they read otherwise",
+                    contested=True,
+                )
+            )
 
     def _match_held_by_name(self) -> None:
         """Keys held out for a shape mismatch that alignment did not explain match by name again."""

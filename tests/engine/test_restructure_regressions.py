@@ -114,7 +114,6 @@ def test_a_numbered_batchnorm_goes_to_its_sibling_in_another_stage() -> None:
     )
 
 
-@_xfail("safe plan renumbers stages.0.blocks.2 to blocks.0 and keeps blocks.1 as it stands")
 def test_an_offset_at_an_inner_index_is_renumbered_safe() -> None:
     """A pipeline stage saved with local block indices, one level down (``stages.0.blocks.{1,2}`` for ``{0,1}``). The
     top-level case (``blocks.{1,2}``) is contested (KG405); here ``blocks.1`` is kept as an exact match and
@@ -132,7 +131,6 @@ def test_an_offset_at_an_inner_index_is_renumbered_safe() -> None:
     )
 
 
-@_xfail("unsafe plan renumbers stages.2.blocks.3 to blocks.1 and keeps blocks.2 as it stands")
 def test_an_offset_at_an_inner_index_is_renumbered_unsafe() -> None:
     """The same offset on one leaf of a block: ``unsafe`` (names + shape_unique) instead of contested."""
     check(
@@ -144,7 +142,6 @@ def test_an_offset_at_an_inner_index_is_renumbered_unsafe() -> None:
     )
 
 
-@_xfail("unsafe plan puts blocks.4 on blocks.0; blocks.2 kept as it stands (offset +2)")
 def test_an_offset_by_two_keeps_an_exact_match_silently() -> None:
     """``blocks.{2,4}`` for ``blocks.{0,2}``: ``blocks.2`` is kept as an exact match mentioned by no finding and
     ``blocks.4`` goes to ``blocks.0`` (``unsafe``), while the group as a whole reads as an offset. Exact matches are
