@@ -74,10 +74,11 @@ class Match:
     forced: bool = False
     transposed: bool = False
     note: str | None = None
+    order: list[Member] | None = None  # the expected members in pairing order, when the holes are permuted
 
     @property
     def pairs(self) -> list[tuple[Member, Member]]:
-        return list(zip(self.checkpoint.members, self.expected.members))
+        return list(zip(self.checkpoint.members, self.order or self.expected.members))
 
 
 @dataclass
@@ -289,6 +290,7 @@ class _Aligner:
 
     def _record(self, match: Match) -> None:
         """Keep a match, and what it says of its modules and their parents for the pairs still open."""
+        match.order = _permuted(match.checkpoint, match.expected)
         self.result.matches.append(match)
         for cm, em in match.pairs:
             c_module, e_module = split_leaf(cm.key)[0], split_leaf(em.name)[0]
@@ -658,6 +660,39 @@ def _own_name_agrees(c: Group, e: Group) -> bool:
     # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
+
+
+def _permuted(c: Group, e: Group) -> list[Member] | None:
+    """The expected members re-ordered when the two templates number their blocks in another order of holes:
+    ``conv{K}s.{N}`` against ``h.{N}.conv{K}``. An index written into a name (``conv2``) pairs with an index
+    written into a name, a block number standing alone (``.0.``) with a block number standing alone, each kind in
+    its order; ``None`` to pair in index order (the kinds already line up, or they cannot)."""
+    k = c.holes
+    if k < 2 or e.holes != k:
+        return None
+    ours, theirs = _hole_kinds(c.template), _hole_kinds(e.template)
+    if ours == theirs or sorted(ours) != sorted(theirs):
+        return None
+    order: list[int] = []
+    for kind in ours:  # the n-th hole of a kind here is the n-th hole of that kind there
+        seen = sum(1 for o in order if theirs[o] == kind)
+        order.append([j for j, t in enumerate(theirs) if t == kind][seen])
+    ordered = sorted(e.members, key=lambda m: tuple(m.index[j] for j in order))
+    for cm, em in zip(c.members, ordered):
+        if cm.info.shape is not None and em.info.shape is not None and cm.info.shape != em.info.shape:
+            return None
+    return ordered
+
+
+def _hole_kinds(template: str) -> list[bool]:
+    """For each hole, whether it is written into a name (``conv{N}``) rather than standing alone (``h.{N}``)."""
+    out: list[bool] = []
+    for segment in template.split("."):
+        if segment == HOLE:
+            out.append(False)
+        else:
+            out.extend([True] * segment.count(HOLE))
+    return out
 
 
 def _same_holes(c: Group, e: Group) -> bool:

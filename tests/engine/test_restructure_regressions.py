@@ -1097,7 +1097,6 @@ def test_a_one_based_sequential_never_collides() -> None:
     )
 
 
-@_xfail("safe plan puts conv2s.0 on blocks.1.conv1 and conv1s.1 on blocks.0.conv2")
 def test_swapped_holes_under_an_anchored_parent() -> None:
     """The pairing across swapped holes above, now refused on its own, is still applied ``safe`` when the parent has
     an exact match (``encoder.transitions.0``: anchored + shape_unique): ``conv{K}s.{N}`` paired in sorted order with
@@ -1122,7 +1121,6 @@ def test_swapped_holes_under_an_anchored_parent() -> None:
     )
 
 
-@_xfail("safe plan puts bn2s.0.num_batches_tracked on blocks.1.bn1 and bn1s.1 on blocks.0.bn2")
 def test_swapped_holes_with_a_sibling() -> None:
     """The same pairing across swapped holes, applied ``safe`` because a sibling (``conv2s.1``) corroborates it
     (shape_unique + siblings): ``bn2`` of block 0 goes to ``bn1`` of block 1."""
