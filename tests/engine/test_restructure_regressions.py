@@ -563,7 +563,6 @@ def test_a_norm_goes_to_attention_output_while_its_siblings_go_to_output() -> No
     )
 
 
-@_xfail("safe plan puts head.groups.0.norm.weight on blocks.0.norm.weight")
 def test_a_prefix_replacement_moves_a_head_onto_a_block() -> None:
     """``head.norms.N`` saved as ``head.groups.N.norm``; ``blocks.0.norm.weight`` was dropped. A replaced prefix
     ``head.groups.`` -> ``blocks.`` lands the head's norm on the block's (``safe``, MapKeys)."""
