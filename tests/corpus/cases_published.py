@@ -251,7 +251,8 @@ def mamba_ssm() -> Case:
         shapes=("single_key",),
         source=f"{_SCRIPT} models/mamba/convert_mamba_ssm_checkpoint_to_pytorch.py (`backbone.embedding` ->"
         " `backbone.embeddings`); mamba_ssm's MambaLMHeadModel layout",
-        note="state-spaces `backbone.embedding.weight` -> `backbone.embeddings.weight`; every `mixer` key keeps its name",
+        note="state-spaces `backbone.embedding.weight` -> `backbone.embeddings.weight`; every `mixer` key keeps its"
+        " name",
         expected=expected,
         links=[Link((k.replace("backbone.embeddings.", "backbone.embedding."),), (k,)) for k in expected],
     )
