@@ -160,6 +160,9 @@ class _Aligner:
         for key in anchored_keys:
             template = digit_template(key)[0]
             self.matched_counts[template] = self.matched_counts.get(template, 0) + 1
+        # every open key's leaves by module, on both sides: a module's leaves go to one module together
+        self.c_leaves = _leaves(checkpoint)
+        self.e_leaves = _leaves(expected)
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -484,6 +487,9 @@ class _Aligner:
                 rivalled[match.checkpoint.module] = (
                     f"its name points to '{rival.pattern()}', whose other blocks match as they stand"
                 )
+            odd = self._odd_leaf(match)
+            if odd is not None:
+                rivalled[match.checkpoint.module] = f"its '{odd}' has another shape than the target module's"
         kept: list[Match] = []
         for match in matches:
             if id(match) in inconsistent:
@@ -533,6 +539,20 @@ class _Aligner:
             matched = self.matched_counts.get(template, 0)
             if matched and rival.size + matched == c.size and {m.info.shape for m in rival.members} <= shapes:
                 return rival
+        return None
+
+    def _odd_leaf(self, match: Match) -> str | None:
+        """A leaf of the checkpoint module (still open) whose namesake in the target module (still open) has another
+        shape: the weight fits, the bias does not (``dense_4h_to_h`` onto ``c_fc``), so the module is not that
+        one, whatever the weight's shape says."""
+        for cm, em in match.pairs:
+            c_module, c_leaf = split_leaf(cm.name)
+            e_module = split_leaf(em.name)[0]
+            ours, theirs = self.c_leaves.get(c_module, {}), self.e_leaves.get(e_module, {})
+            for leaf, shape in ours.items():
+                other = theirs.get(leaf)
+                if leaf != c_leaf and shape is not None and other is not None and shape != other:
+                    return leaf
         return None
 
     @staticmethod
@@ -735,6 +755,14 @@ def _same_holes(c: Group, e: Group) -> bool:
 
 def _own_names_agree(c: Group, e: Group) -> bool:
     return segment_similarity(own_name(c), own_name(e)) >= STRONG_NAME
+
+
+def _leaves(entries: Sequence[Entry]) -> dict[str, dict[str, tuple[int, ...] | None]]:
+    out: dict[str, dict[str, tuple[int, ...] | None]] = {}
+    for name, _, info, _ in entries:
+        module, leaf = split_leaf(name)
+        out.setdefault(module, {})[leaf] = info.shape
+    return out
 
 
 def _learn(mapping: dict[str, str | None], key: str, value: str) -> None:

@@ -23,6 +23,7 @@ class _AlignmentStage(EngineState):
             self.open_e.add(key)
         try:
             self._contest_offsets()
+            self._contest_list_heads()
             self._align_open()
         finally:
             self._match_held_by_name()
@@ -78,6 +79,75 @@ class _AlignmentStage(EngineState):
                     [],
                     "blocks of this numbered group match as they stand while others are open: paired in order,"
                     " they read otherwise",
+                    contested=True,
+                )
+            )
+
+    def _contest_list_heads(self) -> None:
+        """A numbered list that partly matches by name while its other elements are unexpected, and the module
+        holding the list misses named children of the very shapes those elements have: the list may have become
+        named modules around a shorter list (``layers.0/1/2`` -> ``proj_in``, ``layers.0``, ``proj_out``), so the
+        element that matches as it stands may not be the right tensor. Shown with every reading (KG405)."""
+        open_c: dict[tuple[str, str, str], list[str]] = {}
+        for name, original in self.by_cur.items():
+            place = _list_place(name) if name == original else None
+            if place is not None:
+                open_c.setdefault(place, []).append(name)
+        if not open_c:
+            return
+        lists: dict[tuple[str, str, str], list[str]] = {}
+        for key in self.exact:
+            place = _list_place(key) if key not in self.held else None
+            if place is not None and place in open_c:
+                lists.setdefault(place, []).append(key)
+        if not lists:
+            return
+        wanted = {(parent, rest) for parent, _, rest in lists}
+        sizes = {rest.count(".") + 1 for _, rest in wanted}
+        named: dict[tuple[str, str], list[str]] = {}
+        listed: set[tuple[str, str, str]] = set()
+        for key in self.open_e:
+            place = _list_place(key)
+            if place is not None:
+                listed.add(place)
+            parts = key.split(".")
+            for size in sizes:
+                if len(parts) < size + 2 or parts[-size - 1].isdigit():
+                    continue
+                where = (".".join(parts[: -size - 1]), ".".join(parts[-size:]))
+                if where in wanted:
+                    named.setdefault(where, []).append(key)
+        for place, matched in lists.items():
+            ours = open_c[place]
+            parent, _, rest = place
+            theirs = named.get((parent, rest), [])
+            if not theirs or place in listed:
+                continue
+            c_keys = sorted([*matched, *ours], key=lambda k: digit_template(k)[1])
+            e_keys = [*matched, *theirs]
+            if sorted(map(str, (self.C[k].shape for k in c_keys))) != sorted(
+                map(str, (self.E[k].shape for k in e_keys))
+            ):
+                continue
+            options = {
+                k: [e for e in sorted(e_keys, key=lambda e: e != k) if self.E[e].shape == self.C[k].shape]
+                for k in c_keys
+            }
+            for key in ours:
+                del self.by_cur[key]
+                del self.cur[key]
+                self.frozen.append(key)
+            for key in matched:
+                del self.resolved[key]
+                self.exact.discard(key)
+                self.frozen.append(key)
+            self.open_e.difference_update(theirs)
+            self._ambiguous(
+                _Ambiguity(
+                    options,
+                    [],
+                    "an element of this list matches as it stands while the others are unexpected and the module"
+                    " misses named children of their shapes: the list may have become named modules",
                     contested=True,
                 )
             )
@@ -293,6 +363,16 @@ class _AlignmentStage(EngineState):
         for targets in options.values():
             self.open_e.difference_update(targets)
         self._ambiguous(_Ambiguity(options, [], tie.why))
+
+
+def _list_place(key: str) -> tuple[str, str, str] | None:
+    """Where a key sits in its innermost numbered list: (the module holding the list, the list's name, what follows
+    the index), e.g. ``('head.mlp', 'layers', 'weight')`` for ``head.mlp.layers.2.weight``."""
+    parts = key.split(".")
+    for position in range(len(parts) - 2, 0, -1):
+        if parts[position].isdigit():
+            return ".".join(parts[: position - 1]), parts[position - 1], ".".join(parts[position + 1 :])
+    return None
 
 
 def _exact(rule: Remap, names: dict[str, str], pool: Iterable[str]) -> bool:

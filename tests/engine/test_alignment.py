@@ -356,3 +356,80 @@ def test_match_values_decides_a_tie_and_makes_a_name_choice_safe(tmp_path: Path)
     }
     evidence = [e["kind"] for f in report.findings for c in f.ctx.get("changes", []) for e in c["evidence"]]
     assert "values" in evidence
+
+
+# -- what a shape-forced match must not overrule ------------------------------------------------------------------------
+
+
+class _Conv1D(nn.Module):
+    """GPT-2's layer: the weight stored as (in, out), the transpose of nn.Linear's."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+
+def test_a_weight_whose_bias_does_not_fit_the_target_module_is_not_moved_there() -> None:
+    """Megatron's ``dense_4h_to_h`` (a Linear, (h, 4h)) has the shape of GPT-2's ``c_fc`` (a Conv1D, (h, 4h)) while
+    its truth is ``c_proj`` transposed. Its bias, (h,), cannot be ``c_fc``'s (4h,): the module is not that one,
+    whatever the weight's shape says. Before, the safe plan moved the weight onto ``c_fc``."""
+    model = nn.Module()
+    model.h = nn.ModuleList([nn.Module() for _ in range(2)])
+    for block in model.h:
+        block.ln_1 = nn.LayerNorm(8)
+        block.attn = nn.Module()
+        block.attn.c_attn = _Conv1D(8, 24)
+        block.attn.c_proj = _Conv1D(8, 8)
+        block.ln_2 = nn.LayerNorm(8)
+        block.mlp = nn.Module()
+        block.mlp.c_fc = _Conv1D(8, 32)
+        block.mlp.c_proj = _Conv1D(32, 8)
+    state = _distinct(model)
+    names = {
+        "ln_1": "input_layernorm",
+        "attn.c_attn": "attention.query_key_value",
+        "attn.c_proj": "attention.dense",
+        "ln_2": "post_attention_layernorm",
+        "mlp.c_fc": "mlp.dense_h_to_4h",
+        "mlp.c_proj": "mlp.dense_4h_to_h",
+    }
+    checkpoint: dict[str, Any] = {}
+    truth: dict[str, str] = {}
+    for key, tensor in state.items():
+        _, index, rest = key.split(".", 2)
+        module, leaf = rest.rsplit(".", 1)
+        old = f"language_model.transformer.layers.{index}.{names[module]}.{leaf}"
+        checkpoint[old] = tensor.t() if tensor.dim() == 2 else tensor
+        truth[old] = key
+    report = keyguard.diagnose(checkpoint, model)
+    _never_wrong(report, checkpoint, truth)
+    for old, new in report.unsafe_plan.mapping(checkpoint).items():
+        assert "dense_4h_to_h.weight" not in old or new == old, f"{old} moved to {new}"
+
+
+def test_a_list_that_became_named_modules_is_contested_not_kept() -> None:
+    """SAM's MLP heads: ``layers.0/1/2`` became ``proj_in``, ``layers.0``, ``proj_out``. ``layers.0`` matches as it
+    stands but holds ``proj_in``'s tensor; the unexpected ``layers.1/2`` have exactly the shapes of the missing named
+    children. Before, the exact match was kept silently; now the list is shown with every reading (KG405)."""
+    model = nn.Module()
+    model.heads = nn.ModuleList()
+    for _ in range(2):
+        head = nn.Module()
+        head.proj_in = nn.Linear(8, 8)
+        head.layers = nn.ModuleList([nn.Linear(8, 8)])
+        head.proj_out = nn.Linear(8, 2)
+        model.heads.append(head)
+    state = _distinct(model)
+    checkpoint: dict[str, Any] = {}
+    truth: dict[str, str] = {}
+    for key, tensor in state.items():
+        old = key.replace("layers.0", "layers.1").replace("proj_in", "layers.0").replace("proj_out", "layers.2")
+        checkpoint[old] = tensor
+        truth[old] = key
+    report = keyguard.diagnose(checkpoint, model)
+    contested = [f for f in report.findings if f.code == "KG405"]
+    assert contested, report.render()
+    shown = {k for f in contested for k in f.checkpoint_keys}
+    assert {"heads.0.layers.0.weight", "heads.0.layers.1.weight", "heads.0.layers.2.weight"} <= shown
+    _never_wrong(report, checkpoint, truth)
