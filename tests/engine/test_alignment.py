@@ -358,7 +358,7 @@ def test_match_values_decides_a_tie_and_makes_a_name_choice_safe(tmp_path: Path)
     assert "values" in evidence
 
 
-# -- what a shape-forced match must not overrule ------------------------------------------------------------------------
+# -- what a shape-forced match must not overrule ------------------------------------------------------------------
 
 
 class _Conv1D(nn.Module):
