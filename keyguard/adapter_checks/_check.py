@@ -333,7 +333,7 @@ class _Check:
                 self.findings.append(f)
 
     def _engine_run(self, candidates: dict[str, TensorInfo]) -> tuple[Report, dict[str, str]]:
-        from keyguard.engine._diagnose import diagnose_keys
+        from keyguard.engine._pipeline import diagnose_keys
         from keyguard.sources._memory import read_mapping
 
         expected = read_mapping(candidates, location="keys PEFT expects")

@@ -157,7 +157,7 @@ def load_state_dict(
             ``error.report`` the report itself. The module is left untouched.
     """
     from keyguard._regex import compile_patterns
-    from keyguard.engine._diagnose import diagnose
+    from keyguard.engine._pipeline import diagnose
     from keyguard.report._load_result import LoadResult
 
     patterns = compile_patterns(ignore, "ignore")  # before reading anything: a bad pattern is the caller's error

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 from keyguard._dtypes import canonical_dtype
 from keyguard._exceptions import KeyMismatchError, PlanError
-from keyguard.engine._diagnose import diagnose
+from keyguard.engine._pipeline import diagnose
 from keyguard.fixes._load import load_tensors
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Drop

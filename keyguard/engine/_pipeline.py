@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from keyguard._regex import compile_patterns
 from keyguard.engine._alignment_stage import _AlignmentStage
-from keyguard.engine._findings import _Findings
+from keyguard.engine._emit_findings import _Findings
 from keyguard.engine._fused import _Fusions
 from keyguard.engine._rounds import _Rounds
 from keyguard.engine._state import MAX_ROUNDS
@@ -56,7 +56,7 @@ def diagnose(
     ex = read_keys(expected, architecture=architecture)
     values = None
     if match_values:
-        from keyguard.engine._values import Fingerprints
+        from keyguard.engine._fingerprints import Fingerprints
 
         values = (Fingerprints(checkpoint, ck, container=container), Fingerprints(expected, ex))
     return diagnose_keys(ck, ex, ignore=ignore, hints=hints, values=values)

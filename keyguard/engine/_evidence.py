@@ -1,0 +1,274 @@
+"""Evidence and applicability: which aligned pairs are ``safe`` (forced by the shapes and corroborated), which are
+``unsafe`` (chosen by names), and which stay candidates, with the reasons kept as data (``Evidence``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, split_leaf
+from keyguard.engine._matching import (
+    WEAK_NAME,
+    Alignment,
+    Evidence,
+    Match,
+    Tie,
+    ancestor_pairs,
+    named_in_place,
+    own_name_agrees,
+    parents,
+)
+from keyguard.engine._names import segment_similarity
+from keyguard.fixes._rules import Applicability
+
+PLACEMENT: Final = 0.75  # weight of agreeing (or not) with where decided sibling modules put the parent
+
+
+class Settlement:
+    """The aligner's last stage, kept apart from how candidates are found (``_align``)."""
+
+    result: Alignment
+    pending: list[tuple[list[tuple[Group, list[Group]]], str, list[Evidence]]]
+    anchored: set[str]
+    matched_counts: dict[str, int]
+    e_groups: list[Group]
+    c_leaves: dict[str, dict[str, tuple[int, ...] | None]]
+    e_leaves: dict[str, dict[str, tuple[int, ...] | None]]
+    parent_map: dict[str, str | None]
+    shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None
+
+    def _placement(self, c: Group, e: Group) -> float:
+        """Where decided siblings put this module's parent: agreeing with every pair counts for the candidate,
+        contradicting one counts against it (a parent whose children went to several places says nothing)."""
+        agree = False
+        for cm, em in zip(c.members, e.members):
+            c_up, e_up = parents(cm.name), parents(em.name)
+            image = self.parent_map.get(c_up[0]) if c_up else None
+            if image is None:
+                continue
+            if not e_up or image != e_up[0]:
+                return -PLACEMENT
+            agree = True
+        return PLACEMENT if agree else 0.0
+
+    # ----------------------------------------------------------------------------------------- applicability
+    def _settle(self) -> None:
+        """Safe only with corroboration and two keys; a module's leaves must all go to one module; ties."""
+        matches = self.result.matches
+        by_module: dict[str, list[Match]] = {}
+        for match in matches:
+            by_module.setdefault(match.checkpoint.module, []).append(match)
+        inconsistent: set[int] = set()
+        for group in by_module.values():
+            targets = {m.expected.module for m in group}
+            if len(targets) > 1:
+                inconsistent.update(id(m) for m in group)
+        siblings = self._sibling_support(matches)
+        self.landing: dict[str, dict[str, tuple[int, ...]]] = {}  # model parent -> checkpoint module -> its index
+        # checkpoint list -> checkpoint module -> (the list elements it takes, the model list it goes to)
+        self.lists: dict[str, dict[str, tuple[set[int], str]]] = {}
+        for match in matches:
+            if match.forced and HOLE in match.checkpoint.template:
+                self.lists.setdefault(match.checkpoint.template.split(HOLE)[0], {})[match.checkpoint.module] = (
+                    {m.index[0] for m in match.checkpoint.members},
+                    match.expected.template.split(HOLE)[0],
+                )
+        for match in matches:
+            if match.forced or match.applicability is Applicability.unsafe:
+                for cm, em in match.pairs:
+                    e_up = parents(em.name)
+                    if e_up:
+                        self.landing.setdefault(e_up[0], {})[match.checkpoint.module] = cm.index
+        # a module whose leaves were forced by shapes against what its own name and the exact matches say: every
+        # leaf of it (the others followed it by the module rule)
+        rivalled: dict[str, str] = {}
+        for match in matches:
+            rival = self._named_rival(match) if match.forced else None
+            if rival is not None:
+                rivalled[match.checkpoint.module] = (
+                    f"its name points to '{rival.pattern()}', whose other blocks match as they stand"
+                )
+            odd = self._odd_leaf(match)
+            if odd is not None:
+                rivalled[match.checkpoint.module] = f"its '{odd}' has another shape than the target module's"
+        kept: list[Match] = []
+        for match in matches:
+            if id(match) in inconsistent:
+                self._demote(match, "the leaves of one module would go to different modules")
+                continue
+            hinted = any(e.kind == "hint" for e in match.evidence)
+            if not hinted and self._placement(match.checkpoint, match.expected) < 0:
+                # its sibling modules all went under another parent: this pairing contradicts them
+                self._demote(match, "its sibling modules went under another parent")
+                continue
+            if match.forced and match.applicability is Applicability.safe:
+                if any(e.kind == "hint" for e in match.evidence):
+                    kept.append(match)
+                    continue
+                if match.checkpoint.module in rivalled:
+                    self._demote(match, rivalled[match.checkpoint.module])
+                    continue
+                keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
+                structure = self._structure(match, siblings)
+                own = own_name_agrees(match.checkpoint, match.expected)
+                named = named_in_place(match.checkpoint, match.expected)
+                if keys >= 2 and (structure or named):
+                    match.evidence.extend(structure or [Evidence("names", self._names_text(match))])
+                elif named or (structure and own):
+                    match.applicability = Applicability.unsafe
+                    match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
+                    match.note = "inferred from a single key"
+                else:
+                    self._demote(match, "the only candidate by shape, but neither names nor neighbours confirm it")
+                    continue
+            kept.append(match)
+        self.result.matches = kept
+        self._settle_ties(self._sibling_support(kept))
+
+    def _named_rival(self, match: Match) -> Group | None:
+        """Another model group that the checkpoint group's own name points to, left out of the candidates only
+        because some of its blocks match as they stand: counted with those, it has as many blocks and the same
+        shapes. Shapes alone chose the target; the names and the exact matches say otherwise."""
+        c, e = match.checkpoint, match.expected
+        if own_name_agrees(c, e) or not self.matched_counts:
+            return None
+        shapes = {m.info.shape for m in c.members}
+        for rival in self.e_groups:
+            if rival is e or rival.leaf != c.leaf or not own_name_agrees(c, rival):
+                continue
+            template = digit_template(rival.members[0].name)[0]
+            matched = self.matched_counts.get(template, 0)
+            if matched and rival.size + matched == c.size and {m.info.shape for m in rival.members} <= shapes:
+                return rival
+        return None
+
+    def _odd_leaf(self, match: Match) -> str | None:
+        """A leaf of the checkpoint module (still open) whose namesake in the target module (still open) has another
+        shape: the weight fits, the bias does not (``dense_4h_to_h`` onto ``c_fc``), so the module is not that
+        one, whatever the weight's shape says."""
+        for cm, em in match.pairs:
+            c_module, c_leaf = split_leaf(cm.name)
+            e_module = split_leaf(em.name)[0]
+            ours, theirs = self.c_leaves.get(c_module, {}), self.e_leaves.get(e_module, {})
+            for leaf, shape in ours.items():
+                other = theirs.get(leaf)
+                if leaf != c_leaf and shape is not None and other is not None and shape != other:
+                    return leaf
+        return None
+
+    @staticmethod
+    def _names_text(match: Match) -> str:
+        return f"{'.'.join(match.checkpoint.path) or '?'} ~ {'.'.join(match.expected.path) or '?'}"
+
+    def _demote(self, match: Match, why: str) -> None:
+        self.pending.append(([(match.checkpoint, [match.expected])], why, match.evidence))
+
+    def _settle_ties(self, siblings: dict[tuple[str, str], set[str]]) -> None:
+        """Offer candidates only with some support: a name that links them, or a place in the tree that matched
+        keys confirm (siblings that moved the same way, a parent that matches as it stands). Candidates from
+        nowhere (two unrelated models that happen to share a shape) are no help: better no hint than a wrong one."""
+        modules: dict[str, set[str]] = {}
+        for match in self.result.matches:
+            modules.setdefault(match.checkpoint.module, set()).add(match.expected.module)
+        for pending, why, evidence in self.pending:
+            # a module's other leaves went somewhere: this one can only go to the same module
+            pairs = [
+                (c, [e for e in targets if c.module not in modules or e.module in modules[c.module]])
+                for c, targets in pending
+            ]
+            supported = any(
+                self._related(c, e, siblings) or self._unique_everywhere(c, e) for c, targets in pairs for e in targets
+            )
+            if not supported:
+                continue
+            options: dict[str, list[str]] = {}
+            for c, targets in pairs:
+                kept = [
+                    e
+                    for e in targets
+                    if self._related(c, e, siblings) or self._unique_everywhere(c, e) or len(targets) == 1
+                ]
+                if not kept:
+                    continue
+                for position, member in enumerate(c.members):
+                    options[member.key] = [e.members[position].name for e in kept]
+            self.result.ties.append(Tie(options, why, evidence))
+
+    def _unique_everywhere(self, c: Group, e: Group) -> bool:
+        """Every tensor of the pair has a shape found once among all checkpoint keys and once among all expected
+        keys (not only the open ones): the shapes alone point from one to the other, which is worth a candidate
+        (never a fix) even where no name or neighbour confirms it."""
+        if self.shape_counts is None or not c.shapes_known or not e.shapes_known:
+            return False
+        ours, theirs = self.shape_counts
+        return all(
+            ours.get(cm.info.shape, 0) == 1 and theirs.get(em.info.shape, 0) == 1
+            for cm, em in zip(c.members, e.members)
+        )
+
+    def _related(self, c: Group, e: Group, siblings: dict[tuple[str, str], set[str]]) -> bool:
+        if c.path and e.path and segment_similarity(c.path[-1], e.path[-1]) >= WEAK_NAME:
+            return True
+        cm, em = c.members[0], e.members[0]
+        c_up, e_up = parents(cm.name), parents(em.name)
+        if c_up and e_up and c_up[0] == e_up[0]:
+            return True  # renamed inside one parent module
+        for parent in ancestors(cm.name)[1:]:
+            if parent in self.anchored and em.name.startswith(parent + "."):
+                return True
+        return any(pair in siblings for pair in ancestor_pairs(cm.name, em.name))
+
+    def _sibling_support(self, matches: list[Match]) -> dict[tuple[str, str], set[str]]:
+        """For every (checkpoint ancestor, expected ancestor) pair that a match's keys share, the checkpoint modules
+        whose matches share it."""
+        shared: dict[tuple[str, str], set[str]] = {}
+        for match in matches:
+            if not (match.forced or match.applicability is Applicability.unsafe):
+                continue
+            module = match.checkpoint.module
+            for c, e in match.pairs:
+                for pair in ancestor_pairs(c.name, e.name):
+                    shared.setdefault(pair, set()).add(module)
+        return shared
+
+    def _structure(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
+        """What the tree says for a match: it stays inside a parent that matches as it stands, or sibling modules
+        move the same way."""
+        module = match.checkpoint.module
+        c, e = match.pairs[0]
+        for c_parent in ancestors(c.name)[1:]:
+            if c_parent in self.anchored and e.name.startswith(c_parent + "."):
+                return [Evidence("anchored", f"stays inside '{c_parent}', which matches as it stands")]
+        for pair in ancestor_pairs(c.name, e.name):
+            others = siblings.get(pair, set()) - {module}
+            if others:
+                return [
+                    Evidence("siblings", f"'{pair[0]}' -> '{pair[1]}' is shared with {len(others)} other module(s)")
+                ]
+        return self._convergence(match) or self._list_split(match)
+
+    def _list_split(self, match: Match) -> list[Evidence]:
+        """One checkpoint list whose elements go to two model lists by kind (even entries blocks, odd entries
+        transitions): several forced matches take disjoint elements of the same list, each to a list of its own."""
+        c_list, e_list = match.checkpoint.template.split(HOLE)[0], match.expected.template.split(HOLE)[0]
+        if HOLE not in match.checkpoint.template:
+            return []
+        mine = {m.index[0] for m in match.checkpoint.members}
+        for module, (values, target) in self.lists.get(c_list, {}).items():
+            if module != match.checkpoint.module and target != e_list and not values & mine:
+                return [Evidence("siblings", f"the list '{c_list}' splits into families, element by element")]
+        return []
+
+    def _convergence(self, match: Match) -> list[Evidence]:
+        """Modules of separate checkpoint lists that land, block by block, in one model block (``norms.N`` and
+        ``projs.N`` both in ``levels.N``): their numbering agrees, which a coincidence would not."""
+        module = match.checkpoint.module
+        for cm, em in match.pairs[:1]:
+            e_up = parents(em.name)
+            if not e_up:
+                continue
+            landed = self.landing.get(e_up[0], {})
+            others = {m for m, index in landed.items() if m != module and index == cm.index}
+            if others and all(index == cm.index for index in landed.values()):
+                return [Evidence("siblings", f"modules of {len(others) + 1} lists land in '{e_up[0]}' alike")]
+        return []
