@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corpus import cases_diffusers, cases_original, cases_timm, cases_transformers, cases_wrappers
+from corpus import cases_diffusers, cases_more, cases_original, cases_timm, cases_transformers, cases_wrappers
 from corpus._case import Case, Link
 
 CASES: dict[str, Callable[[], Case]] = {
@@ -22,6 +22,7 @@ CASES: dict[str, Callable[[], Case]] = {
     **cases_timm.CASES,
     **cases_diffusers.CASES,
     **cases_wrappers.CASES,
+    **cases_more.CASES,
 }
 
 __all__ = ["CASES", "Case", "Link"]
