@@ -241,7 +241,7 @@ def swin_msft_to_hf() -> Case:
         if key.startswith("patch_embed."):
             return (0, 0, 0, 0)
         if m is None:
-            return (9, 0, 0, "norm head".split().index(key.split(".")[0]))
+            return (9, 0, 0, ["norm", "head"].index(key.split(".")[0]))
         # a module's own parameters and buffers come before its children's (the block's mask before its norm1)
         inner = ["attn_mask", "norm1", "attn.relative_position_bias_table", "attn.relative_position_index"]
         inner += ["attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2", "reduction", "norm"]
