@@ -26,7 +26,7 @@ SOURCE = "published script read: transformers"
 _QKV = ("query", "key", "value")
 
 
-def _rewriter(rules: Sequence[tuple[str, str]]) -> Callable[[str], str]:
+def _rewriter(rules: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]]) -> Callable[[str], str]:
     """A key -> another key, by regular-expression substitutions applied in order."""
     compiled = [(re.compile(p), r) for p, r in rules]
 
@@ -62,13 +62,15 @@ def _script(
     return convert
 
 
-def _qkv_links(qkv: Callable[[int], tuple[str, str]], count: int) -> list[Link]:
+def _qkv_links(
+    qkv: Callable[[int], tuple[str, str]], count: int, parts: Sequence[str] = ("q_proj", "k_proj", "v_proj")
+) -> list[Link]:
     """SPLIT links: for each block, the original fused ``qkv`` (weight, bias) into the expected q/k/v projections."""
     links = []
     for block in range(count):
         old, new = qkv(block)
         for leaf in ("weight", "bias"):
-            links.append(Link((f"{old}.{leaf}",), tuple(f"{new}.{x}_proj.{leaf}" for x in "qkv"), SPLIT))
+            links.append(Link((f"{old}.{leaf}",), tuple(f"{new}.{x}.{leaf}" for x in parts), SPLIT))
     return links
 
 
@@ -394,6 +396,169 @@ def bit_timm_to_hf() -> Case:
     return _finish(case, model, _bit_script)
 
 
+# -------------------------------------------------------------------------------------------------------- MobileViT
+#: Transformer layers in MobileViT's three MobileViT stages (fixed by the architecture): the LayerNorm closing each
+#: stage's ``global_rep`` list comes right after them (``global_rep.2/4/3``).
+_MOBILEVIT_DEPTHS = {2: 2, 3: 4, 4: 3}
+_MV2 = {"expand_1x1": "exp_1x1", "conv_3x3": "conv_3x3", "reduce_1x1": "red_1x1"}
+_MOBILEVIT_TF = {
+    "layernorm_before": "pre_norm_mha.0",
+    "attention.output.dense": "pre_norm_mha.1.out_proj",
+    "layernorm_after": "pre_norm_ffn.0",
+    "intermediate.dense": "pre_norm_ffn.1",
+    "output.dense": "pre_norm_ffn.4",
+}
+_MOBILEVIT_OLD = _rewriter(
+    [
+        (r"^mobilevit\.conv_stem\.", "conv_1.block."),
+        (r"^mobilevit\.conv_1x1_exp\.", "conv_1x1_exp.block."),
+        (r"^classifier\.", "classifier.fc."),
+        (
+            r"^mobilevit\.encoder\.layer\.([01])\.layer\.(\d+)\.(\w+)\.",
+            lambda m: f"layer_{int(m[1]) + 1}.{m[2]}.block.{_MV2[m[3]]}.block.",
+        ),
+        (
+            r"^mobilevit\.encoder\.layer\.(\d)\.downsampling_layer\.(\w+)\.",
+            lambda m: f"layer_{int(m[1]) + 1}.0.block.{_MV2[m[2]]}.block.",
+        ),
+        (
+            r"^mobilevit\.encoder\.layer\.(\d)\.transformer\.layer\.(\d+)\.(.+)\.(weight|bias)$",
+            lambda m: f"layer_{int(m[1]) + 1}.1.global_rep.{m[2]}.{_MOBILEVIT_TF[m[3]]}.{m[4]}",
+        ),
+        (
+            r"^mobilevit\.encoder\.layer\.(\d)\.layernorm\.",
+            lambda m: f"layer_{int(m[1]) + 1}.1.global_rep.{_MOBILEVIT_DEPTHS[int(m[1])]}.",
+        ),
+        (
+            r"^mobilevit\.encoder\.layer\.(\d)\.conv_kxk\.",
+            lambda m: f"layer_{int(m[1]) + 1}.1.local_rep.conv_3x3.block.",
+        ),
+        (
+            r"^mobilevit\.encoder\.layer\.(\d)\.conv_1x1\.",
+            lambda m: f"layer_{int(m[1]) + 1}.1.local_rep.conv_1x1.block.",
+        ),
+        (r"^mobilevit\.encoder\.layer\.(\d)\.conv_projection\.", lambda m: f"layer_{int(m[1]) + 1}.1.conv_proj.block."),
+        (r"^mobilevit\.encoder\.layer\.(\d)\.fusion\.", lambda m: f"layer_{int(m[1]) + 1}.1.fusion.block."),
+        (r"\.block\.convolution\.", ".block.conv."),
+        (r"\.block\.normalization\.", ".block.norm."),
+    ]
+)
+#: The script's ``rename_key`` (ml-cvnets -> legacy) as a table of its steps, in its order.
+_MOBILEVIT_SCRIPT = _rewriter(
+    [
+        (r"^layer_(\d)\.", lambda m: f"encoder.layer.{int(m[1]) - 1}."),
+        (r"^conv_1\.", "conv_stem."),
+        (r"\.block\.", "."),
+        (r"exp_1x1", "expand_1x1"),
+        (r"red_1x1", "reduce_1x1"),
+        (r"\.local_rep\.conv_3x3\.", ".conv_kxk."),
+        (r"\.local_rep\.conv_1x1\.", ".conv_1x1."),
+        (r"\.norm\.", ".normalization."),
+        (r"\.conv\.", ".convolution."),
+        (r"\.conv_proj\.", ".conv_projection."),
+        (r"\.([01])\.(\d)\.", r".\1.layer.\2."),  # the first two stages keep a list of blocks
+        (r"\.([2-5])\.0\.(expand_1x1|conv_3x3|reduce_1x1)\.", r".\1.downsampling_layer.\2."),
+        (r"\.([2-5])\.\d\.", r".\1."),  # later stages: a downsampling block and a MobileViT block, unlisted
+        (r"\.global_rep\.[2-4]\.(weight|bias)$", r".layernorm.\1"),
+        (r"\.global_rep\.", ".transformer."),
+        (r"\.pre_norm_mha\.0\.", ".layernorm_before."),
+        (r"\.pre_norm_mha\.1\.out_proj\.", ".attention.output.dense."),
+        (r"\.pre_norm_ffn\.0\.", ".layernorm_after."),
+        (r"\.pre_norm_ffn\.1\.", ".intermediate.dense."),
+        (r"\.pre_norm_ffn\.4\.", ".output.dense."),
+        (r"\.transformer\.", ".transformer.layer."),
+        (r"^classifier\.fc\.", "classifier."),
+        (r"^(?!classifier\.)", "mobilevit."),
+    ]
+)
+#: ml-cvnets' registration order, by segment (numbers order themselves).
+_MLCVNETS_ORDER = [
+    "conv_1",
+    "layer_1",
+    "layer_2",
+    "layer_3",
+    "layer_4",
+    "layer_5",
+    "conv_1x1_exp",
+    "classifier",
+    "block",
+    "exp_1x1",
+    "conv_3x3",
+    "red_1x1",
+    "conv",
+    "norm",
+    "local_rep",
+    "conv_1x1",
+    "global_rep",
+    "pre_norm_mha",
+    "qkv_proj",
+    "out_proj",
+    "pre_norm_ffn",
+    "conv_proj",
+    "fusion",
+    "fc",
+    "weight",
+    "bias",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+]
+
+
+def _mlcvnets_order(key: str) -> tuple[int, ...]:
+    return tuple(int(s) if s.isdigit() else _MLCVNETS_ORDER.index(s) for s in key.split("."))
+
+
+def mobilevit_mlcvnets() -> Case:
+    """Apple's ml-cvnets MobileViT into ``MobileViTForImageClassification``: ``layer_N`` (1-based) ->
+    ``encoder.layer.N-1``, every ``ConvLayer``'s ``.block.`` dropped, ``exp_1x1``/``red_1x1`` ->
+    ``expand_1x1``/``reduce_1x1``, the later stages' first block -> ``downsampling_layer`` and their second one
+    unlisted, ``global_rep.T.pre_norm_mha/ffn.I`` -> ``transformer.layer.T.*`` (Sequential indices become names),
+    the LayerNorm closing ``global_rep`` -> ``layernorm``, fused ``qkv_proj`` split."""
+    model = tiny(
+        "MobileViTConfig",
+        "MobileViTForImageClassification",
+        image_size=32,
+        hidden_sizes=[16, 24, 32],
+        neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64],
+        num_labels=10,
+    )
+    expected = state(model)
+    blocks = [(stage, t) for stage, depth in _MOBILEVIT_DEPTHS.items() for t in range(depth)]
+    links = _qkv_links(
+        lambda i: (
+            f"layer_{blocks[i][0] + 1}.1.global_rep.{blocks[i][1]}.pre_norm_mha.1.qkv_proj",
+            f"mobilevit.encoder.layer.{blocks[i][0]}.transformer.layer.{blocks[i][1]}.attention.attention",
+        ),
+        len(blocks),
+        _QKV,
+    )
+    split = {k for link in links for k in link.new}
+    links += [Link((_MOBILEVIT_OLD(k),), (k,)) for k in expected if k not in split]
+    case = from_expected(
+        "mobilevit_mlcvnets",
+        shapes=("in_segment", "multi_segment", "sequential", "index_move", "fused", "prefix"),
+        source=f"{SOURCE} mobilevit/convert_mlcvnets_to_pytorch.py (rename_key, convert_state_dict);"
+        " transformers 5.24 keeps these names (its legacy layout is the same)",
+        note="1-based `layer_N` -> `encoder.layer.N-1`, `.block.` wrappers dropped, `layer_N.0` ->"
+        " `downsampling_layer` and `layer_N.1` unlisted, `global_rep.T.pre_norm_ffn.4` ->"
+        " `transformer.layer.T.output.dense`, `global_rep.<last>` -> `layernorm`, `qkv_proj` split",
+        expected=expected,
+        links=links,
+        order=_mlcvnets_order,
+    )
+    qkv = re.compile(r"^layer_(\d)\.1\.global_rep\.(\d+)\.pre_norm_mha\.1\.qkv_proj\.")
+    fused = lambda key: (  # noqa: E731
+        (m := qkv.match(key))
+        and f"mobilevit.encoder.layer.{int(m[1]) - 1}.transformer.layer.{m[2]}.attention.attention"
+    )
+    return _finish(case, model, _script(_MOBILEVIT_SCRIPT, fused))
+
+
 CASES: dict[str, Callable[[], Case]] = {
     f.__name__: f for f in (deit_distilled_timm, swin_msft_to_hf, convnext_fb_to_hf, bit_timm_to_hf)
 }
+#: Cases built and proven like the others but not yet in the corpus: with them, today's engine falls below the
+#: coverage floors of tests/engine/test_corpus.py (mobilevit_mlcvnets: 311 keys to rename, 48 mapped, 116 explained;
+#: the corpus would go from 86% mapped / 95% explained to 76% / 87%). Move one into ``CASES`` once the engine copes.
+BELOW_FLOOR: dict[str, Callable[[], Case]] = {f.__name__: f for f in (mobilevit_mlcvnets,)}
