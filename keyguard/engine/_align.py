@@ -156,6 +156,10 @@ class _Aligner:
         # templates of keys that match as they stand: a group of one of these, paired with the same template's open
         # blocks, would renumber a family that partly matches by name (an offset): that is a contested reading
         self.matched_templates = {digit_template(k)[0] for k in anchored_keys}
+        self.matched_counts: dict[str, int] = {}
+        for key in anchored_keys:
+            template = digit_template(key)[0]
+            self.matched_counts[template] = self.matched_counts.get(template, 0) + 1
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint
@@ -471,6 +475,15 @@ class _Aligner:
                     e_up = _parents(em.name)
                     if e_up:
                         self.landing.setdefault(e_up[0], {})[match.checkpoint.module] = cm.index
+        # a module whose leaves were forced by shapes against what its own name and the exact matches say: every
+        # leaf of it (the others followed it by the module rule)
+        rivalled: dict[str, str] = {}
+        for match in matches:
+            rival = self._named_rival(match) if match.forced else None
+            if rival is not None:
+                rivalled[match.checkpoint.module] = (
+                    f"its name points to '{rival.pattern()}', whose other blocks match as they stand"
+                )
         kept: list[Match] = []
         for match in matches:
             if id(match) in inconsistent:
@@ -484,6 +497,9 @@ class _Aligner:
             if match.forced and match.applicability is Applicability.safe:
                 if any(e.kind == "hint" for e in match.evidence):
                     kept.append(match)
+                    continue
+                if match.checkpoint.module in rivalled:
+                    self._demote(match, rivalled[match.checkpoint.module])
                     continue
                 keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
                 structure = self._structure(match, siblings)
@@ -501,6 +517,23 @@ class _Aligner:
             kept.append(match)
         self.result.matches = kept
         self._settle_ties(self._sibling_support(kept))
+
+    def _named_rival(self, match: Match) -> Group | None:
+        """Another model group that the checkpoint group's own name points to, left out of the candidates only
+        because some of its blocks match as they stand: counted with those, it has as many blocks and the same
+        shapes. Shapes alone chose the target; the names and the exact matches say otherwise."""
+        c, e = match.checkpoint, match.expected
+        if _own_name_agrees(c, e) or not self.matched_counts:
+            return None
+        shapes = {m.info.shape for m in c.members}
+        for rival in self.e_groups:
+            if rival is e or rival.leaf != c.leaf or not _own_name_agrees(c, rival):
+                continue
+            template = digit_template(rival.members[0].name)[0]
+            matched = self.matched_counts.get(template, 0)
+            if matched and rival.size + matched == c.size and {m.info.shape for m in rival.members} <= shapes:
+                return rival
+        return None
 
     @staticmethod
     def _names_text(match: Match) -> str:

@@ -247,6 +247,11 @@ class _Rounds(EngineState):
             self.declined.add(cand.identity)
             self.lookalikes.append({self.by_cur[n]: targets for n, targets in alike.items()})
             return False
+        if self._outweighed(renamed):
+            # most of what the rule renames either collides with keys that match as they stand or lands on other
+            # shapes: the few keys it lands are no reading of their own. Alignment weighs them instead
+            self.declined.add(cand.identity)
+            return False
         self._contest_exact(cand, renamed)
         # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
         new_names = set(renamed.values())
@@ -403,6 +408,24 @@ class _Rounds(EngineState):
                 contested=True,
             )
         )
+
+    def _outweighed(self, renamed: dict[str, str]) -> bool:
+        """The rule puts keys onto names that match as they stand, and lands no more keys of the right shape
+        than it collides with or lands on other shapes."""
+        if not self.exact:
+            return False
+        collides = sum(1 for t in renamed.values() if t in self.exact and self.resolved.get(t) == t)
+        if not collides or collides * 2 > len(renamed):
+            return False  # no collision, or _contest_exact's "no reading": the exact matches stand
+        fits = mismatched = 0
+        for name, target in renamed.items():
+            if target in self.open_e:
+                ours, theirs = self.C[self.by_cur[name]].shape, self.E[target].shape
+                if ours is not None and theirs is not None and ours != theirs:
+                    mismatched += 1
+                else:
+                    fits += 1
+        return fits <= collides + mismatched
 
     def _lookalikes(self, pairs: dict[str, str]) -> dict[str, list[str]]:
         """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from corpus import cases_diffusers, cases_more, cases_original, cases_timm, cases_transformers, cases_wrappers
+from corpus import (
+    cases_diffusers,
+    cases_more,
+    cases_original,
+    cases_published,
+    cases_timm,
+    cases_transformers,
+    cases_wrappers,
+)
 from corpus._case import Case, Link
 
 CASES: dict[str, Callable[[], Case]] = {
     **cases_transformers.CASES,
     **cases_original.CASES,
+    **cases_published.CASES,
     **cases_timm.CASES,
     **cases_diffusers.CASES,
     **cases_wrappers.CASES,

@@ -193,7 +193,6 @@ def test_a_shape_forced_group_moves_a_block_to_another_stage() -> None:
     )
 
 
-@_xfail("safe plan puts h-1-conv1.gamma on h.1.norm1.weight")
 def test_an_exact_match_makes_a_group_of_another_name_shape_unique() -> None:
     """A partially converted checkpoint: ``backbone.h.2.conv1.bias`` already has the model's name (also present under
     its old name). The open ``conv1`` group loses a member, ``norm1`` becomes the only group of the right size, and
@@ -227,7 +226,6 @@ def test_an_exact_match_makes_a_group_of_another_name_shape_unique() -> None:
     )
 
 
-@_xfail("safe plan puts mlps.N.gate_proj on blocks.N.mlp.up_proj")
 def test_an_exact_match_makes_gate_proj_go_to_up_proj() -> None:
     """As above: ``blocks.1.mlp.gate_proj`` matches as it stands, so the open ``gate_proj`` group has two members and
     ``up_proj`` three, like ``mlps.N.gate_proj``: a forced match (``safe``, shape_unique + siblings) that the names
@@ -565,7 +563,6 @@ def test_a_norm_goes_to_attention_output_while_its_siblings_go_to_output() -> No
     )
 
 
-@_xfail("safe plan puts head.groups.0.norm.weight on blocks.0.norm.weight")
 def test_a_prefix_replacement_moves_a_head_onto_a_block() -> None:
     """``head.norms.N`` saved as ``head.groups.N.norm``; ``blocks.0.norm.weight`` was dropped. A replaced prefix
     ``head.groups.`` -> ``blocks.`` lands the head's norm on the block's (``safe``, MapKeys)."""
