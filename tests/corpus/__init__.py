@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from corpus import (
     cases_diffusers,
+    cases_more,
     cases_original,
     cases_published,
     cases_timm,
@@ -30,6 +31,7 @@ CASES: dict[str, Callable[[], Case]] = {
     **cases_timm.CASES,
     **cases_diffusers.CASES,
     **cases_wrappers.CASES,
+    **cases_more.CASES,
 }
 
 __all__ = ["CASES", "Case", "Link"]
