@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show", action="store_true", help="also print keyguard's report for each case")
     args = parser.parse_args(argv)
 
-    from corpus import CASES
+    from corpus import CASES, EXTRA
     from corpus.evaluate import run, totals
     from tabulate import tabulate
     from transformers.utils import logging as hf_logging
@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     chosen = [n for n in CASES if not args.names or any(fnmatch.fnmatch(n, p) for p in args.names)]
+    chosen += [n for n in EXTRA if args.names and n in args.names]  # named exactly: kept out of the totals otherwise
     if not chosen:
         parser.error(f"no case matches {args.names}; cases: {', '.join(CASES)}")
     rows, scores, cases = [], [], []
     for name in chosen:
-        case = CASES[name]()
+        case = {**CASES, **EXTRA}[name]()
         report, score = run(case, write=args.write)
         if args.show:
             print(f"==== {name}: {case.note}\n{report.render('table')}\n")
