@@ -50,6 +50,7 @@ from keyguard.engine._matching import (
     own_name_agrees,
     parents,
     permuted,
+    root_of,
     same_holes,
 )
 from keyguard.engine._names import path_similarity, same_path
@@ -60,6 +61,7 @@ __all__ = ["Alignment", "Evidence", "Match", "Tie", "align"]
 LEVELS: Final = 3  # coarse groups, then up to two splits
 MAX_COMPONENT: Final = 400  # groups per side in one tie weighed by names; larger ties stay candidates
 MARGIN: Final = 0.25  # how much better the chosen candidate must be than the next
+ROOT: Final = 0.5  # weight of staying in (or leaving) the top-level part of the same name on both sides
 
 
 def align(
@@ -123,6 +125,10 @@ class _Aligner(Settlement):
         for key in anchored_keys:
             template = digit_template(key)[0]
             self.matched_counts[template] = self.matched_counts.get(template, 0) + 1
+        # the top-level parts both sides name alike (``encoder`` / ``model.encoder``, ``decoder`` / ``model.decoder``)
+        both = {root_of(e[0]) for e in checkpoint} & {root_of(e[0]) for e in expected}
+        both |= {root_of(k) for k in anchored_keys}
+        self.shared_roots = both - {""}
         # every open key's leaves by module, on both sides: a module's leaves go to one module together
         self.c_leaves = leaves_by_module(checkpoint)
         self.e_leaves = leaves_by_module(expected)
@@ -336,7 +342,7 @@ class _Aligner(Settlement):
         if len(comp_c) <= MAX_COMPONENT and len(comp_e) <= MAX_COMPONENT:
             for c in comp_c:
                 for e in edges[c]:
-                    scores[c, e] = path_similarity(c.path, e.path) + self._placement(c, e)
+                    scores[c, e] = path_similarity(c.path, e.path) + self._placement(c, e) + self._roots(c, e)
                     if same_path(c.path, e.path):
                         scores[c, e] += STRONG_NAME
         by_c: dict[Group, list[tuple[float, Group]]] = {}
@@ -372,6 +378,16 @@ class _Aligner(Settlement):
                 scores,
                 "several groups of equal shapes fit and the names do not decide",
             )
+
+    def _roots(self, c: Group, e: Group) -> float:
+        """Where both sides have top-level parts of the same names, a module stays in its namesake: an encoder
+        block's attention is the encoder's, not the decoder's, however alike the rest of their names."""
+        if not self.shared_roots:
+            return 0.0
+        ours, theirs = root_of(c.members[0].name), root_of(e.members[0].name)
+        if ours not in self.shared_roots or theirs not in self.shared_roots:
+            return 0.0
+        return ROOT if ours == theirs else -ROOT
 
     def _tie(
         self,

@@ -176,3 +176,11 @@ def parents(name: str) -> list[str]:
     if not module:
         return []
     return [a for a in ancestors(module + ".x")[1:4] if not set(a.split(".")) <= WRAPPERS]
+
+
+def root_of(name: str) -> str:
+    """The first segment of a key that is not a wrapper's (``model.decoder.layers.0...`` -> ``decoder``)."""
+    for segment in name.split("."):
+        if segment not in WRAPPERS and not segment.isdigit():
+            return segment
+    return ""

@@ -20,9 +20,12 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
     ("q_proj", "wq", "query", "q", "to_q", "q_lin", "query_proj", "q_layer"),
     ("k_proj", "wk", "key", "k", "to_k", "k_lin", "key_proj", "k_layer"),
     ("v_proj", "wv", "value", "v", "to_v", "v_lin", "value_proj", "v_layer"),
-    ("o_proj", "wo", "out_proj", "to_out", "out_lin", "o", "c_proj", "proj_out", "dense", "proj", "attn_out"),
+    ("o_proj", "wo", "out_proj", "to_out", "out_lin", "o", "out", "c_proj", "proj_out", "dense", "proj", "attn_out"),
     ("qkv_proj", "wqkv", "qkv", "c_attn", "query_key_value", "w_pack", "in_proj", "to_qkv"),
     ("kv_proj", "wkv", "kv", "to_kv", "key_value"),
+    # cross-attention (encoder-decoder models; diffusers' second attention of a transformer block)
+    ("encoder_attn", "cross_attn", "cross_attention", "crossattention", "encoder_attention", "src_attn", "attn2"),
+    ("encoder_attn_layer_norm", "cross_attn_ln", "cross_attn_layer_norm", "cross_attention_layernorm", "ln_cross_attn"),
     # gated MLPs (SwiGLU): w1 is the gate, w3 the up projection, w2 the down projection
     ("gate_proj", "w1", "wi_0", "gate", "w_gate", "fc_gate"),
     ("up_proj", "w3", "wi_1", "up", "w_up", "fc_up"),
@@ -46,6 +49,7 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "input_norm",
         "pre_attention_layernorm",
         "attention_layernorm",
+        "attn_ln",
     ),
     (
         "post_attention_layernorm",
@@ -57,6 +61,7 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
         "pre_feedforward_layernorm",
         "ffn_layernorm",
         "post_attn_norm",
+        "mlp_ln",
     ),
     ("layers", "layer", "h", "blocks", "block", "resblocks", "transformer_blocks", "decoder_layers"),
     # ViT-style pre-norm blocks name the norms by position; numbered norms read the same way there

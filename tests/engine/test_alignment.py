@@ -433,3 +433,43 @@ def test_a_list_that_became_named_modules_is_contested_not_kept() -> None:
     shown = {k for f in contested for k in f.checkpoint_keys}
     assert {"heads.0.layers.0.weight", "heads.0.layers.1.weight", "heads.0.layers.2.weight"} <= shown
     _never_wrong(report, checkpoint, truth)
+
+
+def test_encoder_and_decoder_blocks_of_equal_shapes_stay_in_their_namesakes() -> None:
+    """OpenAI's Whisper layout: ``encoder.blocks.N.attn.query`` / ``decoder.blocks.N.attn.query`` /
+    ``decoder.blocks.N.cross_attn.query`` against ``model.{encoder,decoder}.layers.N.{self_attn,encoder_attn}.q_proj``,
+    every projection of one shape. The top-level parts carry the same names on both sides, so the names choose
+    (``unsafe``); before, every projection stayed ambiguous between the encoder and the decoder."""
+
+    def attention() -> Any:
+        attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(attn, name, nn.Linear(8, 8))
+        return attn
+
+    model = nn.Module()
+    model.model = nn.Module()
+    for part in ("encoder", "decoder"):
+        stack = nn.Module()
+        stack.layers = nn.ModuleList()
+        for _ in range(2):
+            layer = nn.Module()
+            layer.self_attn = attention()
+            if part == "decoder":
+                layer.encoder_attn = attention()
+            stack.layers.append(layer)
+        setattr(model.model, part, stack)
+    state = _distinct(model)
+    names = {"self_attn": "attn", "encoder_attn": "cross_attn", "q_proj": "query", "k_proj": "key"}
+    names |= {"v_proj": "value", "out_proj": "out", "layers": "blocks"}
+
+    def rename(key: str) -> str:
+        parts = key.split(".")[1:]  # model. dropped
+        return ".".join(names.get(p, p) for p in parts)
+
+    checkpoint, truth = _renamed(state, rename)
+    report = keyguard.diagnose(checkpoint, model)
+    _never_wrong(report, checkpoint, truth)
+    mapped = {o: n for o, n in report.unsafe_plan.mapping(checkpoint).items() if n == truth[o]}
+    assert len(mapped) == len(checkpoint), sorted(set(checkpoint) - set(mapped))
+    _loads(model, checkpoint, report.unsafe_plan, state)
