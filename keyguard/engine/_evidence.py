@@ -58,11 +58,12 @@ class Settlement:
         by_module: dict[str, list[Match]] = {}
         for match in matches:
             by_module.setdefault(match.checkpoint.module, []).append(match)
-        inconsistent: set[int] = set()
-        for group in by_module.values():
-            targets = {m.expected.module for m in group}
-            if len(targets) > 1:
-                inconsistent.update(id(m) for m in group)
+        # a module's leaves must all go to one module: by the modules the keys name, not the templates (one
+        # template's blocks may be different modules: an interleaved list, ``neck.0`` a conv and ``neck.1`` a norm)
+        goes = _module_targets(matches)
+        inconsistent = {
+            id(m) for m in matches if any(len(goes.get(split_leaf(cm.name)[0], ())) > 1 for cm, _ in m.pairs)
+        }
         siblings = self._sibling_support(matches)
         self.landing: dict[str, dict[str, tuple[int, ...]]] = {}  # model parent -> checkpoint module -> its index
         # checkpoint list -> checkpoint module -> (the list elements it takes, the model list it goes to)
@@ -167,15 +168,10 @@ class Settlement:
         """Offer candidates only with some support: a name that links them, or a place in the tree that matched
         keys confirm (siblings that moved the same way, a parent that matches as it stands). Candidates from
         nowhere (two unrelated models that happen to share a shape) are no help: better no hint than a wrong one."""
-        modules: dict[str, set[str]] = {}
-        for match in self.result.matches:
-            modules.setdefault(match.checkpoint.module, set()).add(match.expected.module)
+        modules = _module_targets(self.result.matches)
         for pending, why, evidence in self.pending:
             # a module's other leaves went somewhere: this one can only go to the same module
-            pairs = [
-                (c, [e for e in targets if c.module not in modules or e.module in modules[c.module]])
-                for c, targets in pending
-            ]
+            pairs = [(c, [e for e in targets if _fits_modules(c, e, modules)]) for c, targets in pending]
             supported = any(
                 self._related(c, e, siblings) or self._unique_everywhere(c, e) for c, targets in pairs for e in targets
             )
@@ -225,7 +221,7 @@ class Settlement:
         for match in matches:
             if not (match.forced or match.applicability is Applicability.unsafe):
                 continue
-            module = match.checkpoint.module
+            module = _identity(match)
             for c, e in match.pairs:
                 for pair in ancestor_pairs(c.name, e.name):
                     shared.setdefault(pair, set()).add(module)
@@ -234,7 +230,7 @@ class Settlement:
     def _structure(self, match: Match, siblings: dict[tuple[str, str], set[str]]) -> list[Evidence]:
         """What the tree says for a match: it stays inside a parent that matches as it stands, or sibling modules
         move the same way."""
-        module = match.checkpoint.module
+        module = _identity(match)
         c, e = match.pairs[0]
         for c_parent in ancestors(c.name)[1:]:
             if c_parent in self.anchored and e.name.startswith(c_parent + "."):
@@ -272,3 +268,31 @@ class Settlement:
             if others and all(index == cm.index for index in landed.values()):
                 return [Evidence("siblings", f"modules of {len(others) + 1} lists land in '{e_up[0]}' alike")]
         return []
+
+
+def _module_targets(matches: list[Match]) -> dict[str, set[str]]:
+    """Checkpoint module -> the model modules its matched leaves went to, key by key."""
+    out: dict[str, set[str]] = {}
+    for match in matches:
+        if match.checkpoint.leaf == "param":
+            continue  # a free-form parameter may become a module of its own (``layer_scale_1`` -> ``ls1.scale``)
+        for cm, em in match.pairs:
+            out.setdefault(split_leaf(cm.name)[0], set()).add(split_leaf(em.name)[0])
+    return out
+
+
+def _fits_modules(c: Group, e: Group, modules: dict[str, set[str]]) -> bool:
+    """Every key of ``c`` may go to its counterpart in ``e``: where its module's other leaves went, if anywhere."""
+    if c.leaf == "param":
+        return True
+    for cm, em in zip(c.members, e.members):
+        went = modules.get(split_leaf(cm.name)[0])
+        if went is not None and split_leaf(em.name)[0] not in went:
+            return False
+    return True
+
+
+def _identity(match: Match) -> str:
+    """Which module a match moves, for sibling evidence: the checkpoint module and where it goes. One checkpoint
+    template may hold several modules (``neck.{N}``: convs and norms) that go to different model modules."""
+    return f"{match.checkpoint.module}\x01{match.expected.module}"

@@ -174,7 +174,14 @@ class Group:
 
     @property
     def path(self) -> tuple[str, ...]:
-        return module_path(self.template)
+        """The module's path for names; a free-form parameter (``rel_pos_h``, ``cls_token``) is named like a module,
+        so its own name ends the path."""
+        path = module_path(self.template)
+        if self.leaf == "param":
+            name = split_leaf(self.template)[1].replace(HOLE, "").strip("_-")
+            if name:
+                return (*path, name)
+        return path
 
     @property
     def module(self) -> str:

@@ -473,3 +473,31 @@ def test_encoder_and_decoder_blocks_of_equal_shapes_stay_in_their_namesakes() ->
     mapped = {o: n for o, n in report.unsafe_plan.mapping(checkpoint).items() if n == truth[o]}
     assert len(mapped) == len(checkpoint), sorted(set(checkpoint) - set(mapped))
     _loads(model, checkpoint, report.unsafe_plan, state)
+
+
+def test_a_sequential_of_convs_and_norms_becomes_named_children() -> None:
+    """SAM's neck: ``neck.0`` (a conv), ``neck.1`` (a norm), ``neck.2``, ``neck.3`` became ``conv1``, ``layer_norm1``,
+    ``conv2``, ``layer_norm2``. One template (``neck.{N}.weight``) holds convs and norms, which are different
+    modules: consistency is judged by the modules the keys name, not by the template. Before, the norms' weights
+    and biases were held to "go to different modules" and left as candidates."""
+    model = nn.Module()
+    model.encoder = nn.Module()
+    model.encoder.neck = nn.Module()
+    neck = model.encoder.neck
+    neck.conv1 = nn.Conv2d(8, 4, 1, bias=False)
+    neck.layer_norm1 = nn.LayerNorm(4)
+    neck.conv2 = nn.Conv2d(4, 4, 3, bias=False)
+    neck.layer_norm2 = nn.LayerNorm(4)
+    state = _distinct(model)
+    slots = {"conv1": "0", "layer_norm1": "1", "conv2": "2", "layer_norm2": "3"}
+
+    def rename(key: str) -> str:
+        parts = key.split(".")
+        return ".".join(["image_encoder", "neck", slots[parts[2]], parts[3]])
+
+    checkpoint, truth = _renamed(state, rename)
+    report = keyguard.diagnose(checkpoint, model)
+    _never_wrong(report, checkpoint, truth)
+    mapped = {o for o, n in report.unsafe_plan.mapping(checkpoint).items() if n == truth[o]}
+    assert mapped == set(checkpoint), report.render()
+    _loads(model, checkpoint, report.unsafe_plan, state)
