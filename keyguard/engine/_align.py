@@ -53,7 +53,7 @@ from keyguard.engine._matching import (
     root_of,
     same_holes,
 )
-from keyguard.engine._names import path_similarity, same_path
+from keyguard.engine._names import path_similarity, same_path, segment_similarity
 from keyguard.fixes._rules import Applicability
 
 __all__ = ["Alignment", "Evidence", "Match", "Tie", "align"]
@@ -171,6 +171,7 @@ class _Aligner(Settlement):
             exact = index.get(group.signature, []) if group.shapes_known else []
             others = loose if group.shapes_known else pool_e
             found = [*exact, *(g for g in others if g not in exact and compatible(group, g))]
+            found += self._named_across(group, pool_e, found)
             found = [
                 g for g in found if same_holes(group, g) and self._consistent(group, g) and not self._offset(group, g)
             ]
@@ -179,6 +180,28 @@ class _Aligner(Settlement):
             if found:
                 edges[group] = found
         return edges
+
+    @staticmethod
+    def _named_across(group: Group, pool_e: list[Group], found: list[Group]) -> list[Group]:
+        """A free-form parameter that became a module's weight, or the reverse (``positional_embedding`` ->
+        ``embed_positions.weight``): the leaf kinds differ, so only where the names are the same or published
+        equivalents, with the same shapes."""
+        kinds = {"param": "weight", "weight": "param"}
+        other = kinds.get(group.leaf)
+        if other is None or not group.path:
+            return []
+        return [
+            e
+            for e in pool_e
+            if e.leaf == other
+            and e not in found
+            and e.path
+            and e.size == group.size
+            and segment_similarity(group.path[-1], e.path[-1]) >= STRONG_NAME
+            and all(
+                cm.info.shape is not None and cm.info.shape == em.info.shape for cm, em in zip(group.members, e.members)
+            )
+        ]
 
     def _offset(self, c: Group, e: Group) -> bool:
         """The same names, other blocks, in a family whose other blocks match as they stand: renumbering these

@@ -69,7 +69,21 @@ EQUIVALENT_NAMES: Final[tuple[tuple[str, ...], ...]] = (
     ("layernorm_after", "norm2", "layer_norm_2", "ln_2", "ln2", "norm_2"),
     # whole-model parts
     ("classifier", "head", "fc", "score", "cls"),
-    ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "final_norm", "norm_out", "ln_out"),
+    (
+        "norm",
+        "ln_f",
+        "final_layernorm",
+        "final_layer_norm",
+        "norm_f",
+        "final_norm",
+        "norm_out",
+        "ln_out",
+        "ln_final",
+        "ln_post",
+        "post_layernorm",
+    ),
+    # the norm before the first block (CLIP's vision tower; transformers spells it ``pre_layrnorm``)
+    ("pre_layernorm", "pre_layrnorm", "ln_pre", "norm_pre"),
     (
         "embed_tokens",
         "tok_embeddings",

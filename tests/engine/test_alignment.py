@@ -501,3 +501,35 @@ def test_a_sequential_of_convs_and_norms_becomes_named_children() -> None:
     mapped = {o for o, n in report.unsafe_plan.mapping(checkpoint).items() if n == truth[o]}
     assert mapped == set(checkpoint), report.render()
     _loads(model, checkpoint, report.unsafe_plan, state)
+
+
+def test_a_parameter_that_became_a_module_weight_is_offered() -> None:
+    """OpenAI's Whisper and CLIP keep ``positional_embedding`` as a bare parameter; transformers holds it as
+    ``embed_positions.weight`` (an ``nn.Embedding``). The leaf kinds differ (a free-form parameter, a weight), so
+    the pair is a candidate only because the names are published equivalents and the shapes agree. Before, it was
+    reported as one unexpected and one missing key, with nothing linking them."""
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.encoder = nn.Module()
+    model.model.encoder.embed_positions = nn.Embedding(12, 8)
+    model.model.encoder.conv = nn.Conv1d(4, 8, 3)
+    state = _distinct(model)
+    checkpoint = {
+        "encoder.positional_embedding": state["model.encoder.embed_positions.weight"],
+        "encoder.conv.weight": state["model.encoder.conv.weight"],
+        "encoder.conv.bias": state["model.encoder.conv.bias"],
+    }
+    truth = {
+        "encoder.positional_embedding": "model.encoder.embed_positions.weight",
+        "encoder.conv.weight": "model.encoder.conv.weight",
+        "encoder.conv.bias": "model.encoder.conv.bias",
+    }
+    report = keyguard.diagnose(checkpoint, model)
+    _never_wrong(report, checkpoint, truth)
+    offered = report.unsafe_plan.mapping(checkpoint).get("encoder.positional_embedding") == truth[
+        "encoder.positional_embedding"
+    ] or any(
+        "encoder.positional_embedding" in f.checkpoint_keys and truth["encoder.positional_embedding"] in f.expected_keys
+        for f in report.findings
+    )
+    assert offered, report.render()
