@@ -113,18 +113,59 @@ def permuted(c: Group, e: Group) -> list[Member] | None:
     k = c.holes
     if k < 2 or e.holes != k:
         return None
-    ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
-    if ours == theirs or sorted(ours) != sorted(theirs):
+    named = _anchored_order(c.template, e.template)
+    if named is not None:
+        order = named  # each index follows the name it numbers (``blocks0.norm.2`` / ``blocks.0.norm2``)
+    else:
+        ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
+        if ours == theirs or sorted(ours) != sorted(theirs):
+            return None
+        order = []
+        for kind in ours:  # the n-th hole of a kind here is the n-th hole of that kind there
+            seen = sum(1 for o in order if theirs[o] == kind)
+            order.append([j for j, t in enumerate(theirs) if t == kind][seen])
+    if order == list(range(k)):
         return None
-    order: list[int] = []
-    for kind in ours:  # the n-th hole of a kind here is the n-th hole of that kind there
-        seen = sum(1 for o in order if theirs[o] == kind)
-        order.append([j for j, t in enumerate(theirs) if t == kind][seen])
     ordered = sorted(e.members, key=lambda m: tuple(m.index[j] for j in order))
     for cm, em in zip(c.members, ordered):
         if cm.info.shape is not None and em.info.shape is not None and cm.info.shape != em.info.shape:
             return None
     return ordered
+
+
+def _anchored_order(ours: str, theirs: str) -> list[int] | None:
+    """For each hole of ``ours``, the hole of ``theirs`` numbering a module of the same name (the name the index
+    follows: ``blocks`` in ``blocks0`` and in ``blocks.0``); None unless the names pair every hole one to one (one
+    hole may be left to pair with the one left over)."""
+    a, b = hole_anchors(ours), hole_anchors(theirs)
+    order: list[int | None] = []
+    for name in a:
+        hits = [j for j, other in enumerate(b) if name and other and same_name(name, other)]
+        order.append(hits[0] if len(hits) == 1 and b.count(b[hits[0]]) == 1 and a.count(name) == 1 else None)
+    missing = [i for i, o in enumerate(order) if o is None]
+    taken = {o for o in order if o is not None}
+    if len(taken) != len(order) - len(missing) or len(missing) > 1 or len(missing) == len(order):
+        return None
+    if missing:
+        left = [j for j in range(len(b)) if j not in taken]
+        order[missing[0]] = left[0]
+    return [o for o in order if o is not None]
+
+
+def hole_anchors(template: str) -> list[str]:
+    """For each hole, the name it numbers: the letters before it in its segment (``conv`` in ``conv{N}s``), or the
+    segment before it when it stands alone (``h`` in ``h.{N}``)."""
+    out: list[str] = []
+    previous = ""
+    for segment in template.split("."):
+        pieces = segment.split(HOLE)
+        for piece in pieces[:-1]:
+            name = piece.strip("_-")
+            out.append(name if name and not name.isdigit() else previous)
+        bare = segment.replace(HOLE, "").strip("_-")
+        if bare and not bare.isdigit():
+            previous = bare
+    return out
 
 
 def hole_kinds(template: str) -> list[bool]:

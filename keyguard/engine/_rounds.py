@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import re
 from itertools import compress
+from typing import Final
 
 from keyguard._patterns import HOLE, template
 from keyguard.engine import _knowledge as knowledge
@@ -239,6 +240,11 @@ class _Rounds(EngineState):
             # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
             self.declined.add(cand.identity)
             return False
+        if not cand.known and self._spelled_by_another(pairs):
+            # a target that another open key of the checkpoint spells the same way, up to separators and case
+            # (``h-0-norm.weight`` for ``h.0.norm.weight``): that key is the better claimant. Alignment weighs both
+            self.declined.add(cand.identity)
+            return False
         alike = self._lookalikes(pairs)
         if alike:
             # a key lands where another open key of the model looks just as right (``attentions.0.output.dense``
@@ -358,6 +364,16 @@ class _Rounds(EngineState):
             _Ambiguity(options, [cand.rule], "two rules that each explain other keys read these keys differently")
         )
         return {n: t for n, t in pairs.items() if n not in contested}
+
+    def _spelled_by_another(self, pairs: dict[str, str]) -> bool:
+        spelled = {_spelling(n): n for n in self.by_cur if _SEPARATORS.search(n) or not n.islower()}
+        if not spelled:
+            return False
+        for name, target in pairs.items():
+            other = spelled.get(_spelling(target))
+            if other is not None and other != name and other != target:
+                return True
+        return False
 
     def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
         """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing
@@ -747,3 +763,13 @@ def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:
         if theirs is not None and theirs != name:
             return True
     return False
+
+
+#: Separators other than the dot: a key spelled with them may be another key flattened.
+_SEPARATORS: Final = re.compile(r"[-_]")
+_ANY_SEPARATOR: Final = re.compile(r"[-_.]")
+
+
+def _spelling(key: str) -> str:
+    """The key with case and separators set aside: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same."""
+    return _ANY_SEPARATOR.sub("", key).lower()

@@ -1288,3 +1288,41 @@ def test_an_interleaved_transition_is_in_one_finding_only() -> None:
             },
         )
     )
+
+
+def test_a_prefix_replacement_does_not_take_a_target_another_key_spells() -> None:
+    """``h.N.x`` saved with dashes (``h-N-x``) and ``head.norms.N`` as ``head.zeta.N.norm``. Replacing ``head.zeta.``
+    with ``h.`` lands the head's norms on ``h.N.norm``, which ``h-N-norm`` spells the same way up to separators: that
+    key is the better claimant. Before, the replacement was applied (``safe``)."""
+    expected = {}
+    checkpoint = {}
+    truth = {}
+    for n in (0, 1):
+        for leaf, shape in (("dwconv.weight", (4, 1, 7, 7)), ("norm.weight", (4,)), ("norm.bias", (4,))):
+            expected[f"h.{n}.{leaf}"] = shape
+            checkpoint[f"h-{n}-{leaf}"] = shape
+            truth[f"h-{n}-{leaf}"] = f"h.{n}.{leaf}"
+        for leaf in ("weight", "bias"):
+            expected[f"head.norms.{n}.{leaf}"] = (4,)
+            checkpoint[f"head.zeta.{n}.norm.{leaf}"] = (4,)
+            truth[f"head.zeta.{n}.norm.{leaf}"] = f"head.norms.{n}.{leaf}"
+    check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
+
+
+def test_indices_follow_the_names_they_number_when_holes_change_kind() -> None:
+    """``blocks.N.normK`` saved as ``blocksN.norm.K``: the block number moved into a name and the norm number out
+    of one. Pairing holes by kind (in a name with in a name) swapped them; each index follows the name it numbers
+    (``blocks``, ``norm``). Before, the safe plan put ``blocks0.norm.2`` on ``blocks.1.norm1``."""
+    expected = {}
+    checkpoint = {}
+    truth = {}
+    for n in (0, 1):
+        for k in (1, 2):
+            for leaf in ("weight", "bias"):
+                expected[f"model.blocks.{n}.norm{k}.{leaf}"] = (4,)
+                checkpoint[f"model.blocks{n}.norm.{k}.{leaf}"] = (4,)
+                truth[f"model.blocks{n}.norm.{k}.{leaf}"] = f"model.blocks.{n}.norm{k}.{leaf}"
+        expected[f"model.blocks.{n}.fc.weight"] = (8, 4)
+        checkpoint[f"model.blocks{n}.fc.weight"] = (8, 4)
+        truth[f"model.blocks{n}.fc.weight"] = f"model.blocks.{n}.fc.weight"
+    check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
