@@ -115,6 +115,9 @@ class Settlement:
                 named = named_in_place(match.checkpoint, match.expected)
                 if keys >= 2 and (structure or named):
                     match.evidence.extend(structure or [Evidence("names", self._names_text(match))])
+                    if _order_assumed(match):
+                        match.applicability = Applicability.unsafe
+                        match.note = "blocks regrouped in order: their shapes cannot tell another order"
                 elif named or (structure and own):
                     match.applicability = Applicability.unsafe
                     match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
@@ -296,3 +299,12 @@ def _identity(match: Match) -> str:
     """Which module a match moves, for sibling evidence: the checkpoint module and where it goes. One checkpoint
     template may hold several modules (``neck.{N}``: convs and norms) that go to different model modules."""
     return f"{match.checkpoint.module}\x01{match.expected.module}"
+
+
+def _order_assumed(match: Match) -> bool:
+    """The blocks are regrouped (the index structure changes: a flat list into stages, or the reverse) and paired
+    in order, while every block has the same shapes: any other order (interleaved stages) would fit as well."""
+    c, e = match.checkpoint, match.expected
+    if c.holes == e.holes or c.size < 2:
+        return False
+    return len({m.info.shape for m in c.members}) == 1

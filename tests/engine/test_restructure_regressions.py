@@ -1171,7 +1171,6 @@ def test_a_safe_plan_lands_keys_of_an_ambiguous_finding_after_a_regroup() -> Non
     )
 
 
-@_xfail("the safe plan lands levels.0.stages.0.blocks.{0,1}.gamma, which an unsafe renamed finding holds")
 def test_a_safe_plan_lands_keys_of_an_unsafe_finding_after_a_regroup() -> None:
     """Stages regrouped under ``levels``, norms with gamma/beta leaves: the layer-scale ``gamma`` keys sit in an
     ``unsafe`` finding, but the safe plan lands them (a safe rule of another finding renames them too)."""
