@@ -25,9 +25,9 @@ transformers = pytest.importorskip("transformers")
 BROKEN_TODAY: dict[str, str] = {}
 #: Floors over the whole corpus: keys that need a rename mapped right by the safe or unsafe plan, the right target
 #: offered somewhere in the report, and hints right when shown. Lowered from 0.84 / 0.94 when five published
-#: conversions joined (Whisper, CLIP, Megatron GPT-2, Mamba, SAM: harder than the first 33, 80% / 94% on them all).
-MAPPED_FLOOR = 0.79
-EXPLAINED_FLOOR = 0.93
+#: conversions joined (Whisper, CLIP, Megatron GPT-2, Mamba, SAM); on all 42 cases today: 84% / 95%.
+MAPPED_FLOOR = 0.83
+EXPLAINED_FLOOR = 0.94
 HINTS_FLOOR = 0.9
 _SCORES: dict[str, Any] = {}
 
