@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 # fixed by template alignment and contested exact matches.
 BROKEN_TODAY: dict[str, str] = {}
 #: Floors over the whole corpus: keys that need a rename mapped right by the safe or unsafe plan, the right target
-#: offered somewhere in the report, and hints right when shown. Lowered from 0.84 / 0.94 when five published
+#: offered somewhere in the report, and hints right when shown. Kept a point under the measured figures; five published
 #: conversions joined (Whisper, CLIP, Megatron GPT-2, Mamba, SAM); on all 42 cases today: 84% / 95%.
 MAPPED_FLOOR = 0.83
 EXPLAINED_FLOOR = 0.94
