@@ -240,7 +240,7 @@ class _Rounds(EngineState):
             # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
             self.declined.add(cand.identity)
             return False
-        if not cand.known and self._spelled_by_another(pairs):
+        if not cand.known and not self._on_every_key(cand.rule) and self._spelled_by_another(pairs):
             # a target that another open key of the checkpoint spells the same way, up to separators and case
             # (``h-0-norm.weight`` for ``h.0.norm.weight``): that key is the better claimant. Alignment weighs both
             self.declined.add(cand.identity)
@@ -366,11 +366,9 @@ class _Rounds(EngineState):
         return {n: t for n, t in pairs.items() if n not in contested}
 
     def _spelled_by_another(self, pairs: dict[str, str]) -> bool:
-        spelled = {_spelling(n): n for n in self.by_cur if _SEPARATORS.search(n) or not n.islower()}
-        if not spelled:
-            return False
+        spelled = {n.translate(_NO_SEPARATORS).lower(): n for n in self.by_cur}
         for name, target in pairs.items():
-            other = spelled.get(_spelling(target))
+            other = spelled.get(target.translate(_NO_SEPARATORS).lower())
             if other is not None and other != name and other != target:
                 return True
         return False
@@ -447,6 +445,8 @@ class _Rounds(EngineState):
         """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end
         the same way (the part the key kept) with the same shape: readings the rule cannot tell from its own."""
         out: dict[str, list[str]] = {}
+        if all(n.endswith(t) for n, t in pairs.items()):
+            return out  # a prefix stripped: every target is the whole of what its key kept
         targets = set(pairs.values())
         for name, target in pairs.items():
             a, b = name.split("."), target.split(".")
@@ -765,11 +765,5 @@ def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:
     return False
 
 
-#: Separators other than the dot: a key spelled with them may be another key flattened.
-_SEPARATORS: Final = re.compile(r"[-_]")
-_ANY_SEPARATOR: Final = re.compile(r"[-_.]")
-
-
-def _spelling(key: str) -> str:
-    """The key with case and separators set aside: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same."""
-    return _ANY_SEPARATOR.sub("", key).lower()
+#: Separators set aside when comparing spellings: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same.
+_NO_SEPARATORS: Final = str.maketrans("", "", "-_.")
