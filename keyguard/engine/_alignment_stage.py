@@ -64,23 +64,13 @@ class _AlignmentStage(EngineState):
                 if key in matched and key not in readings:
                     readings.append(key)
                 options[key] = readings
-            for key in ours:
-                del self.by_cur[key]
-                del self.cur[key]
-                self.frozen.append(key)
-            for key in matched:
-                del self.resolved[key]
-                self.exact.discard(key)
-                self.frozen.append(key)
-            self.open_e.difference_update(theirs)
-            self._ambiguous(
-                _Ambiguity(
-                    options,
-                    [],
-                    "blocks of this numbered group match as they stand while others are open: paired in order,"
-                    " they read otherwise",
-                    contested=True,
-                )
+            self._contest(
+                ours,
+                matched,
+                theirs,
+                options,
+                "blocks of this numbered group match as they stand while others are open: paired in order,"
+                " they read otherwise",
             )
 
     def _contest_list_heads(self) -> None:
@@ -133,24 +123,30 @@ class _AlignmentStage(EngineState):
                 k: [e for e in sorted(e_keys, key=lambda e: e != k) if self.E[e].shape == self.C[k].shape]
                 for k in c_keys
             }
-            for key in ours:
-                del self.by_cur[key]
-                del self.cur[key]
-                self.frozen.append(key)
-            for key in matched:
-                del self.resolved[key]
-                self.exact.discard(key)
-                self.frozen.append(key)
-            self.open_e.difference_update(theirs)
-            self._ambiguous(
-                _Ambiguity(
-                    options,
-                    [],
-                    "an element of this list matches as it stands while the others are unexpected and the module"
-                    " misses named children of their shapes: the list may have become named modules",
-                    contested=True,
-                )
+            self._contest(
+                ours,
+                matched,
+                theirs,
+                options,
+                "an element of this list matches as it stands while the others are unexpected and the module"
+                " misses named children of their shapes: the list may have become named modules",
             )
+
+    def _contest(
+        self, ours: list[str], matched: list[str], theirs: list[str], options: dict[str, list[str]], why: str
+    ) -> None:
+        """Take open checkpoint keys ``ours``, exact matches ``matched`` and open model keys ``theirs`` out of play
+        and show them as one contested reading (KG405): nothing of them is applied."""
+        for key in ours:
+            del self.by_cur[key]
+            del self.cur[key]
+            self.frozen.append(key)
+        for key in matched:
+            del self.resolved[key]
+            self.exact.discard(key)
+            self.frozen.append(key)
+        self.open_e.difference_update(theirs)
+        self._ambiguous(_Ambiguity(options, [], why, contested=True))
 
     def _match_held_by_name(self) -> None:
         """Keys held out for a shape mismatch that alignment did not explain match by name again."""
