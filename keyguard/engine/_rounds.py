@@ -1,14 +1,14 @@
-"""Rule inference in rounds: prefix, segment and index-shift candidates voted, screened, accepted."""
+"""Rule inference in rounds: prefix, segment and index-shift candidates voted, screened, accepted (what may
+still contest a rule is in ``_doubts``)."""
 
 from __future__ import annotations
 
 import operator
-import re
 from itertools import compress
-from typing import Final
 
-from keyguard._patterns import HOLE, template
+from keyguard._patterns import template
 from keyguard.engine import _knowledge as knowledge
+from keyguard.engine._doubts import _Doubts
 from keyguard.engine._groups import split_leaf
 from keyguard.engine._infer import (
     SAMPLE,
@@ -24,7 +24,6 @@ from keyguard.engine._state import (
     _DTYPE_OF,
     _FLOAT_DTYPES,
     _SHAPE_OF,
-    EngineState,
     _Accepted,
     _Ambiguity,
     _code,
@@ -44,7 +43,7 @@ from keyguard.fixes._rules import (
 )
 
 
-class _Rounds(EngineState):
+class _Rounds(_Doubts):
     def _round(self) -> bool:
         self.endings = {}  # open expected keys change between rounds
         names = list(self.by_cur)
@@ -316,257 +315,6 @@ class _Rounds(EngineState):
         self.accepted.append(accepted)
         return True
 
-    def _carve_contested(
-        self,
-        cand: Candidate,
-        pairs: dict[str, str],
-        scored: list[tuple[int, Candidate]],
-        taken_c: set[str],
-        taken_e: set[str],
-    ) -> dict[str, str]:
-        """Keys another rule reads otherwise, where that rule also explains keys of its own (two subtrees renamed
-        onto one prefix: ``trunk.norm`` could be ``model.norm`` or ``transformer.norm``), are taken out of the
-        winner's pairs and shown with both readings."""
-        if not isinstance(cand.rule, (StripPrefix, ReplacePrefix, AddPrefix)):
-            return pairs  # numbered groups have their own checks (offsets, partly matched groups)
-        contested: dict[str, list[str]] = {}
-        for _, other in scored:
-            if (
-                other is cand
-                or not other.landing
-                or not isinstance(other.rule, (StripPrefix, ReplacePrefix, AddPrefix))
-            ):
-                continue
-            clash = {n for n, t in other.landing.items() if n in pairs and pairs[n] != t}
-            if not clash:
-                continue
-            own = [n for n in other.landing if n not in pairs and n not in taken_c]
-            if not own:
-                continue
-            for name in clash:
-                readings = contested.setdefault(name, [pairs[name]])
-                if other.landing[name] not in readings and other.landing[name] not in taken_e:
-                    readings.append(other.landing[name])
-        contested = {n: ts for n, ts in contested.items() if len(ts) > 1}
-        if not contested:
-            return pairs
-        options: dict[str, list[str]] = {}
-        for name, targets in contested.items():
-            original = self.by_cur.pop(name)
-            del self.cur[original]
-            self.frozen.append(name)
-            taken_c.add(name)
-            for target in targets:
-                self.open_e.discard(target)
-                taken_e.add(target)
-            options[original] = targets
-        self._ambiguous(
-            _Ambiguity(options, [cand.rule], "two rules that each explain other keys read these keys differently")
-        )
-        return {n: t for n, t in pairs.items() if n not in contested}
-
-    def _spelled_by_another(self, pairs: dict[str, str]) -> bool:
-        spelled = {n.translate(_NO_SEPARATORS).lower(): n for n in self.by_cur}
-        for name, target in pairs.items():
-            other = spelled.get(target.translate(_NO_SEPARATORS).lower())
-            if other is not None and other != name and other != target:
-                return True
-        return False
-
-    def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
-        """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing
-        (nothing a known convention, such as ``gamma`` -> ``weight``, makes land). Wrapper prefixes on every key
-        and known conventions are exempt: their part-way renames are the first of two steps."""
-        if cand.known or not renamed or self._on_every_key(cand.rule):
-            return False
-        landing = {_parent(n) for n, t in renamed.items() if t in self.open_e}
-        if not landing:
-            return False
-        return any(
-            t not in self.open_e and _parent(n) in landing and not _lands_by_convention(t, self.open_e)
-            for n, t in renamed.items()
-        )
-
-    def _on_every_key(self, rule: Rule) -> bool:
-        if isinstance(rule, (StripPrefix, ReplacePrefix)):
-            old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
-            return old in knowledge.KNOWN_PREFIXES or all(n.startswith(old) for n in self.by_cur)
-        if isinstance(rule, AddPrefix):
-            return rule.prefix in knowledge.KNOWN_PREFIXES
-        return False
-
-    def _contest_exact(self, cand: Candidate, renamed: dict[str, str]) -> None:
-        """A rule that explains a group would also put a key onto a name that matches as it stands (a stale
-        unprefixed copy beside the prefixed one): both readings are shown, neither is applied."""
-        if not self.exact:
-            return
-        contested = {n: t for n, t in renamed.items() if t in self.exact and self.resolved.get(t) == t}
-        if not contested or len(contested) * 2 > len(renamed):
-            return  # most of what the rule renames collides: it is no reading of this checkpoint
-        options: dict[str, list[str]] = {}
-        for name, target in contested.items():
-            original = self.by_cur.pop(name)
-            del self.cur[original]
-            del renamed[name]
-            self.frozen.append(name)
-            del self.resolved[target]
-            self.exact.discard(target)
-            self.frozen.append(target)
-            options[target] = [target]
-            options[original] = [target]
-        self._ambiguous(
-            _Ambiguity(
-                options,
-                [cand.rule],
-                "a key matches as it stands while a rule that explains its neighbours puts another key there",
-                contested=True,
-            )
-        )
-
-    def _outweighed(self, renamed: dict[str, str]) -> bool:
-        """The rule puts keys onto names that match as they stand, and lands no more keys of the right shape
-        than it collides with or lands on other shapes."""
-        if not self.exact:
-            return False
-        collides = sum(1 for t in renamed.values() if t in self.exact and self.resolved.get(t) == t)
-        if not collides or collides * 2 > len(renamed):
-            return False  # no collision, or _contest_exact's "no reading": the exact matches stand
-        fits = mismatched = 0
-        for name, target in renamed.items():
-            if target in self.open_e:
-                ours, theirs = self.C[self.by_cur[name]].shape, self.E[target].shape
-                if ours is not None and theirs is not None and ours != theirs:
-                    mismatched += 1
-                else:
-                    fits += 1
-        return fits <= collides + mismatched
-
-    def _lookalikes(self, pairs: dict[str, str]) -> dict[str, list[str]]:
-        """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end
-        the same way (the part the key kept) with the same shape: readings the rule cannot tell from its own."""
-        out: dict[str, list[str]] = {}
-        if all(n.endswith(t) for n, t in pairs.items()):
-            return out  # a prefix stripped: every target is the whole of what its key kept
-        targets = set(pairs.values())
-        for name, target in pairs.items():
-            a, b = name.split("."), target.split(".")
-            kept = 0
-            while kept < min(len(a), len(b)) and a[-1 - kept] == b[-1 - kept]:
-                kept += 1
-            if kept == len(b) or kept == 0:
-                continue  # a prefix edit keeps the whole target: nothing else ends like it
-            while kept > 1 and b[len(b) - kept].isdigit():
-                kept -= 1  # a block number right after the change belongs to the changed part
-            head = 0
-            while head < min(len(a), len(b)) - kept and a[head] == b[head]:
-                head += 1
-            shape = self.C[self.by_cur[name]].shape
-            if shape is None:
-                continue
-            start = ".".join(b[:head]) + "." if head else ""
-            # alike: the same kept prefix and ending, another middle (where the rule made its change)
-            middle = _names_only(b[head : len(b) - kept])
-            alike = [
-                e
-                for e in self._ending(kept).get(".".join(b[len(b) - kept :]), ())
-                if e not in targets
-                and e in self.open_e
-                and e.startswith(start)
-                and self.E[e].shape == shape
-                and _names_only(e.split(".")[head : len(e.split(".")) - kept]) != middle  # not just another block
-            ]
-            if alike:
-                out[name] = [target, *alike]
-        return out
-
-    def _ending(self, kept: int) -> dict[str, list[str]]:
-        """Open expected keys by their last ``kept`` segments (built once per round and length)."""
-        index = self.endings.get(kept)
-        if index is None:
-            index = {}
-            for key in self.open_e:
-                parts = key.rsplit(".", kept)
-                if len(parts) > kept:
-                    index.setdefault(".".join(parts[1:]), []).append(key)
-            self.endings[kept] = index
-        return index
-
-    def _deferred_lookalikes(self) -> None:
-        """Keys a rule left for another reading: what alignment did not settle is shown with every reading."""
-        for options in self.lookalikes:
-            still = {o: [t for t in ts if t in self.open_e] for o, ts in options.items() if o in self.cur}
-            still = {o: ts for o, ts in still.items() if len(ts) > 1}
-            if not still:
-                continue
-            for original in still:
-                name = self.cur.pop(original)
-                del self.by_cur[name]
-                self.frozen.append(name)
-            for targets in still.values():
-                self.open_e.difference_update(targets)
-            self._ambiguous(_Ambiguity(still, [], "another open key of the same shape ends the same way"))
-
-    def _deferred_groups(self) -> None:
-        """The partly landing groups the rounds set aside: what alignment left of them is shown as ambiguous,
-        with the rule's reading."""
-        for cand, doubtful, suspicious, renamed in self.deferred:
-            still = {n: e for n, e in doubtful.items() if n in self.by_cur and e in self.open_e}
-            if still:
-                self._ambiguous_group(cand, still, suspicious, {n: t for n, t in renamed.items() if n in self.by_cur})
-
-    def _contest_shift(self, rule: ShiftIndex, pairs: dict[str, str]) -> None:
-        """Blocks of a numbered group match as they stand while others are offset (a pipeline stage saved with
-        local indices: layers 0, 1 where the model has 1, 2). Exact matches are evidence, not truth: the whole
-        group is shown with both readings, the blocks paired in order first, and neither is applied."""
-        block = re.compile(re.escape(rule.prefix) + r"([0-9]+)(?:\.|$)")
-        ours = {n: o for n, o in self.by_cur.items() if block.match(n)}
-        kept = {o: t for o, t in self.resolved.items() if o in self.exact and block.match(t)}
-        theirs = [k for k in self.E if block.match(k) and (k in self.open_e or k in kept.values())]
-
-        def index(name: str) -> int:
-            found = block.match(name)
-            assert found is not None
-            return int(found.group(1))
-
-        c_numbers = sorted({index(n) for n in ours} | {index(t) for t in kept.values()})
-        e_numbers = sorted({index(k) for k in theirs})
-        in_order = dict(zip(c_numbers, e_numbers)) if len(c_numbers) == len(e_numbers) else {}
-        freed = set(kept.values())
-        options: dict[str, list[str]] = {}
-        for name, original in [*ours.items(), *((t, o) for o, t in kept.items())]:
-            readings: list[str] = []
-            found = block.match(name)
-            if found is not None and index(name) in in_order:
-                moved = f"{rule.prefix}{in_order[index(name)]}{name[found.end(1) :]}"
-                if moved in self.open_e or moved in freed:
-                    readings.append(moved)
-            current = pairs.get(name, name if original in kept else None)
-            if current is not None and current not in readings and (current in self.open_e or current in freed):
-                readings.append(current)
-            options[original] = readings
-        for name, original in ours.items():
-            del self.by_cur[name]
-            del self.cur[original]
-            self.frozen.append(name)
-        for original, target in kept.items():
-            del self.resolved[original]
-            self.exact.discard(original)
-            self.frozen.append(target)
-        for readings in options.values():
-            self.open_e.difference_update(readings)
-        offsets = {e - c for c, e in in_order.items()}
-        shown: list[Rule] = [rule]
-        if len(offsets) == 1 and (offset := offsets.pop()) != rule.offset:
-            shown.insert(0, ShiftIndex(prefix=rule.prefix, offset=offset))
-        self._ambiguous(
-            _Ambiguity(
-                options,
-                shown,
-                "some blocks of this numbered group match as they stand while others are offset",
-                contested=bool(kept),
-            )
-        )
-
     def _finalize(self) -> None:
         """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
         than an earlier rule the same keys depend on (a plan applies them in order)."""
@@ -603,70 +351,6 @@ class _Rounds(EngineState):
         for acc in self.accepted:
             update = {"applicability": acc.applicability, "reason": _code(acc.candidate.kind)}
             acc.rules = [rule.model_copy(update=update) for rule in acc.rules]
-
-    def _ambiguous_pairs(self, cand: Candidate, pairs: dict[str, str], why: str) -> None:
-        options: dict[str, list[str]] = {}
-        for name, target in pairs.items():
-            original = self.by_cur.pop(name)
-            del self.cur[original]
-            self.frozen.append(name)
-            self.open_e.discard(target)
-            options[original] = [target]
-        self._ambiguous(_Ambiguity(options, [cand.rule], why))
-
-    def _ambiguous_group(
-        self, cand: Candidate, doubtful: dict[str, str], templates: set[str], renamed: dict[str, str]
-    ) -> None:
-        """Declare a whole numbered group ambiguous: the blocks that land and those left on both sides."""
-        options: dict[str, list[str]] = {}
-        leftover_e = [e for e in self.open_e if e not in doubtful.values() and template(e)[0] in templates]
-        for name in list(self.by_cur):
-            new = renamed.get(name, name)
-            if name in doubtful or template(new)[0] in templates:
-                original = self.by_cur.pop(name)
-                del self.cur[original]
-                self.frozen.append(name)
-                options[original] = [doubtful[name]] if name in doubtful else []
-        for target in [*doubtful.values(), *leftover_e]:
-            self.open_e.discard(target)
-        for choices in options.values():
-            choices.extend(e for e in leftover_e if e not in choices)
-        self._ambiguous(
-            _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
-        )
-
-    def _partial_groups(self, pairs: dict[str, str], renamed: dict[str, str]) -> set[str]:
-        if len(self.open_e) <= len(pairs):
-            return set()  # every open expected key lands: nothing of any group is left over
-        landed = {template(e)[0] for e in pairs.values()}
-        numbered = {t for t in landed if HOLE in t}
-        if not numbered:
-            return set()
-        targets = set(pairs.values())
-        left_c = {template(renamed.get(n, n))[0] for n in renamed} & numbered
-        open_first: dict[str, set[int]] = {}
-        for e in self.open_e:
-            if e not in targets:
-                shape, numbers = template(e)
-                if shape in numbered:
-                    open_first.setdefault(shape, set()).add(numbers[0])
-        landed_first: dict[str, set[int]] = {}
-        for e in targets:
-            shape, numbers = template(e)
-            if shape in numbered:
-                landed_first.setdefault(shape, set()).add(numbers[0])
-        suspicious = set(open_first) & left_c
-        # blocks missing *before* the ones that land also suggest an offset (trailing ones: a smaller model)
-        suspicious |= {t for t, low in open_first.items() if min(low) < min(landed_first.get(t, {0}))}
-        return suspicious
-
-    def _group_partly_resolved(self, rule: ShiftIndex) -> bool:
-        """Some blocks of the group already match, or were declared ambiguous: an offset for the rest cannot be
-        told from a coincidence."""
-        block = re.compile(re.escape(rule.prefix) + r"[0-9]+(?:\.|$)")
-        return any(
-            block.match(name) for name in (*self.resolved.values(), *self.frozen) if name.startswith(rule.prefix)
-        )
 
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
@@ -734,25 +418,6 @@ class _Rounds(EngineState):
         return Applicability.safe, None
 
 
-def _names_only(segments: list[str]) -> tuple[str, ...]:
-    return tuple(s for s in segments if not s.isdigit())
-
-
-def _parent(name: str) -> str:
-    """The parent of the module a key belongs to (``a.b.q_proj.weight`` -> ``a.b``)."""
-    module = split_leaf(name)[0]
-    return module.rsplit(".", 1)[0] if "." in module else ""
-
-
-def _lands_by_convention(name: str, open_expected: set[str]) -> bool:
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        new = knowledge.KNOWN_RENAMES.get(part)
-        if new is not None and ".".join([*parts[:i], new, *parts[i + 1 :]]) in open_expected:
-            return True
-    return False
-
-
 def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:
     inverse = {target: name for name, target in other.landing.items()}
     for name, target in pairs.items():
@@ -763,7 +428,3 @@ def _conflicts(other: Candidate, pairs: dict[str, str]) -> bool:
         if theirs is not None and theirs != name:
             return True
     return False
-
-
-#: Separators set aside when comparing spellings: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same.
-_NO_SEPARATORS: Final = str.maketrans("", "", "-_.")
