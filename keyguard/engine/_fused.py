@@ -74,9 +74,9 @@ class _Fusions(EngineState):
             original = self.by_cur.get(name)
             if original is None:
                 continue
-            module, leaf = split_leaf(name)
+            module, leaf = _module_and_leaf(name)
             c_parent, own = _parent_and_own(module)
-            for e_parent in dict.fromkeys([places.get(_parent_and_own(split_leaf(original)[0])[0]), c_parent]):
+            for e_parent in dict.fromkeys([places.get(_parent_and_own(_module_and_leaf(original)[0])[0]), c_parent]):
                 if e_parent is None:
                     continue
                 parts = [k for k in by_parent.get((e_parent, leaf), []) if k in self.open_e]
@@ -147,6 +147,17 @@ class _Fusions(EngineState):
         for target in targets:
             self.open_e.discard(target)
         self.fused.append((rule.model_copy(update={"reason": kinds.FUSED_SPLIT.code}), originals, targets))
+
+
+def _module_and_leaf(key: str) -> tuple[str, str]:
+    """``split_leaf``, reading a parameter named for a module's weight or bias (``nn.MultiheadAttention``'s
+    ``attn.in_proj_weight``) as that module's leaf (``attn.in_proj`` / ``weight``)."""
+    module, leaf = split_leaf(key)
+    if "." not in leaf:
+        head, _, tail = leaf.rpartition("_")
+        if head and tail in ("weight", "bias"):
+            return (f"{module}.{head}" if module else head), tail
+    return module, leaf
 
 
 def _parent_and_own(module: str) -> tuple[str, str]:

@@ -533,3 +533,28 @@ def test_a_parameter_that_became_a_module_weight_is_offered() -> None:
         for f in report.findings
     )
     assert offered, report.render()
+
+
+def test_a_multihead_attention_in_proj_is_offered_as_a_split() -> None:
+    """``nn.MultiheadAttention`` keeps q, k and v as one parameter, ``in_proj_weight`` (and ``in_proj_bias``): read
+    as the ``in_proj`` module's weight, it stacks the model's ``q_proj`` / ``k_proj`` / ``v_proj`` where its
+    sibling ``out_proj`` went. The name spells no order, so the split is shown, never applied. Before, the two
+    tensors were reported as unexpected with nothing linking them to their parts."""
+    mha = nn.MultiheadAttention(8, 2)
+    model = nn.Module()
+    model.layers = nn.ModuleList()
+    for _ in range(2):
+        layer = nn.Module()
+        layer.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(layer.self_attn, name, nn.Linear(8, 8))
+        model.layers.append(layer)
+    checkpoint: dict[str, Any] = {}
+    for n in range(2):
+        for key, tensor in mha.state_dict().items():
+            checkpoint[f"blocks.{n}.attn.{key}"] = tensor.clone()
+    report = keyguard.diagnose(checkpoint, model)
+    split = [f for f in report.findings if f.kind == "fused_split"]
+    shown = {k for f in split for k in f.checkpoint_keys}
+    assert {"blocks.0.attn.in_proj_weight", "blocks.1.attn.in_proj_bias"} <= shown, report.render()
+    assert all(f.fix is None or f.fix.applicability is Applicability.display_only for f in split)
