@@ -152,6 +152,23 @@ class _Doubts(EngineState):
                     fits += 1
         return fits <= collides + mismatched
 
+    def _reordered(self, renamed: dict[str, str]) -> bool:
+        """Keys the rule lands on blocks of other shapes, where the blocks of that numbered family, taken in
+        another order, have exactly the shapes the keys have: a list reordered (reversed stages), not resized.
+        Alignment pairs them by shape instead."""
+        families: dict[str, list[tuple[str, str]]] = {}
+        for name, target in renamed.items():
+            if target in self.open_e and HOLE in (shape := template(target)[0]):
+                families.setdefault(shape, []).append((name, target))
+        for pairs in families.values():
+            ours = [self.C[self.by_cur[n]].shape for n, _ in pairs]
+            theirs = [self.E[t].shape for _, t in pairs]
+            if None in ours or None in theirs or ours == theirs:
+                continue
+            if sorted(map(str, ours)) == sorted(map(str, theirs)):
+                return True
+        return False
+
     def _lookalikes(self, pairs: dict[str, str]) -> dict[str, list[str]]:
         """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end
         the same way (the part the key kept) with the same shape: readings the rule cannot tell from its own."""

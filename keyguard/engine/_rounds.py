@@ -252,7 +252,7 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             self.lookalikes.append({self.by_cur[n]: targets for n, targets in alike.items()})
             return False
-        if self._outweighed(renamed):
+        if self._outweighed(renamed) or self._reordered(renamed):
             # most of what the rule renames either collides with keys that match as they stand or lands on other
             # shapes: the few keys it lands are no reading of their own. Alignment weighs them instead
             self.declined.add(cand.identity)

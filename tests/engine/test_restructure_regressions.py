@@ -1325,3 +1325,23 @@ def test_indices_follow_the_names_they_number_when_holes_change_kind() -> None:
         checkpoint[f"model.blocks{n}.fc.weight"] = (8, 4)
         truth[f"model.blocks{n}.fc.weight"] = f"model.blocks.{n}.fc.weight"
     check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
+
+
+def test_a_list_reordered_with_its_shapes_is_not_renamed_in_place() -> None:
+    """``head.norms.0/1/2`` (widths 8, 16, 32) saved reversed as ``head.zeta.2/1/0``. Renaming ``zeta`` to ``norms``
+    lands the middle norm and puts the others on blocks of other shapes, which the family holds in the reverse
+    order: a list reordered, not resized. Before, the rename was applied (``safe``) and the two outer norms were
+    reported as shape mismatches; now alignment pairs the blocks by their shapes."""
+    expected = {}
+    checkpoint = {}
+    truth = {}
+    for n, width in enumerate((8, 16, 32)):
+        for leaf in ("weight", "bias"):
+            expected[f"head.norms.{n}.{leaf}"] = (width,)
+            checkpoint[f"head.zeta.{2 - n}.{leaf}"] = (width,)
+            truth[f"head.zeta.{2 - n}.{leaf}"] = f"head.norms.{n}.{leaf}"
+    for leaf, shape in (("weight", (8, 8)), ("bias", (8,))):
+        expected[f"fc.{leaf}"] = shape
+        checkpoint[f"fc.{leaf}"] = shape
+        truth[f"fc.{leaf}"] = f"fc.{leaf}"
+    check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
