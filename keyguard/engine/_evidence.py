@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import permutations
 from typing import Final
 
 from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, split_leaf
@@ -14,6 +15,7 @@ from keyguard.engine._matching import (
     Match,
     Tie,
     ancestor_pairs,
+    hole_kinds,
     named_in_place,
     own_name_agrees,
     parents,
@@ -98,6 +100,9 @@ class Settlement:
                 self._demote(match, "the leaves of one module would go to different modules")
                 continue
             hinted = any(e.kind == "hint" for e in match.evidence)
+            if not hinted and not _renumbers_consistently(match):
+                self._demote(match, "paired in order, blocks of one index would go to different indices")
+                continue
             if not hinted and self._placement(match.checkpoint, match.expected) < 0:
                 # its sibling modules all went under another parent: this pairing contradicts them
                 self._demote(match, "its sibling modules went under another parent")
@@ -308,3 +313,30 @@ def _order_assumed(match: Match) -> bool:
     if c.holes == e.holes or c.size < 2:
         return False
     return len({m.info.shape for m in c.members}) == 1
+
+
+def _renumbers_consistently(match: Match) -> bool:
+    """With as many holes on both sides, an index written into a name on both sides (``conv{K}``: it names the
+    module) maps one to one onto the other side's. Pairing in order can break that when the index sets differ
+    (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay
+    ``conv1`` for another, which no renaming does. Indices standing alone may regroup freely."""
+    c, e = match.checkpoint, match.expected
+    k = c.holes
+    if k == 0 or e.holes != k or k > 4 or len(match.pairs) < 2:
+        return True
+    pairs = match.pairs
+    ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
+    for order in permutations(range(k)):
+        if all(
+            _one_to_one([(cm.index[p], em.index[q]) for cm, em in pairs])
+            for p, q in enumerate(order)
+            if ours[p] and theirs[q]
+        ):
+            return True
+    return False
+
+
+def _one_to_one(values: list[tuple[int, int]]) -> bool:
+    forward: dict[int, int] = {}
+    backward: dict[int, int] = {}
+    return all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values)

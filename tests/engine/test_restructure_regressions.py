@@ -1345,3 +1345,24 @@ def test_a_list_reordered_with_its_shapes_is_not_renamed_in_place() -> None:
         checkpoint[f"fc.{leaf}"] = shape
         truth[f"fc.{leaf}"] = f"fc.{leaf}"
     check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
+
+
+def test_an_index_written_into_a_name_is_not_renumbered_inconsistently() -> None:
+    """``blocks.N`` merged into ``blocksN`` while every ``conv2`` was saved two blocks on (``blocks2.conv2`` is
+    ``blocks.0.conv2``). Paired in order, ``blocks{N}.conv{K}`` would put ``blocks1.conv1`` on ``blocks.0.conv2``:
+    ``conv1`` becoming ``conv2`` for one block and staying ``conv1`` for another. An index written into a name on
+    both sides names the module: it must map one to one. Before, the safe plan renumbered them so."""
+    expected = {}
+    checkpoint = {}
+    truth = {}
+    for n in (0, 1):
+        for k, source in ((1, n), (2, n + 2)):
+            expected[f"blocks.{n}.conv{k}.weight"] = (4, 4, 3, 3)
+            checkpoint[f"blocks{source}.conv{k}.weight"] = (4, 4, 3, 3)
+            truth[f"blocks{source}.conv{k}.weight"] = f"blocks.{n}.conv{k}.weight"
+        for k in (1, 2):
+            for leaf in ("weight", "bias"):
+                expected[f"blocks.{n}.bn{k}.{leaf}"] = (4,)
+                checkpoint[f"blocks{n}.bn{k}.{leaf}"] = (4,)
+                truth[f"blocks{n}.bn{k}.{leaf}"] = f"blocks.{n}.bn{k}.{leaf}"
+    check(explicit(expected=expected, checkpoint=checkpoint, truth=truth))
