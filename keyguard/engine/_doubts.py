@@ -4,6 +4,7 @@ for alignment to weigh, shown with every reading when alignment does not settle 
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Final
 
@@ -14,6 +15,7 @@ from keyguard.engine._infer import (
     Candidate,
 )
 from keyguard.engine._state import (
+    _SHAPE_OF,
     EngineState,
     _Ambiguity,
 )
@@ -156,9 +158,17 @@ class _Doubts(EngineState):
         """Keys the rule lands on blocks of other shapes, where the blocks of that numbered family, taken in
         another order, have exactly the shapes the keys have: a list reordered (reversed stages), not resized.
         Alignment pairs them by shape instead."""
+        names, targets = list(renamed), list(renamed.values())
+        ours_all = map(_SHAPE_OF, map(self.C.__getitem__, map(self.by_cur.__getitem__, names)))
+        theirs_all = map(_SHAPE_OF, map(self.E.__getitem__, targets))
+        # C-level over columns: most rules land every key on its own shape, and nothing more is looked at
+        odd = [t for t, differ in zip(targets, map(operator.ne, ours_all, theirs_all)) if differ]
+        odd_families = {template(t)[0] for t in odd if t in self.open_e}
+        if not odd_families:
+            return False
         families: dict[str, list[tuple[str, str]]] = {}
         for name, target in renamed.items():
-            if target in self.open_e and HOLE in (shape := template(target)[0]):
+            if target in self.open_e and HOLE in (shape := template(target)[0]) and shape in odd_families:
                 families.setdefault(shape, []).append((name, target))
         for pairs in families.values():
             ours = [self.C[self.by_cur[n]].shape for n, _ in pairs]

@@ -107,7 +107,7 @@ class _Rounds(_Doubts):
             if not pairs:
                 progress = True
                 continue
-            if self._accept(cand, pairs):
+            if self._accept(cand, pairs, shapes_agree=support == len(cand.landing)):
                 progress = True
                 taken_c.update(pairs)
                 taken_e.update(pairs.values())
@@ -219,7 +219,9 @@ class _Rounds(_Doubts):
             _Ambiguity(options, [cand.rule, *(r.rule for r in rivals)], "several rules explain these keys equally well")
         )
 
-    def _accept(self, cand: Candidate, pairs: dict[str, str]) -> bool:
+    def _accept(self, cand: Candidate, pairs: dict[str, str], *, shapes_agree: bool = False) -> bool:
+        """Take the rule (or its narrowed form) unless a doubt declines it; ``shapes_agree``: every key it lands has
+        the shape of its target (the round counted them), so no reading by shapes can contest it."""
         if isinstance(cand.rule, ShiftIndex) and self._group_partly_resolved(cand.rule):
             # part of the numbered group already matches by name: an offset cannot be told from a coincidence
             self._contest_shift(cand.rule, pairs)
@@ -252,7 +254,7 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             self.lookalikes.append({self.by_cur[n]: targets for n, targets in alike.items()})
             return False
-        if self._outweighed(renamed) or self._reordered(renamed):
+        if self._outweighed(renamed) or (not shapes_agree and self._reordered(renamed)):
             # most of what the rule renames either collides with keys that match as they stand or lands on other
             # shapes: the few keys it lands are no reading of their own. Alignment weighs them instead
             self.declined.add(cand.identity)
