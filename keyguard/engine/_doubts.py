@@ -158,12 +158,12 @@ class _Doubts(EngineState):
         """Keys the rule lands on blocks of other shapes, where the blocks of that numbered family, taken in
         another order, have exactly the shapes the keys have: a list reordered (reversed stages), not resized.
         Alignment pairs them by shape instead."""
-        names, targets = list(renamed), list(renamed.values())
+        landed = {n: t for n, t in renamed.items() if t in self.open_e}
+        names, targets = list(landed), list(landed.values())
         ours_all = map(_SHAPE_OF, map(self.C.__getitem__, map(self.by_cur.__getitem__, names)))
         theirs_all = map(_SHAPE_OF, map(self.E.__getitem__, targets))
-        # C-level over columns: most rules land every key on its own shape, and nothing more is looked at
         odd = [t for t, differ in zip(targets, map(operator.ne, ours_all, theirs_all)) if differ]
-        odd_families = {template(t)[0] for t in odd if t in self.open_e}
+        odd_families = {template(t)[0] for t in odd}
         if not odd_families:
             return False
         families: dict[str, list[tuple[str, str]]] = {}
