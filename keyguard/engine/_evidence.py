@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import permutations
+from itertools import pairwise, permutations
 from typing import Final
 
-from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, split_leaf
+from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, own_name, split_leaf
 from keyguard.engine._matching import (
     WEAK_NAME,
     Alignment,
@@ -139,7 +139,7 @@ class Settlement:
         because some of its blocks match as they stand: counted with those, it has as many blocks and the same
         shapes. Shapes alone chose the target; the names and the exact matches say otherwise."""
         c, e = match.checkpoint, match.expected
-        if own_name_agrees(c, e) or not self.matched_counts:
+        if own_name_agrees(c, e):
             return None
         shapes = {m.info.shape for m in c.members}
         for rival in self.e_groups:
@@ -147,7 +147,12 @@ class Settlement:
                 continue
             template = digit_template(rival.members[0].name)[0]
             matched = self.matched_counts.get(template, 0)
-            if matched and rival.size + matched == c.size and {m.info.shape for m in rival.members} <= shapes:
+            theirs = {m.info.shape for m in rival.members}
+            if matched and rival.size + matched == c.size and theirs <= shapes:
+                return rival
+            if None not in shapes and shapes <= theirs and _siblings(rival, e):
+                # a sibling of the target, named like the checkpoint group, holding its shapes in another
+                # number of blocks (some dropped or matched elsewhere): only the count chose, and names disagree
                 return rival
         return None
 
@@ -317,18 +322,22 @@ def _order_assumed(match: Match) -> bool:
 
 def _renumbers_consistently(match: Match) -> bool:
     """With as many holes on both sides, an index written into a name on both sides (``conv{K}``: it names the
-    module) maps one to one onto the other side's. Pairing in order can break that when the index sets differ
-    (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay
-    ``conv1`` for another, which no renaming does. Indices standing alone may regroup freely."""
+    module) maps one to one onto the other side's, in the same order. Pairing in order can break that when the index
+    sets differ (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block
+    and stay ``conv1`` for another, or ``bn1`` and ``bn2`` would trade places, which no renaming does (renumbering
+    from 1 to 0, or closing a gap, keeps the order). Indices standing alone may regroup freely."""
     c, e = match.checkpoint, match.expected
     k = c.holes
     if k == 0 or e.holes != k or k > 4 or len(match.pairs) < 2:
         return True
     pairs = match.pairs
     ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
+    kinds_agree = sum(ours) == sum(theirs)
     for order in permutations(range(k)):
+        if kinds_agree and any(ours[p] != theirs[q] for p, q in enumerate(order)):
+            continue  # as many indices in names on both sides: they are each other's
         if all(
-            _one_to_one([(cm.index[p], em.index[q]) for cm, em in pairs])
+            _in_order([(cm.index[p], em.index[q]) for cm, em in pairs])
             for p, q in enumerate(order)
             if ours[p] and theirs[q]
         ):
@@ -336,7 +345,17 @@ def _renumbers_consistently(match: Match) -> bool:
     return False
 
 
-def _one_to_one(values: list[tuple[int, int]]) -> bool:
+def _siblings(a: Group, b: Group) -> bool:
+    """Two modules under the same parent template (``mlp.gate_proj`` and ``mlp.up_proj`` in every block)."""
+    up_a, up_b = (digit_template(split_leaf(g.module)[0])[0] for g in (a, b))
+    return up_a == up_b and own_name(a) != own_name(b)
+
+
+def _in_order(values: list[tuple[int, int]]) -> bool:
+    """One to one, and keeping the order of the indices."""
     forward: dict[int, int] = {}
     backward: dict[int, int] = {}
-    return all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values)
+    if not all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values):
+        return False
+    ordered = [forward[a] for a in sorted(forward)]
+    return all(x < y for x, y in pairwise(ordered))

@@ -211,9 +211,10 @@ class _Leftovers(EngineState):
         all_rules: list[Rule] = []
         for acc in self.accepted:
             if (acc.pairs or acc.helped) and acc.applicability.at_least(Applicability.unsafe):
-                all_rules.extend(acc.rules)
+                # a rule narrowed by the plan audit may leave a part of it less applicable than the rest
+                all_rules.extend(r for r in acc.rules if r.applicability.at_least(Applicability.unsafe))
                 if acc.applicability is Applicability.safe:
-                    safe_rules.extend(acc.rules)
+                    safe_rules.extend(r for r in acc.rules if r.applicability is Applicability.safe)
         for finding in self.findings:
             if finding.kind in ("transposed", "fused_split") and finding.fix is not None:
                 all_rules.extend(r for r in finding.fix.rules if r.applicability.at_least(Applicability.unsafe))

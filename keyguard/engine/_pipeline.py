@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from keyguard._regex import compile_patterns
 from keyguard.engine._alignment_stage import _AlignmentStage
+from keyguard.engine._audit import _PlanAudit
 from keyguard.engine._emit_findings import _Findings
 from keyguard.engine._fused import _Fusions
 from keyguard.engine._rounds import _Rounds
@@ -80,7 +81,7 @@ def diagnose_keys(
     return engine.run()
 
 
-class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
+class _Engine(_Rounds, _AlignmentStage, _Fusions, _PlanAudit, _Findings):
     # ------------------------------------------------------------------------------------------------ driver
     def run(self) -> Report:
         for _ in range(MAX_ROUNDS):
@@ -94,6 +95,7 @@ class _Engine(_Rounds, _AlignmentStage, _Fusions, _Findings):
         self._deferred_lookalikes()
         self._settle_by_values()
         self._finalize()
+        self._audit_plans()
         self._fused_split()
         self._fused_by_shape()
         shape_bad = self._pair_findings()

@@ -51,7 +51,11 @@ def _verdict(report: Report) -> str:
 def _fix_text(finding: Finding) -> str | None:
     if finding.fix is None:
         return None
-    rules = "; ".join(rule.describe() for rule in finding.fix.rules[:3])
+    level = finding.fix.applicability
+    rules = "; ".join(
+        rule.describe() + (f" [{rule.applicability.value}]" if rule.applicability.rank < level.rank else "")
+        for rule in finding.fix.rules[:3]
+    )
     if len(finding.fix.rules) > 3:
         rules += f"; +{len(finding.fix.rules) - 3} more"
     note = f" ({finding.fix.note})" if finding.fix.note else ""

@@ -38,7 +38,6 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 FAILING: dict[str, str] = {
     "interleave": "(a) safe: an interleaved block's norm put on the transition's norm",
     "sub_offset": "(a) the safe plan collides (an offset under one sub-module, stages of other widths)",
-    "leaf_names": "(f) the safe DDP strip lands keys that an unsafe or ambiguous finding holds",
 }
 
 
