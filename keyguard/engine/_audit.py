@@ -37,7 +37,13 @@ class _PlanAudit(EngineState):
         """Narrow every applicable rule until neither plan lands a key the engine did not choose for it."""
         if not self.accepted:
             return
-        for level in (Applicability.safe, Applicability.unsafe):
+        levels = [Applicability.safe]
+        if any(
+            acc.applicability is Applicability.unsafe or any(r.applicability is Applicability.unsafe for r in acc.rules)
+            for acc in self.accepted
+        ):
+            levels.append(Applicability.unsafe)  # else the unsafe plan is the safe one, and so are its choices
+        for level in levels:
             for _ in range(MAX_PASSES):
                 strays = self._strays(level)
                 if not strays:
@@ -75,14 +81,17 @@ class _PlanAudit(EngineState):
         rules = [rule for _, rule in self._plan_at(level)]
         if not rules:
             return []
-        keys = list(self.C)
         try:
-            renamed = Plan(rules=rules).mapping(keys)
+            renamed = Plan(rules=rules).mapping(self.C)
         except PlanError:
             return []  # a plan that collides is refused whole when applied; nothing lands through it
-        expected = self.E
+        expected, resolved, via = self.E, self.resolved, self.via
+        below = {i for i, acc in enumerate(self.accepted) if not acc.applicability.at_least(level)}
+        landed = [(key, new) for key, new in renamed.items() if new != key and new in expected]
         return [
-            key for key, new in renamed.items() if new != key and new in expected and new != self._intended(key, level)
+            key
+            for key, new in landed
+            if new != resolved.get(key) or (below and via.get(key, -1) in below)  # landed, but not by this plan
         ]
 
     def _culprit(self, key: str, level: Applicability) -> _Place | None:

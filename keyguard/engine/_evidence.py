@@ -123,6 +123,9 @@ class Settlement:
                     if _order_assumed(match):
                         match.applicability = Applicability.unsafe
                         match.note = "blocks regrouped in order: their shapes cannot tell another order"
+                elif (named or (structure and own)) and self._twin(match, matches) is not None:
+                    self._demote(match, f"'{self._twin(match, matches)}' has its name and shape too")
+                    continue
                 elif named or (structure and own):
                     match.applicability = Applicability.unsafe
                     match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
@@ -154,6 +157,25 @@ class Settlement:
                 # a sibling of the target, named like the checkpoint group, holding its shapes in another
                 # number of blocks (some dropped or matched elsewhere): only the count chose, and names disagree
                 return rival
+        return None
+
+    def _twin(self, match: Match, matches: list[Match]) -> str | None:
+        """For a single key: another model key of the same numbered family and shape that no pair takes (block 0's
+        ``norm2.weight`` and block 1's): the names cannot tell which block is meant."""
+        if match.expected.size != 1:
+            return None
+        target = match.expected.members[0]
+        family, shape = digit_template(target.name)[0], target.info.shape
+        taken = {em.name for m in matches for _, em in m.pairs}
+        for group in self.e_groups:
+            for member in group.members:
+                if (
+                    member.name != target.name
+                    and member.name not in taken
+                    and member.info.shape == shape
+                    and digit_template(member.name)[0] == family
+                ):
+                    return member.name
         return None
 
     def _odd_leaf(self, match: Match) -> str | None:
@@ -321,18 +343,31 @@ def _order_assumed(match: Match) -> bool:
 
 
 def _renumbers_consistently(match: Match) -> bool:
-    """With as many holes on both sides, an index written into a name on both sides (``conv{K}``: it names the
-    module) maps one to one onto the other side's, in the same order. Pairing in order can break that when the index
-    sets differ (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block
-    and stay ``conv1`` for another, or ``bn1`` and ``bn2`` would trade places, which no renaming does (renumbering
-    from 1 to 0, or closing a gap, keeps the order). Indices standing alone may regroup freely."""
+    """An index written into a name on both sides (``conv{K}``: it names the module) maps one to one onto the
+    other side's, in the same order. Pairing in order can break that when the index sets differ (``blocks0.conv1``,
+    ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay ``conv1`` for another,
+    or ``bn1`` and ``bn2`` would trade places, which no renaming does (renumbering from 1 to 0, or closing a gap,
+    keeps the order). Indices standing alone may regroup freely."""
     c, e = match.checkpoint, match.expected
     k = c.holes
-    if k == 0 or e.holes != k or k > 4 or len(match.pairs) < 2:
+    if k == 0 or k > 4 or e.holes > 4 or len(match.pairs) < 2:
         return True
     pairs = match.pairs
     ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
     kinds_agree = sum(ours) == sum(theirs)
+    if e.holes != k:
+        # indices regrouped (``stages.{S}.layers.{B}`` -> ``layers.{K}``): those written into names still pair
+        # among themselves when there are as many on both sides
+        named_c = [p for p, named in enumerate(ours) if named]
+        named_e = [q for q, named in enumerate(theirs) if named]
+        if not kinds_agree or not named_c:
+            return True
+        return any(
+            all(
+                _in_order([(cm.index[p], em.index[q]) for cm, em in pairs]) for p, q in zip(named_c, order, strict=True)
+            )
+            for order in permutations(named_e)
+        )
     for order in permutations(range(k)):
         if kinds_agree and any(ours[p] != theirs[q] for p, q in enumerate(order)):
             continue  # as many indices in names on both sides: they are each other's
