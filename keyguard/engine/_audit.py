@@ -78,15 +78,24 @@ class _PlanAudit(EngineState):
         return target if self.accepted[index].applicability.at_least(level) else None
 
     def _strays(self, level: Applicability) -> list[str]:
-        rules = [rule for _, rule in self._plan_at(level)]
-        if not rules:
+        plan = self._plan_at(level)
+        if not plan:
             return []
+        resolved, via = self.resolved, self.via
+        below = {i for i, acc in enumerate(self.accepted) if not acc.applicability.at_least(level)}
+        if any(self.accepted[index].settled for (index, _), _ in plan):
+            keys = list(self.C)
+        else:
+            # rules of the rounds only: each was narrowed when accepted until it renamed no key already landed,
+            # so a key landed at this level ends where the engine put it; the others are the question
+            keys = [k for k in self.C if k not in resolved or (below and via.get(k, -1) in below)]
+            if not keys:
+                return []
         try:
-            renamed = Plan(rules=rules).mapping(self.C)
+            renamed = Plan(rules=[rule for _, rule in plan]).mapping(keys)
         except PlanError:
             return []  # a plan that collides is refused whole when applied; nothing lands through it
-        expected, resolved, via = self.E, self.resolved, self.via
-        below = {i for i, acc in enumerate(self.accepted) if not acc.applicability.at_least(level)}
+        expected = self.E
         landed = [(key, new) for key, new in renamed.items() if new != key and new in expected]
         return [
             key
