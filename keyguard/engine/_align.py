@@ -132,6 +132,11 @@ class _Aligner(Settlement):
         # every open key's leaves by module, on both sides: a module's leaves go to one module together
         self.c_leaves = leaves_by_module(checkpoint)
         self.e_leaves = leaves_by_module(expected)
+        # every model module's leaf names, open or matched: where a checkpoint module's other leaves could go
+        self.e_leaf_names: dict[str, set[str]] = {}
+        for name in (*(e[0] for e in expected), *anchored_keys):
+            module, leaf = split_leaf(name)
+            self.e_leaf_names.setdefault(module, set()).add(leaf)
         self.hints = hints
         self.hint_reduced: set[Group] = set()
         # what decided matches say of the pairs still open: checkpoint module -> model module (and back), checkpoint

@@ -14,6 +14,7 @@ from keyguard.engine._groups import split_leaf
 from keyguard.engine._infer import (
     Candidate,
 )
+from keyguard.engine._names import canonical_tokens
 from keyguard.engine._state import (
     _SHAPE_OF,
     EngineState,
@@ -79,12 +80,47 @@ class _Doubts(EngineState):
         return {n: t for n, t in pairs.items() if n not in contested}
 
     def _spelled_by_another(self, pairs: dict[str, str]) -> bool:
+        """A target that another open checkpoint key names better: spelled the same up to separators and case
+        (``h-0-norm.weight`` for ``h.0.norm.weight``), or holding every word of the target's name where the key
+        the rule lands lacks some (``encoder.branches.0.transition.norm.weight`` for
+        ``encoder.transitions.0.norm.weight``, which ``head.branches.0.norm.weight`` would take by its prefix)."""
         spelled = {n.translate(_NO_SEPARATORS).lower(): n for n in self.by_cur}
         for name, target in pairs.items():
             other = spelled.get(target.translate(_NO_SEPARATORS).lower())
             if other is not None and other != name and other != target:
                 return True
+        rivals: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+        for other in self.by_cur.keys() - pairs.keys():
+            rivals.setdefault((other.rsplit(".", 1)[-1], template(other)[1]), []).append(other)
+        if not rivals:
+            return False
+        for name, target in pairs.items():
+            found = rivals.get((target.rsplit(".", 1)[-1], template(target)[1]))
+            if not found:
+                continue
+            words = canonical_tokens(target)
+            if words <= canonical_tokens(name):
+                continue
+            shape = self.E[target].shape
+            if any(words <= canonical_tokens(o) and self.C[self.by_cur[o]].shape == shape for o in found):
+                return True
         return False
+
+    def _leaves_its_part(self, cand: Candidate, pairs: dict[str, str]) -> bool:
+        """A prefix replaced so that keys leave a top-level part the model also has (``head.branches.`` ->
+        ``encoder.transitions.``) while the model's own part still has open keys of the same leaf and shape
+        (``head.norms.0.weight``): staying in its part is as good a reading. Alignment weighs both."""
+        rule = cand.rule
+        if cand.known or not isinstance(rule, ReplacePrefix) or rule.old in knowledge.KNOWN_PREFIXES:
+            return False
+        root = rule.old.split(".", 1)[0]
+        if root == rule.new.split(".", 1)[0]:
+            return False
+        own = [e for e in self.open_e if e.startswith(root + ".") and e not in pairs.values()]
+        if not own:
+            return False
+        kinds = {(e.rsplit(".", 1)[-1], self.E[e].shape) for e in own}
+        return any((t.rsplit(".", 1)[-1], self.E[t].shape) in kinds for t in pairs.values())
 
     def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
         """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from itertools import pairwise, permutations
 from typing import Final
 
-from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, own_name, split_leaf
+from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, leaf_class, own_name, split_leaf
 from keyguard.engine._matching import (
     WEAK_NAME,
     Alignment,
@@ -23,6 +23,8 @@ from keyguard.engine._matching import (
 from keyguard.engine._names import segment_similarity
 from keyguard.fixes._rules import Applicability
 
+#: Leaf kinds a module holds together (a norm's weight and bias, a BatchNorm's statistics).
+_MODULE_LEAVES: Final = frozenset({"weight", "bias", "running_mean", "running_var"})
 PLACEMENT: Final = 0.75  # weight of agreeing (or not) with where decided sibling modules put the parent
 
 
@@ -36,6 +38,7 @@ class Settlement:
     e_groups: list[Group]
     c_leaves: dict[str, dict[str, tuple[int, ...] | None]]
     e_leaves: dict[str, dict[str, tuple[int, ...] | None]]
+    e_leaf_names: dict[str, set[str]]
     parent_map: dict[str, str | None]
     shape_counts: tuple[Mapping[object, int], Mapping[object, int]] | None
 
@@ -94,6 +97,9 @@ class Settlement:
             odd = self._odd_leaf(match)
             if odd is not None:
                 rivalled[match.checkpoint.module] = f"its '{odd}' has another shape than the target module's"
+            stranded = self._stranded_leaf(match)
+            if stranded is not None:
+                rivalled[match.checkpoint.module] = f"its '{stranded}' would have nowhere to go in the target module"
         kept: list[Match] = []
         for match in matches:
             if id(match) in inconsistent:
@@ -176,6 +182,21 @@ class Settlement:
                     and digit_template(member.name)[0] == family
                 ):
                     return member.name
+        return None
+
+    def _stranded_leaf(self, match: Match) -> str | None:
+        """A leaf renamed into another leaf name (``norm.weight`` -> ``gamma``), while another leaf of the checkpoint
+        module (its ``bias``, still open) has no leaf of its kind in the target module: a module's leaves go to one
+        module together, so that one is not it (a layer-scale ``gamma`` is no norm's weight)."""
+        for cm, em in match.pairs:
+            c_module, c_leaf = split_leaf(cm.name)
+            e_module, e_leaf = split_leaf(em.name)
+            if c_leaf == e_leaf:
+                continue
+            kinds = {leaf_class(leaf) for leaf in self.e_leaf_names.get(e_module, ())}
+            for leaf in self.c_leaves.get(c_module, {}):
+                if leaf != c_leaf and leaf_class(leaf) in _MODULE_LEAVES and leaf_class(leaf) not in kinds:
+                    return leaf
         return None
 
     def _odd_leaf(self, match: Match) -> str | None:
@@ -381,9 +402,11 @@ def _renumbers_consistently(match: Match) -> bool:
 
 
 def _siblings(a: Group, b: Group) -> bool:
-    """Two modules under the same parent template (``mlp.gate_proj`` and ``mlp.up_proj`` in every block)."""
+    """Two modules under the same parent template (``mlp.gate_proj`` and ``mlp.up_proj`` in every block), or one
+    a child of the other (a block's ``norm`` and the block's own ``gamma``)."""
+    mod_a, mod_b = (digit_template(g.module)[0] for g in (a, b))
     up_a, up_b = (digit_template(split_leaf(g.module)[0])[0] for g in (a, b))
-    return up_a == up_b and own_name(a) != own_name(b)
+    return (up_a in (up_b, mod_b) or up_b == mod_a) and own_name(a) != own_name(b)
 
 
 def _in_order(values: list[tuple[int, int]]) -> bool:

@@ -100,7 +100,10 @@ def own_name_agrees(c: Group, e: Group) -> bool:
         return False
     if own_names_agree(c, e) or same_path(c.path, e.path):
         return True
-    # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse
+    # wrapped or unwrapped: the module became a container of the layer (``head`` -> ``head.fc``), or the reverse;
+    # the tensor keeps its leaf name (a block's ``norm.weight`` is not the block's own ``gamma``)
+    if split_leaf(c.template)[1] != split_leaf(e.template)[1]:
+        return False
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 

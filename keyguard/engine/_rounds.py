@@ -241,6 +241,9 @@ class _Rounds(_Doubts):
             # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
             self.declined.add(cand.identity)
             return False
+        if self._leaves_its_part(cand, pairs):
+            self.declined.add(cand.identity)
+            return False
         if not cand.known and not self._on_every_key(cand.rule) and self._spelled_by_another(pairs):
             # a target that another open key of the checkpoint spells the same way, up to separators and case
             # (``h-0-norm.weight`` for ``h.0.norm.weight``): that key is the better claimant. Alignment weighs both
