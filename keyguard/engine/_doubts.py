@@ -10,7 +10,7 @@ from typing import Final
 
 from keyguard._patterns import HOLE, template
 from keyguard.engine import _knowledge as knowledge
-from keyguard.engine._groups import split_leaf
+from keyguard.engine._groups import digit_template, split_leaf
 from keyguard.engine._infer import (
     Candidate,
 )
@@ -107,20 +107,47 @@ class _Doubts(EngineState):
         return False
 
     def _leaves_its_part(self, cand: Candidate, pairs: dict[str, str]) -> bool:
-        """A prefix replaced so that keys leave a top-level part the model also has (``head.branches.`` ->
-        ``encoder.transitions.``) while the model's own part still has open keys of the same leaf and shape
-        (``head.norms.0.weight``): staying in its part is as good a reading. Alignment weighs both."""
+        """A prefix stripped or replaced so that keys leave a top-level part the model also has
+        (``head.branches.`` -> ``encoder.transitions.``; ``module.head.groups.0.`` stripped onto ``norm``) while the
+        model's own part still has open keys of the same leaf and shape (``head.norms.0.weight``): staying in its
+        part is as good a reading. Alignment weighs both. Wrappers (``module.``) are no part."""
         rule = cand.rule
-        if cand.known or not isinstance(rule, ReplacePrefix) or rule.old in knowledge.KNOWN_PREFIXES:
+        if cand.known or not isinstance(rule, (StripPrefix, ReplacePrefix)):
             return False
-        root = rule.old.split(".", 1)[0]
-        if root == rule.new.split(".", 1)[0]:
+        if (rule.prefix if isinstance(rule, StripPrefix) else rule.old) in knowledge.KNOWN_PREFIXES:
             return False
-        own = [e for e in self.open_e if e.startswith(root + ".") and e not in pairs.values()]
-        if not own:
+        targets = set(pairs.values())
+        kinds_in: dict[str, set[tuple[str, object]]] = {}
+        for name, target in pairs.items():
+            part = _part(name)
+            if part == target.split(".", 1)[0]:
+                continue
+            kinds = kinds_in.get(part)
+            if kinds is None:
+                head = part + "."
+                kinds = {
+                    (e.rsplit(".", 1)[-1], self.E[e].shape)
+                    for e in self.open_e
+                    if e.startswith(head) and e not in targets
+                }
+                kinds_in[part] = kinds
+            if (target.rsplit(".", 1)[-1], self.E[target].shape) in kinds:
+                return True
+        return False
+
+    def _drops_an_index(self, cand: Candidate, pairs: dict[str, str]) -> bool:
+        """A prefix rule that throws away a number (``module.groups-1-branche.`` stripped) and lands keys in a
+        numbered family whose other blocks stay open in the model: the number it drops may be the one that says
+        which block they are (stage 1 is ``layers.1``, not ``layers.0``)."""
+        rule = cand.rule
+        if not isinstance(rule, (StripPrefix, ReplacePrefix)):
             return False
-        kinds = {(e.rsplit(".", 1)[-1], self.E[e].shape) for e in own}
-        return any((t.rsplit(".", 1)[-1], self.E[t].shape) in kinds for t in pairs.values())
+        old, new = (rule.prefix, "") if isinstance(rule, StripPrefix) else (rule.old, rule.new)
+        if len(digit_template(old)[1]) <= len(digit_template(new)[1]):
+            return False
+        landed = {template(t)[0] for t in pairs.values()}
+        targets = set(pairs.values())
+        return any(e not in targets and template(e)[0] in landed for e in self.open_e)
 
     def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
         """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing
@@ -404,6 +431,19 @@ class _Doubts(EngineState):
         return any(
             block.match(name) for name in (*self.resolved.values(), *self.frozen) if name.startswith(rule.prefix)
         )
+
+
+#: Prefixes that wrap a whole model (DDP, torch.compile, FSDP): no part of it.
+_WRAPPERS: Final = tuple(p for p in knowledge.KNOWN_PREFIXES if p == "module." or p.startswith("_"))
+
+
+def _part(name: str) -> str:
+    """The top-level part a key belongs to, wrappers set aside (``module.head.x`` -> ``head``)."""
+    while True:
+        wrapper = next((w for w in _WRAPPERS if name.startswith(w)), None)
+        if wrapper is None:
+            return name.split(".", 1)[0]
+        name = name[len(wrapper) :]
 
 
 def _names_only(segments: list[str]) -> tuple[str, ...]:

@@ -241,7 +241,9 @@ class _Rounds(_Doubts):
             # ``stages.0.patch_embeddings.proj``). Template alignment weighs the module as a whole instead.
             self.declined.add(cand.identity)
             return False
-        if self._leaves_its_part(cand, pairs):
+        if self._leaves_its_part(cand, pairs) or self._drops_an_index(cand, pairs):
+            # keys leaving a part the model has, or a number thrown away where it may say the block: alignment
+            # weighs these against the other readings
             self.declined.add(cand.identity)
             return False
         if not cand.known and not self._on_every_key(cand.rule) and self._spelled_by_another(pairs):
