@@ -159,9 +159,10 @@ class Settlement:
             theirs = {m.info.shape for m in rival.members}
             if matched and rival.size + matched == c.size and theirs <= shapes:
                 return rival
-            if None not in shapes and shapes <= theirs and _siblings(rival, e):
-                # a sibling of the target, named like the checkpoint group, holding its shapes in another
-                # number of blocks (some dropped or matched elsewhere): only the count chose, and names disagree
+            if None not in shapes and shapes <= theirs and (_siblings(rival, e) or _same_place(c, rival)):
+                # a sibling of the target (or the checkpoint group's namesake in place), named like the checkpoint
+                # group, holding its shapes in another number of blocks (some dropped or matched elsewhere): only
+                # the count chose, and names disagree
                 return rival
         return None
 
@@ -399,6 +400,12 @@ def _renumbers_consistently(match: Match) -> bool:
         ):
             return True
     return False
+
+
+def _same_place(c: Group, e: Group) -> bool:
+    """The checkpoint group names the model group's module, path for path, a wrapper aside (``_orig_mod.``)."""
+    short, long = (c.path, e.path) if len(c.path) <= len(e.path) else (e.path, c.path)
+    return len(short) >= 2 and long[len(long) - len(short) :] == short
 
 
 def _siblings(a: Group, b: Group) -> bool:

@@ -131,6 +131,10 @@ class _Rounds(_Doubts):
                 evaluate(follower, moved, self.open_e)
             if not any(f.landing for f in followers):
                 continue
+            back = {new: name for name, new in renamed.items()}
+            landed = {back.get(n, n): t for f in followers for n, t in f.landing.items()}
+            if self._leaves_its_part(step, landed) or self._drops_an_index(step, landed):
+                continue  # the step's doubts, judged on what it leads to
             index = len(self.accepted)
             accepted = _Accepted(step.kind, [step.rule], Applicability.safe, step)
             for name, new in renamed.items():

@@ -1945,3 +1945,69 @@ def test_a_key_naming_every_word_of_the_target_is_its_better_claimant() -> None:
             },
         )
     )
+
+
+def test_a_two_edit_step_does_not_throw_away_a_stage_number() -> None:
+    """``stages.1.h.B`` with ``LayerNorm`` renamed: the two-edit lookahead stripped ``stages.1.`` before the rename, so
+    stage 1's block 0 landed on ``h.0``; ``h.2``'s unique shape says stage 1 starts at ``h.1``. A step's doubts are
+    judged on what it leads to."""
+    check(
+        explicit(
+            expected={
+                "h.0.attention.output.LayerNorm.weight": (4,),
+                "h.0.output.LayerNorm.weight": (4,),
+                "h.1.attention.output.dense.weight": (4, 4),
+                "h.1.attention.output.LayerNorm.weight": (4,),
+                "h.1.output.LayerNorm.weight": (4,),
+                "h.2.output.dense.weight": (4, 8),
+            },
+            checkpoint={
+                "stages.1.h.0.attention.output.rho.weight": (4,),
+                "stages.1.h.0.output.rho.weight": (4,),
+                "stages.1.h.1.output.dense.weight": (4, 8),
+            },
+            truth={
+                "stages.1.h.0.attention.output.rho.weight": "h.1.attention.output.LayerNorm.weight",
+                "stages.1.h.0.output.rho.weight": "h.1.output.LayerNorm.weight",
+                "stages.1.h.1.output.dense.weight": "h.2.output.dense.weight",
+            },
+        )
+    )
+
+
+def test_a_namesake_in_place_outweighs_a_block_count() -> None:
+    """A compile prefix, transitions offset by one, blocks 1 and 2 kept: the blocks' ``LayerNorm`` (two open) had as
+    many blocks as the open transition norms and went there by count, although the model's ``blocks`` hold their
+    namesake in place."""
+    check(
+        explicit(
+            expected={
+                "encoder.blocks.0.attention.output.LayerNorm.weight": (4,),
+                "encoder.blocks.0.output.LayerNorm.weight": (4,),
+                "encoder.transitions.0.norm.weight": (4,),
+                "encoder.transitions.0.conv.weight": (4, 4, 1, 1),
+                "encoder.blocks.1.attention.output.LayerNorm.weight": (4,),
+                "encoder.blocks.1.output.LayerNorm.weight": (4,),
+                "encoder.transitions.1.norm.weight": (4,),
+                "encoder.transitions.1.conv.weight": (4, 4, 1, 1),
+                "encoder.blocks.2.attention.output.LayerNorm.weight": (4,),
+                "encoder.blocks.2.output.LayerNorm.weight": (4,),
+            },
+            checkpoint={
+                "_orig_mod.encoder.transitions.1.conv.weight": (4, 4, 1, 1),
+                "_orig_mod.encoder.blocks.1.attention.output.LayerNorm.weight": (4,),
+                "_orig_mod.encoder.transitions.2.conv.weight": (4, 4, 1, 1),
+                "_orig_mod.encoder.blocks.2.attention.output.LayerNorm.weight": (4,),
+            },
+            truth={
+                "_orig_mod.encoder.transitions.1.conv.weight": "encoder.transitions.0.conv.weight",
+                "_orig_mod.encoder.blocks.1.attention.output.LayerNorm.weight": (
+                    "encoder.blocks.1.attention.output.LayerNorm.weight"
+                ),
+                "_orig_mod.encoder.transitions.2.conv.weight": "encoder.transitions.1.conv.weight",
+                "_orig_mod.encoder.blocks.2.attention.output.LayerNorm.weight": (
+                    "encoder.blocks.2.attention.output.LayerNorm.weight"
+                ),
+            },
+        )
+    )
