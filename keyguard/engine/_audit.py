@@ -91,17 +91,29 @@ class _PlanAudit(EngineState):
             keys = [k for k in self.C if k not in resolved or (below and via.get(k, -1) in below)]
             if not keys:
                 return []
+        whole = Plan(rules=[rule for _, rule in plan])
         try:
-            renamed = Plan(rules=[rule for _, rule in plan]).mapping(keys)
+            renamed = whole.mapping(keys)
         except PlanError:
-            return []  # a plan that collides is refused whole when applied; nothing lands through it
+            # two keys onto one name: applying would be refused, so find which of them the engine did not put there
+            renamed = {key: whole.rename_key(key) for key in keys}
         expected = self.E
         landed = [(key, new) for key, new in renamed.items() if new != key and new in expected]
-        return [
+        strays = [
             key
             for key, new in landed
             if new != resolved.get(key) or (below and via.get(key, -1) in below)  # landed, but not by this plan
         ]
+        if len(set(renamed.values())) != len(renamed):
+            # keys renamed onto one name (applying the plan would be refused): those the engine did not put there
+            owners: dict[str, list[str]] = {}
+            for key, new in renamed.items():
+                owners.setdefault(new, []).append(key)
+            seen = set(strays)
+            for new, keys_here in owners.items():
+                if len(keys_here) > 1:
+                    strays += [k for k in keys_here if k != new and k not in seen and self._intended(k, level) != new]
+        return strays
 
     def _culprit(self, key: str, level: Applicability) -> _Place | None:
         """The rule of the plan to narrow around ``key``: the first prefix rule that renames it (a broad rule, not
@@ -129,7 +141,11 @@ class _PlanAudit(EngineState):
         for place in sorted(by_place, reverse=True):  # later places first: earlier positions stay valid
             position = next(i for i, (p, _) in enumerate(plan) if p == place)
             rule = plan[position][1]
-            names = Plan(rules=[r for _, r in plan[:position]]).mapping(keys)
+            before = Plan(rules=[r for _, r in plan[:position]])
+            try:
+                names = before.mapping(keys)
+            except PlanError:
+                names = {key: before.rename_key(key) for key in keys}
             owner = {name: key for key, name in names.items()}
             moved = [name for name in names.values() if (new := rule.rename(name)) is not None and new != name]
             leave = {names[key] for key in by_place[place]}

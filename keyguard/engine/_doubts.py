@@ -240,6 +240,19 @@ class _Doubts(EngineState):
                 continue
             if sorted(map(str, ours)) == sorted(map(str, theirs)):
                 return True
+        # a key landing on a block of another shape while another open block of that family has its shape: the
+        # list reads in another order (only part of it saved), not resized
+        targets = set(renamed.values())
+        wanted: dict[str, set[object]] = {}
+        for name, target in landed.items():
+            shape = template(target)[0]
+            ours_shape = self.C[self.by_cur[name]].shape
+            if shape in families and ours_shape is not None and ours_shape != self.E[target].shape:
+                wanted.setdefault(shape, set()).add(ours_shape)
+        if wanted:
+            for e in self.open_e:
+                if e not in targets and self.E[e].shape in wanted.get(template(e)[0], ()):
+                    return True
         return False
 
     def _lookalikes(self, pairs: dict[str, str]) -> dict[str, list[str]]:
