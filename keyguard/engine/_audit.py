@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from keyguard._exceptions import PlanError
-from keyguard.engine._state import EngineState
+from keyguard.engine._state import EngineState, _Ambiguity
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import AddPrefix, Applicability, MapKeys, ReplacePrefix, Rule, StripPrefix
 
@@ -48,6 +48,7 @@ class _PlanAudit(EngineState):
                 strays = self._strays(level)
                 if not strays:
                     break
+                self._release([key for key in strays if self._intended(key, level) is not None])
                 self._narrow_around(strays, level)
             else:
                 # narrowing did not converge: no rule that still carries a stray key stays applicable
@@ -111,8 +112,13 @@ class _PlanAudit(EngineState):
                 owners.setdefault(new, []).append(key)
             seen = set(strays)
             for new, keys_here in owners.items():
-                if len(keys_here) > 1:
-                    strays += [k for k in keys_here if k != new and k not in seen and self._intended(k, level) != new]
+                if len(keys_here) < 2:
+                    continue
+                # a key that keeps its name holds it: every key renamed onto it goes; else the engine's choice stays
+                kept = (
+                    new if new in keys_here else next((k for k in keys_here if self._intended(k, level) == new), None)
+                )
+                strays += [k for k in keys_here if k != kept and k not in seen]
         return strays
 
     def _culprit(self, key: str, level: Applicability) -> _Place | None:
@@ -158,6 +164,23 @@ class _PlanAudit(EngineState):
                     pieces.append(piece.model_copy(update={"applicability": needed, "reason": rule.reason}))
             index, at = place
             self.accepted[index].rules[at : at + 1] = [p.model_copy(update={"reason": rule.reason}) for p in pieces]
+
+    def _release(self, keys: list[str]) -> None:
+        """Keys the engine landed that the plan cannot carry there (a key that keeps its name already holds the
+        target, or the rules put it elsewhere once applied to every key): shown with that reading as a candidate,
+        never applied."""
+        for key in keys:
+            target = self.resolved.pop(key)
+            index = self.via.pop(key, None)
+            if index is not None:
+                self.accepted[index].pairs.pop(key, None)
+            self._ambiguous(
+                _Ambiguity(
+                    {key: [target]},
+                    [],
+                    "the plan cannot carry it there: applied to every key, its rules would collide or put it elsewhere",
+                )
+            )
 
     def _remainder_level(self, keys: list[str], level: Applicability) -> Applicability | None:
         """What the part of a rule that carries ``keys`` is worth: ``unsafe`` when the unsafe plan needs it to land

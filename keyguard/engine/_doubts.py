@@ -242,7 +242,7 @@ class _Doubts(EngineState):
                 return True
         # a key landing on a block of another shape while another open block of that family has its shape: the
         # list reads in another order (only part of it saved), not resized
-        targets = set(renamed.values())
+        taken = set(renamed.values())
         wanted: dict[str, set[object]] = {}
         for name, target in landed.items():
             shape = template(target)[0]
@@ -251,7 +251,7 @@ class _Doubts(EngineState):
                 wanted.setdefault(shape, set()).add(ours_shape)
         if wanted:
             for e in self.open_e:
-                if e not in targets and self.E[e].shape in wanted.get(template(e)[0], ()):
+                if e not in taken and self.E[e].shape in wanted.get(template(e)[0], ()):
                     return True
         return False
 

@@ -37,7 +37,6 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 #: Kinds on which the engine breaks an invariant today, and why (see the regressions file).
 FAILING: dict[str, str] = {
     "interleave": "(a) safe: an interleaved block's norm put on the transition's norm",
-    "sub_offset": "(a) the safe plan collides (an offset under one sub-module, stages of other widths)",
 }
 
 
