@@ -366,40 +366,38 @@ def _order_assumed(match: Match) -> bool:
 
 def _renumbers_consistently(match: Match) -> bool:
     """An index written into a name on both sides (``conv{K}``: it names the module) maps one to one onto the
-    other side's, in the same order. Pairing in order can break that when the index sets differ (``blocks0.conv1``,
-    ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay ``conv1`` for another,
-    or ``bn1`` and ``bn2`` would trade places, which no renaming does (renumbering from 1 to 0, or closing a gap,
-    keeps the order). Indices standing alone may regroup freely."""
-    c, e = match.checkpoint, match.expected
-    k = c.holes
-    if k == 0 or k > 4 or e.holes > 4 or len(match.pairs) < 2:
+    other side's, in the same order, and keeps its value unless several values show the shift (``conv1``,
+    ``conv2`` -> ``conv0``, ``conv1``). Pairing in order can break that when the index sets differ
+    (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay
+    ``conv1`` for another, ``bn1`` and ``bn2`` would trade places, or a lone ``norm1`` would become ``norm2``, which
+    no renaming does. Indices standing alone may regroup freely; each index written into a name on the side that
+    has fewer of them pairs with one on the other side."""
+    if not match.pairs:
         return True
-    pairs = match.pairs
-    ours, theirs = hole_kinds(c.template), hole_kinds(e.template)
-    kinds_agree = sum(ours) == sum(theirs)
-    if e.holes != k:
-        # indices regrouped (``stages.{S}.layers.{B}`` -> ``layers.{K}``): those written into names still pair
-        # among themselves when there are as many on both sides
-        named_c = [p for p, named in enumerate(ours) if named]
-        named_e = [q for q, named in enumerate(theirs) if named]
-        if not kinds_agree or not named_c:
-            return True
-        return any(
-            all(
-                _in_order([(cm.index[p], em.index[q]) for cm, em in pairs]) for p, q in zip(named_c, order, strict=True)
-            )
-            for order in permutations(named_e)
-        )
-    for order in permutations(range(k)):
-        if kinds_agree and any(ours[p] != theirs[q] for p, q in enumerate(order)):
-            continue  # as many indices in names on both sides: they are each other's
-        if all(
-            _in_order([(cm.index[p], em.index[q]) for cm, em in pairs])
-            for p, q in enumerate(order)
-            if ours[p] and theirs[q]
-        ):
-            return True
-    return False
+    # every number of the names, fixed or not in these groups' templates (a split group fixes ``norm1``)
+    c_full, e_full = (digit_template(m.name)[0] for m in match.pairs[0])
+    named_c = [p for p, named in enumerate(hole_kinds(c_full)) if named]
+    named_e = [q for q, named in enumerate(hole_kinds(e_full)) if named]
+    if not named_c or not named_e or len(named_c) > 4 or len(named_e) > 4:
+        return True
+    numbers = [(digit_template(cm.name)[1], digit_template(em.name)[1]) for cm, em in match.pairs]
+    width_c, width_e = len(hole_kinds(c_full)), len(hole_kinds(e_full))
+    if any(len(ours) != width_c or len(theirs) != width_e for ours, theirs in numbers):
+        return True  # the members do not share one spelling: nothing to compare index by index
+
+    def fits(p: int, q: int) -> bool:
+        return _name_index_kept([(ours[p], theirs[q]) for ours, theirs in numbers])
+
+    if len(named_c) <= len(named_e):
+        return any(all(fits(p, q) for p, q in zip(named_c, order)) for order in permutations(named_e, len(named_c)))
+    return any(all(fits(p, q) for p, q in zip(order, named_e)) for order in permutations(named_c, len(named_e)))
+
+
+def _name_index_kept(values: list[tuple[int, int]]) -> bool:
+    """One to one and in order, and the same values unless at least two of them show how they changed."""
+    if not _in_order(values):
+        return False
+    return all(a == b for a, b in values) or len({a for a, _ in values}) >= 2
 
 
 def _same_place(c: Group, e: Group) -> bool:
