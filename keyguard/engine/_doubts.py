@@ -22,6 +22,7 @@ from keyguard.engine._state import (
 )
 from keyguard.fixes._rules import (
     AddPrefix,
+    Rename,
     ReplacePrefix,
     Rule,
     ShiftIndex,
@@ -136,13 +137,16 @@ class _Doubts(EngineState):
         return False
 
     def _drops_an_index(self, cand: Candidate, pairs: dict[str, str]) -> bool:
-        """A prefix rule that throws away a number (``module.groups-1-branche.`` stripped) and lands keys in a
-        numbered family whose other blocks stay open in the model: the number it drops may be the one that says
-        which block they are (stage 1 is ``layers.1``, not ``layers.0``)."""
+        """A prefix or segment rule that throws away a number (``module.groups-1-branche.`` stripped, ``stages1``
+        removed) and lands keys in a numbered family whose other blocks stay open in the model: the number it drops
+        may be the one that says which block they are (stage 1 is ``layers.1``, not ``layers.0``)."""
         rule = cand.rule
-        if not isinstance(rule, (StripPrefix, ReplacePrefix)):
+        if isinstance(rule, StripPrefix):
+            old, new = rule.prefix, ""
+        elif isinstance(rule, (ReplacePrefix, Rename)):
+            old, new = rule.old, rule.new  # a segment renamed or removed (``stages1``) drops its number too
+        else:
             return False
-        old, new = (rule.prefix, "") if isinstance(rule, StripPrefix) else (rule.old, rule.new)
         if len(digit_template(old)[1]) <= len(digit_template(new)[1]):
             return False
         landed = {template(t)[0] for t in pairs.values()}

@@ -378,8 +378,6 @@ def _renumbers_consistently(match: Match) -> bool:
     c_full, e_full = (digit_template(m.name)[0] for m in match.pairs[0])
     named_c = [p for p, named in enumerate(hole_kinds(c_full)) if named]
     named_e = [q for q, named in enumerate(hole_kinds(e_full)) if named]
-    if not named_c or not named_e or len(named_c) > 4 or len(named_e) > 4:
-        return True
     numbers = [(digit_template(cm.name)[1], digit_template(em.name)[1]) for cm, em in match.pairs]
     width_c, width_e = len(hole_kinds(c_full)), len(hole_kinds(e_full))
     if any(len(ours) != width_c or len(theirs) != width_e for ours, theirs in numbers):
@@ -388,9 +386,45 @@ def _renumbers_consistently(match: Match) -> bool:
     def fits(p: int, q: int) -> bool:
         return _name_index_kept([(ours[p], theirs[q]) for ours, theirs in numbers])
 
+    # with as many block numbers standing alone on both sides, one after the same name on both (``stages.{S}``)
+    # maps one to one: pairing the blocks in order across stages of other sizes would move a block into another
+    by_name_c, by_name_e = _numbered_by(c_full), _numbered_by(e_full)
+    if hole_kinds(c_full).count(False) != hole_kinds(e_full).count(False):
+        by_name_c = {}  # blocks regrouped (a flat list into stages): their numbers change by design
+    for name, p in by_name_c.items():
+        q = by_name_e.get(name)
+        if q is not None and not _one_to_one([(ours[p], theirs[q]) for ours, theirs in numbers]):
+            return False
+    if not named_c or not named_e or len(named_c) > 4 or len(named_e) > 4:
+        return True
     if len(named_c) <= len(named_e):
         return any(all(fits(p, q) for p, q in zip(named_c, order)) for order in permutations(named_e, len(named_c)))
     return any(all(fits(p, q) for p, q in zip(order, named_e)) for order in permutations(named_c, len(named_e)))
+
+
+def _numbered_by(full: str) -> dict[str, int]:
+    """Each block number standing alone, by the name it numbers (``a.stages.{}.blocks.{}`` -> stages: 0, blocks:
+    1), for names that number one hole only."""
+    out: dict[str, int] = {}
+    seen: set[str] = set()
+    hole = 0
+    previous = ""
+    for segment in full.split("."):
+        if segment == HOLE:
+            if previous in seen:
+                out.pop(previous, None)
+            else:
+                out[previous] = hole
+                seen.add(previous)
+        hole += segment.count(HOLE)
+        previous = segment
+    return {name: index for name, index in out.items() if name and HOLE not in name}
+
+
+def _one_to_one(values: list[tuple[int, int]]) -> bool:
+    forward: dict[int, int] = {}
+    backward: dict[int, int] = {}
+    return all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values)
 
 
 def _name_index_kept(values: list[tuple[int, int]]) -> bool:
@@ -416,9 +450,8 @@ def _siblings(a: Group, b: Group) -> bool:
 
 def _in_order(values: list[tuple[int, int]]) -> bool:
     """One to one, and keeping the order of the indices."""
-    forward: dict[int, int] = {}
-    backward: dict[int, int] = {}
-    if not all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values):
+    if not _one_to_one(values):
         return False
+    forward = dict(values)
     ordered = [forward[a] for a in sorted(forward)]
     return all(x < y for x, y in pairwise(ordered))
