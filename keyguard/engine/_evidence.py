@@ -389,11 +389,16 @@ def _renumbers_consistently(match: Match) -> bool:
     # with as many block numbers standing alone on both sides, one after the same name on both (``stages.{S}``)
     # maps one to one: pairing the blocks in order across stages of other sizes would move a block into another
     by_name_c, by_name_e = _numbered_by(c_full), _numbered_by(e_full)
-    if hole_kinds(c_full).count(False) != hole_kinds(e_full).count(False):
-        by_name_c = {}  # blocks regrouped (a flat list into stages): their numbers change by design
+    # blocks regrouped (a flat list into stages) change their numbers by design, but never from one value alone
+    regrouped = hole_kinds(c_full).count(False) != hole_kinds(e_full).count(False)
     for name, p in by_name_c.items():
         q = by_name_e.get(name)
-        if q is not None and not _one_to_one([(ours[p], theirs[q]) for ours, theirs in numbers]):
+        if q is None:
+            continue
+        values = [(ours[p], theirs[q]) for ours, theirs in numbers]
+        if len({a for a, _ in values}) == 1 and any(a != b for a, b in values):
+            return False  # one block number, changed: nothing shows the shift
+        if not regrouped and not _one_to_one(values):
             return False
     if not named_c or not named_e or len(named_c) > 4 or len(named_e) > 4:
         return True

@@ -2008,3 +2008,118 @@ def test_a_namesake_in_place_outweighs_a_block_count() -> None:
             },
         )
     )
+
+
+def test_a_lone_name_index_does_not_change() -> None:
+    """A lone ``blocks-0-norm1`` (separators changed, an offset under one sub-module) was paired with ``norm2``: an
+    index written into a name keeps its value unless several values show the shift."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.norm1.bias": (4,),
+                "encoder.stages.0.blocks.0.norm2.bias": (4,),
+            },
+            checkpoint={
+                "encoder.stages.1.blocks-0-norm1.bias": (4,),
+                "encoder.stages.0.blocks-0-norm2.bias": (4,),
+            },
+            truth={
+                "encoder.stages.1.blocks-0-norm1.bias": "encoder.stages.0.blocks.0.norm1.bias",
+                "encoder.stages.0.blocks-0-norm2.bias": "encoder.stages.0.blocks.0.norm2.bias",
+            },
+        )
+    )
+
+
+def test_a_removed_segment_does_not_throw_away_a_stage_number() -> None:
+    """``stages.N`` merged into ``stagesN`` with blocks regrouped: removing the segment ``stages1`` landed stage 1's
+    block on stage 0 while stage 1 stays open. A segment rule dropping a number is declined like such a prefix."""
+    check(
+        explicit(
+            expected={
+                "model.stages.0.blocks.0.bn2.running_var": (8,),
+                "model.stages.0.blocks.0.bn2.num_batches_tracked": (),
+                "model.stages.1.blocks.0.bn2.running_var": (8,),
+                "model.stages.1.blocks.0.bn2.num_batches_tracked": (),
+            },
+            checkpoint={
+                "model.stages1.stages.0.blocks.0.bn2.running_var": (8,),
+                "model.stages1.stages.0.blocks.0.bn2.num_batches_tracked": (),
+            },
+            truth={
+                "model.stages1.stages.0.blocks.0.bn2.running_var": "model.stages.1.blocks.0.bn2.running_var",
+                "model.stages1.stages.0.blocks.0.bn2.num_batches_tracked": (
+                    "model.stages.1.blocks.0.bn2.num_batches_tracked"
+                ),
+            },
+        )
+    )
+
+
+def test_a_block_does_not_move_into_a_neighbouring_stage() -> None:
+    """Stages offset by one under DDP, stages of other sizes: pairing the flat list of (stage, block) in order moved
+    stage 3's block 0 into stage 2's block 1. With as many block numbers on both sides, each maps one to one."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.norm1.weight": (4, 4, 3, 3),
+                "encoder.stages.0.blocks.1.norm1.weight": (4, 4, 3, 3),
+                "encoder.stages.0.blocks.2.norm1.weight": (4, 4, 3, 3),
+                "encoder.stages.1.blocks.0.norm1.weight": (8, 8, 3, 3),
+                "encoder.stages.2.blocks.0.norm1.weight": (16, 16, 3, 3),
+                "encoder.stages.2.blocks.1.norm1.weight": (16, 16, 3, 3),
+                "encoder.stages.2.blocks.2.norm1.weight": (16, 16, 3, 3),
+            },
+            checkpoint={
+                "module.encoder.stages.1.blocks.0.norm1.weight": (4, 4, 3, 3),
+                "module.encoder.stages.1.blocks.1.norm1.weight": (4, 4, 3, 3),
+                "module.encoder.stages.1.blocks.2.norm1.weight": (4, 4, 3, 3),
+                "module.encoder.stages.2.blocks.0.norm1.weight": (8, 8, 3, 3),
+                "module.encoder.stages.3.blocks.0.norm1.weight": (16, 16, 3, 3),
+                "module.encoder.stages.2.blocks.1.norm1.weight": (16, 16, 3, 3),
+                "module.encoder.stages.3.blocks.2.norm1.weight": (16, 16, 3, 3),
+            },
+            truth={
+                "module.encoder.stages.1.blocks.0.norm1.weight": "encoder.stages.0.blocks.0.norm1.weight",
+                "module.encoder.stages.1.blocks.1.norm1.weight": "encoder.stages.0.blocks.1.norm1.weight",
+                "module.encoder.stages.1.blocks.2.norm1.weight": "encoder.stages.0.blocks.2.norm1.weight",
+                "module.encoder.stages.2.blocks.0.norm1.weight": "encoder.stages.1.blocks.0.norm1.weight",
+                "module.encoder.stages.3.blocks.0.norm1.weight": "encoder.stages.2.blocks.0.norm1.weight",
+                "module.encoder.stages.2.blocks.1.norm1.weight": "encoder.stages.2.blocks.1.norm1.weight",
+                "module.encoder.stages.3.blocks.2.norm1.weight": "encoder.stages.2.blocks.2.norm1.weight",
+            },
+        )
+    )
+
+
+def test_a_single_block_number_does_not_shift_alone() -> None:
+    """Stages regrouped under ``groups``, a split group fixing ``blocks.0`` on one side and ``blocks.1`` on the other:
+    one block number changed with nothing to show the shift."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.norm1.weight": (8,),
+                "encoder.stages.0.blocks.0.norm2.weight": (8,),
+                "encoder.stages.0.blocks.1.norm1.weight": (8,),
+                "encoder.stages.0.blocks.1.norm2.weight": (8,),
+                "encoder.stages.0.blocks.2.norm1.weight": (8,),
+                "encoder.stages.1.blocks.0.norm1.weight": (16,),
+                "encoder.stages.1.blocks.0.norm2.weight": (16,),
+                "encoder.stages.1.blocks.1.norm1.weight": (16,),
+                "encoder.stages.1.blocks.1.norm2.weight": (16,),
+            },
+            checkpoint={
+                "encoder.groups.0.stages.0.blocks.0.norm1.weight": (8,),
+                "encoder.stages.0.blocks.1.norm2.weight": (8,),
+                "encoder.groups.0.stages.0.blocks.2.norm1.weight": (8,),
+                "encoder.groups.1.stages.0.blocks.0.norm1.weight": (16,),
+                "encoder.groups.1.stages.0.blocks.0.norm2.weight": (16,),
+            },
+            truth={
+                "encoder.groups.0.stages.0.blocks.0.norm1.weight": "encoder.stages.0.blocks.0.norm1.weight",
+                "encoder.groups.0.stages.0.blocks.2.norm1.weight": "encoder.stages.0.blocks.2.norm1.weight",
+                "encoder.groups.1.stages.0.blocks.0.norm1.weight": "encoder.stages.1.blocks.0.norm1.weight",
+                "encoder.groups.1.stages.0.blocks.0.norm2.weight": "encoder.stages.1.blocks.0.norm2.weight",
+            },
+        )
+    )
