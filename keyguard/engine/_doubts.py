@@ -268,6 +268,7 @@ class _Doubts(EngineState):
         targets = set(pairs.values())
         for name, target in pairs.items():
             a, b = name.split("."), target.split(".")
+            a[-1] = knowledge.KNOWN_RENAMES.get(a[-1], a[-1])  # gamma is weight: the ending is kept
             kept = 0
             while kept < min(len(a), len(b)) and a[-1 - kept] == b[-1 - kept]:
                 kept += 1

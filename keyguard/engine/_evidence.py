@@ -66,8 +66,14 @@ class Settlement:
         # a module's leaves must all go to one module: by the modules the keys name, not the templates (one
         # template's blocks may be different modules: an interleaved list, ``neck.0`` a conv and ``neck.1`` a norm)
         goes = _module_targets(matches)
+        comes = _module_sources(matches)
         inconsistent = {
-            id(m) for m in matches if any(len(goes.get(split_leaf(cm.name)[0], ())) > 1 for cm, _ in m.pairs)
+            id(m)
+            for m in matches
+            if any(
+                len(goes.get(split_leaf(cm.name)[0], ())) > 1 or len(comes.get(split_leaf(em.name)[0], ())) > 1
+                for cm, em in m.pairs
+            )
         }
         siblings = self._sibling_support(matches)
         self.landing: dict[str, dict[str, tuple[int, ...]]] = {}  # model parent -> checkpoint module -> its index
@@ -335,6 +341,18 @@ def _module_targets(matches: list[Match]) -> dict[str, set[str]]:
             continue  # a free-form parameter may become a module of its own (``layer_scale_1`` -> ``ls1.scale``)
         for cm, em in match.pairs:
             out.setdefault(split_leaf(cm.name)[0], set()).add(split_leaf(em.name)[0])
+    return out
+
+
+def _module_sources(matches: list[Match]) -> dict[str, set[str]]:
+    """Model module -> the checkpoint modules its matched leaves came from: two checkpoint modules (a block's norm
+    and a transition's norm of an interleaved list) never fill one model module."""
+    out: dict[str, set[str]] = {}
+    for match in matches:
+        if match.checkpoint.leaf == "param" or match.expected.leaf == "param":
+            continue
+        for cm, em in match.pairs:
+            out.setdefault(split_leaf(em.name)[0], set()).add(split_leaf(cm.name)[0])
     return out
 
 

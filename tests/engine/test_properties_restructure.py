@@ -35,9 +35,7 @@ EXAMPLES = 150
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 #: Kinds on which the engine breaks an invariant today, and why (see the regressions file).
-FAILING: dict[str, str] = {
-    "interleave": "(a) safe: an interleaved block's norm put on the transition's norm",
-}
+FAILING: dict[str, str] = {}
 
 
 def _settings(budget: int, failing: bool) -> settings:
