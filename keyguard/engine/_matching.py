@@ -82,6 +82,7 @@ def named_in_place(c: Group, e: Group) -> bool:
     # a container's, not one standing where the other side has a block number (``blocks.unused`` / ``blocks.0``)
     return (
         c.holes == e.holes
+        and c.module.count(".") != e.module.count(".")  # as deep on both sides: another child, not a wrapper
         and len(long) == len(short) + 1
         and same_name(short[-1], long[-2])
         and same_place(short[:-1], long[:-2])
@@ -104,6 +105,8 @@ def own_name_agrees(c: Group, e: Group) -> bool:
     # the tensor keeps its leaf name (a block's ``norm.weight`` is not the block's own ``gamma``)
     if split_leaf(c.template)[1] != split_leaf(e.template)[1]:
         return False
+    if c.module.count(".") == e.module.count("."):
+        return False  # as deep on both sides: another child (``proj.spare`` is not ``proj.0``), not a wrapper
     short, long = (c.path, e.path) if len(c.path) < len(e.path) else (e.path, c.path)
     return c.holes == e.holes and len(long) == len(short) + 1 and same_name(short[-1], long[-2])
 

@@ -2256,3 +2256,22 @@ def test_an_interleaved_norm_is_not_paired_by_block_count() -> None:
             },
         )
     )
+
+
+def test_a_named_child_is_not_a_sequential_slot() -> None:
+    """An extra ``head.proj.spare.weight`` beside a ``head.proj`` Sequential missing slot 0: as deep on both sides,
+    ``spare`` is another child of ``proj``, not a wrapper around it, so its name does not agree with ``proj.0``."""
+    check(
+        explicit(
+            expected={
+                "head.proj.0.weight": (8, 8),
+                "head.proj.2.weight": (10, 8),
+            },
+            checkpoint={
+                "head.proj.spare.weight": (8, 8),
+            },
+            truth={
+                "head.proj.spare.weight": None,
+            },
+        )
+    )
