@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Literal
 
+from keyguard._patterns import template as list_template
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template
 from keyguard.engine._infer import Candidate
@@ -31,26 +32,27 @@ class _AlignmentStage(EngineState):
     def _contest_offsets(self) -> None:
         """A numbered family whose blocks partly match by name while others are open on both sides, at any index
         (a 1-based list, an offset of inner blocks): paired in order, the whole family may read otherwise. Where it
-        does, the family is shown with both readings (KG405), the in-order one first, and neither is applied."""
+        does, the family is shown with both readings (KG405), the in-order one first, and neither is applied. Only
+        block numbers standing alone number the list: ``pwconv1`` and ``pwconv2`` are two families."""
         exact_by: dict[str, list[str]] = {}
         for key in self.exact:
             if key not in self.held:
-                exact_by.setdefault(digit_template(key)[0], []).append(key)
+                exact_by.setdefault(list_template(key)[0], []).append(key)
         if not exact_by:
             return
         open_c: dict[str, list[str]] = {}
         for name, original in self.by_cur.items():
             if name == original:
-                open_c.setdefault(digit_template(name)[0], []).append(name)
+                open_c.setdefault(list_template(name)[0], []).append(name)
         open_e: dict[str, list[str]] = {}
         for key in self.open_e:
-            open_e.setdefault(digit_template(key)[0], []).append(key)
+            open_e.setdefault(list_template(key)[0], []).append(key)
         for shape, matched in exact_by.items():
             ours, theirs = open_c.get(shape), open_e.get(shape)
             if not ours or not theirs or HOLE not in shape:
                 continue
-            c_keys = sorted([*ours, *matched], key=lambda k: digit_template(k)[1])
-            e_keys = sorted([*theirs, *matched], key=lambda k: digit_template(k)[1])
+            c_keys = sorted([*ours, *matched], key=lambda k: list_template(k)[1])
+            e_keys = sorted([*theirs, *matched], key=lambda k: list_template(k)[1])
             if len(c_keys) != len(e_keys):
                 continue
             in_order = dict(zip(c_keys, e_keys))

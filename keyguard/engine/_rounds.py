@@ -99,6 +99,17 @@ class _Rounds(_Doubts):
                 for s, other in scored
                 if other is not cand and s == support and other.landing != cand.landing and _conflicts(other, pairs)
             ]
+            if (
+                rivals
+                and isinstance(cand.rule, ShiftIndex)
+                and all(isinstance(r.rule, ShiftIndex) and r.rule.prefix == cand.rule.prefix for r in rivals)
+                and self._group_partly_resolved(cand.rule)
+            ):
+                # offsets tie while blocks of the group match as they stand: those matches are no more certain
+                # than either offset, so the whole group is contested, the blocks paired in order first
+                self._contest_shift(cand.rule, pairs)
+                progress = True
+                continue
             if rivals and not (cand.known and not any(r.known for r in rivals)):
                 self._record_tie(cand, rivals, pairs, taken_c, taken_e, scored)
                 progress = True
