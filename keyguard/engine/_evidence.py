@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import pairwise, permutations
 from typing import Final
 
 from keyguard.engine._groups import HOLE, Group, ancestors, digit_template, leaf_class, own_name, split_leaf
@@ -15,12 +14,12 @@ from keyguard.engine._matching import (
     Match,
     Tie,
     ancestor_pairs,
-    hole_kinds,
     named_in_place,
     own_name_agrees,
     parents,
 )
 from keyguard.engine._names import segment_similarity
+from keyguard.engine._numbering import renumbers_consistently
 from keyguard.fixes._rules import Applicability
 
 #: Leaf kinds a module holds together (a norm's weight and bias, a BatchNorm's statistics).
@@ -112,7 +111,7 @@ class Settlement:
                 self._demote(match, "the leaves of one module would go to different modules")
                 continue
             hinted = any(e.kind == "hint" for e in match.evidence)
-            if not hinted and not _renumbers_consistently(match):
+            if not hinted and not renumbers_consistently(match):
                 self._demote(match, "paired in order, blocks of one index would go to different indices")
                 continue
             if not hinted and self._placement(match.checkpoint, match.expected) < 0:
@@ -382,81 +381,6 @@ def _order_assumed(match: Match) -> bool:
     return len({m.info.shape for m in c.members}) == 1
 
 
-def _renumbers_consistently(match: Match) -> bool:
-    """An index written into a name on both sides (``conv{K}``: it names the module) maps one to one onto the
-    other side's, in the same order, and keeps its value unless several values show the shift (``conv1``,
-    ``conv2`` -> ``conv0``, ``conv1``). Pairing in order can break that when the index sets differ
-    (``blocks0.conv1``, ``blocks2.conv2`` against a grid): ``conv1`` would become ``conv2`` for one block and stay
-    ``conv1`` for another, ``bn1`` and ``bn2`` would trade places, or a lone ``norm1`` would become ``norm2``, which
-    no renaming does. Indices standing alone may regroup freely; each index written into a name on the side that
-    has fewer of them pairs with one on the other side."""
-    if not match.pairs:
-        return True
-    # every number of the names, fixed or not in these groups' templates (a split group fixes ``norm1``)
-    c_full, e_full = (digit_template(m.name)[0] for m in match.pairs[0])
-    named_c = [p for p, named in enumerate(hole_kinds(c_full)) if named]
-    named_e = [q for q, named in enumerate(hole_kinds(e_full)) if named]
-    numbers = [(digit_template(cm.name)[1], digit_template(em.name)[1]) for cm, em in match.pairs]
-    width_c, width_e = len(hole_kinds(c_full)), len(hole_kinds(e_full))
-    if any(len(ours) != width_c or len(theirs) != width_e for ours, theirs in numbers):
-        return True  # the members do not share one spelling: nothing to compare index by index
-
-    def fits(p: int, q: int) -> bool:
-        return _name_index_kept([(ours[p], theirs[q]) for ours, theirs in numbers])
-
-    # with as many block numbers standing alone on both sides, one after the same name on both (``stages.{S}``)
-    # maps one to one: pairing the blocks in order across stages of other sizes would move a block into another
-    by_name_c, by_name_e = _numbered_by(c_full), _numbered_by(e_full)
-    # blocks regrouped (a flat list into stages) change their numbers by design, but never from one value alone
-    regrouped = hole_kinds(c_full).count(False) != hole_kinds(e_full).count(False)
-    for name, p in by_name_c.items():
-        q = by_name_e.get(name)
-        if q is None:
-            continue
-        values = [(ours[p], theirs[q]) for ours, theirs in numbers]
-        if len({a for a, _ in values}) == 1 and any(a != b for a, b in values):
-            return False  # one block number, changed: nothing shows the shift
-        if not regrouped and not _one_to_one(values):
-            return False
-    if not named_c or not named_e or len(named_c) > 4 or len(named_e) > 4:
-        return True
-    if len(named_c) <= len(named_e):
-        return any(all(fits(p, q) for p, q in zip(named_c, order)) for order in permutations(named_e, len(named_c)))
-    return any(all(fits(p, q) for p, q in zip(order, named_e)) for order in permutations(named_c, len(named_e)))
-
-
-def _numbered_by(full: str) -> dict[str, int]:
-    """Each block number standing alone, by the name it numbers (``a.stages.{}.blocks.{}`` -> stages: 0, blocks:
-    1), for names that number one hole only."""
-    out: dict[str, int] = {}
-    seen: set[str] = set()
-    hole = 0
-    previous = ""
-    for segment in full.split("."):
-        if segment == HOLE:
-            if previous in seen:
-                out.pop(previous, None)
-            else:
-                out[previous] = hole
-                seen.add(previous)
-        hole += segment.count(HOLE)
-        previous = segment
-    return {name: index for name, index in out.items() if name and HOLE not in name}
-
-
-def _one_to_one(values: list[tuple[int, int]]) -> bool:
-    forward: dict[int, int] = {}
-    backward: dict[int, int] = {}
-    return all(forward.setdefault(a, b) == b and backward.setdefault(b, a) == a for a, b in values)
-
-
-def _name_index_kept(values: list[tuple[int, int]]) -> bool:
-    """One to one and in order, and the same values unless at least two of them show how they changed."""
-    if not _in_order(values):
-        return False
-    return all(a == b for a, b in values) or len({a for a, _ in values}) >= 2
-
-
 def _same_place(c: Group, e: Group) -> bool:
     """The checkpoint group names the model group's module, path for path, a wrapper aside (``_orig_mod.``)."""
     short, long = (c.path, e.path) if len(c.path) <= len(e.path) else (e.path, c.path)
@@ -469,12 +393,3 @@ def _siblings(a: Group, b: Group) -> bool:
     mod_a, mod_b = (digit_template(g.module)[0] for g in (a, b))
     up_a, up_b = (digit_template(split_leaf(g.module)[0])[0] for g in (a, b))
     return (up_a in (up_b, mod_b) or up_b == mod_a) and own_name(a) != own_name(b)
-
-
-def _in_order(values: list[tuple[int, int]]) -> bool:
-    """One to one, and keeping the order of the indices."""
-    if not _one_to_one(values):
-        return False
-    forward = dict(values)
-    ordered = [forward[a] for a in sorted(forward)]
-    return all(x < y for x, y in pairwise(ordered))
