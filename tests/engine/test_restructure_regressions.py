@@ -2275,3 +2275,87 @@ def test_a_named_child_is_not_a_sequential_slot() -> None:
             },
         )
     )
+
+
+def test_a_block_number_is_not_read_as_a_names_index() -> None:
+    """``blocks_{N}_conv{K}`` (separators changed) onto ``blocks.{N}.conv{K}``: paired in order, the block number
+    went into ``conv``'s index. ``blocks_0`` numbers the blocks and ``conv1`` is a name's index, each read by the name
+    it numbers."""
+    check(
+        explicit(
+            expected={
+                "backbone.blocks.0.conv1.weight": (8, 8, 3, 3),
+                "backbone.blocks.0.conv2.weight": (8, 8, 3, 3),
+            },
+            checkpoint={
+                "module._orig_mod.backbone.blocks_2_conv1.weight": (8, 8, 3, 3),
+                "module._orig_mod.backbone.blocks_1_conv2.weight": (8, 8, 3, 3),
+            },
+            truth={
+                "module._orig_mod.backbone.blocks_2_conv1.weight": "backbone.blocks.0.conv1.weight",
+                "module._orig_mod.backbone.blocks_1_conv2.weight": "backbone.blocks.0.conv2.weight",
+            },
+        )
+    )
+
+
+def test_a_stage_number_does_not_become_a_block_number() -> None:
+    """``blocks.N`` merged into ``blocks_N`` with an offset under stage 0's first block: the stage number went into the
+    block number. Both sides number stages and blocks in that order, so each maps one to one."""
+    check(
+        explicit(
+            expected={
+                "model.stages.0.blocks.0.mlp.weight": (8, 8),
+                "model.stages.0.blocks.1.mlp.weight": (8, 8),
+            },
+            checkpoint={
+                "model.stages.1.blocks_0.mlp.weight": (8, 8),
+                "model.stages.0.blocks_1.mlp.weight": (8, 8),
+            },
+            truth={
+                "model.stages.1.blocks_0.mlp.weight": "model.stages.0.blocks.0.mlp.weight",
+                "model.stages.0.blocks_1.mlp.weight": "model.stages.0.blocks.1.mlp.weight",
+            },
+        )
+    )
+
+
+def test_merged_stage_and_block_segments_keep_their_numbers() -> None:
+    """``stages_0_blocks`` (two segments merged): block 0's norms went to block 2 by names (unsafe). The block number
+    after the same name on both sides keeps its value unless several values show the shift."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.output.dense.bias": (4,),
+                "encoder.stages.0.blocks.0.output.LayerNorm.weight": (4,),
+                "encoder.stages.0.blocks.1.output.dense.bias": (4,),
+                "encoder.stages.0.blocks.1.output.LayerNorm.weight": (4,),
+                "encoder.stages.0.blocks.2.attention.output.LayerNorm.weight": (4,),
+                "encoder.stages.0.blocks.2.output.dense.bias": (4,),
+                "encoder.stages.0.blocks.2.output.LayerNorm.weight": (4,),
+                "encoder.stages.1.blocks.0.attention.output.LayerNorm.weight": (4,),
+                "encoder.stages.1.blocks.0.output.dense.bias": (4,),
+                "encoder.stages.2.blocks.0.attention.output.LayerNorm.weight": (4,),
+                "encoder.stages.2.blocks.0.output.dense.bias": (4,),
+                "encoder.stages.2.blocks.0.output.LayerNorm.weight": (4,),
+            },
+            checkpoint={
+                "encoder.stages_0_blocks.0.output.dense.bias": (4,),
+                "encoder.stages_0_blocks.0.output.LayerNorm.gamma": (4,),
+                "encoder.stages_0_blocks.1.output.dense.bias": (4,),
+                "encoder.stages_0_blocks.1.output.LayerNorm.gamma": (4,),
+                "encoder.stages_0_blocks.2.output.dense.bias": (4,),
+                "encoder.stages_1_blocks.0.output.dense.bias": (4,),
+                "encoder.stages_2_blocks.0.output.dense.bias": (4,),
+            },
+            truth={
+                "encoder.stages_0_blocks.0.output.dense.bias": "encoder.stages.0.blocks.0.output.dense.bias",
+                "encoder.stages_0_blocks.0.output.LayerNorm.gamma": "encoder.stages.0.blocks.0.output.LayerNorm.weight",
+                "encoder.stages_0_blocks.1.output.dense.bias": "encoder.stages.0.blocks.1.output.dense.bias",
+                "encoder.stages_0_blocks.1.output.LayerNorm.gamma": "encoder.stages.0.blocks.1.output.LayerNorm.weight",
+                "encoder.stages_0_blocks.2.output.dense.bias": "encoder.stages.0.blocks.2.output.dense.bias",
+                "encoder.stages_1_blocks.0.output.dense.bias": "encoder.stages.1.blocks.0.output.dense.bias",
+                "encoder.stages_2_blocks.0.output.dense.bias": "encoder.stages.2.blocks.0.output.dense.bias",
+            },
+        )
+    )
