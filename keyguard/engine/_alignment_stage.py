@@ -10,10 +10,14 @@ from typing import Literal
 
 from keyguard._patterns import template as list_template
 from keyguard.engine._align import Match, Tie, align
-from keyguard.engine._groups import HOLE, Group, digit_template
+from keyguard.engine._groups import HOLE, Group, digit_template, split_leaf
 from keyguard.engine._infer import Candidate
 from keyguard.engine._state import EngineState, _Accepted, _Ambiguity, _rename_all
 from keyguard.fixes._rules import Applicability, MapKeys, Remap, Rule
+
+_OFFSET_WHY = (
+    "blocks of this numbered group match as they stand while others are open: paired in order, they read otherwise"
+)
 
 
 class _AlignmentStage(EngineState):
@@ -35,6 +39,7 @@ class _AlignmentStage(EngineState):
         does, the family is shown with both readings (KG405), the in-order one first, and neither is applied. Only
         block numbers standing alone number the list: ``pwconv1`` and ``pwconv2`` are two families."""
         exact_by: dict[str, list[str]] = {}
+        modules: dict[str, str] = {}  # checkpoint module contested -> the model module it reads in order
         for key in self.exact:
             if key not in self.held:
                 exact_by.setdefault(list_template(key)[0], []).append(key)
@@ -66,14 +71,30 @@ class _AlignmentStage(EngineState):
                 if key in matched and key not in readings:
                     readings.append(key)
                 options[key] = readings
-            self._contest(
-                ours,
-                matched,
-                theirs,
-                options,
-                "blocks of this numbered group match as they stand while others are open: paired in order,"
-                " they read otherwise",
-            )
+                modules[split_leaf(key)[0]] = split_leaf(in_order[key])[0]
+            self._contest(ours, matched, theirs, options, _OFFSET_WHY)
+        if modules:
+            self._contest_module_leaves(modules)
+
+    def _contest_module_leaves(self, modules: dict[str, str]) -> None:
+        """The other leaves of modules whose blocks were contested (a bias whose list lost a block, so that it
+        cannot be paired in order by itself) are no more certain than their weight: contested with it, the
+        module's in-order reading first."""
+        matched = [k for k in self.exact if k not in self.held and split_leaf(k)[0] in modules]
+        if not matched:
+            return
+        ours = [n for n, o in self.by_cur.items() if n == o and split_leaf(n)[0] in modules]
+        freed = set(matched)
+        options: dict[str, list[str]] = {}
+        for key in [*ours, *matched]:
+            module, leaf = split_leaf(key)
+            moved = f"{modules[module]}.{leaf}"
+            readings = [moved] if moved in self.open_e or moved in freed else []
+            if key in freed and key not in readings:
+                readings.append(key)
+            options[key] = readings
+        theirs = sorted({r for rs in options.values() for r in rs if r in self.open_e})
+        self._contest(ours, matched, theirs, options, _OFFSET_WHY)
 
     def _contest_list_heads(self) -> None:
         """A numbered list that partly matches by name while its other elements are unexpected, and the module
