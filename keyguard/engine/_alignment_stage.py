@@ -56,25 +56,44 @@ class _AlignmentStage(EngineState):
             ours, theirs = open_c.get(shape), open_e.get(shape)
             if not ours or not theirs or HOLE not in shape:
                 continue
-            c_keys = sorted([*ours, *matched], key=lambda k: list_template(k)[1])
-            e_keys = sorted([*theirs, *matched], key=lambda k: list_template(k)[1])
-            if len(c_keys) != len(e_keys):
-                continue
-            in_order = dict(zip(c_keys, e_keys))
-            if any(self.C[c].shape != self.E[e].shape for c, e in in_order.items()):
-                continue
-            if all(in_order[k] == k for k in matched):
-                continue  # the in-order reading keeps the matches: nothing contested
-            options: dict[str, list[str]] = {}
-            for key in c_keys:
-                readings = [in_order[key]]
-                if key in matched and key not in readings:
-                    readings.append(key)
-                options[key] = readings
-                modules[split_leaf(key)[0]] = split_leaf(in_order[key])[0]
-            self._contest(ours, matched, theirs, options, _OFFSET_WHY)
+            if not self._contest_in_order(ours, matched, theirs, modules) and shape.count(HOLE) > 1:
+                # the family as a whole cannot be paired in order (another stage lost a block): its innermost
+                # lists, block by block within one outer block (``stages.2.blocks.{N}``), may still
+                def outer(key: str) -> tuple[int, ...]:
+                    return list_template(key)[1][:-1]
+
+                for head in {outer(k) for k in matched}:
+                    inner_ours = [k for k in ours if outer(k) == head]
+                    inner_theirs = [k for k in theirs if outer(k) == head]
+                    if inner_ours and inner_theirs:
+                        inner = [k for k in matched if outer(k) == head]
+                        self._contest_in_order(inner_ours, inner, inner_theirs, modules)
         if modules:
             self._contest_module_leaves(modules)
+
+    def _contest_in_order(
+        self, ours: list[str], matched: list[str], theirs: list[str], modules: dict[str, str]
+    ) -> bool:
+        """Contest one numbered list paired in order, when that reading moves a block that matches as it stands;
+        ``False`` when the list cannot be paired in order (other lengths or shapes)."""
+        c_keys = sorted([*ours, *matched], key=lambda k: list_template(k)[1])
+        e_keys = sorted([*theirs, *matched], key=lambda k: list_template(k)[1])
+        if len(c_keys) != len(e_keys):
+            return False
+        in_order = dict(zip(c_keys, e_keys))
+        if any(self.C[c].shape != self.E[e].shape for c, e in in_order.items()):
+            return False
+        if all(in_order[k] == k for k in matched):
+            return True  # the in-order reading keeps the matches: nothing contested
+        options: dict[str, list[str]] = {}
+        for key in c_keys:
+            readings = [in_order[key]]
+            if key in matched and key not in readings:
+                readings.append(key)
+            options[key] = readings
+            modules[split_leaf(key)[0]] = split_leaf(in_order[key])[0]
+        self._contest(ours, matched, theirs, options, _OFFSET_WHY)
+        return True
 
     def _contest_module_leaves(self, modules: dict[str, str]) -> None:
         """The other leaves of modules whose blocks were contested (a bias whose list lost a block, so that it

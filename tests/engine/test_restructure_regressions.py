@@ -2359,3 +2359,26 @@ def test_merged_stage_and_block_segments_keep_their_numbers() -> None:
             },
         )
     )
+
+
+def test_an_inner_list_is_contested_when_its_family_cannot_be_paired_whole() -> None:
+    """A 1-based inner list in stage 2 while stage 1 lost its block: the family ``stages.{S}.blocks.{B}`` as a whole
+    cannot be paired in order, but stage 2's blocks can, and that reading moves the block that matches as it stands:
+    contested (KG405), not kept silently."""
+    check(
+        explicit(
+            expected={
+                "model.stages.1.blocks.0.gamma": (4,),
+                "model.stages.2.blocks.0.gamma": (4,),
+                "model.stages.2.blocks.1.gamma": (4,),
+            },
+            checkpoint={
+                "model.stages.2.blocks.1.gamma": (4,),
+                "model.stages.2.blocks.2.gamma": (4,),
+            },
+            truth={
+                "model.stages.2.blocks.1.gamma": "model.stages.2.blocks.0.gamma",
+                "model.stages.2.blocks.2.gamma": "model.stages.2.blocks.1.gamma",
+            },
+        )
+    )
