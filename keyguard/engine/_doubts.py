@@ -138,8 +138,9 @@ class _Doubts(EngineState):
 
     def _drops_an_index(self, cand: Candidate, pairs: dict[str, str]) -> bool:
         """A prefix or segment rule that throws away a number (``module.groups-1-branche.`` stripped, ``stages1``
-        removed) and lands keys in a numbered family whose other blocks stay open in the model: the number it drops
-        may be the one that says which block they are (stage 1 is ``layers.1``, not ``layers.0``)."""
+        removed) and lands keys in a numbered family whose other blocks stay open in the model, or where a block of
+        a list ends the same way with the same shape: the number it drops may be the one that says which block they
+        are (stage 1 is ``layers.1``, not ``layers.0``; ``stage1-1.norm`` may be a block's norm, not the final one)."""
         rule = cand.rule
         if isinstance(rule, StripPrefix):
             old, new = rule.prefix, ""
@@ -147,11 +148,24 @@ class _Doubts(EngineState):
             old, new = rule.old, rule.new  # a segment renamed or removed (``stages1``) drops its number too
         else:
             return False
-        if len(digit_template(old)[1]) <= len(digit_template(new)[1]):
+        if cand.known or old in knowledge.KNOWN_PREFIXES or len(digit_template(old)[1]) <= len(digit_template(new)[1]):
             return False
         landed = {template(t)[0] for t in pairs.values()}
         targets = set(pairs.values())
-        return any(e not in targets and template(e)[0] in landed for e in self.open_e)
+        # the open model keys by their last two segments: a key ending like a target, with its shape, inside a list
+        # (``stages.0.blocks.0.norm.weight`` for ``norm.weight``) is where the dropped number may have pointed
+        endings: dict[str, list[str]] = {}
+        for e in self.open_e:
+            if e not in targets:
+                if template(e)[0] in landed:
+                    return True
+                endings.setdefault(".".join(e.rsplit(".", 2)[-2:]), []).append(e)
+        for target in targets:
+            shape = self.E[target].shape
+            for other in endings.get(".".join(target.rsplit(".", 2)[-2:]), ()):
+                if self.E[other].shape == shape and HOLE in template(other)[0]:
+                    return True
+        return False
 
     def _splits_siblings(self, cand: Candidate, renamed: dict[str, str]) -> bool:
         """True when the rule lands some keys of a parent module and renames siblings of theirs onto nothing

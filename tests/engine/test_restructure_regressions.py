@@ -2382,3 +2382,27 @@ def test_an_inner_list_is_contested_when_its_family_cannot_be_paired_whole() -> 
             },
         )
     )
+
+
+def test_a_removed_compound_segment_does_not_land_on_the_final_norm() -> None:
+    """``stage1-1.norm`` (a compound, 1-based block number) had its segment removed and landed on the final
+    ``norm``, while a block of the model's list ends the same way with the same shape: the number it drops may say
+    which block it is."""
+    check(
+        explicit(
+            expected={
+                "stages.0.blocks.0.norm.weight": (8,),
+                "stages.0.blocks.0.norm.bias": (8,),
+                "norm.weight": (8,),
+                "norm.bias": (8,),
+            },
+            checkpoint={
+                "stage1-1.norm.weight": (8,),
+                "stage1-1.norm.bias": (8,),
+            },
+            truth={
+                "stage1-1.norm.weight": "stages.0.blocks.0.norm.weight",
+                "stage1-1.norm.bias": "stages.0.blocks.0.norm.bias",
+            },
+        )
+    )
