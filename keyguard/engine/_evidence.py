@@ -18,7 +18,7 @@ from keyguard.engine._matching import (
     own_name_agrees,
     parents,
 )
-from keyguard.engine._names import segment_similarity
+from keyguard.engine._names import canonical_tokens, segment_similarity
 from keyguard.engine._numbering import renumbers_consistently
 from keyguard.fixes._rules import Applicability
 
@@ -125,7 +125,14 @@ class Settlement:
                 if match.checkpoint.module in rivalled:
                     self._demote(match, rivalled[match.checkpoint.module])
                     continue
-                keys = sum(m.checkpoint.size for m in by_module[match.checkpoint.module])
+                module_matches = by_module[match.checkpoint.module]
+                twin = self._twin(match, matches) if all(m.expected.size == 1 for m in module_matches) else None
+                if twin is not None:
+                    # one block, and another block of its list in the model holds the same name and shape: the
+                    # shapes cannot say which block it is
+                    self._demote(match, f"'{twin}' has its name and shape too")
+                    continue
+                keys = sum(m.checkpoint.size for m in module_matches)
                 structure = self._structure(match, siblings)
                 own = own_name_agrees(match.checkpoint, match.expected)
                 named = named_in_place(match.checkpoint, match.expected)
@@ -153,9 +160,9 @@ class Settlement:
         because some of its blocks match as they stand: counted with those, it has as many blocks and the same
         shapes. Shapes alone chose the target; the names and the exact matches say otherwise."""
         c, e = match.checkpoint, match.expected
-        if own_name_agrees(c, e):
-            return None
         shapes = {m.info.shape for m in c.members}
+        if own_name_agrees(c, e):
+            return self._wordier_rival(match, shapes)
         for rival in self.e_groups:
             if rival is e or rival.leaf != c.leaf or not own_name_agrees(c, rival):
                 continue
@@ -168,6 +175,30 @@ class Settlement:
                 # a sibling of the target (or the checkpoint group's namesake in place), named like the checkpoint
                 # group, holding its shapes in another number of blocks (some dropped or matched elsewhere): only
                 # the count chose, and names disagree
+                return rival
+        return None
+
+    def _wordier_rival(self, match: Match, shapes: set[tuple[int, ...] | None]) -> Group | None:
+        """With the module's own name agreeing, a model group in the same part, of the same leaf and shapes, whose
+        path holds more of the checkpoint path's words than the target's, or as many and fewer others
+        (``attention.output.LayerNorm`` for a checkpoint ``attention.output.LayerNorm`` that shapes put on
+        ``output.LayerNorm``, and the reverse): the names disagree."""
+        c, e = match.checkpoint, match.expected
+        if None in shapes or not c.path or not e.path:
+            return None
+        ours = canonical_tokens(".".join(c.path))
+
+        def score(group: Group) -> tuple[int, int]:
+            words = canonical_tokens(".".join(group.path))
+            return len(ours & words), -len(words - ours)  # more of its words, then fewer others
+
+        mine = score(e)
+        for rival in self.e_groups:
+            if rival is e or rival.leaf != c.leaf or not rival.path or rival.path[0] != e.path[0]:
+                continue
+            if not shapes <= {m.info.shape for m in rival.members} or not own_name_agrees(c, rival):
+                continue
+            if score(rival) > mine:
                 return rival
         return None
 
