@@ -2406,3 +2406,157 @@ def test_a_removed_compound_segment_does_not_land_on_the_final_norm() -> None:
             },
         )
     )
+
+
+def test_one_block_with_a_twin_in_the_model_is_not_paired_by_shapes() -> None:
+    """Stage 0's first block renamed to ``zeta`` (no number), stage 0 of the model has two blocks of equal shapes:
+    shapes put ``zeta`` on block 1. One block whose model list holds a twin of its names and shapes is not paired."""
+    check(
+        explicit(
+            expected={
+                "encoder.stages.0.blocks.0.fc2.weight": (4,),
+                "encoder.stages.0.blocks.0.fc2.bias": (4,),
+                "encoder.stages.0.blocks.1.fc2.weight": (4,),
+                "encoder.stages.0.blocks.1.fc2.bias": (4,),
+                "encoder.stages.1.downsample.1.weight": (8, 4, 2, 2),
+                "encoder.stages.1.blocks.0.fc2.weight": (8,),
+                "encoder.stages.1.blocks.0.fc2.bias": (8,),
+            },
+            checkpoint={
+                "encoder.stages.0.zeta.fc2.weight": (4,),
+                "encoder.stages.0.zeta.fc2.bias": (4,),
+                "encoder.stages.1.downsample.1.weight": (8, 4, 2, 2),
+                "encoder.stages.1.zeta.fc2.weight": (8,),
+                "encoder.stages.1.zeta.fc2.bias": (8,),
+            },
+            truth={
+                "encoder.stages.0.zeta.fc2.weight": "encoder.stages.0.blocks.0.fc2.weight",
+                "encoder.stages.0.zeta.fc2.bias": "encoder.stages.0.blocks.0.fc2.bias",
+                "encoder.stages.1.zeta.fc2.weight": "encoder.stages.1.blocks.0.fc2.weight",
+                "encoder.stages.1.zeta.fc2.bias": "encoder.stages.1.blocks.0.fc2.bias",
+            },
+        )
+    )
+
+
+def test_a_wordier_namesake_outweighs_a_target_forced_by_shapes() -> None:
+    """``blockss.S.B`` renumbered into stages: ``attention.output.LayerNorm`` went to another block's
+    ``output.LayerNorm`` by shapes, while a model group names every word of it."""
+    check(
+        explicit(
+            expected={
+                "backbone.stages.0.blocks.0.output.LayerNorm.bias": (4,),
+                "backbone.stages.1.blocks.0.attention.self.query.bias": (4,),
+                "backbone.stages.1.blocks.0.attention.output.LayerNorm.bias": (4,),
+                "backbone.stages.1.blocks.0.output.LayerNorm.bias": (4,),
+                "backbone.stages.1.blocks.1.attention.self.query.bias": (4,),
+                "backbone.stages.1.blocks.1.attention.self.key.bias": (4,),
+                "backbone.stages.1.blocks.1.attention.self.value.bias": (4,),
+                "backbone.stages.1.blocks.1.attention.output.dense.bias": (4,),
+                "backbone.stages.1.blocks.1.attention.output.LayerNorm.bias": (4,),
+                "backbone.stages.1.blocks.1.output.dense.bias": (4,),
+                "backbone.stages.1.blocks.2.attention.self.query.bias": (4,),
+                "backbone.stages.1.blocks.2.attention.self.key.bias": (4,),
+                "backbone.stages.1.blocks.2.attention.self.value.bias": (4,),
+                "backbone.stages.1.blocks.2.attention.output.dense.bias": (4,),
+                "backbone.stages.1.blocks.2.attention.output.LayerNorm.bias": (4,),
+                "backbone.stages.1.blocks.2.output.dense.bias": (4,),
+                "backbone.stages.2.blocks.0.attention.self.key.bias": (4,),
+                "backbone.stages.2.blocks.0.attention.self.value.bias": (4,),
+                "backbone.stages.2.blocks.0.attention.output.dense.bias": (4,),
+                "backbone.stages.2.blocks.0.output.dense.bias": (4,),
+                "backbone.stages.2.blocks.0.output.LayerNorm.bias": (4,),
+            },
+            checkpoint={
+                "backbone.blockss.1.0.attention.self.query.bias": (4,),
+                "backbone.blockss.1.0.attention.output.LayerNorm.bias": (4,),
+                "backbone.blockss.1.1.attention.self.query.bias": (4,),
+                "backbone.blockss.1.1.attention.self.key.bias": (4,),
+                "backbone.blockss.1.1.attention.self.value.bias": (4,),
+                "backbone.blockss.1.1.attention.output.dense.bias": (4,),
+                "backbone.blockss.1.1.output.dense.bias": (4,),
+                "backbone.blockss.1.2.attention.self.query.bias": (4,),
+                "backbone.blockss.1.2.attention.self.key.bias": (4,),
+                "backbone.blockss.1.2.attention.self.value.bias": (4,),
+                "backbone.blockss.1.2.attention.output.dense.bias": (4,),
+                "backbone.blockss.1.2.attention.output.LayerNorm.bias": (4,),
+                "backbone.blockss.1.2.output.dense.bias": (4,),
+                "backbone.blockss.2.0.attention.self.key.bias": (4,),
+                "backbone.blockss.2.0.attention.self.value.bias": (4,),
+                "backbone.blockss.2.0.attention.output.dense.bias": (4,),
+                "backbone.blockss.2.0.output.dense.bias": (4,),
+                "backbone.stages.2.blocks.0.output.LayerNorm.bias": (4,),
+            },
+            truth={
+                "backbone.blockss.1.0.attention.self.query.bias": (
+                    "backbone.stages.1.blocks.0.attention.self.query.bias"
+                ),
+                "backbone.blockss.1.0.attention.output.LayerNorm.bias": (
+                    "backbone.stages.1.blocks.0.attention.output.LayerNorm.bias"
+                ),
+                "backbone.blockss.1.1.attention.self.query.bias": (
+                    "backbone.stages.1.blocks.1.attention.self.query.bias"
+                ),
+                "backbone.blockss.1.1.attention.self.key.bias": "backbone.stages.1.blocks.1.attention.self.key.bias",
+                "backbone.blockss.1.1.attention.self.value.bias": (
+                    "backbone.stages.1.blocks.1.attention.self.value.bias"
+                ),
+                "backbone.blockss.1.1.attention.output.dense.bias": (
+                    "backbone.stages.1.blocks.1.attention.output.dense.bias"
+                ),
+                "backbone.blockss.1.1.output.dense.bias": "backbone.stages.1.blocks.1.output.dense.bias",
+                "backbone.blockss.1.2.attention.self.query.bias": (
+                    "backbone.stages.1.blocks.2.attention.self.query.bias"
+                ),
+                "backbone.blockss.1.2.attention.self.key.bias": "backbone.stages.1.blocks.2.attention.self.key.bias",
+                "backbone.blockss.1.2.attention.self.value.bias": (
+                    "backbone.stages.1.blocks.2.attention.self.value.bias"
+                ),
+                "backbone.blockss.1.2.attention.output.dense.bias": (
+                    "backbone.stages.1.blocks.2.attention.output.dense.bias"
+                ),
+                "backbone.blockss.1.2.attention.output.LayerNorm.bias": (
+                    "backbone.stages.1.blocks.2.attention.output.LayerNorm.bias"
+                ),
+                "backbone.blockss.1.2.output.dense.bias": "backbone.stages.1.blocks.2.output.dense.bias",
+                "backbone.blockss.2.0.attention.self.key.bias": "backbone.stages.2.blocks.0.attention.self.key.bias",
+                "backbone.blockss.2.0.attention.self.value.bias": (
+                    "backbone.stages.2.blocks.0.attention.self.value.bias"
+                ),
+                "backbone.blockss.2.0.attention.output.dense.bias": (
+                    "backbone.stages.2.blocks.0.attention.output.dense.bias"
+                ),
+                "backbone.blockss.2.0.output.dense.bias": "backbone.stages.2.blocks.0.output.dense.bias",
+            },
+        )
+    )
+
+
+def test_a_namesake_without_extra_words_outweighs_a_target_forced_by_shapes() -> None:
+    """The reverse of the case above: ``output.LayerNorm`` went to ``attention.output.LayerNorm`` by shapes, while
+    ``output.LayerNorm`` in the model has as many of its words and no others."""
+    check(
+        explicit(
+            expected={
+                "backbone.stages.0.blocks.0.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.0.attention.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.0.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.1.attention.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.2.attention.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.2.output.LayerNorm.weight": (4,),
+                "backbone.stages.2.blocks.0.attention.output.LayerNorm.weight": (4,),
+                "backbone.stages.2.blocks.0.output.LayerNorm.weight": (4,),
+            },
+            checkpoint={
+                "backbone.blockss.1.0.output.LayerNorm.weight": (4,),
+                "backbone.stages.1.blocks.2.attention.output.LayerNorm.weight": (4,),
+                "backbone.blockss.1.2.output.LayerNorm.weight": (4,),
+                "backbone.blockss.2.0.output.LayerNorm.weight": (4,),
+            },
+            truth={
+                "backbone.blockss.1.0.output.LayerNorm.weight": "backbone.stages.1.blocks.0.output.LayerNorm.weight",
+                "backbone.blockss.1.2.output.LayerNorm.weight": "backbone.stages.1.blocks.2.output.LayerNorm.weight",
+                "backbone.blockss.2.0.output.LayerNorm.weight": "backbone.stages.2.blocks.0.output.LayerNorm.weight",
+            },
+        )
+    )
