@@ -109,7 +109,7 @@ class _Rounds(_Doubts):
                 # than either offset, so the whole group is contested, the blocks paired in order first
                 self._contest_shift(cand.rule, pairs)
                 progress = True
-                continue
+                break  # keys and targets left play: re-generate candidates from what is left
             if rivals and not (cand.known and not any(r.known for r in rivals)):
                 self._record_tie(cand, rivals, pairs, taken_c, taken_e, scored)
                 progress = True

@@ -2560,3 +2560,60 @@ def test_a_namesake_without_extra_words_outweighs_a_target_forced_by_shapes() ->
             },
         )
     )
+
+
+def test_offsets_that_tie_leave_every_key_in_the_report() -> None:
+    """1-based transitions with gamma/beta norms and a partial list: offsets tied while blocks matched as they
+    stand, the group was contested, and the rival offset then recorded a tie over keys already taken out of play
+    (two empty findings, four model keys in none). The rounds start over after a contest."""
+    check(
+        explicit(
+            expected={
+                "model.transitions.0.norm.bias": (8,),
+                "model.transitions.0.norm.running_mean": (8,),
+                "model.transitions.0.norm.running_var": (8,),
+                "model.transitions.0.norm.num_batches_tracked": (),
+                "model.transitions.0.conv.weight": (8, 8, 1, 1),
+                "model.transitions.1.norm.bias": (8,),
+                "model.transitions.1.norm.running_mean": (8,),
+                "model.transitions.1.norm.running_var": (8,),
+                "model.transitions.1.norm.num_batches_tracked": (),
+                "model.transitions.1.conv.weight": (8, 8, 1, 1),
+                "model.transitions.2.norm.bias": (8,),
+                "model.transitions.2.norm.running_mean": (8,),
+                "model.transitions.2.norm.running_var": (8,),
+                "model.transitions.2.norm.num_batches_tracked": (),
+                "model.transitions.2.conv.weight": (8, 8, 1, 1),
+            },
+            checkpoint={
+                "model.transitions.0.norm.running_mean": (8,),
+                "model.transitions.0.norm.running_var": (8,),
+                "model.transitions.1.norm.num_batches_tracked": (),
+                "model.transitions.1.conv.weight": (8, 8, 1, 1),
+                "model.transitions.2.norm.beta": (8,),
+                "model.transitions.2.norm.running_mean": (8,),
+                "model.transitions.2.norm.running_var": (8,),
+                "model.transitions.2.norm.num_batches_tracked": (),
+                "model.transitions.2.conv.weight": (8, 8, 1, 1),
+                "model.transitions.3.norm.bias": (8,),
+                "model.transitions.3.norm.running_mean": (8,),
+                "model.transitions.3.norm.running_var": (8,),
+                "model.transitions.3.norm.num_batches_tracked": (),
+                "model.transitions.3.conv.weight": (8, 8, 1, 1),
+            },
+            truth={
+                "model.transitions.1.norm.num_batches_tracked": "model.transitions.0.norm.num_batches_tracked",
+                "model.transitions.1.conv.weight": "model.transitions.0.conv.weight",
+                "model.transitions.2.norm.beta": "model.transitions.1.norm.bias",
+                "model.transitions.2.norm.running_mean": "model.transitions.1.norm.running_mean",
+                "model.transitions.2.norm.running_var": "model.transitions.1.norm.running_var",
+                "model.transitions.2.norm.num_batches_tracked": "model.transitions.1.norm.num_batches_tracked",
+                "model.transitions.2.conv.weight": "model.transitions.1.conv.weight",
+                "model.transitions.3.norm.bias": "model.transitions.2.norm.bias",
+                "model.transitions.3.norm.running_mean": "model.transitions.2.norm.running_mean",
+                "model.transitions.3.norm.running_var": "model.transitions.2.norm.running_var",
+                "model.transitions.3.norm.num_batches_tracked": "model.transitions.2.norm.num_batches_tracked",
+                "model.transitions.3.conv.weight": "model.transitions.2.conv.weight",
+            },
+        )
+    )
