@@ -59,14 +59,11 @@ class _AlignmentStage(EngineState):
             if not self._contest_in_order(ours, matched, theirs, modules) and shape.count(HOLE) > 1:
                 # the family as a whole cannot be paired in order (another stage lost a block): its innermost
                 # lists, block by block within one outer block (``stages.2.blocks.{N}``), may still
-                def outer(key: str) -> tuple[int, ...]:
-                    return list_template(key)[1][:-1]
-
-                for head in {outer(k) for k in matched}:
-                    inner_ours = [k for k in ours if outer(k) == head]
-                    inner_theirs = [k for k in theirs if outer(k) == head]
+                for head in {_outer(k) for k in matched}:
+                    inner_ours = [k for k in ours if _outer(k) == head]
+                    inner_theirs = [k for k in theirs if _outer(k) == head]
                     if inner_ours and inner_theirs:
-                        inner = [k for k in matched if outer(k) == head]
+                        inner = [k for k in matched if _outer(k) == head]
                         self._contest_in_order(inner_ours, inner, inner_theirs, modules)
         if modules:
             self._contest_module_leaves(modules)
@@ -470,3 +467,8 @@ def _renumbers(rule: Rule) -> bool:
 
 def _same_bytes(a: bytes | None, b: bytes | None) -> bool:
     return a is not None and a == b
+
+
+def _outer(key: str) -> tuple[int, ...]:
+    """The block numbers of a key but its innermost one: which outer block its list belongs to."""
+    return list_template(key)[1][:-1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Final
 
 from keyguard._exceptions import PlanError
-from keyguard.engine._state import EngineState, _Ambiguity
+from keyguard.engine._state import EngineState, _Ambiguity, _rename_all
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import AddPrefix, Applicability, MapKeys, ReplacePrefix, Rule, StripPrefix
 
@@ -92,12 +92,7 @@ class _PlanAudit(EngineState):
             keys = [k for k in self.C if k not in resolved or (below and via.get(k, -1) in below)]
             if not keys:
                 return []
-        whole = Plan(rules=[rule for _, rule in plan])
-        try:
-            renamed = whole.mapping(keys)
-        except PlanError:
-            # two keys onto one name: applying would be refused, so find which of them the engine did not put there
-            renamed = {key: whole.rename_key(key) for key in keys}
+        renamed = _applied([rule for _, rule in plan], keys)
         expected = self.E
         landed = [(key, new) for key, new in renamed.items() if new != key and new in expected]
         strays = [
@@ -147,23 +142,19 @@ class _PlanAudit(EngineState):
         for place in sorted(by_place, reverse=True):  # later places first: earlier positions stay valid
             position = next(i for i, (p, _) in enumerate(plan) if p == place)
             rule = plan[position][1]
-            before = Plan(rules=[r for _, r in plan[:position]])
-            try:
-                names = before.mapping(keys)
-            except PlanError:
-                names = {key: before.rename_key(key) for key in keys}
+            names = _applied([r for _, r in plan[:position]], keys)
             owner = {name: key for key, name in names.items()}
-            moved = [name for name in names.values() if (new := rule.rename(name)) is not None and new != name]
+            moved = list(_rename_all([rule], list(names.values())))
             leave = {names[key] for key in by_place[place]}
             keep = {n for n in moved if self._intended(owner[n], level) is not None} - leave
             kept, out = _split(rule, moved, keep, leave)
-            pieces = [r.model_copy(update={"applicability": rule.applicability}) for r in kept]
+            pieces = [r.model_copy(update={"applicability": rule.applicability, "reason": rule.reason}) for r in kept]
             for piece in out:
-                needed = self._remainder_level([owner[n] for n in moved if _moves(piece, n)], level)
+                needed = self._remainder_level([owner[n] for n in _rename_all([piece], moved)], level)
                 if needed is not None:  # a part no plan needs is left out: the keys it carries stay as they are
                     pieces.append(piece.model_copy(update={"applicability": needed, "reason": rule.reason}))
             index, at = place
-            self.accepted[index].rules[at : at + 1] = [p.model_copy(update={"reason": rule.reason}) for p in pieces]
+            self.accepted[index].rules[at : at + 1] = pieces
 
     def _release(self, keys: list[str]) -> None:
         """Keys the engine landed that the plan cannot carry there (a key that keeps its name already holds the
@@ -243,15 +234,15 @@ def _walk(
         _walk(old, new, f"{stem}{head}.", members, keep, leave, kept, out)
 
 
-def _moves(rule: Rule, name: str) -> bool:
-    new = rule.rename(name)
-    return new is not None and new != name
+def _applied(rules: list[Rule], keys: list[str]) -> dict[str, str]:
+    """Every key's name under ``rules``; where two keys would collide (applying the plan would be refused), key by
+    key, so that the audit can see which of them the engine did not put there."""
+    plan = Plan(rules=rules)
+    try:
+        return plan.mapping(keys)
+    except PlanError:
+        return {key: plan.rename_key(key) for key in keys}
 
 
 def _explicit(rule: Rule, names: list[str]) -> Rule:
-    mapping: dict[str, str] = {}
-    for name in names:
-        new = rule.rename(name)
-        if new is not None:
-            mapping[name] = new
-    return MapKeys(mapping=mapping)
+    return MapKeys(mapping=_rename_all([rule], names))

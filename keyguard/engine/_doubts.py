@@ -90,18 +90,23 @@ class _Doubts(EngineState):
             other = spelled.get(target.translate(_NO_SEPARATORS).lower())
             if other is not None and other != name and other != target:
                 return True
+        if len(pairs) > _FEW:
+            # a rule landing many keys is a reading of its own (``attention`` -> ``self_attn`` on every layer): a
+            # rival naming every word of each target would have to mirror all of them
+            return False
+        doubtful = {n: t for n, t in pairs.items() if not canonical_tokens(t) <= canonical_tokens(n)}
+        if not doubtful:
+            return False
         rivals: dict[tuple[str, tuple[int, ...]], list[str]] = {}
         for other in self.by_cur.keys() - pairs.keys():
             rivals.setdefault((other.rsplit(".", 1)[-1], template(other)[1]), []).append(other)
         if not rivals:
             return False
-        for name, target in pairs.items():
+        for target in doubtful.values():
             found = rivals.get((target.rsplit(".", 1)[-1], template(target)[1]))
             if not found:
                 continue
             words = canonical_tokens(target)
-            if words <= canonical_tokens(name):
-                continue
             shape = self.E[target].shape
             if any(words <= canonical_tokens(o) and self.C[self.by_cur[o]].shape == shape for o in found):
                 return True
@@ -119,9 +124,12 @@ class _Doubts(EngineState):
             return False
         targets = set(pairs.values())
         kinds_in: dict[str, set[tuple[str, object]]] = {}
+        roots = self._expected_roots()
         for name, target in pairs.items():
-            part = _part(name)
-            if part == target.split(".", 1)[0]:
+            part = name.split(".", 1)[0]
+            if part + "." in _WRAPPERS:
+                part = _part(name)
+            if part == target.split(".", 1)[0] or part not in roots:
                 continue
             kinds = kinds_in.get(part)
             if kinds is None:
@@ -135,6 +143,12 @@ class _Doubts(EngineState):
             if (target.rsplit(".", 1)[-1], self.E[target].shape) in kinds:
                 return True
         return False
+
+    def _expected_roots(self) -> frozenset[str]:
+        """The model's top-level parts (computed once: the model's keys do not change)."""
+        if self.roots is None:
+            self.roots = frozenset(k.split(".", 1)[0] for k in self.E)
+        return self.roots
 
     def _drops_an_index(self, cand: Candidate, pairs: dict[str, str]) -> bool:
         """A prefix or segment rule that throws away a number (``module.groups-1-branche.`` stripped, ``stages1``
@@ -465,6 +479,8 @@ class _Doubts(EngineState):
         )
 
 
+#: Landing pairs up to which a rule's targets are weighed against rivals naming their every word.
+_FEW: Final = 256
 #: Prefixes that wrap a whole model (DDP, torch.compile, FSDP): no part of it.
 _WRAPPERS: Final = tuple(p for p in knowledge.KNOWN_PREFIXES if p == "module." or p.startswith("_"))
 

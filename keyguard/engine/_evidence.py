@@ -75,6 +75,7 @@ class Settlement:
             )
         }
         siblings = self._sibling_support(matches)
+        twins = self._free_by_family(matches)
         self.landing: dict[str, dict[str, tuple[int, ...]]] = {}  # model parent -> checkpoint module -> its index
         # checkpoint list -> checkpoint module -> (the list elements it takes, the model list it goes to)
         self.lists: dict[str, dict[str, tuple[set[int], str]]] = {}
@@ -126,7 +127,7 @@ class Settlement:
                     self._demote(match, rivalled[match.checkpoint.module])
                     continue
                 module_matches = by_module[match.checkpoint.module]
-                twin = self._twin(match, matches) if all(m.expected.size == 1 for m in module_matches) else None
+                twin = self._twin(match, twins) if all(m.expected.size == 1 for m in module_matches) else None
                 if twin is not None:
                     # one block, and another block of its list in the model holds the same name and shape: the
                     # shapes cannot say which block it is
@@ -141,9 +142,6 @@ class Settlement:
                     if _order_assumed(match):
                         match.applicability = Applicability.unsafe
                         match.note = "blocks regrouped in order: their shapes cannot tell another order"
-                elif (named or (structure and own)) and self._twin(match, matches) is not None:
-                    self._demote(match, f"'{self._twin(match, matches)}' has its name and shape too")
-                    continue
                 elif named or (structure and own):
                     match.applicability = Applicability.unsafe
                     match.evidence.extend([*structure, Evidence("names", self._names_text(match))])
@@ -202,24 +200,24 @@ class Settlement:
                 return rival
         return None
 
-    def _twin(self, match: Match, matches: list[Match]) -> str | None:
-        """For a single key: another model key of the same numbered family and shape that no pair takes (block 0's
+    def _twin(self, match: Match, twins: dict[tuple[str, object], list[str]]) -> str | None:
+        """For one block: another model key of the same numbered family and shape that no pair takes (block 0's
         ``norm2.weight`` and block 1's): the names cannot tell which block is meant."""
         if match.expected.size != 1:
             return None
         target = match.expected.members[0]
-        family, shape = digit_template(target.name)[0], target.info.shape
+        family = (digit_template(target.name)[0], target.info.shape)
+        return next((name for name in twins.get(family, ()) if name != target.name), None)
+
+    def _free_by_family(self, matches: list[Match]) -> dict[tuple[str, object], list[str]]:
+        """Model keys no pair takes, by numbered family and shape."""
         taken = {em.name for m in matches for _, em in m.pairs}
+        out: dict[tuple[str, object], list[str]] = {}
         for group in self.e_groups:
             for member in group.members:
-                if (
-                    member.name != target.name
-                    and member.name not in taken
-                    and member.info.shape == shape
-                    and digit_template(member.name)[0] == family
-                ):
-                    return member.name
-        return None
+                if member.name not in taken:
+                    out.setdefault((digit_template(member.name)[0], member.info.shape), []).append(member.name)
+        return out
 
     def _stranded_leaf(self, match: Match) -> str | None:
         """A leaf renamed into another leaf name (``norm.weight`` -> ``gamma``), while another leaf of the checkpoint

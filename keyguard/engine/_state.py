@@ -131,6 +131,7 @@ class EngineState:
         self.deferred_templates: set[str] = set()
         self.lookalikes: list[dict[str, list[str]]] = []  # keys a rule left for another reading (original -> targets)
         self.endings: dict[int, dict[str, list[str]]] = {}
+        self.roots: frozenset[str] | None = None  # the model's top-level parts, once asked for
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
