@@ -125,26 +125,42 @@ def collapse(keys: Iterable[str], extra: Callable[[str], T] | None = None) -> li
     return groups
 
 
-def summarize_patterns(keys: Sequence[str], limit: int) -> tuple[list[str], int]:
+def summarize_patterns(keys: Sequence[str], limit: int, *, chunk: int = 1 << 15) -> tuple[list[str], int]:
     """The patterns of the first ``limit`` groups of ``collapse(keys)`` and how many groups there are.
 
-    What a finding shows, without building every group: numbers are gathered for the groups shown only.
+    What a finding shows, without building every group: numbers are gathered for the groups shown only. Keys are
+    read ``chunk`` at a time, so the pieces of one split are held for a chunk only (a finding over a million keys
+    would otherwise hold every key's pieces at once), and groups are ordered by first appearance across chunks.
     """
-    if not keys:
-        return [], 0
-    columns = _Columns(list(keys))
-    templates = columns.templates
-    order = list(dict.fromkeys(templates))
-    shown = order[:limit]
-    members: dict[str, list[int]] = {shape: [] for shape in shown}
-    if len(order) == 1:
-        members[order[0]] = list(range(len(templates)))
-    else:  # one C-level pass picks the keys of the groups shown; only those are visited in Python
-        for index in itertools.compress(range(len(templates)), map(members.__contains__, templates)):
-            members[templates[index]].append(index)
+    order: dict[str, None] = {}  # every template, in order of first appearance
+    shown: dict[str, list[set[int]]] = {}  # the first ``limit`` templates -> their numbers so far
+    for start in range(0, len(keys), chunk):
+        columns = _Columns(list(keys[start : start + chunk]))
+        templates = columns.templates
+        distinct = dict.fromkeys(templates)
+        fresh = [t for t in distinct if t not in order]
+        order.update(dict.fromkeys(fresh))
+        for shape in fresh[: max(0, limit - len(shown))]:
+            shown[shape] = []
+        here = [shape for shape in shown if shape in templates] if shown else []
+        if not here:
+            continue
+        members: dict[str, list[int]] = {shape: [] for shape in here}
+        if len(distinct) == 1:
+            members[here[0]] = list(range(len(templates)))
+        else:  # one C-level pass picks the keys of the groups shown; only those are visited in Python
+            for index in itertools.compress(range(len(templates)), map(members.__contains__, templates)):
+                members[templates[index]].append(index)
+        for shape, indices in members.items():
+            numbers = columns.numbers(indices, shape)
+            known = shown[shape]
+            if not known:
+                shown[shape] = numbers
+            else:
+                for values, more in zip(known, numbers):
+                    values |= more
     patterns = []
-    for shape in shown:
-        numbers = columns.numbers(members[shape], shape)
+    for shape, numbers in shown.items():
         group: KeyGroup[None] = KeyGroup(shape.removeprefix(LITERAL), None, numbers=numbers)
         patterns.append(group.pattern)
     return patterns, len(order)

@@ -182,3 +182,16 @@ def test_keys_holding_a_nul_are_grouped_alone() -> None:
     assert [g.pattern for g in groups] == ["a\x00", "a.{5,6}", "a.\x00", "\x00", "{0,1}"]
     assert [g.keys for g in groups] == [["a\x00"], ["a.5", "a.6"], ["a.\x00"], ["\x00"], ["0", "1"]]
     assert summarize_patterns(keys, 3) == (["a\x00", "a.{5,6}", "a.\x00"], 5)
+
+
+@given(
+    st.lists(st.one_of(KEYS, st.text(st.sampled_from("a.01\n\x00"), max_size=6)), max_size=40),
+    st.integers(0, 8),
+    st.integers(1, 7),
+)
+@example(keys=["a.1", "b", "a.2", "c", "a.3", "b.4"], limit=2, chunk=2)
+def test_summarize_patterns_read_in_chunks_agrees(keys: list[str], limit: int, chunk: int) -> None:
+    """Reading the keys a few at a time (as for a million keys) shows the same patterns in the same order."""
+    keys = list(dict.fromkeys(keys))
+    groups = collapse(keys)
+    assert summarize_patterns(keys, limit, chunk=chunk) == ([g.pattern for g in groups[:limit]], len(groups))

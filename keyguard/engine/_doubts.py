@@ -291,7 +291,7 @@ class _Doubts(EngineState):
         """For landing pairs whose rule changed the target beyond a prefix, the other open expected keys that end
         the same way (the part the key kept) with the same shape: readings the rule cannot tell from its own."""
         out: dict[str, list[str]] = {}
-        if all(n.endswith(t) for n, t in pairs.items()):
+        if all(map(str.endswith, pairs, pairs.values())):  # C-level: runs over every key a rule lands
             return out  # a prefix stripped: every target is the whole of what its key kept
         targets = set(pairs.values())
         for name, target in pairs.items():

@@ -4,6 +4,7 @@ still contest a rule is in ``_doubts``)."""
 from __future__ import annotations
 
 import operator
+from collections import deque
 from itertools import compress
 
 from keyguard._patterns import template
@@ -245,7 +246,9 @@ class _Rounds(_Doubts):
         narrowed_rename = isinstance(cand.rule, Rename) and any(isinstance(r, MapKeys) for r in rules)
         # narrowed rules rename a subset of what the candidate renames
         if rules == [cand.rule] and len(cand.renamed) == len(cand.targets):
-            renamed = dict(zip(cand.renamed, cand.targets))  # evaluate() already renamed every key
+            # evaluate() already renamed every key; when all of them land, that is the landing (a copy: it is edited)
+            landing = cand.landing
+            renamed = dict(landing) if len(landing) == len(cand.renamed) else dict(zip(cand.renamed, cand.targets))
             if self.frozen:
                 renamed = {n: t for n, t in renamed.items() if n in self.by_cur}
         else:
@@ -312,22 +315,32 @@ class _Rounds(_Doubts):
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
         originals = list(map(self.by_cur.pop, renamed))
         accepted.touched = originals
-        for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
-            self.chain.setdefault(original, [self.first_rule[original]]).append(index)
-        self.first_rule.update(
-            dict.fromkeys(originals, index)
-            if not self.first_rule
-            else {o: index for o in originals if o not in self.first_rule}
-        )
+        if self.first_rule:
+            for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
+                self.chain.setdefault(original, [self.first_rule[original]]).append(index)
+            self.first_rule.update({o: index for o in originals if o not in self.first_rule})
+        else:
+            self.first_rule = dict.fromkeys(originals, index)
         news = list(renamed.values())
         lands = list(map(self.open_e.__contains__, news))
-        landed = dict(compress(zip(originals, news), lands))
-        stays = dict(compress(zip(originals, news), map(operator.not_, lands)))
-        for original in landed:
-            del self.cur[original]
+        if all(lands):  # the usual case on large inputs: every renamed key lands (C-level, no per-key Python)
+            landed, stays = dict(zip(originals, news)), {}
+        else:
+            landed = dict(compress(zip(originals, news), lands))
+            stays = dict(compress(zip(originals, news), map(operator.not_, lands)))
+        if len(landed) == len(self.cur):
+            self.cur = {}  # every open key landed (each landed key was open)
+        else:
+            deque(map(self.cur.__delitem__, landed), maxlen=0)
         self.open_e.difference_update(landed.values())
-        self.resolved.update(landed)
-        self.via.update(dict.fromkeys(landed, index))
+        if self.resolved:
+            self.resolved.update(landed)
+        else:
+            self.resolved = dict(landed)
+        if self.via:
+            self.via.update(dict.fromkeys(landed, index))
+        else:
+            self.via = dict.fromkeys(landed, index)
         accepted.pairs = landed
         self.cur.update(stays)
         self.by_cur.update(zip(stays.values(), stays))
