@@ -142,7 +142,7 @@ def summarize_patterns(keys: Sequence[str], limit: int, *, chunk: int = 1 << 15)
         order.update(dict.fromkeys(fresh))
         for shape in fresh[: max(0, limit - len(shown))]:
             shown[shape] = []
-        here = [shape for shape in shown if shape in templates] if shown else []
+        here = [shape for shape in shown if shape in distinct]
         if not here:
             continue
         members: dict[str, list[int]] = {shape: [] for shape in here}

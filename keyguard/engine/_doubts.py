@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 import re
+from itertools import filterfalse
 from typing import Final
 
 from keyguard._patterns import HOLE, template
@@ -98,7 +99,7 @@ class _Doubts(EngineState):
         if not doubtful:
             return False
         rivals: dict[tuple[str, tuple[int, ...]], list[str]] = {}
-        for other in self.by_cur.keys() - pairs.keys():
+        for other in filterfalse(pairs.__contains__, self.by_cur):
             rivals.setdefault((other.rsplit(".", 1)[-1], template(other)[1]), []).append(other)
         if not rivals:
             return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
-from itertools import compress
+from itertools import compress, filterfalse
 
 from keyguard._patterns import template
 from keyguard.engine import _knowledge as knowledge
@@ -121,8 +121,6 @@ class _Rounds(_Doubts):
                 continue
             if self._accept(cand, pairs, shapes_agree=support == len(cand.landing)):
                 progress = True
-                taken_c.update(pairs)
-                taken_e.update(pairs.values())
                 break  # names changed: re-generate candidates from what is left
         return progress
 
@@ -133,7 +131,7 @@ class _Rounds(_Doubts):
             renamed = _rename_all([step.rule], step.renamed)
             if not renamed or len(set(renamed.values())) != len(renamed):
                 continue
-            if not set(renamed.values()).isdisjoint(self.by_cur.keys() - renamed.keys()):
+            if not set(renamed.values()).isdisjoint(filterfalse(renamed.__contains__, self.by_cur)):
                 continue
             if self._renames_resolved(step.rule):
                 continue
@@ -287,7 +285,7 @@ class _Rounds(_Doubts):
         new_names = set(renamed.values())
         if (
             len(new_names) != len(renamed)
-            or not new_names.isdisjoint(self.by_cur.keys() - renamed.keys())
+            or not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
             or not new_names.isdisjoint(self.resolved.values())
         ):
             rules = [MapKeys(mapping=dict(pairs))]
@@ -296,7 +294,8 @@ class _Rounds(_Doubts):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
-        unscoped = {n: cand.rule.rename(n) or n for n in self.by_cur.keys() - pairs.keys()}
+        # (the keys a rule leaves are picked at C level: a keys-view difference would first copy every key)
+        unscoped = {n: cand.rule.rename(n) or n for n in filterfalse(pairs.__contains__, self.by_cur)}
         suspicious = self._partial_groups(pairs, unscoped)
         if suspicious:
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:

@@ -94,7 +94,8 @@ class EngineState:
 
         def kept(keys: KeySet) -> dict[str, TensorInfo]:
             if not ignore:
-                return dict(keys.tensors)
+                # the engine never changes C or E: a source's own dict is used as it is (no copy of a million keys)
+                return keys.tensors if type(keys.tensors) is dict else dict(keys.tensors)
             return {k: v for k, v in keys.tensors.items() if not any(p.search(k) for p in ignore)}
 
         self.C = kept(ck)
@@ -114,11 +115,13 @@ class EngineState:
         open_c = [k for k in self.C if k not in exact and k not in self.held] if exact or self.held else list(self.C)
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
-        self.open_e: set[str] = self.E.keys() - exact - self.held
-        # whole-side facts that let the per-rule checks skip work on large inputs
-        shapes = set(map(_SHAPE_OF, self.C.values())) | set(map(_SHAPE_OF, self.E.values()))
+        self.open_e: set[str] = self.E.keys() - exact - self.held if exact or self.held else set(self.E)
+        # whole-side facts that let the per-rule checks skip work on large inputs (C-level scans, nothing hashed
+        # but the dtype names)
         dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
-        self.shapes_all_known = None not in shapes
+        self.shapes_all_known = None not in map(_SHAPE_OF, self.C.values()) and None not in map(
+            _SHAPE_OF, self.E.values()
+        )
         self.dtypes_all_float = dtypes <= _FLOAT_DTYPES
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
