@@ -34,6 +34,17 @@ def template(key: str) -> tuple[str, tuple[int, ...]]:
     return ("." + HOLE).join(parts[0::2])[1:], tuple(map(int, parts[1::2]))
 
 
+def templates(keys: Sequence[str], *, chunk: int = 1 << 15) -> list[str]:
+    """``template(key)[0]`` of every key, in bulk: one regular-expression pass per ``chunk`` keys (about three
+    times faster than one call per key, and the pieces of a split are held for a chunk only)."""
+    out: list[str] = []
+    for begin in range(0, len(keys), chunk):
+        part = list(keys[begin : begin + chunk])
+        split = _split_joined(part)
+        out += split[0] if split is not None else [template(k)[0] for k in part]
+    return out
+
+
 def render_numbers(values: Iterable[int], *, limit: int = 24) -> str:
     """Render a set of indices compactly: ``{0..31}``, ``{0,2,5..9}``; long lists are summarised."""
     ordered = sorted(set(values))
@@ -174,20 +185,16 @@ class _Columns:
     """
 
     def __init__(self, keys: list[str]) -> None:
-        joined = "." + "\n.".join(keys) + "\n"
         self._counts: list[int] | None = None  # numbers per key, when the templates cannot tell
-        if not keys:
-            self.templates: list[str] = []
-            self.flat: list[str] = []
-        elif joined.count("\n") == len(keys) and HOLE not in joined:
-            parts = _NUMBERED_LINES.split(joined)
-            self.templates = ("." + HOLE).join(parts[0::2])[1:-1].split("\n.")
-            self.flat = parts[1::2]
+        split = _split_joined(keys) if keys else ([], [])
+        if split is not None:
+            self.templates: list[str] = split[0]
+            self.flat: list[str] = split[1]
         else:
-            split = [(LITERAL + k, ()) if HOLE in k else template(k) for k in keys]
-            self.templates = [shape for shape, _ in split]
-            self.flat = [str(n) for _, numbers in split for n in numbers]
-            self._counts = [len(numbers) for _, numbers in split]
+            pairs = [(LITERAL + k, ()) if HOLE in k else template(k) for k in keys]
+            self.templates = [shape for shape, _ in pairs]
+            self.flat = [str(n) for _, numbers in pairs for n in numbers]
+            self._counts = [len(numbers) for _, numbers in pairs]
         self._starts: list[int] | None = None
 
     def numbers(self, indices: Sequence[int], shape: str) -> list[set[int]]:
@@ -207,6 +214,16 @@ class _Columns:
 
 
 _NUMBERED_LINES: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=[.\n])")
+
+
+def _split_joined(keys: list[str]) -> tuple[list[str], list[str]] | None:
+    """The templates of ``keys`` and their numbers (in key order, flat) from one split of the keys joined; ``None``
+    when a key holds a newline or a NUL, which the joined text cannot tell from a separator or a hole."""
+    joined = "." + "\n.".join(keys) + "\n"
+    if joined.count("\n") != len(keys) or HOLE in joined:
+        return None
+    parts = _NUMBERED_LINES.split(joined)
+    return ("." + HOLE).join(parts[0::2])[1:-1].split("\n."), parts[1::2]
 
 
 def pattern_of(keys: Sequence[str]) -> str:

@@ -8,7 +8,16 @@ import re
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from keyguard._patterns import HOLE, KeyGroup, collapse, pattern_of, render_numbers, summarize_patterns, template
+from keyguard._patterns import (
+    HOLE,
+    KeyGroup,
+    collapse,
+    pattern_of,
+    render_numbers,
+    summarize_patterns,
+    template,
+    templates,
+)
 
 
 def test_template_examples() -> None:
@@ -195,3 +204,9 @@ def test_summarize_patterns_read_in_chunks_agrees(keys: list[str], limit: int, c
     keys = list(dict.fromkeys(keys))
     groups = collapse(keys)
     assert summarize_patterns(keys, limit, chunk=chunk) == ([g.pattern for g in groups[:limit]], len(groups))
+
+
+@given(st.lists(st.one_of(KEYS, st.text(st.sampled_from("a.01\n\x00"), max_size=6)), max_size=40), st.integers(1, 7))
+@example(keys=["a.1", "b\x00.2", "c.3\n.4", "d.05.6"], chunk=2)
+def test_templates_in_bulk_are_template_one_by_one(keys: list[str], chunk: int) -> None:
+    assert templates(keys, chunk=chunk) == [template(k)[0] for k in keys]

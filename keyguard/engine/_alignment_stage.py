@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from keyguard._patterns import template as list_template
+from keyguard._patterns import templates as list_templates
 from keyguard.engine._align import Match, Tie, align
 from keyguard.engine._groups import HOLE, Group, digit_template, split_leaf
 from keyguard.engine._infer import Candidate
@@ -38,20 +39,14 @@ class _AlignmentStage(EngineState):
         (a 1-based list, an offset of inner blocks): paired in order, the whole family may read otherwise. Where it
         does, the family is shown with both readings (KG405), the in-order one first, and neither is applied. Only
         block numbers standing alone number the list: ``pwconv1`` and ``pwconv2`` are two families."""
-        exact_by: dict[str, list[str]] = {}
+        if not self.by_cur or not self.open_e:
+            return  # nothing open on one side: no list can read otherwise
         modules: dict[str, str] = {}  # checkpoint module contested -> the model module it reads in order
-        for key in self.exact:
-            if key not in self.held:
-                exact_by.setdefault(list_template(key)[0], []).append(key)
+        exact_by = _by_template([key for key in self.exact if key not in self.held])
         if not exact_by:
             return
-        open_c: dict[str, list[str]] = {}
-        for name, original in self.by_cur.items():
-            if name == original:
-                open_c.setdefault(list_template(name)[0], []).append(name)
-        open_e: dict[str, list[str]] = {}
-        for key in self.open_e:
-            open_e.setdefault(list_template(key)[0], []).append(key)
+        open_c = _by_template([name for name, original in self.by_cur.items() if name == original])
+        open_e = _by_template(list(self.open_e))
         for shape, matched in exact_by.items():
             ours, theirs = open_c.get(shape), open_e.get(shape)
             if not ours or not theirs or HOLE not in shape:
@@ -472,3 +467,11 @@ def _same_bytes(a: bytes | None, b: bytes | None) -> bool:
 def _outer(key: str) -> tuple[int, ...]:
     """The block numbers of a key but its innermost one: which outer block its list belongs to."""
     return list_template(key)[1][:-1]
+
+
+def _by_template(keys: list[str]) -> dict[str, list[str]]:
+    """Keys grouped by their list template (standalone block numbers), templates found in bulk."""
+    out: dict[str, list[str]] = {}
+    for key, shape in zip(keys, list_templates(keys)):
+        out.setdefault(shape, []).append(key)
+    return out

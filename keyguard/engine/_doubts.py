@@ -86,9 +86,10 @@ class _Doubts(EngineState):
         (``h-0-norm.weight`` for ``h.0.norm.weight``), or holding every word of the target's name where the key
         the rule lands lacks some (``encoder.branches.0.transition.norm.weight`` for
         ``encoder.transitions.0.norm.weight``, which ``head.branches.0.norm.weight`` would take by its prefix)."""
-        spelled = {n.translate(_NO_SEPARATORS).lower(): n for n in self.by_cur}
+        names = list(self.by_cur)
+        spelled = dict(zip(map(_unseparated, names), names))
         for name, target in pairs.items():
-            other = spelled.get(target.translate(_NO_SEPARATORS).lower())
+            other = spelled.get(_unseparated(target))
             if other is not None and other != name and other != target:
                 return True
         if len(pairs) > _FEW:
@@ -165,20 +166,20 @@ class _Doubts(EngineState):
             return False
         if cand.known or old in knowledge.KNOWN_PREFIXES or len(digit_template(old)[1]) <= len(digit_template(new)[1]):
             return False
-        landed = {template(t)[0] for t in pairs.values()}
+        landed = {self._template(t)[0] for t in pairs.values()}
         targets = set(pairs.values())
         # the open model keys by their last two segments: a key ending like a target, with its shape, inside a list
         # (``stages.0.blocks.0.norm.weight`` for ``norm.weight``) is where the dropped number may have pointed
         endings: dict[str, list[str]] = {}
         for e in self.open_e:
             if e not in targets:
-                if template(e)[0] in landed:
+                if self._template(e)[0] in landed:
                     return True
                 endings.setdefault(".".join(e.rsplit(".", 2)[-2:]), []).append(e)
         for target in targets:
             shape = self.E[target].shape
             for other in endings.get(".".join(target.rsplit(".", 2)[-2:]), ()):
-                if self.E[other].shape == shape and HOLE in template(other)[0]:
+                if self.E[other].shape == shape and HOLE in self._template(other)[0]:
                     return True
         return False
 
@@ -259,12 +260,12 @@ class _Doubts(EngineState):
         ours_all = map(_SHAPE_OF, map(self.C.__getitem__, map(self.by_cur.__getitem__, names)))
         theirs_all = map(_SHAPE_OF, map(self.E.__getitem__, targets))
         odd = [t for t, differ in zip(targets, map(operator.ne, ours_all, theirs_all)) if differ]
-        odd_families = {template(t)[0] for t in odd}
+        odd_families = {self._template(t)[0] for t in odd}
         if not odd_families:
             return False
         families: dict[str, list[tuple[str, str]]] = {}
         for name, target in renamed.items():
-            if target in self.open_e and HOLE in (shape := template(target)[0]) and shape in odd_families:
+            if target in self.open_e and HOLE in (shape := self._template(target)[0]) and shape in odd_families:
                 families.setdefault(shape, []).append((name, target))
         for pairs in families.values():
             ours = [self.C[self.by_cur[n]].shape for n, _ in pairs]
@@ -278,13 +279,13 @@ class _Doubts(EngineState):
         taken = set(renamed.values())
         wanted: dict[str, set[object]] = {}
         for name, target in landed.items():
-            shape = template(target)[0]
+            shape = self._template(target)[0]
             ours_shape = self.C[self.by_cur[name]].shape
             if shape in families and ours_shape is not None and ours_shape != self.E[target].shape:
                 wanted.setdefault(shape, set()).add(ours_shape)
         if wanted:
             for e in self.open_e:
-                if e not in taken and self.E[e].shape in wanted.get(template(e)[0], ()):
+                if e not in taken and self.E[e].shape in wanted.get(self._template(e)[0], ()):
                     return True
         return False
 
@@ -449,21 +450,21 @@ class _Doubts(EngineState):
     def _partial_groups(self, pairs: dict[str, str], renamed: dict[str, str]) -> set[str]:
         if len(self.open_e) <= len(pairs):
             return set()  # every open expected key lands: nothing of any group is left over
-        landed = {template(e)[0] for e in pairs.values()}
+        landed = {self._template(e)[0] for e in pairs.values()}
         numbered = {t for t in landed if HOLE in t}
         if not numbered:
             return set()
         targets = set(pairs.values())
-        left_c = {template(renamed.get(n, n))[0] for n in renamed} & numbered
+        left_c = {self._template(renamed.get(n, n))[0] for n in renamed} & numbered
         open_first: dict[str, set[int]] = {}
         for e in self.open_e:
             if e not in targets:
-                shape, numbers = template(e)
+                shape, numbers = self._template(e)
                 if shape in numbered:
                     open_first.setdefault(shape, set()).add(numbers[0])
         landed_first: dict[str, set[int]] = {}
         for e in targets:
-            shape, numbers = template(e)
+            shape, numbers = self._template(e)
             if shape in numbered:
                 landed_first.setdefault(shape, set()).add(numbers[0])
         suspicious = set(open_first) & left_c
@@ -515,4 +516,7 @@ def _lands_by_convention(name: str, open_expected: set[str]) -> bool:
 
 
 #: Separators set aside when comparing spellings: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same.
-_NO_SEPARATORS: Final = str.maketrans("", "", "-_.")
+def _unseparated(name: str) -> str:
+    """``name`` without separators, in lower case (``h-0-Norm.weight`` -> ``h0normweight``); three C-level
+    replaces cost a fifth of a ``str.translate`` table."""
+    return name.replace(".", "").replace("_", "").replace("-", "").lower()

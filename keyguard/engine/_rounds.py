@@ -7,7 +7,6 @@ import operator
 from collections import deque
 from itertools import compress, filterfalse
 
-from keyguard._patterns import template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._doubts import _Doubts
 from keyguard.engine._groups import split_leaf
@@ -28,7 +27,6 @@ from keyguard.engine._state import (
     _Accepted,
     _Ambiguity,
     _code,
-    _literal,
     _prefix_of,
     _rename_all,
 )
@@ -301,12 +299,12 @@ class _Rounds(_Doubts):
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
             # the block numbers may be offset, so the blocks that land could be the wrong ones. The rule is not
             # taken; template alignment weighs the whole group first, and what it leaves is shown with this reading
-            doubtful = {n: e for n, e in pairs.items() if template(e)[0] in suspicious}
+            doubtful = {n: e for n, e in pairs.items() if self._template(e)[0] in suspicious}
             self.deferred.append((cand, doubtful, suspicious, renamed))
             self.declined.add(cand.identity)
             self.deferred_templates |= suspicious  # no weaker rule may land this group piecemeal meanwhile
             return False
-        if self.deferred_templates and any(template(e)[0] in self.deferred_templates for e in pairs.values()):
+        if self.deferred_templates and any(self._template(e)[0] in self.deferred_templates for e in pairs.values()):
             self.declined.add(cand.identity)
             return False
         index = len(self.accepted)
@@ -385,13 +383,6 @@ class _Rounds(_Doubts):
         for acc in self.accepted:
             update = {"applicability": acc.applicability, "reason": _code(acc.candidate.kind)}
             acc.rules = [rule.model_copy(update=update) for rule in acc.rules]
-
-    def _renames_resolved(self, rule: Rule) -> bool:
-        """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
-        literal = _literal(rule)
-        return any(
-            literal in name and rule.rename(name) is not None for name in (*self.resolved.values(), *self.frozen)
-        )
 
     def _narrow(self, cand: Candidate, pairs: dict[str, str]) -> list[Rule]:
         """The candidate's rule, narrowed until it renames no key that is already right."""

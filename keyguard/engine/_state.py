@@ -6,8 +6,10 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Any, Final
 
+from keyguard._patterns import template
 from keyguard.engine._infer import (
     Candidate,
     RenameRule,
@@ -134,6 +136,7 @@ class EngineState:
         self.deferred_templates: set[str] = set()
         self.lookalikes: list[dict[str, list[str]]] = []  # keys a rule left for another reading (original -> targets)
         self.endings: dict[int, dict[str, list[str]]] = {}
+        self.templates: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> template(key), as the checks ask
         self.roots: frozenset[str] | None = None  # the model's top-level parts, once asked for
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
@@ -163,12 +166,19 @@ class EngineState:
         ambiguity.keys = options
         self.ambiguities.append(ambiguity)
 
+    def _template(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """``template(key)``, each key split once per diagnosis (the per-rule checks ask again every round)."""
+        found = self.templates.get(key)
+        if found is None:
+            found = self.templates[key] = template(key)
+        return found
+
     def _renames_resolved(self, rule: Rule) -> bool:
         """True when ``rule`` would rename a key that is already right, or one declared ambiguous."""
         literal = _literal(rule)
-        return any(
-            literal in name and rule.rename(name) is not None for name in (*self.resolved.values(), *self.frozen)
-        )
+        names = [*self.resolved.values(), *self.frozen]
+        holding = compress(names, map(operator.contains, names, repeat(literal))) if literal else names
+        return any(rule.rename(name) is not None for name in holding)  # only names holding the literal, C-level
 
     def _finding(
         self,
