@@ -4,6 +4,7 @@ Targets: ``--version`` and ``--help`` at most 60 ms of CPU, ``diagnose`` of two 
 whole fresh process (interpreter start-up included), and none of them importing torch. CPU time (user + system,
 from ``wait4``) rather than wall time: other jobs on the machine disturb it far less. ``python -c pass`` is the
 floor every command pays. With ``KG_BENCH_BEFORE=DIR`` the older keyguard in DIR runs too, in the same rounds.
+keyguard's bytecode (and the older one's) is compiled into ``__pycache__`` first, as an installed package has it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== bench_startup ({c.environment()}, quick={args.quick})")
     print(c.code_version())
     work = str(c.work_dir())
+    c.compile_bytecode(c.REPO, *([c.BEFORE] if c.BEFORE else []))
     checkpoint, expected = small_files(work)
     try:
         cpu = c.interleaved_cpu(commands(checkpoint, expected), rounds)
