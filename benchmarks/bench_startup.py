@@ -1,9 +1,11 @@
 """Start-up: CPU time of ``keyguard --version``, ``--help`` and ``diagnose`` on two small safetensors files.
 
-Targets: ``--version`` and ``--help`` at most 60 ms of CPU, ``diagnose`` of two small files at most 150 ms, each a
+Targets: ``--version`` and ``--help`` at most 60 ms of CPU, ``diagnose`` of two small files at most 150 ms (the
+same with ``--format json`` is shown too, without a target: it serialises the report with pydantic), each a
 whole fresh process (interpreter start-up included), and none of them importing torch. CPU time (user + system,
 from ``wait4``) rather than wall time: other jobs on the machine disturb it far less. ``python -c pass`` is the
 floor every command pays. With ``KG_BENCH_BEFORE=DIR`` the older keyguard in DIR runs too, in the same rounds.
+keyguard's bytecode (and the older one's) is compiled into ``__pycache__`` first, as an installed package has it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ def small_files(work: str) -> tuple[str, str]:
 def commands(checkpoint: str, expected: str) -> dict[str, list[str]]:
     runs = {
         "python -c pass (floor)": c.python_command("pass"),
+        # what any diagnosis pays while its report is a pydantic model: the import, and building one validator (the
+        # first build imports importlib.metadata and scans the installed distributions for pydantic plugins)
+        "python: import pydantic's BaseModel": c.python_command("from pydantic import BaseModel"),
+        "python: same + build one model's validator": c.python_command(
+            "from pydantic import BaseModel\nclass M(BaseModel):\n    x: int\nM(x=1)"
+        ),
         "keyguard --version": ["--version"],
         "keyguard --help": ["--help"],
         "keyguard diagnose (2 small files)": ["diagnose", checkpoint, "--expected", expected],
+        "keyguard diagnose --format json (2 small files)": ["diagnose", checkpoint, "-e", expected, "--format", "json"],
     }
     out = {name: argv for name, argv in runs.items() if name.startswith("python")}
     for name, argv in runs.items():
@@ -45,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== bench_startup ({c.environment()}, quick={args.quick})")
     print(c.code_version())
     work = str(c.work_dir())
+    c.compile_bytecode(c.REPO, *([c.BEFORE] if c.BEFORE else []))
     checkpoint, expected = small_files(work)
     try:
         cpu = c.interleaved_cpu(commands(checkpoint, expected), rounds)

@@ -24,7 +24,6 @@ import importlib
 import json
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -152,6 +151,8 @@ json.dump(out, sys.stdout)
 
 
 def _in_child(pattern: str, names: Sequence[str], mode: Mode, seconds: float) -> list[Groups | None]:
+    import subprocess  # only for patterns that are not tame, off the main thread: not at every start-up
+
     job = json.dumps({"pattern": pattern, "mode": mode, "names": list(names)})
     try:
         done = subprocess.run(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import html
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyguard.report._kinds import Severity
 from keyguard.report._model import Example, Finding, Report
 from keyguard.report._next import NextStep
 from keyguard.report._verdict import CHECKS
+
+if TYPE_CHECKING:  # pragma: no cover - imported where JUnit is rendered: the table path never needs it
+    import xml.etree.ElementTree as ET
 
 WIDTH = 100  # pipes, files and renderers called without a width (keyguard._console.STABLE_WIDTH)
 _LABEL = {Severity.fatal: "FATAL", Severity.error: "error", Severity.warning: "warning", Severity.info: "info"}
@@ -307,6 +309,8 @@ def render_junit(
 
 
 def _junit_document(suites: list[ET.Element]) -> str:
+    import xml.etree.ElementTree as ET
+
     root = ET.Element("testsuites", name="keyguard")
     for key in ("tests", "failures", "errors"):
         root.set(key, str(sum(int(suite.get(key, "0")) for suite in suites)))
@@ -316,6 +320,8 @@ def _junit_document(suites: list[ET.Element]) -> str:
 
 
 def _junit_suite(report: Report, checks: Sequence[str] | None) -> ET.Element:
+    import xml.etree.ElementTree as ET
+
     from keyguard.report._kinds import KINDS
 
     level = None if report.fail_on == "never" else Severity(report.fail_on)
@@ -391,6 +397,8 @@ def render_many(
     if steps_for is not None and format == "table":
         return _many_with_steps(reports, errors, steps_for, **options)
     if format == "junit":
+        import xml.etree.ElementTree as ET
+
         suites = [_junit_suite(r, checks) for r in reports]
         for location, message in errors.items():
             suite = ET.Element("testsuite", name=f"keyguard: {location}", tests="1", failures="0", errors="1")
