@@ -315,9 +315,6 @@ class _Rounds(_Doubts):
         if self.first_rule:
             for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
                 self.chain.setdefault(original, [self.first_rule[original]]).append(index)
-            self.first_rule.update({o: index for o in originals if o not in self.first_rule})
-        else:
-            self.first_rule = dict.fromkeys(originals, index)
         news = list(renamed.values())
         lands = list(map(self.open_e.__contains__, news))
         if all(lands):  # the usual case on large inputs: every renamed key lands (C-level, no per-key Python)
@@ -339,6 +336,9 @@ class _Rounds(_Doubts):
         else:
             self.via = dict.fromkeys(landed, index)
         accepted.pairs = landed
+        # a key that lands leaves play (no later rule renames it): only the keys that stay open may start a chain
+        for original in stays:
+            self.first_rule.setdefault(original, index)
         self.cur.update(stays)
         self.by_cur.update(zip(stays.values(), stays))
         if narrowed_rename:

@@ -127,7 +127,7 @@ class EngineState:
         self.dtypes_all_float = dtypes <= _FLOAT_DTYPES
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
-        self.first_rule: dict[str, int] = {}  # original key -> first accepted rule that renamed it
+        self.first_rule: dict[str, int] = {}  # open original key -> first accepted rule that renamed it
         self.chain: dict[str, list[int]] = {}  # original key -> every rule that renamed it, when more than one
         self.ambiguities: list[_Ambiguity] = []
         self.claimed: set[str] = set()  # expected keys offered as candidates by an ambiguity
