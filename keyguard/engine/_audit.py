@@ -16,6 +16,7 @@ engine did not decide.
 
 from __future__ import annotations
 
+from itertools import filterfalse
 from typing import Final
 
 from keyguard._exceptions import PlanError
@@ -89,7 +90,11 @@ class _PlanAudit(EngineState):
         else:
             # rules of the rounds only: each was narrowed when accepted until it renamed no key already landed,
             # so a key landed at this level ends where the engine put it; the others are the question
-            keys = [k for k in self.C if k not in resolved or (below and via.get(k, -1) in below)]
+            keys = (
+                [k for k in self.C if k not in resolved or via.get(k, -1) in below]
+                if below
+                else list(filterfalse(resolved.__contains__, self.C))  # C-level: runs over every key
+            )
             if not keys:
                 return []
         renamed = _applied([rule for _, rule in plan], keys)

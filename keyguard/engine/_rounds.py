@@ -175,7 +175,9 @@ class _Rounds(_Doubts):
 
     def _support(self, landing: dict[str, str]) -> int:
         """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns."""
-        ours = list(map(_SHAPE_OF, map(self.C.__getitem__, map(self.by_cur.__getitem__, landing))))
+        # until a rule leaves a key renamed but open (recorded in first_rule), every open key has its own name
+        originals = map(self.by_cur.__getitem__, landing) if self.first_rule else landing
+        ours = list(map(_SHAPE_OF, map(self.C.__getitem__, originals)))
         theirs = list(map(_SHAPE_OF, map(self.E.__getitem__, landing.values())))
         equal: int = sum(map(operator.eq, ours, theirs))
         if None in ours or None in theirs:
