@@ -5,17 +5,15 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from itertools import compress
-from typing import Any
+from typing import Any, Final
 
 from keyguard._dtypes import dtype_label
 from keyguard._patterns import template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._leftovers import _Leftovers
 from keyguard.engine._state import (
-    _DTYPE_OF,
     _EMBEDDING,
     _FLOAT_DTYPES,
-    _SHAPE_OF,
     _Accepted,
     _shape,
 )
@@ -37,6 +35,8 @@ from keyguard.report._build import EXAMPLES
 from keyguard.report._model import Example, Finding, Fix
 from keyguard.sources._keyset import TensorInfo
 
+_SHAPE_AND_DTYPE: Final = operator.itemgetter(slice(0, 2))  # (TensorInfo.shape, TensorInfo.dtype)
+
 
 class _Findings(_Leftovers):
     def _pair_findings(self) -> set[str]:
@@ -50,9 +50,8 @@ class _Findings(_Leftovers):
         ours = list(map(self.C.__getitem__, originals))
         theirs = list(map(self.E.__getitem__, targets))
         # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
-        differ = list(map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)))
-        differ_dtype = list(map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)))
-        for i in compress(range(len(originals)), map(operator.or_, differ, differ_dtype)):
+        differ = map(operator.ne, map(_SHAPE_AND_DTYPE, ours), map(_SHAPE_AND_DTYPE, theirs))  # one pass
+        for i in compress(range(len(originals)), differ):
             original, target, a, b = originals[i], targets[i], ours[i], theirs[i]
             if a.shape is not None and b.shape is not None and a.shape != b.shape:
                 if len(a.shape) == 2 and a.shape == b.shape[::-1]:
