@@ -447,9 +447,13 @@ class _Doubts(EngineState):
             _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
         )
 
-    def _partial_groups(self, pairs: dict[str, str], renamed: dict[str, str]) -> set[str]:
+    def _partial_groups(self, pairs: dict[str, str], rule: Rule) -> set[str]:
+        """Templates of numbered groups the rule lands partly, while other blocks of the group stay open on both
+        sides (the keys it leaves judged under the rule as inferred)."""
         if len(self.open_e) <= len(pairs):
             return set()  # every open expected key lands: nothing of any group is left over
+        # the keys the rule leaves, picked at C level (a keys-view difference would first copy every key)
+        renamed = {n: rule.rename(n) or n for n in filterfalse(pairs.__contains__, self.by_cur)}
         landed = {self._template(e)[0] for e in pairs.values()}
         numbered = {t for t in landed if HOLE in t}
         if not numbered:

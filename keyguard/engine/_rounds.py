@@ -285,7 +285,11 @@ class _Rounds(_Doubts):
         new_names = set(renamed.values())
         if (
             len(new_names) != len(renamed)
-            or not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
+            # (renamed is a subset of the open names: when it holds them all, no other key keeps a name)
+            or (
+                len(renamed) < len(self.by_cur)
+                and not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
+            )
             or not new_names.isdisjoint(self.resolved.values())
         ):
             rules = [MapKeys(mapping=dict(pairs))]
@@ -294,9 +298,7 @@ class _Rounds(_Doubts):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
-        # (the keys a rule leaves are picked at C level: a keys-view difference would first copy every key)
-        unscoped = {n: cand.rule.rename(n) or n for n in filterfalse(pairs.__contains__, self.by_cur)}
-        suspicious = self._partial_groups(pairs, unscoped)
+        suspicious = self._partial_groups(pairs, cand.rule)
         if suspicious:
             # part of a numbered group lands while other blocks of the same group stay unmatched on both sides:
             # the block numbers may be offset, so the blocks that land could be the wrong ones. The rule is not
