@@ -13,7 +13,7 @@ from typing import Any, Final, Generic, TypeVar
 # A dotted segment that is a decimal index: a position in a ModuleList / Sequential. Segments with a leading zero
 # ("01") are names, not indices: turning them into numbers would render them as a different key.
 # It is matched with its leading dot on the key prefixed by "." (cheaper than a look-behind alternation).
-_NUMBERED: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=\.|$)")
+_NUMBERED: Final = re.compile(r"\.(0|[1-9][0-9]*+)(?=\.|$)")
 HOLE: Final = "\x00"  # stands for a numbered segment inside a template
 # A key that itself holds a NUL is grouped alone, under LITERAL + key: no template of a key without one starts
 # with two holes (numbered segments are dot-separated), so these never collide with the others.
@@ -213,7 +213,7 @@ class _Columns:
         return [set(map(int, set(map(get, map(operator.add, firsts, repeat(p)))))) for p in range(holes)]
 
 
-_NUMBERED_LINES: Final = re.compile(r"\.(0|[1-9][0-9]*)(?=[.\n])")
+_NUMBERED_LINES: Final = re.compile(r"\.(0|[1-9][0-9]*+)(?=[.\n])")  # possessive: no backtracking into the digits
 
 
 def _split_joined(keys: list[str]) -> tuple[list[str], list[str]] | None:
