@@ -16,7 +16,7 @@ from keyguard._exceptions import PlanError, SourceError, WriteError
 from keyguard._progress import Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
-from keyguard.fixes._block_copy import Stream, copy_data_section
+from keyguard.fixes._block_copy import ReadBack, Stream, copy_data_section
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
 from keyguard.fixes._tensor_data import TensorSource, write_item
 from keyguard.fixes._write_verify import verify_written
@@ -65,19 +65,20 @@ def write_file(
         )
     header = encode_header(rows, meta)
     checks: dict[str, int] = {}
+    readback = ReadBack()  # the output's checksums, read back while the kernel copies (verification uses them)
     used = {keys[src].file for i in items for src in i.sources}
     sources = {source_path(keys, file): files[file] for file in used if file in files}
     # a new output gets the permissions of the file it is made from (a 0600 checkpoint stays private)
     like = source_path(keys, sorted(used, key=str)[0]) if used else keys.location
     try:
         with atomic_output(
-            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar), like=like
+            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar, readback), like=like
         ) as f:
             _check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
                 path = source_path(keys, keys[items[0].sources[0]].file)
-                copy_data_section(path, base, rows, f, checks, bar, stream)
+                copy_data_section(path, base, rows, f, checks, bar, stream, readback)
             else:
                 for name, _, _, start, end in rows:
                     write_item(keys, by_name[name], f, checks, bar, end - start, stream, tensors)
