@@ -129,7 +129,7 @@ def _index_metadata(path: str) -> dict[str, Any]:
     from keyguard.sources._jsonfile import load_json_object
 
     try:
-        meta = load_json_object(path).get("metadata")  # bounded, regular files only
+        meta = load_json_object(path, fields=("metadata",)).get("metadata")  # bounded, regular files only
     except SourceError:
         return {}
     return dict(meta) if isinstance(meta, dict) else {}
