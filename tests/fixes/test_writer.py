@@ -475,13 +475,23 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
 
 
 @pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="the kernel copy is Linux's")
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read-into-a-buffer"])
 def test_the_kernel_copy_reads_the_output_back_as_it_is_written(
-    tmp_path: Path, save_st: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, save_st: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, mapped: bool
 ) -> None:
     """The fast path checksums each tensor of the output, read back from the file right after the kernel wrote it,
     and verification compares those with the source's (the data is not read a third time)."""
+    import mmap
+
     from keyguard.fixes import _file_write
     from keyguard.fixes._checksum import digest
+
+    if not mapped:  # where the output cannot be mapped, it is read into a buffer
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError("no mmap here")
+
+        monkeypatch.setattr(mmap, "mmap", refuse)
 
     seen: list[Any] = []
 
