@@ -113,9 +113,12 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     if not args.in_place:
         _refuse_output(args, keys, output, folder=keys.format == "safetensors-sharded")
     progress.phase("diagnosing")
+    # the reference is read once, for the diagnosis and for the check of the output (it may be a model to build);
+    # comparing values needs it as given
+    expected = reference if args.match_values else read_keys(reference, architecture=args.architecture)
     report = diagnose(
         args.checkpoint if args.match_values else keys,
-        reference,
+        expected,
         ignore=args.ignore,
         architecture=args.architecture,
         hints=dict(args.hint),
@@ -133,7 +136,7 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     _stale_temps(args, output)
     result = write_fixed(keys, plan, output, drop=drop, progress=progress)
     progress.phase("checking")
-    after = diagnose(output, reference, ignore=args.ignore, architecture=args.architecture)
+    after = diagnose(output, expected, ignore=args.ignore, architecture=args.architecture)
     progress.close()  # the display ends before the summary is printed
     print(_changes_table(result.changes, quiet=args.quiet, dry_run=False, width=width))
     print(f"\nwrote {output} ({result.bytes_written:,} bytes, verified)")

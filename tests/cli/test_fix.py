@@ -85,6 +85,30 @@ def test_exit_0_when_the_output_matches_exactly(tmp_path: Path, files: dict[str,
     assert leftovers(tmp_path) == []
 
 
+def test_the_reference_is_read_once(
+    tmp_path: Path, files: dict[str, Path], fix: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Diagnosing the checkpoint and checking the output use one reading of the reference (it may be a model)."""
+    import keyguard.sources._resolve as resolve
+
+    read = resolve.read_keys
+    sources: list[Any] = []
+
+    def counting(source: Any, **kwargs: Any) -> Any:
+        sources.append(source)
+        return read(source, **kwargs)
+
+    monkeypatch.setattr(resolve, "read_keys", counting)
+    monkeypatch.setattr("keyguard.sources.read_keys", counting)
+    monkeypatch.setattr("keyguard.engine._pipeline.read_keys", counting)
+    out = tmp_path / "out.safetensors"
+    r = fix(files["ddp"], files["expected"], args=[files["ddp"], "-e", files["expected"], "-o", out])
+    assert r.code == 0, r.err
+    assert [s for s in sources if isinstance(s, (str, os.PathLike)) and Path(s) == files["expected"]] == [
+        str(files["expected"])
+    ]
+
+
 def test_exit_1_when_findings_remain(tmp_path: Path, files: dict[str, Path], fix: Any) -> None:
     out = tmp_path / "out.safetensors"
     r = fix(files["extra"], args=[files["extra"], "-e", files["expected"], "-o", out])
