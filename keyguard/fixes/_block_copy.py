@@ -269,9 +269,10 @@ def copy_range(
     bar: Progress,
     stream: Stream,
     readback: ReadBack | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Append ``length`` bytes of ``path`` from ``base`` to ``f``, with the checksum of each of ``bounds`` (relative
-    to ``base``).
+    to ``base``). ``stop()`` is asked between chunks: when true, the copy ends with ``Stopped``.
 
     Where the kernel copies between files (Linux ``copy_file_range``) it does, while a helper thread reads the
     source and checksums it, and, with ``readback``, another one re-reads each range of the output as soon as it
@@ -284,10 +285,14 @@ def copy_range(
         spans = Spans(bounds)
         failure: list[BaseException] = []
 
+        def feed(view: memoryview, position: int) -> None:
+            _check(stop)
+            spans.feed(view, position)
+
         def checksum() -> None:
             try:
                 with open(path, "rb", buffering=0) as src:  # the stream is not used by this thread meanwhile
-                    stream.run(src, base, length, spans.feed, None, None, overlap=False)
+                    stream.run(src, base, length, feed, None, None, overlap=False)
             except BaseException as exc:  # handed over to the writing thread below
                 failure.append(exc)
 
@@ -297,14 +302,14 @@ def copy_range(
         worker.start()
         follower = _Follower(f.fileno(), out_start, bounds) if readback is not None else None
         try:
-            copied = _kernel_copy(path, base, f, length, bar, None if follower is None else follower.written)
+            copied = _kernel_copy(path, base, f, length, bar, None if follower is None else follower.written, stop)
         finally:
             worker.join()
             crcs = None if follower is None else follower.finish()
         if failure:
             raise failure[0]
         if not copied:  # the kernel declined: copy through the buffers (the source is checksummed already)
-            stream.run(stream.source(path), base, length, lambda view, position: None, f, bar)
+            stream.run(stream.source(path), base, length, lambda view, position: _check(stop), f, bar)
         elif readback is not None and crcs is not None:
             readback.add(crcs, {name: (out_start + start, out_start + stop) for name, start, stop in bounds})
         checks.update(spans.result())
@@ -314,8 +319,23 @@ def copy_range(
     checks.update(spans.result())
 
 
+class Stopped(Exception):
+    """A copy ended early because its ``stop()`` said so."""
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise Stopped
+
+
 def _kernel_copy(
-    path: str, start: int, f: IO[bytes], length: int, bar: Progress, written: Callable[[int, int], None] | None
+    path: str,
+    start: int,
+    f: IO[bytes],
+    length: int,
+    bar: Progress,
+    written: Callable[[int, int], None] | None,
+    stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Append ``length`` bytes of ``path`` from ``start`` to ``f`` with ``copy_file_range``; False, with nothing
     written, when the kernel or the file systems do not offer it. ``written(position, n)`` is told of each range
@@ -328,6 +348,7 @@ def _kernel_copy(
     position = 0
     with open(path, "rb", buffering=0) as src:
         while position < length:
+            _check(stop)
             try:
                 n = os.copy_file_range(src.fileno(), out, min(8 * CHUNK, length - position), start + position)
             except OSError as exc:

@@ -17,6 +17,7 @@ from keyguard._progress import Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
 from keyguard.fixes._block_copy import ReadBack, Stream, copy_data_section
+from keyguard.fixes._early_copy import EarlyCopy, pad_header
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
 from keyguard.fixes._tensor_data import TensorSource, write_item
 from keyguard.fixes._write_verify import verify_written
@@ -48,7 +49,11 @@ def write_file(
     tensors: TensorSource,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str | None, FileSpan] | None = None,
+    early: EarlyCopy | None = None,
 ) -> int:
+    """Write one output file; ``early``, when given, is a copy of the data section already under way (``keyguard
+    fix``): it is used when this write copies that same section and the new header fits before it, and cancelled
+    otherwise."""
     rows = layout({i.name: (i.dtype, i.shape) for i in items})
     by_name = {i.name: i for i in items}
     meta = dict(metadata) if metadata is not None else fix_metadata(keys, changes)
@@ -70,11 +75,19 @@ def write_file(
     sources = {source_path(keys, file): files[file] for file in used if file in files}
     # a new output gets the permissions of the file it is made from (a 0600 checkpoint stays private)
     like = source_path(keys, sorted(used, key=str)[0]) if used else keys.location
+    if early is not None:
+        source = source_path(keys, keys[items[0].sources[0]].file) if fast else ""
+        padded = pad_header(header, early.data_start) if fast else None
+        bounds = [(name, start, end) for name, _, _, start, end in rows]
+        if padded is None or not early.matches(source, base, bounds):
+            early.cancel()
+        else:
+            return _adopt(early, padded, rows, {i.sources[0]: i.name for i in items}, meta, out, like, bar, sources)
     try:
         with atomic_output(
             out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar, readback), like=like
         ) as f:
-            _check_sources(sources)  # the sources are still what read_keys saw...
+            check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
                 path = source_path(keys, keys[items[0].sources[0]].file)
@@ -82,11 +95,41 @@ def write_file(
             else:
                 for name, _, _, start, end in rows:
                     write_item(keys, by_name[name], f, checks, bar, end - start, stream, tensors)
-            _check_sources(sources)  # ...and did not change while they were copied
+            check_sources(sources)  # ...and did not change while they were copied
     except PlanError:
         raise
     except SourceError as exc:
         raise WriteError(f"{out}: not written: reading the source failed: {exc}") from exc
+    except OSError as exc:
+        raise WriteError(f"{out}: writing failed: {exc}") from exc
+    return len(header) + (rows[-1][4] if rows else 0)
+
+
+def _adopt(
+    early: EarlyCopy,
+    header: bytes,
+    rows: list[tuple[str, str, tuple[int, ...], int, int]],
+    names: Mapping[str, str],
+    meta: Mapping[str, str],
+    out: str,
+    like: str | None,
+    bar: Progress,
+    sources: Mapping[str, FileSpan],
+) -> int:
+    """Finish a write whose data section was copied early: the header (padded to the room before the data) last,
+    then the same checks, fsync, verification and rename as any write."""
+    try:
+        temp, checks, readback = early.take(names)
+        with atomic_output(
+            out, verify=lambda path: verify_written(path, rows, checks, meta, None, bar, readback), temp=temp
+        ) as f:
+            os.pwrite(f.fileno(), header, 0)
+            bar.update(early.end - early.data_start)
+            check_sources(sources)  # the source did not change while it was copied
+    except SourceError as exc:
+        raise WriteError(f"{out}: not written: reading the source failed: {exc}") from exc
+    except WriteError:
+        raise
     except OSError as exc:
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     return len(header) + (rows[-1][4] if rows else 0)
@@ -130,7 +173,7 @@ def file_spans(keys: KeySet) -> dict[str | None, FileSpan]:
     return spans
 
 
-def _check_sources(sources: Mapping[str, FileSpan]) -> None:
+def check_sources(sources: Mapping[str, FileSpan]) -> None:
     """Refuse to go on when a source file's size or header length is not what was read (it changed meanwhile)."""
     for path, span in sources.items():
         with open_regular(path) as f:  # a source swapped for a FIFO since it was read would hang a plain open
