@@ -233,20 +233,28 @@ class _Follower:
                 self.failure.append(exc)
 
     def _mapped(self, position: int, n: int) -> bool:
+        """Checksum ``n`` bytes from ``position`` through mappings of at most ``CHUNK`` bytes (mapped pages count
+        in the process's resident size while mapped); False, with nothing fed, when the first mapping fails."""
         import mmap
 
-        start = self.out_start + position
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        try:
-            mapped = mmap.mmap(self.fd, start + n - aligned, prot=mmap.PROT_READ, offset=aligned)
-        except (OSError, ValueError, TypeError, AttributeError):  # no mmap here (or not of this file)
-            return False
-        with mapped:
-            view = memoryview(mapped)
+        done = 0
+        while done < n:
+            start = self.out_start + position + done
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            size = min(CHUNK, n - done)
             try:
-                self.spans.feed(view[start - aligned :], position)
-            finally:
-                view.release()
+                mapped = mmap.mmap(self.fd, start + size - aligned, prot=mmap.PROT_READ, offset=aligned)
+            except (OSError, ValueError, TypeError, AttributeError):  # no mmap here (or not of this file)
+                if done:
+                    raise
+                return False
+            with mapped:
+                view = memoryview(mapped)
+                try:
+                    self.spans.feed(view[start - aligned :], position + done)
+                finally:
+                    view.release()
+            done += size
         return True
 
     def _read(self, buffer: memoryview, position: int, n: int) -> None:

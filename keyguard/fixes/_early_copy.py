@@ -54,18 +54,17 @@ class EarlyCopy:
         """Start copying ``keys``' data section into a temporary file for ``output``; ``None`` when ``keys`` is not
         one safetensors file with enough data, the kernel cannot copy between files, or the output's temporary file
         cannot be made (the usual write then reports why)."""
-        from keyguard.fixes._file_write import check_sources, file_spans
-        from keyguard.fixes._output_plan import source_path
+        from keyguard.fixes._file_spans import check_sources, file_spans
 
         if keys.format != "safetensors" or not hasattr(os, "copy_file_range"):
             return None
         spans = file_spans(keys)
         if len(spans) != 1:
             return None
-        ((file, span),) = spans.items()
-        if span.end - span.start < MIN_BYTES:
+        ((_, span),) = spans.items()
+        if span.end - span.start < MIN_BYTES or keys.location is None:
             return None
-        path = source_path(keys, file)
+        path = keys.location  # a safetensors source is its one file
         try:
             check_sources({path: span})
             temp = make_temp(output, like=path)
