@@ -181,19 +181,20 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
 with open(out, "w") as f:
-    f.write(repr((os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, wall)))
+    f.write(repr((os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, wall, usage.ru_utime + usage.ru_stime)))
 """
 
 
 @dataclass(frozen=True)
 class Measured:
-    """One run of a command: exit code, peak resident set size, wall time, and its output."""
+    """One run of a command: exit code, peak resident set size, wall time, its output, and its CPU time."""
 
     returncode: int
     peak_rss: int  # bytes
     wall: float  # seconds, from fork to exit as seen by the wrapper
     stdout: str
     stderr: str
+    cpu: float = 0.0  # user + system seconds of the command (wait4)
 
 
 def measure_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, check: bool = True) -> Measured:
@@ -218,8 +219,8 @@ def measure_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None
         os.unlink(report_path)
     if not text:
         raise RuntimeError(f"measurement wrapper failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    returncode, peak, wall = ast.literal_eval(text)
-    result = Measured(int(returncode), int(peak), float(wall), proc.stdout, proc.stderr)
+    returncode, peak, wall, cpu = ast.literal_eval(text)
+    result = Measured(int(returncode), int(peak), float(wall), proc.stdout, proc.stderr, float(cpu))
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}:\n{result.stderr[-3000:]}")
     return result
@@ -509,4 +510,6 @@ def warn_if_code_changed(before: Mapping[str, str]) -> None:
 
 def environment() -> str:
     """One line saying where the figures come from."""
-    return f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    when = time.strftime("%Y-%m-%d %H:%M")
+    return f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {when}, load average {load}"

@@ -65,6 +65,7 @@ def write_files(work: str) -> tuple[str, str, str, str]:
 def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[str, list[c.Measured]]:
     checkpoint, expected, tiny, tiny_expected = paths
     out = f"{work}/fix_out.safetensors"
+    tiny_out = f"{work}/fix_tiny_out.safetensors"
     commands: dict[str, list[str]] = {
         "keyguard fix -o OUT": [c.KEYGUARD_CLI, "fix", checkpoint, "-e", expected, "-o", out, "--quiet"],
     }
@@ -81,7 +82,7 @@ def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[
             "-e",
             tiny_expected,
             "-o",
-            f"{work}/fix_tiny_out.safetensors",
+            tiny_out,
             "--quiet",
         ],
     }
@@ -96,8 +97,9 @@ def fix_vs_cp(paths: tuple[str, str, str, str], work: str, rounds: int) -> dict[
             if name != names[-1] and abs(os.path.getsize(out) - os.path.getsize(checkpoint)) > 4096:
                 raise AssertionError(f"{name}: the output has the wrong size")  # headers differ a little
             results[name].append(measured)
-            if os.path.exists(out):
-                os.unlink(out)
+            for path in (out, tiny_out):  # every contender writes a new output
+                if os.path.exists(path):
+                    os.unlink(path)
     return results
 
 

@@ -10,6 +10,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 
@@ -20,6 +21,7 @@ def atomic_output(
     *,
     verify: Callable[[str], None] | None = None,
     like: str | os.PathLike[str] | None = None,
+    temp: Temp | None = None,
 ) -> Iterator[IO[bytes]]:
     """Yield a file beside ``path``; on success it is fsynced and checked by ``verify(temporary_path)`` when given
     (the two at once), and renamed onto ``path``; on any failure (or a failed check) it is removed and ``path`` is
@@ -33,34 +35,68 @@ def atomic_output(
     A process killed at any moment leaves either the old ``path`` (or none) or the complete new one, never a partial
     file at ``path``; at worst a ``.NAME.keyguard-PID-BOOT-*.tmp`` file remains beside it, which
     ``keyguard fix --clean-stale`` recognises and removes once that process is gone.
+
+    ``temp`` is one made beforehand by ``make_temp`` (already holding data written to it); it is used, not made.
     """
+    target = os.fspath(path)
+    if temp is None:
+        temp = make_temp(target, like=like)
+    tmp = temp.path
+    try:
+        f = os.fdopen(temp.fd, mode)
+    except BaseException:
+        os.close(temp.fd)
+        os.unlink(tmp)
+        raise
+    try:
+        with f:
+            yield f
+            f.flush()
+            _sync_and_verify(f.fileno(), tmp, verify)
+        os.replace(tmp, target)
+        fsync_dir(temp.folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Temp:
+    """A temporary file beside a target, with the permissions (and owner) the target will have; ``atomic_output``
+    takes it over (closes it, and removes it unless it renames it onto the target)."""
+
+    fd: int
+    path: str
+    folder: str
+
+    def discard(self) -> None:
+        """Close and remove it (when ``atomic_output`` did not take it over)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def make_temp(path: str | os.PathLike[str], *, like: str | os.PathLike[str] | None = None) -> Temp:
+    """A new temporary file beside ``path``, for ``atomic_output``; refused as ``atomic_output`` refuses (a file
+    this process could not write itself, an owner it could not keep, a missing folder)."""
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     existing = _replaceable(target, folder)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(os.path.basename(target)), suffix=".tmp", dir=folder)
     try:
-        f = os.fdopen(fd, mode)
+        # mkstemp makes 0600: a replaced file keeps its permissions (and owner), a new one gets its source's
+        if existing is not None:
+            _keep_owner(fd, existing, target)
+            os.fchmod(fd, existing.st_mode & 0o7777)
+        else:
+            os.fchmod(fd, new_mode(like))
     except BaseException:
         os.close(fd)
         os.unlink(tmp)
         raise
-    try:
-        with f:
-            # mkstemp makes 0600: a replaced file keeps its permissions (and owner), a new one gets its source's
-            if existing is not None:
-                _keep_owner(f.fileno(), existing, target)
-                os.fchmod(f.fileno(), existing.st_mode & 0o7777)
-            else:
-                os.fchmod(f.fileno(), new_mode(like))
-            yield f
-            f.flush()
-            _sync_and_verify(f.fileno(), tmp, verify)
-        os.replace(tmp, target)
-        fsync_dir(folder)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    return Temp(fd, tmp, folder)
 
 
 def temp_prefix(name: str) -> str:

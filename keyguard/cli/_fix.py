@@ -95,8 +95,6 @@ def _check_usage(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     from keyguard._exceptions import PlanError
-    from keyguard.engine import diagnose
-    from keyguard.fixes._writer import write_fixed
     from keyguard.sources import read_keys
     from keyguard.sources._remote import is_remote
 
@@ -113,9 +111,50 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
     if not args.in_place:
         _refuse_output(args, keys, output, folder=keys.format == "safetensors-sharded")
     progress.phase("diagnosing")
+    # the reference is read once, for the diagnosis and for the check of the output (it may be a model to build);
+    # comparing values needs it as given
+    expected = reference if args.match_values else read_keys(reference, architecture=args.architecture)
+    early = None
+    if not args.dry_run:
+        _stale_temps(args, output)  # before this run's own temporary file exists
+        early = _start_early_copy(args, keys, expected, output)
+    try:
+        return _diagnose_and_write(args, keys, expected, output, early, progress, width)
+    finally:
+        if early is not None:
+            early.cancel()  # nothing when the write took it over
+
+
+def _start_early_copy(args: argparse.Namespace, keys: Any, expected: Any, output: str) -> Any:
+    """Start copying the data section into the output's temporary file while the engine is imported and runs
+    (see ``keyguard.fixes._early_copy``), when the plan is likely to rename keys only and to shorten them: the new
+    header must fit before the data. Whether it is used is decided once the plan is known."""
+    from keyguard.sources._keyset import KeySet
+
+    if args.drop_unexpected or args.unsafe_fixes or not isinstance(expected, KeySet) or not len(expected):
+        return None
+    if sum(map(len, expected)) / len(expected) >= sum(map(len, keys)) / max(len(keys), 1):
+        return None  # the expected names are not shorter: the header would likely not fit
+    from keyguard.fixes._early_copy import EarlyCopy
+
+    return EarlyCopy.start(keys, output)
+
+
+def _diagnose_and_write(
+    args: argparse.Namespace,
+    keys: Any,
+    expected: Any,
+    output: str,
+    early: Any,
+    progress: Any,
+    width: int,
+) -> int:
+    from keyguard.engine import diagnose
+    from keyguard.fixes._writer import write_fixed_early
+
     report = diagnose(
         args.checkpoint if args.match_values else keys,
-        reference,
+        expected,
         ignore=args.ignore,
         architecture=args.architecture,
         hints=dict(args.hint),
@@ -130,10 +169,9 @@ def _run(args: argparse.Namespace, progress: Any, width: int) -> int:
         _, changes = plan_output(keys, plan, drop=drop)
         print(_changes_table(changes, quiet=args.quiet, dry_run=True, width=width))
         return 0
-    _stale_temps(args, output)
-    result = write_fixed(keys, plan, output, drop=drop, progress=progress)
+    result = write_fixed_early(keys, plan, output, drop=drop, progress=progress, early=early)
     progress.phase("checking")
-    after = diagnose(output, reference, ignore=args.ignore, architecture=args.architecture)
+    after = diagnose(output, expected, ignore=args.ignore, architecture=args.architecture)
     progress.close()  # the display ends before the summary is printed
     print(_changes_table(result.changes, quiet=args.quiet, dry_run=False, width=width))
     print(f"\nwrote {output} ({result.bytes_written:,} bytes, verified)")

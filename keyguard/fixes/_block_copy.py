@@ -164,10 +164,107 @@ def copy_data_section(
     checks: dict[str, int],
     bar: Progress,
     stream: Stream,
+    readback: ReadBack | None = None,
 ) -> None:
     """Copy the whole data section, checksumming each tensor's bytes."""
     end = rows[-1][4] if rows else 0
-    copy_range(path, base, end, [(name, start, stop) for name, _, _, start, stop in rows], f, checks, bar, stream)
+    bounds = [(name, start, stop) for name, _, _, start, stop in rows]
+    copy_range(path, base, end, bounds, f, checks, bar, stream, readback)
+
+
+class ReadBack:
+    """Checksums of tensors read back from the output right after the kernel wrote them, with where they were read
+    (absolute positions in the output): verification uses them for the tensors whose positions the written header
+    confirms, and reads the others again."""
+
+    def __init__(self) -> None:
+        self.crcs: dict[str, int] = {}
+        self.positions: dict[str, tuple[int, int]] = {}
+
+    def add(self, crcs: dict[str, int], positions: dict[str, tuple[int, int]]) -> None:
+        self.crcs.update(crcs)
+        self.positions.update(positions)
+
+
+class _Follower:
+    """Re-reads, in a helper thread, each range of the output as soon as the kernel copy reports it written, and
+    checksums the tensors in it: the verification's reading runs beside the copy (and the disk's writeback) instead
+    of after it. The range is mapped (``mmap``: the checksum reads the page cache in place, no copy into a buffer,
+    which halves the CPU time of this pass); where mapping fails it is read into one reusable buffer with
+    ``os.preadv``. Either leaves the writer's file offset alone. Only the output, a private temporary file, is
+    mapped: a source truncated by another process while mapped would kill the process (SIGBUS), so sources are
+    read."""
+
+    def __init__(self, fd: int, out_start: int, bounds: Sequence[tuple[str, int, int]]) -> None:
+        import queue
+        import threading
+
+        self.fd = fd
+        self.out_start = out_start
+        self.spans = Spans(bounds)
+        self.queue: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self.failure: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="keyguard-crc-output", daemon=True)
+        self.thread.start()
+
+    def written(self, position: int, n: int) -> None:
+        self.queue.put((position, n))
+
+    def finish(self) -> dict[str, int] | None:
+        """The output's checksums, or ``None`` when reading back failed (verification then reads it again)."""
+        self.queue.put(None)
+        self.thread.join()
+        return None if self.failure else self.spans.result()
+
+    def _run(self) -> None:
+        buffer: memoryview | None = None
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.failure:
+                continue  # drain: the copy goes on, verification will read everything again
+            position, n = item
+            try:
+                if not self._mapped(position, n):
+                    buffer = buffer or memoryview(bytearray(CHUNK))
+                    self._read(buffer, position, n)
+            except BaseException as exc:  # any failure only means "read it again later"
+                self.failure.append(exc)
+
+    def _mapped(self, position: int, n: int) -> bool:
+        """Checksum ``n`` bytes from ``position`` through mappings of at most ``CHUNK`` bytes (mapped pages count
+        in the process's resident size while mapped); False, with nothing fed, when the first mapping fails."""
+        import mmap
+
+        done = 0
+        while done < n:
+            start = self.out_start + position + done
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
+            size = min(CHUNK, n - done)
+            try:
+                mapped = mmap.mmap(self.fd, start + size - aligned, prot=mmap.PROT_READ, offset=aligned)
+            except (OSError, ValueError, TypeError, AttributeError):  # no mmap here (or not of this file)
+                if done:
+                    raise
+                return False
+            with mapped:
+                view = memoryview(mapped)
+                try:
+                    self.spans.feed(view[start - aligned :], position + done)
+                finally:
+                    view.release()
+            done += size
+        return True
+
+    def _read(self, buffer: memoryview, position: int, n: int) -> None:
+        done = 0
+        while done < n:
+            got = os.preadv(self.fd, [buffer[: min(CHUNK, n - done)]], self.out_start + position + done)
+            if got <= 0:
+                raise WriteError("the output ended early")
+            self.spans.feed(buffer[:got], position + done)
+            done += got
 
 
 def copy_range(
@@ -179,37 +276,50 @@ def copy_range(
     checks: dict[str, int],
     bar: Progress,
     stream: Stream,
+    readback: ReadBack | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Append ``length`` bytes of ``path`` from ``base`` to ``f``, with the checksum of each of ``bounds`` (relative
-    to ``base``).
+    to ``base``). ``stop()`` is asked between chunks: when true, the copy ends with ``Stopped``.
 
     Where the kernel copies between files (Linux ``copy_file_range``) it does, while a helper thread reads the
-    source and checksums it; verification then re-reads the output and compares its checksums with these.
-    Elsewhere the bytes go through the two buffers, checksummed on the way."""
+    source and checksums it, and, with ``readback``, another one re-reads each range of the output as soon as it
+    is written and checksums that: verification then compares those with the source's instead of reading the whole
+    output again after the copy. Elsewhere the bytes go through the two buffers, checksummed on the way (and
+    verification re-reads the output)."""
     if length > INLINE and hasattr(os, "copy_file_range"):
         import threading
 
         spans = Spans(bounds)
         failure: list[BaseException] = []
 
+        def feed(view: memoryview, position: int) -> None:
+            _check(stop)
+            spans.feed(view, position)
+
         def checksum() -> None:
             try:
                 with open(path, "rb", buffering=0) as src:  # the stream is not used by this thread meanwhile
-                    stream.run(src, base, length, spans.feed, None, None, overlap=False)
+                    stream.run(src, base, length, feed, None, None, overlap=False)
             except BaseException as exc:  # handed over to the writing thread below
                 failure.append(exc)
 
         f.flush()
+        out_start = os.lseek(f.fileno(), 0, os.SEEK_CUR)
         worker = threading.Thread(target=checksum, name="keyguard-crc-source", daemon=True)
         worker.start()
+        follower = _Follower(f.fileno(), out_start, bounds) if readback is not None else None
         try:
-            copied = _kernel_copy(path, base, f, length, bar)
+            copied = _kernel_copy(path, base, f, length, bar, None if follower is None else follower.written, stop)
         finally:
             worker.join()
+            crcs = None if follower is None else follower.finish()
         if failure:
             raise failure[0]
         if not copied:  # the kernel declined: copy through the buffers (the source is checksummed already)
-            stream.run(stream.source(path), base, length, lambda view, position: None, f, bar)
+            stream.run(stream.source(path), base, length, lambda view, position: _check(stop), f, bar)
+        elif readback is not None and crcs is not None:
+            readback.add(crcs, {name: (out_start + start, out_start + stop) for name, start, stop in bounds})
         checks.update(spans.result())
         return
     spans = Spans(bounds)
@@ -217,9 +327,27 @@ def copy_range(
     checks.update(spans.result())
 
 
-def _kernel_copy(path: str, start: int, f: IO[bytes], length: int, bar: Progress) -> bool:
+class Stopped(Exception):
+    """A copy ended early because its ``stop()`` said so."""
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise Stopped
+
+
+def _kernel_copy(
+    path: str,
+    start: int,
+    f: IO[bytes],
+    length: int,
+    bar: Progress,
+    written: Callable[[int, int], None] | None,
+    stop: Callable[[], bool] | None = None,
+) -> bool:
     """Append ``length`` bytes of ``path`` from ``start`` to ``f`` with ``copy_file_range``; False, with nothing
-    written, when the kernel or the file systems do not offer it."""
+    written, when the kernel or the file systems do not offer it. ``written(position, n)`` is told of each range
+    copied (positions relative to the copy's start)."""
     import errno
 
     declined = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM, errno.EBADF}
@@ -228,6 +356,7 @@ def _kernel_copy(path: str, start: int, f: IO[bytes], length: int, bar: Progress
     position = 0
     with open(path, "rb", buffering=0) as src:
         while position < length:
+            _check(stop)
             try:
                 n = os.copy_file_range(src.fileno(), out, min(8 * CHUNK, length - position), start + position)
             except OSError as exc:
@@ -237,6 +366,8 @@ def _kernel_copy(path: str, start: int, f: IO[bytes], length: int, bar: Progress
             if n == 0:
                 raise WriteError(f"{path}: the file ended early (it changed while being read?)")
             start_writeback(out, out_start + position, n)
+            if written is not None:
+                written(position, n)
             position += n
             bar.update(n)
     f.seek(0, os.SEEK_END)  # the kernel moved the descriptor's offset: keep the file object in step

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from keyguard._atomic import atomic_output
 from keyguard._exceptions import PlanError, SourceError, WriteError
 from keyguard._progress import Progress
 from keyguard._st_write import encode_header, layout
 from keyguard._version import __version__
-from keyguard.fixes._block_copy import Stream, copy_data_section
+from keyguard.fixes._block_copy import ReadBack, Stream, copy_data_section
+from keyguard.fixes._early_copy import EarlyCopy, pad_header
+from keyguard.fixes._file_spans import FileSpan, check_sources, file_spans
 from keyguard.fixes._output_plan import Change, OutputItem, source_path
 from keyguard.fixes._tensor_data import TensorSource, write_item
 from keyguard.fixes._write_verify import verify_written
 from keyguard.sources._keyset import KeySet
-from keyguard.sources._readfile import open_regular
 
 METADATA_KEY = "keyguard.fix"
 
@@ -48,7 +48,11 @@ def write_file(
     tensors: TensorSource,
     metadata: Mapping[str, str] | None = None,
     files: Mapping[str | None, FileSpan] | None = None,
+    early: EarlyCopy | None = None,
 ) -> int:
+    """Write one output file; ``early``, when given, is a copy of the data section already under way (``keyguard
+    fix``): it is used when this write copies that same section and the new header fits before it, and cancelled
+    otherwise."""
     rows = layout({i.name: (i.dtype, i.shape) for i in items})
     by_name = {i.name: i for i in items}
     meta = dict(metadata) if metadata is not None else fix_metadata(keys, changes)
@@ -65,27 +69,66 @@ def write_file(
         )
     header = encode_header(rows, meta)
     checks: dict[str, int] = {}
+    readback = ReadBack()  # the output's checksums, read back while the kernel copies (verification uses them)
     used = {keys[src].file for i in items for src in i.sources}
     sources = {source_path(keys, file): files[file] for file in used if file in files}
     # a new output gets the permissions of the file it is made from (a 0600 checkpoint stays private)
     like = source_path(keys, sorted(used, key=str)[0]) if used else keys.location
+    if early is not None:
+        source = source_path(keys, keys[items[0].sources[0]].file) if fast else ""
+        padded = pad_header(header, early.data_start) if fast else None
+        bounds = [(name, start, end) for name, _, _, start, end in rows]
+        if padded is None or not early.matches(source, base, bounds):
+            early.cancel()
+        else:
+            return _adopt(early, padded, rows, {i.sources[0]: i.name for i in items}, meta, out, like, bar, sources)
     try:
         with atomic_output(
-            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar), like=like
+            out, verify=lambda path: verify_written(path, rows, checks, meta, stream, bar, readback), like=like
         ) as f:
-            _check_sources(sources)  # the sources are still what read_keys saw...
+            check_sources(sources)  # the sources are still what read_keys saw...
             f.write(header)
             if fast:
                 path = source_path(keys, keys[items[0].sources[0]].file)
-                copy_data_section(path, base, rows, f, checks, bar, stream)
+                copy_data_section(path, base, rows, f, checks, bar, stream, readback)
             else:
                 for name, _, _, start, end in rows:
                     write_item(keys, by_name[name], f, checks, bar, end - start, stream, tensors)
-            _check_sources(sources)  # ...and did not change while they were copied
+            check_sources(sources)  # ...and did not change while they were copied
     except PlanError:
         raise
     except SourceError as exc:
         raise WriteError(f"{out}: not written: reading the source failed: {exc}") from exc
+    except OSError as exc:
+        raise WriteError(f"{out}: writing failed: {exc}") from exc
+    return len(header) + (rows[-1][4] if rows else 0)
+
+
+def _adopt(
+    early: EarlyCopy,
+    header: bytes,
+    rows: list[tuple[str, str, tuple[int, ...], int, int]],
+    names: Mapping[str, str],
+    meta: Mapping[str, str],
+    out: str,
+    like: str | None,
+    bar: Progress,
+    sources: Mapping[str, FileSpan],
+) -> int:
+    """Finish a write whose data section was copied early: the header (padded to the room before the data) last,
+    then the same checks, fsync, verification and rename as any write."""
+    try:
+        temp, checks, readback = early.take(names)
+        with atomic_output(
+            out, verify=lambda path: verify_written(path, rows, checks, meta, None, bar, readback), temp=temp
+        ) as f:
+            os.pwrite(f.fileno(), header, 0)
+            bar.update(early.end - early.data_start)
+            check_sources(sources)  # the source did not change while it was copied
+    except SourceError as exc:
+        raise WriteError(f"{out}: not written: reading the source failed: {exc}") from exc
+    except WriteError:
+        raise
     except OSError as exc:
         raise WriteError(f"{out}: writing failed: {exc}") from exc
     return len(header) + (rows[-1][4] if rows else 0)
@@ -100,44 +143,3 @@ def _same_layout(keys: KeySet, items: list[OutputItem], files: Mapping[str | Non
         return False
     span = files.get(used.pop())
     return span is not None and len({s for i in items for s in i.sources}) == span.count
-
-
-@dataclass
-class FileSpan:
-    """One safetensors source file as ``read_keys`` saw it: where its data starts, its size, its tensor count.
-
-    The safetensors reader checked that the tensors cover the data section exactly, so the first tensor's start is
-    where the data begins (8 + the header length) and the last one's end is the file's size.
-    """
-
-    start: int
-    end: int
-    count: int
-
-
-def file_spans(keys: KeySet) -> dict[str | None, FileSpan]:
-    spans: dict[str | None, FileSpan] = {}
-    if keys.format not in ("safetensors", "safetensors-sharded"):
-        return spans
-    for info in keys.values():
-        start, end = info.offsets or (0, 0)
-        span = spans.get(info.file)
-        if span is None:
-            spans[info.file] = FileSpan(start, end, 1)
-        else:
-            span.start, span.end, span.count = min(span.start, start), max(span.end, end), span.count + 1
-    return spans
-
-
-def _check_sources(sources: Mapping[str, FileSpan]) -> None:
-    """Refuse to go on when a source file's size or header length is not what was read (it changed meanwhile)."""
-    for path, span in sources.items():
-        with open_regular(path) as f:  # a source swapped for a FIFO since it was read would hang a plain open
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-        data_start = 8 + int.from_bytes(head, "little") if len(head) == 8 else -1
-        if size != span.end or data_start != span.start:
-            raise WriteError(
-                f"{path}: the source changed since its keys were read (now {size:,} bytes with data from byte"
-                f" {data_start:,}; read as {span.end:,} bytes with data from byte {span.start:,})"
-            )

@@ -14,7 +14,8 @@ from keyguard._atomic import atomic_output, fsync_dir, new_mode, temp_prefix
 from keyguard._exceptions import SourceError, WriteError
 from keyguard._progress import Progress
 from keyguard.fixes._block_copy import Stream
-from keyguard.fixes._file_write import METADATA_KEY, file_spans, fix_metadata, write_file
+from keyguard.fixes._file_spans import file_spans
+from keyguard.fixes._file_write import METADATA_KEY, fix_metadata, write_file
 from keyguard.fixes._output_plan import Change, OutputItem, item_nbytes
 from keyguard.fixes._tensor_data import TensorSource
 from keyguard.sources._keyset import KeySet
@@ -129,7 +130,7 @@ def _index_metadata(path: str) -> dict[str, Any]:
     from keyguard.sources._jsonfile import load_json_object
 
     try:
-        meta = load_json_object(path).get("metadata")  # bounded, regular files only
+        meta = load_json_object(path, fields=("metadata",)).get("metadata")  # bounded, regular files only
     except SourceError:
         return {}
     return dict(meta) if isinstance(meta, dict) else {}

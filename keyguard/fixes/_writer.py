@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from keyguard._exceptions import WriteError
 from keyguard._progress import Progress
 from keyguard.fixes._block_copy import Stream
+from keyguard.fixes._early_copy import EarlyCopy
 from keyguard.fixes._file_write import write_file
 from keyguard.fixes._output_plan import Change, item_nbytes, plan_output
 from keyguard.fixes._plan import Plan
@@ -64,7 +65,36 @@ def write_fixed(
         PlanError: the plan would collide keys or does not fit the tensors; nothing is written.
         WriteError: writing or verification failed; nothing is left at ``output``.
     """
-    out = os.fspath(output)
+    return write_fixed_early(keys, plan, output, drop=drop, progress=progress, early=None)
+
+
+def write_fixed_early(
+    keys: KeySet,
+    plan: Plan,
+    output: str | os.PathLike[str],
+    *,
+    drop: Sequence[str] = (),
+    progress: bool | Progress | None = None,
+    early: EarlyCopy | None,
+) -> WriteResult:
+    """``write_fixed``, using ``early`` (the source's data section being copied into a temporary file for
+    ``output`` since before the plan was known, by ``keyguard fix``) where the write copies that section unchanged;
+    ``early`` is cancelled otherwise, and on any failure."""
+    try:
+        return _write_fixed(keys, plan, os.fspath(output), drop, progress, early)
+    finally:
+        if early is not None:
+            early.cancel()  # nothing when the write took it over
+
+
+def _write_fixed(
+    keys: KeySet,
+    plan: Plan,
+    out: str,
+    drop: Sequence[str],
+    progress: bool | Progress | None,
+    early: EarlyCopy | None,
+) -> WriteResult:
     items, changes = plan_output(keys, plan, drop=drop)
     own = not isinstance(progress, Progress)
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
@@ -79,7 +109,7 @@ def write_fixed(
             if keys.format == "safetensors-sharded":
                 written, files = write_sharded(keys, items, changes, out, bar, stream, tensors)
             else:
-                written = write_file(keys, items, changes, out, bar, stream=stream, tensors=tensors)
+                written = write_file(keys, items, changes, out, bar, stream=stream, tensors=tensors, early=early)
                 files = [out]
     except WriteError:
         raise

@@ -1,10 +1,18 @@
-"""Strict JSON for the small JSON files keyguard reads (indexes, configs, manifests, plans)."""
+"""Strict JSON for the JSON files keyguard reads (indexes, configs, manifests, plans).
+
+Every file is decoded strictly: valid UTF-8, no key listed twice, no ``NaN``/``Infinity``, no lone surrogate
+escapes. A caller that needs only some top-level fields (a sharded checkpoint's index needs ``metadata`` and
+``weight_map``) names them; a large file is then read through msgspec's decoder, which checks the rest without
+building it, so memory follows what is kept, not the file (a 100 MB index padded with an unknown field full of
+``{}`` no longer builds 33 million dicts).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Collection
 from typing import Any, Final
 
 from keyguard._exceptions import SourceError
@@ -75,10 +83,46 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def load_json_object(path: str | os.PathLike[str], error: type[SourceError] = SourceError) -> dict[str, Any]:
-    """Read a JSON file that must hold an object; every failure is one ``error`` naming the file."""
+class _Skipped:
+    """The value of a top-level field the caller did not ask for (its key is kept: callers test for presence)."""
+
+    def __repr__(self) -> str:
+        return "SKIPPED"
+
+
+#: What ``load_json_object(..., fields=...)`` gives for the top-level fields it was not asked to decode.
+SKIPPED: Final = _Skipped()
+#: Files up to this size are decoded whole even when only some fields are asked for (the strict decoder is as fast
+#: and the memory small); larger ones go through msgspec when it is installed.
+TYPED_ABOVE: int = 8 * 1024 * 1024
+
+
+def load_json_object(
+    path: str | os.PathLike[str], error: type[SourceError] = SourceError, *, fields: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; every failure is one ``error`` naming the file.
+
+    With ``fields``, only those top-level fields are decoded: every other top-level key is in the result with the
+    value ``SKIPPED``. A file above ``TYPED_ABOVE`` is then read without building the skipped values (msgspec,
+    when installed): they are checked to be well-formed JSON, valid UTF-8 and free of lone surrogates, and the top
+    level and the decoded fields as strictly as ever, but a key listed twice *inside a skipped value* is not looked
+    for. Anything the fast reading cannot prove valid is decoded strictly, for the error message.
+    """
     path = os.fspath(path)
     raw = read_bounded(path, MAX_JSON_FILE, error=error)
+    if fields is not None and len(raw) > TYPED_ABOVE:
+        from keyguard.sources._json_fields import decode_fields
+
+        typed = decode_fields(raw, fields, STRICT_DECODER, SKIPPED)
+        if typed is not None:
+            return typed
+    obj = _load_strict(path, raw, error)
+    if fields is not None:
+        return {key: value if key in fields else SKIPPED for key, value in obj.items()}
+    return obj
+
+
+def _load_strict(path: str, raw: bytes, error: type[SourceError]) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any, Final, Union
 
 from keyguard._exceptions import SourceError
 from keyguard.sources._keyset import KeySet
@@ -115,10 +115,15 @@ def _read_path(path: str, *, container: str | None, architecture: str | None) ->
     return _sniff(path, container=container)
 
 
+#: What tells a JSON file's kind: a manifest's ``format``, a config's ``model_type`` or ``architectures`` (an index is
+#: told by the presence of ``weight_map``, whose value is not needed here).
+_SNIFFED_FIELDS: Final = ("format", "model_type", "architectures")
+
+
 def _read_json(path: str, *, container: str | None, architecture: str | None) -> KeySet:
     from keyguard.sources._jsonfile import load_json_object
 
-    raw = load_json_object(path)
+    raw = load_json_object(path, fields=_SNIFFED_FIELDS)  # an index's weight_map is read again by read_sharded
     if isinstance(raw.get("format"), str) and raw["format"].startswith("keyguard.keys/"):
         from keyguard.sources._manifest import read_manifest
 

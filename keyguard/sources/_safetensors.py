@@ -31,7 +31,7 @@ from keyguard._exceptions import HeaderError, SourceError
 from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, lone_surrogate, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._readfile import open_regular
-from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_fast
+from keyguard.sources._safetensors_fast import MAX_DIM, nbytes_or_none, parse_stream
 from keyguard.sources._serde_numbers import SAFE_MAGNITUDE, out_of_range
 
 #: The safetensors library refuses headers above this size; so does keyguard.
@@ -54,14 +54,13 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
         SourceError: the path is missing, a directory, or unreadable.
     """
     path = os.fspath(path)
-    header, data_start, file_size = _read_header_bytes(path)
     label = name if name is not None else os.path.basename(path)
     # Parsing allocates one small acyclic object per tensor; the cyclic GC has nothing to find in them and
     # rescanning them as they pile up costs more than the parse itself.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        parsed = parse_fast(header, data_start, label)
+        parsed, header, data_start, file_size = _read_header(path, label)
         if parsed is None:
             parsed = _parse_json(path, _decode(path, header), data_start, label)
     finally:
@@ -76,7 +75,15 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
 
 
 def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
-    """The header's bytes (to be parsed in place), where the data starts, and the file's size."""
+    """The header's bytes, where the data starts, and the file's size."""
+    _, header, data_start, size = _read_header(path, None)
+    return header, data_start, size
+
+
+def _read_header(path: str, label: str | None) -> tuple[Parsed | None, bytearray, int, int]:
+    """With a ``label``: the header parsed by the fast path as it is read, a piece at a time (``parse_stream``), or
+    ``None`` and the header's bytes for the strict path; without: the header's bytes. Then where the data starts
+    and the file's size."""
     if "\x00" in path:
         raise SourceError(path.replace("\x00", "\\0"), "invalid-path", "the path contains a NUL byte")
     try:
@@ -108,8 +115,19 @@ def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
                     header_length=n,
                     size=size,
                 )
-            header = bytearray(n)
-            got = cast("io.BufferedReader", f).readinto(header)  # open_regular's files are buffered readers
+            reader = cast("io.BufferedReader", f)  # open_regular's files are buffered readers
+
+            def read(count: int) -> bytearray:
+                piece = bytearray(count)
+                if reader.readinto(piece) != count:  # the file shrank while we read it
+                    raise HeaderError(path, "truncated", "file ended inside the header")
+                return piece
+
+            parsed = None if label is None else parse_stream(read, n, 8 + n, label)
+            header = bytearray()
+            if parsed is None:
+                reader.seek(8)
+                header = read(n)
     except IsADirectoryError:
         raise SourceError(path, "is-a-directory", "is a directory, expected a .safetensors file") from None
     except (FileNotFoundError, NotADirectoryError):
@@ -118,9 +136,7 @@ def _read_header_bytes(path: str) -> tuple[bytearray, int, int]:
         raise SourceError(path, "unreadable", "permission denied") from None
     except OSError as exc:  # I/O error, name too long, symlink loop...
         raise SourceError(path, "unreadable", exc.strerror or str(exc)) from None
-    if got != n:  # the file shrank while we read it
-        raise HeaderError(path, "truncated", "file ended inside the header")
-    return header, 8 + n, size
+    return parsed, header, 8 + n, size
 
 
 def _decode(path: str, header: bytes | bytearray) -> str:

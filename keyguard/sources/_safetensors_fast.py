@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from itertools import repeat
-from typing import TYPE_CHECKING, Annotated, Any, Final, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol, cast
 
 from keyguard._dtypes import DTYPE_BITS
 from keyguard.sources._keyset import TensorInfo
@@ -53,24 +53,61 @@ if HAVE_MSGSPEC:
     _DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, msgspec.ValidationError)
 
 
-def parse_fast(header: bytearray, base: int, label: str) -> Parsed | None:
-    """Parse a header in the library's own layout; ``None`` means "not provably valid here, use the strict path".
+#: A header is parsed this many bytes at a time, each piece ending where an entry ends: a large header is never
+#: held whole, so reading a million tensors needs the result plus one piece's worth, not the header as well.
+PIECE: int = 256 * 1024
+#: Where one entry of the library's layout ends and the next key starts (outside strings: see ``_pieces``).
+_ENTRY_END: Final = b']},"'
+_WHITESPACE: Final = b" \t\r\n"
+_OPENING: Final = b'{"__metadata__":'
+_REFUSED: Final = -1  # from _tensors: not provably valid (positions are never negative)
 
-    ``header`` is modified during the call and restored before it returns, except on success, when it is emptied
-    (the result does not need it, and a large header freed early lowers the peak memory). Never raises.
-    """
-    if not HAVE_MSGSPEC:
-        return None
-    result = _parse(header, base, label)
+
+class _Reader(Protocol):
+    def __call__(self, size: int, /) -> bytearray: ...
+
+
+def parse_fast(header: bytearray, base: int, label: str) -> Parsed | None:
+    """Parse a header held in memory (see ``parse_stream``); on success ``header`` is emptied (the result does not
+    need it), otherwise it is left as it was. Never raises."""
+    view = memoryview(header)
+    position = 0
+
+    def read(size: int) -> bytearray:
+        nonlocal position
+        piece = bytearray(view[position : position + size])
+        position += len(piece)
+        return piece
+
+    try:
+        result = parse_stream(read, len(header), base, label)
+    finally:
+        view.release()
     if result is not None:
         header.clear()
     return result
 
 
-def _parse(header: bytearray, base: int, label: str) -> Parsed | None:
+def parse_stream(read: _Reader, size: int, base: int, label: str) -> Parsed | None:
+    """Parse a header in the library's own layout, ``size`` bytes that ``read(n)`` hands over in order (exactly
+    ``n`` bytes per call, or it raises), a piece at a time; ``None`` means "not provably valid here, use the strict
+    path" (which reads the header again). Raises only what ``read`` raises."""
+    if not HAVE_MSGSPEC:
+        return None
+    return _parse(read, size, base, label)
+
+
+def _parse(read: _Reader, size: int, base: int, label: str) -> Parsed | None:
+    buffer = read(min(size, PIECE))
+    left = size - len(buffer)
     metadata: dict[str, str] = {}
     start = 0
-    match = _METADATA.match(header)
+    match = _METADATA.match(buffer)
+    while match is None and left and _OPENING.startswith(buffer[: len(_OPENING)]):  # large metadata: read on
+        more = read(min(left, max(PIECE, len(buffer))))  # doubling: the regex runs a few times, not per piece
+        buffer += more
+        left -= len(more)
+        match = _METADATA.match(buffer)  # the regex has one way to match, so a prefix's match is the whole's
     if match is not None:
         try:
             metadata = _METADATA_DECODER.decode(match.group(1))
@@ -81,76 +118,131 @@ def _parse(header: bytearray, base: int, label: str) -> Parsed | None:
             return None  # maybe a key listed twice (msgspec keeps the last): the strict path decides
         start = match.end() - 1
         if match.group(2) == b"}":
-            return (metadata, {}, base) if not header[start + 1 :].strip(b" \t\r\n") else None
+            rest = buffer[start + 1 :] + (read(left) if left else b"")
+            return (metadata, {}, base) if not rest.strip(_WHITESPACE) else None
+    tensors: dict[str, TensorInfo] | None = None
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+    position: int | None = 0  # where the next tensor starts when all so far are in order, else None
+    scan = start  # where the search for an entry's end resumes (the bytes before it hold none)
+    while True:
+        if left:
+            cut = buffer.rfind(_ENTRY_END, scan)
+            if cut < 0:  # not one whole entry yet (a huge one): read on, searching only what comes in
+                scan = max(start, len(buffer) - len(_ENTRY_END) + 1)
+                more = read(min(left, PIECE))
+                buffer += more
+                left -= len(more)
+                continue
+            stop = cut + 2  # the comma after the entry, read as the closing brace of this piece
+        else:
+            stop = len(buffer)
+        entries = _decode_piece(buffer, start, stop, opened=tensors is not None or match is not None)
+        if entries is None:
+            return None
+        position = _tensors(entries, base, label, shapes, position)
+        if position == _REFUSED:
+            return None
+        if tensors is None:
+            tensors = entries
+        else:
+            count = len(tensors)
+            tensors.update(entries)
+            if len(tensors) != count + len(entries):
+                return None  # a key in two pieces: the strict path names it
+        if not left:
+            break
+        del buffer[:stop]  # the comma that starts the next piece
+        start = scan = 0
+        more = read(min(left, PIECE))
+        buffer += more
+        left -= len(more)
+    buffer.clear()
+    data_end = None if position is None else base + position
+    return metadata, tensors if tensors is not None else {}, data_end
+
+
+def _decode_piece(buffer: bytearray, start: int, stop: int, *, opened: bool) -> dict[str, Any] | None:
+    """Decode ``buffer[start:stop]`` (the header's start, or with ``opened`` the comma after the metadata or an
+    entry; then entries, then the header's end or the comma after an entry) as one object of entries; ``None`` when
+    it is not provably valid."""
     # Without escapes no string holds a quote, so every ":" outside strings separates a key from its value; "-0"
-    # (which msgspec reads as 0, and the library refuses) can only be written as such.
-    if (
-        start >= len(header)
-        or header.find(b"\\", start) >= 0
-        or (header.find(b"-", start) >= 0 and header.find(b"-0", start) >= 0)
-    ):
+    # (which msgspec reads as 0, and the library refuses) can only be written as such. Without escapes the quotes
+    # also pair up in order, so a piece cut inside a string holds an odd number of them and cannot decode.
+    if start >= len(buffer) or buffer.find(b"\\", start, stop) >= 0 or buffer.find(b"-0", start, stop) >= 0:
         return None
-    if start:  # the tensors' part, from the comma that followed the metadata, read as one object: "{..."
-        header[start] = 0x7B
+    first = buffer[start]
+    last = buffer[stop] if stop < len(buffer) else None
+    if opened:
+        buffer[start] = 0x7B  # "{" for the comma
+    if last is not None:
+        buffer[stop] = 0x7D  # "}"
     try:
-        entries: dict[str, Any] = _TENSORS.decode(memoryview(header)[start:])
+        entries: dict[str, Any] = _TENSORS.decode(memoryview(buffer)[start : stop + (last is not None)])
     except _DECODE_ERRORS:
         return None
     finally:
-        if start:
-            header[start] = 0x2C  # ","
-    # Each decoded entry has its three fields and no other, so the tensors' part holds at least 4 colons per
-    # entry (its key and three fields); exactly 4 proves that no key and no field was listed twice (msgspec keeps
-    # the last silently) and that no string holds a colon.
-    if header.count(b":", start) != 4 * len(entries) or "__metadata__" in entries:
+        buffer[start] = first
+        if last is not None:
+            buffer[stop] = last
+    # Each decoded entry has its three fields and no other, so the piece holds at least 4 colons per entry (its
+    # key and three fields); exactly 4 proves that no key and no field was listed twice (msgspec keeps the last
+    # silently) and that no string holds a colon.
+    if buffer.count(b":", start, stop) != 4 * len(entries) or "__metadata__" in entries:
         return None
-    return _tensors(metadata, entries, base, label, header)
+    return entries
 
 
 def _tensors(
-    metadata: dict[str, str], entries: dict[str, Any], base: int, label: str, header: bytearray
-) -> Parsed | None:
-    """Check sizes column by column (each distinct shape and dtype once) and build the ``TensorInfo``s.
+    entries: dict[str, Any],
+    base: int,
+    label: str,
+    canonical_shapes: dict[tuple[int, ...], tuple[int, ...]],
+    position: int | None,
+) -> int | None:
+    """Check sizes column by column (each distinct shape and dtype once) and turn the entries into ``TensorInfo``s,
+    in place. Returns where the next tensor would start when every tensor so far starts where the one before ends
+    (``position``, from 0: the library writes them so), ``None`` when they are not in order, ``_REFUSED`` when the
+    entries are not provably valid.
 
-    Memory matters at a million tensors: equal shapes and dtypes end up as one shared object each, and the header
-    buffer is emptied once the sizes are checked, before the ``TensorInfo``s are built.
+    Memory matters at a million tensors: equal shapes and dtypes end up as one shared object each, across pieces.
     """
     if not entries:
-        return metadata, {}, base
+        return position
     values = entries.values()
     named = list(map(_DTYPE_NAMES.get, map(operator.attrgetter("dtype"), values)))
     if None in named:
-        return None  # an unknown dtype: the strict path names it
+        return _REFUSED  # an unknown dtype: the strict path names it
     dtypes = cast("list[str]", named)
-    canonical_shapes = {shape: shape for shape in map(operator.attrgetter("shape"), values)}
+    for shape in set(map(operator.attrgetter("shape"), values)).difference(canonical_shapes):
+        canonical_shapes[shape] = shape
     shapes = list(map(canonical_shapes.__getitem__, map(operator.attrgetter("shape"), values)))
     distinct_dtypes = set(dtypes)
     if len(distinct_dtypes) == 1:  # the common case: the size depends on the shape alone
         (dtype,) = distinct_dtypes
-        by_shape = {shape: nbytes_or_none(dtype, shape) for shape in canonical_shapes}
+        by_shape = {shape: nbytes_or_none(dtype, shape) for shape in set(shapes)}
         if None in by_shape.values():
-            return None
+            return _REFUSED
         expected = map(by_shape.__getitem__, shapes)
     else:
         by_pair = {pair: nbytes_or_none(pair[1], pair[0]) for pair in set(zip(shapes, dtypes))}
         if None in by_pair.values():
-            return None
+            return _REFUSED
         expected = map(by_pair.__getitem__, zip(shapes, dtypes))
     offsets = list(map(operator.attrgetter("data_offsets"), values))
     starts, ends = operator.itemgetter(0), operator.itemgetter(1)
     if not all(map(operator.eq, map(operator.sub, map(ends, offsets), map(starts, offsets)), expected)):
-        return None  # a size mismatch or an end before its start: the strict path names the first one
-    # in order when each tensor starts where the one before ends (the library writes them so)
-    in_order = offsets[0][0] == 0 and all(map(operator.eq, map(starts, offsets[1:]), map(ends, offsets)))
-    data_end = base + offsets[-1][1]
-    header.clear()  # valid: the result no longer needs the header's bytes
+        return _REFUSED  # a size mismatch or an end before its start: the strict path names the first one
+    in_order = (
+        position is not None
+        and offsets[0][0] == position
+        and all(map(operator.eq, map(starts, offsets[1:]), map(ends, offsets)))
+    )
     absolute = operator.add
     spans = zip(map(absolute, map(starts, offsets), repeat(base)), map(absolute, map(ends, offsets), repeat(base)))
     infos = map(tuple.__new__, repeat(TensorInfo), zip(shapes, dtypes, repeat(label), spans))
     # the decoded dict becomes the result: replacing values keeps its (hashed, ordered) keys without a rebuild
     entries.update(zip(entries, infos))
-    tensors: dict[str, TensorInfo] = entries
-    return metadata, tensors, data_end if in_order else None
+    return int(offsets[-1][1]) if in_order else None
 
 
 def nbytes_or_none(dtype: str, shape: tuple[int, ...]) -> int | None:

@@ -82,7 +82,7 @@ def read_sharded(index_path: str | os.PathLike[str], *, container: str | None = 
 
 
 def _load_index(index_path: str) -> dict[str, Any]:
-    index = load_json_object(index_path, ShardIndexError)
+    index = load_json_object(index_path, ShardIndexError, fields=("metadata", "weight_map"))
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

@@ -85,6 +85,30 @@ def test_exit_0_when_the_output_matches_exactly(tmp_path: Path, files: dict[str,
     assert leftovers(tmp_path) == []
 
 
+def test_the_reference_is_read_once(
+    tmp_path: Path, files: dict[str, Path], fix: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Diagnosing the checkpoint and checking the output use one reading of the reference (it may be a model)."""
+    import keyguard.sources._resolve as resolve
+
+    read = resolve.read_keys
+    sources: list[Any] = []
+
+    def counting(source: Any, **kwargs: Any) -> Any:
+        sources.append(source)
+        return read(source, **kwargs)
+
+    monkeypatch.setattr(resolve, "read_keys", counting)
+    monkeypatch.setattr("keyguard.sources.read_keys", counting)
+    monkeypatch.setattr("keyguard.engine._pipeline.read_keys", counting)
+    out = tmp_path / "out.safetensors"
+    r = fix(files["ddp"], files["expected"], args=[files["ddp"], "-e", files["expected"], "-o", out])
+    assert r.code == 0, r.err
+    assert [s for s in sources if isinstance(s, (str, os.PathLike)) and Path(s) == files["expected"]] == [
+        str(files["expected"])
+    ]
+
+
 def test_exit_1_when_findings_remain(tmp_path: Path, files: dict[str, Path], fix: Any) -> None:
     out = tmp_path / "out.safetensors"
     r = fix(files["extra"], args=[files["extra"], "-e", files["expected"], "-o", out])
@@ -401,3 +425,103 @@ def test_the_progress_library_is_imported_only_to_draw(
     assert done.returncode == 0, done.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "keyguard._progress" in imported and "rich" not in imported  # no terminal, no drawing, no rich
+
+
+# -- the early copy: the data section copied while the diagnosis runs ---------------------------------------------
+
+
+def header_length(path: Path) -> int:
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8), "little")
+
+
+@pytest.fixture
+def early(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Any checkpoint is large enough for the early copy (it starts from 64 MiB of data); the copies started."""
+    from keyguard.fixes import _early_copy
+
+    monkeypatch.setattr(_early_copy, "MIN_BYTES", 0)
+    started: list[Any] = []
+    start = _early_copy.EarlyCopy.start.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: Any, keys: Any, output: str) -> Any:
+        copy = start(cls, keys, output)
+        started.append(copy)
+        return copy
+
+    monkeypatch.setattr(_early_copy.EarlyCopy, "start", classmethod(recording))
+    return started
+
+
+@pytest.fixture
+def compiled(tmp_path: Path, save_st: Callable[..., Path]) -> Path:
+    """The model saved from DDP + torch.compile: prefixes long enough for the new header to fit in the old one's
+    room (with keyguard's note in the metadata)."""
+    tensors = {"module._orig_mod." + k: v for k, v in MODEL.items()}
+    return save_st(tmp_path / "compiled.safetensors", tensors, metadata={"format": "pt"})
+
+
+def test_the_early_copy_keeps_the_data_where_the_source_has_it(
+    tmp_path: Path, compiled: Path, files: dict[str, Path], fix: Any, early: list[Any]
+) -> None:
+    source = compiled
+    out = tmp_path / "out.safetensors"
+    r = fix(source, files["expected"], args=[source, "-e", files["expected"], "-o", out])
+    assert r.code == 0, r.err
+    assert "verified" in r.out
+    n = header_length(source)
+    assert header_length(out) == n  # the new header, padded with spaces to the old one's length
+    assert out.read_bytes()[8 + n :] == source.read_bytes()[8 + n :]
+    header = json.loads(out.read_bytes()[8 : 8 + n])
+    assert sorted(k for k in header if k != "__metadata__") == sorted(MODEL)
+    assert_tensors(out, MODEL)
+    assert leftovers(tmp_path) == []
+
+
+def test_the_early_copy_is_dropped_when_the_header_does_not_fit(
+    tmp_path: Path, files: dict[str, Path], fix: Any, early: list[Any]
+) -> None:
+    plan = tmp_path / "plan.json"  # a reviewed plan that lengthens every key instead
+    plan.write_text(json.dumps({"format": "keyguard.plan/v1", "rules": [{"op": "add_prefix", "prefix": "x." * 40}]}))
+    out = tmp_path / "out.safetensors"
+    r = fix(files["ddp"], files["expected"], args=[files["ddp"], "-e", files["expected"], "-o", out, "--plan", plan])
+    assert r.code == 1, r.err  # written; the keys do not match the model
+    assert len(early) == 1 and early[0] is not None  # started, then dropped
+    assert header_length(out) > header_length(files["ddp"])
+    assert_tensors(out, {"x." * 40 + "module." + k: v for k, v in MODEL.items()})
+    assert leftovers(tmp_path) == []
+
+
+def test_the_early_copy_leaves_nothing_when_the_run_fails(
+    tmp_path: Path, files: dict[str, Path], fix: Any, early: list[Any]
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"format": "keyguard.plan/v1", "rules": [{"op": "teleport"}]}')
+    out = tmp_path / "out.safetensors"
+    r = fix(files["ddp"], args=[files["ddp"], "-e", files["expected"], "-o", out, "--plan", plan])
+    assert r.code == 2 and "invalid plan" in r.err
+    assert len(early) == 1 and early[0] is not None  # started, then dropped
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_source_changed_during_the_early_copy_is_refused(
+    tmp_path: Path, compiled: Path, files: dict[str, Path], cli: Any, early: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyguard.fixes._early_copy import EarlyCopy
+
+    take = EarlyCopy.take
+
+    taken = []
+
+    def changed_meanwhile(self: EarlyCopy, names: Any) -> Any:
+        result = take(self, names)
+        taken.append(True)
+        with open(compiled, "ab") as f:
+            f.write(b"\0" * 8)
+        return result
+
+    monkeypatch.setattr(EarlyCopy, "take", changed_meanwhile)
+    out = tmp_path / "out.safetensors"
+    r = cli("fix", compiled, "-e", files["expected"], "-o", out)
+    assert r.code == 2 and "changed since its keys were read" in r.err
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -474,6 +474,72 @@ def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_ch
         verify_written(str(corrupt), rows, checks, meta)
 
 
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="the kernel copy is Linux's")
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read-into-a-buffer"])
+def test_the_kernel_copy_reads_the_output_back_as_it_is_written(
+    tmp_path: Path, save_st: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    """The fast path checksums each tensor of the output, read back from the file right after the kernel wrote it,
+    and verification compares those with the source's (the data is not read a third time)."""
+    import mmap
+
+    from keyguard.fixes import _file_write
+    from keyguard.fixes._checksum import digest
+
+    if not mapped:  # where the output cannot be mapped, it is read into a buffer
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError("no mmap here")
+
+        monkeypatch.setattr(mmap, "mmap", refuse)
+
+    seen: list[Any] = []
+
+    def recording(path: str, rows: Any, checks: Any, meta: Any, stream: Any, bar: Any, readback: Any) -> None:
+        seen.append((dict(readback.crcs), dict(readback.positions), dict(checks)))
+        verify_written(path, rows, checks, meta, stream, bar, readback)
+
+    monkeypatch.setattr(_file_write, "verify_written", recording)
+    src = save_st(tmp_path / "big.safetensors", big_tensors())
+    out = tmp_path / "out.safetensors"
+    write_fixed(keyguard.read_keys(src), Plan(rules=[StripPrefix(prefix="module.")]), out, progress=False)
+    ((crcs, positions, checks),) = seen
+    header, n, data = parts(out)
+    header.pop("__metadata__", None)
+    assert crcs == checks and sorted(crcs) == sorted(header)
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        assert positions[name] == (8 + n + start, 8 + n + end)
+        assert crcs[name] == digest(data[start:end])
+
+
+def test_read_back_checksums_are_compared_and_used_only_where_the_header_confirms_them(
+    tmp_path: Path, save_st: Callable[..., Path]
+) -> None:
+    from keyguard.fixes._block_copy import ReadBack
+    from keyguard.fixes._checksum import digest
+
+    src = save_st(tmp_path / "big.safetensors", big_tensors())
+    header, n, data = parts(src)
+    meta = header.pop("__metadata__", {})
+    rows = sorted(
+        ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
+    )
+    checks = {name: digest(data[start:end]) for name, _, _, start, end in rows}
+    at = {name: (8 + n + start, 8 + n + end) for name, _, _, start, end in rows}
+    victim = rows[1][0]
+    wrong = ReadBack()
+    wrong.add({**checks, victim: checks[victim] ^ 1}, at)
+    with pytest.raises(WriteError, match=f"the bytes of {victim!r} differ"):
+        verify_written(str(src), rows, checks, meta, readback=wrong)
+    elsewhere = ReadBack()  # read back at other positions than the header gives: not trusted, the file is re-read
+    elsewhere.add({**checks, victim: checks[victim] ^ 1}, {**at, victim: (at[victim][0] + 1, at[victim][1] + 1)})
+    verify_written(str(src), rows, checks, meta, readback=elsewhere)
+    partial = ReadBack()  # a tensor not read back: the file is re-read
+    partial.add({name: 0 for name in checks if name != victim}, {name: at[name] for name in checks if name != victim})
+    verify_written(str(src), rows, checks, meta, readback=partial)
+
+
 # -- collisions --------------------------------------------------------------------------------------------------
 
 

@@ -50,7 +50,21 @@ def fast(text: str, base: int = 8) -> Any:
     before = bytes(raw)
     result = _safetensors_fast.parse_fast(raw, base, "f")
     assert raw == (before if result is None else b"")  # restored when it declines, emptied when it succeeds
+    assert pieces_agree(before, base, result)
     return result
+
+
+def pieces_agree(header: bytes, base: int, whole: Any) -> bool:
+    """Read a piece at a time (a large header is never held whole), the fast path gives the same answer, whatever
+    the piece size: cut inside the metadata, a key, a number, or between entries."""
+    saved = _safetensors_fast.PIECE
+    try:
+        for piece in (1, 5, 13, 64, 200):
+            _safetensors_fast.PIECE = piece
+            assert _safetensors_fast.parse_fast(bytearray(header), base, "f") == whole, piece
+    finally:
+        _safetensors_fast.PIECE = saved
+    return True
 
 
 def parse_both(text: str, base: int = 8) -> tuple[Any, Any]:
@@ -547,14 +561,80 @@ def _check_error(exc: SourceError, path: Path, problem: str, key: str | None) ->
         assert repr(key) in exc.detail
 
 
+@pytest.mark.parametrize("piece", [None, 7], ids=["whole", "in-7-byte-pieces"])
 @pytest.mark.parametrize(("build", "problem", "key"), [case[1:] for case in MALFORMED], ids=[c[0] for c in MALFORMED])
-def test_malformed_file(tmp_path: Path, build: Builder, problem: str, key: str | None) -> None:
+def test_malformed_file(
+    tmp_path: Path, build: Builder, problem: str, key: str | None, piece: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if piece is not None:  # a large header is read a piece at a time: the same errors, whatever the cuts
+        monkeypatch.setattr(_safetensors_fast, "PIECE", piece)
     path = build(tmp_path / "bad.safetensors")
     before = snapshot(path)
     with pytest.raises(HeaderError) as info:
         read_safetensors(path)
     _check_error(info.value, path, problem, key)
     assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 1000])
+def test_a_header_read_in_pieces_gives_what_the_strict_path_gives(
+    tmp_path: Path, piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [(f"layers.{i}.w{'x' * (i % 5)}", "F16" if i % 3 else "F32", (i % 4, 3)) for i in range(60)]
+    path, _ = write_table(tmp_path / "many.safetensors", entries, metadata={"format": "pt", "note": "a" * 300})
+    whole = read_safetensors(path)
+    monkeypatch.setattr(_safetensors_fast, "PIECE", piece)
+    calls: list[int] = []
+    stream = _safetensors_fast.parse_stream
+
+    def counting(*args: Any) -> Any:
+        result = stream(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_safetensors, "parse_stream", counting)
+    pieces = read_safetensors(path)
+    assert calls == [True]  # the fast path took it, piece by piece
+    assert dict(pieces) == dict(whole) and list(pieces) == list(whole)
+    assert pieces.metadata == whole.metadata == {"format": "pt", "note": "a" * 300}
+    monkeypatch.setattr(_safetensors_fast, "HAVE_MSGSPEC", False)
+    assert dict(read_safetensors(path)) == dict(whole)  # the strict path agrees
+
+
+def test_a_key_listed_in_two_pieces_is_refused_as_a_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_safetensors_fast, "PIECE", 16)
+    header = canonical(item("a"), item("b", offsets="[8,16]"), item("a", offsets="[16,24]"))
+    path = write_raw(tmp_path / "dup.safetensors", header, bytes(24))
+    with pytest.raises(HeaderError) as info:
+        read_safetensors(path)
+    _check_error(info.value, path, "duplicate-key", "a")
+
+
+def test_a_key_that_looks_like_an_entry_end_is_read_right_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ']},' then the key's closing quote: a cut there would fall inside the key; the piece cannot decode (its
+    # quotes do not pair up), so the strict path reads the header and gets it right
+    names = ["w]},", "x]},]},", "y"]
+    header = canonical(*(item(name, offsets=f"[{8 * i},{8 * i + 8}]") for i, name in enumerate(names)))
+    path = write_raw(tmp_path / "odd.safetensors", header, bytes(24))
+    for piece in (1, 9, 30, 10_000):
+        monkeypatch.setattr(_safetensors_fast, "PIECE", piece)
+        keys = read_safetensors(path)
+        assert list(keys) == names
+        assert [info.offsets for info in keys.values()] == [
+            (8 + len(header) + 8 * i, 16 + len(header) + 8 * i) for i in range(3)
+        ]
+
+
+def test_one_entry_larger_than_a_piece_is_read_in_linear_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_safetensors_fast, "PIECE", 64)
+    shape = "[" + ",".join(["1"] * 300_000) + ",2]"  # 600 KB: about 10,000 pieces before the entry ends
+    path = write_raw(
+        tmp_path / "long.safetensors", canonical(item("a", shape=shape), item("b", offsets="[8,16]")), bytes(16)
+    )
+    keys = read_safetensors(path)
+    assert len(keys["a"].shape or ()) == 300_001 and keys["b"].offsets is not None
 
 
 def test_malformed_cases_are_unique() -> None:

@@ -265,9 +265,22 @@ def test_wrong_total_size_is_a_note_not_an_error(tmp_path: Path, save_st: Callab
         ('{"metadata": {}}', "invalid-index"),
         ('{"metadata": [], "weight_map": {}}', "invalid-index"),
         (b"\xff\xfe{}".decode("latin-1"), "not-utf8"),
+        ('{"weight_map": {}, "weight_map": {"a": "x.safetensors"}}', "duplicate-key"),
+        ('{"weight_map": {"\\ud800": "x.safetensors"}}', "lone-surrogate"),
+        ('{"weight_map": {}, "padding": [NaN]}', "not-json"),
+        ('{"weight_map": {}, "padding": ["\\udc00"]}', "lone-surrogate"),
+        (b'{"weight_map": {}, "padding": ["\xff"]}'.decode("latin-1"), "not-utf8"),
+        ('{"weight_map": {}} []', "not-json"),
+        ('{"weight_map": {}, "padding": ' + "[" * 5000 + "]" * 5000 + "}", "not-json"),
+        ('{"weight_map": {"a": "x.safetensors"}, "metadata": {"total_size": 1, "total_size": 2}}', "duplicate-key"),
     ],
 )
-def test_malformed_index(tmp_path: Path, text: str, problem: str) -> None:
+@pytest.mark.parametrize("large", [False, True], ids=["small", "read-as-large"])
+def test_malformed_index(tmp_path: Path, text: str, problem: str, large: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyguard.sources import _jsonfile
+
+    if large:  # as if the file were above the size where only the fields keyguard needs are decoded
+        monkeypatch.setattr(_jsonfile, "TYPED_ABOVE", 0)
     index = tmp_path / INDEX
     index.write_bytes(text.encode("latin-1"))
     with pytest.raises(ShardIndexError) as info:
@@ -275,6 +288,57 @@ def test_malformed_index(tmp_path: Path, text: str, problem: str) -> None:
     assert info.value.problem == problem
     assert info.value.path == str(index)
     assert str(info.value).startswith(str(index) + ": ")
+
+
+def test_a_large_index_is_read_without_building_its_unknown_fields(
+    tmp_path: Path, save_st: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyguard.sources import _json_fields, _jsonfile
+
+    write_sharded(tmp_path, save_st)
+    index = tmp_path / INDEX
+    doc = json.loads(index.read_text())
+    doc["padding"] = [{}] * 50_000 + [{"deep": [[{"a": 1}]]}]
+    doc["notes"] = "caf\u00e9, \\n and \\\\"  # UTF-8 and escapes in a skipped value
+    index.write_text(json.dumps(doc, ensure_ascii=False))
+    expected = read_keys(tmp_path)  # small: decoded whole, strictly
+    built: list[Any] = []
+    decode = _json_fields.decode_fields
+
+    def recording(raw: bytes, fields: Any, strict: Any, skipped: Any) -> Any:
+        result = decode(raw, fields, strict, skipped)
+        built.append(result)
+        return result
+
+    monkeypatch.setattr(_jsonfile, "TYPED_ABOVE", 0)
+    monkeypatch.setattr(_json_fields, "decode_fields", recording)
+    keys = read_keys(tmp_path)
+    assert dict(keys) == dict(expected) and keys.metadata == expected.metadata
+    assert built and all(result is not None for result in built)  # the fast reading took every read of the index
+    assert all(result.get("padding") is _jsonfile.SKIPPED for result in built)
+    other = tmp_path / "weights.json"  # not named like an index: told by its fields
+    other.write_bytes(index.read_bytes())
+    built.clear()
+    assert read_keys(other).tensors == keys.tensors
+    assert len(built) == 2 and built[0]["weight_map"] is _jsonfile.SKIPPED  # telling the kind decodes no weight_map
+
+
+def test_a_large_index_without_msgspec_is_read_strictly(
+    tmp_path: Path, save_st: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyguard.sources import _json_fields, _jsonfile
+
+    write_sharded(tmp_path, save_st)
+    expected = read_keys(tmp_path)
+    monkeypatch.setattr(_jsonfile, "TYPED_ABOVE", 0)
+    monkeypatch.setattr(_json_fields, "HAVE_MSGSPEC", False)
+    keys = read_keys(tmp_path)
+    assert dict(keys) == dict(expected)
+    index = tmp_path / INDEX
+    index.write_text(index.read_text().replace('"metadata"', '"weight_map": {}, "metadata"', 1))
+    with pytest.raises(ShardIndexError) as info:
+        read_keys(tmp_path)
+    assert info.value.problem == "duplicate-key"
 
 
 def test_corrupted_shard_names_the_shard(tmp_path: Path, save_st: Callable[..., Path]) -> None:
