@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 import re
+from bisect import bisect_left
 from itertools import filterfalse
 from typing import Final
 
@@ -317,10 +318,9 @@ class _Doubts(EngineState):
             middle = _names_only(b[head : len(b) - kept])
             alike = [
                 e
-                for e in self._ending(kept).get(".".join(b[len(b) - kept :]), ())
+                for e in self._ending(head, kept).get((start, ".".join(b[len(b) - kept :])), ())
                 if e not in targets
                 and e in self.open_e
-                and e.startswith(start)
                 and self.E[e].shape == shape
                 and _names_only(e.split(".")[head : len(e.split(".")) - kept]) != middle  # not just another block
             ]
@@ -328,16 +328,19 @@ class _Doubts(EngineState):
                 out[name] = [target, *alike]
         return out
 
-    def _ending(self, kept: int) -> dict[str, list[str]]:
-        """Open expected keys by their last ``kept`` segments (built once per round and length)."""
-        index = self.endings.get(kept)
+    def _ending(self, head: int, kept: int) -> dict[tuple[str, str], list[str]]:
+        """Open expected keys by their first ``head`` segments (as a prefix ending in ``.``, empty for none) and
+        their last ``kept`` segments: one lookup per landing pair, built once per round and lengths (an index by
+        ending alone made keys of one long list compare with every key of it)."""
+        index = self.endings.get((head, kept))
         if index is None:
             index = {}
             for key in self.open_e:
-                parts = key.rsplit(".", kept)
-                if len(parts) > kept:
-                    index.setdefault(".".join(parts[1:]), []).append(key)
-            self.endings[kept] = index
+                parts = key.split(".")
+                if len(parts) > max(head, kept):
+                    start = ".".join(parts[:head]) + "." if head else ""
+                    index.setdefault((start, ".".join(parts[len(parts) - kept :])), []).append(key)
+            self.endings[(head, kept)] = index
         return index
 
     def _deferred_lookalikes(self) -> None:
@@ -431,18 +434,29 @@ class _Doubts(EngineState):
     ) -> None:
         """Declare a whole numbered group ambiguous: the blocks that land and those left on both sides."""
         options: dict[str, list[str]] = {}
-        leftover_e = [e for e in self.open_e if e not in doubtful.values() and template(e)[0] in templates]
+        targets = set(doubtful.values())
+        leftover_e = [e for e in self.open_e if e not in targets and self._template(e)[0] in templates]
+        # the blocks left open, by template and in block order: each key is offered the nearest of them
+        blocks: dict[str, list[tuple[tuple[int, ...], str]]] = {}
+        for e in leftover_e:
+            shape, numbers = self._template(e)
+            blocks.setdefault(shape, []).append((numbers, e))
+        for listed in blocks.values():
+            listed.sort()
         for name in list(self.by_cur):
             new = renamed.get(name, name)
-            if name in doubtful or template(new)[0] in templates:
+            if name in doubtful or self._template(new)[0] in templates:
                 original = self.by_cur.pop(name)
                 del self.cur[original]
                 self.frozen.append(name)
-                options[original] = [doubtful[name]] if name in doubtful else []
-        for target in [*doubtful.values(), *leftover_e]:
-            self.open_e.discard(target)
-        for choices in options.values():
-            choices.extend(e for e in leftover_e if e not in choices)
+                reading = doubtful.get(name)
+                options[original] = [
+                    *([reading] if reading is not None else []),
+                    *_nearest(blocks, self._template(reading if reading is not None else new)),
+                ]
+        for choices in options.values():  # blocks offered to no key stay open: reported as missing
+            self.open_e.difference_update(choices)
+        self.open_e.difference_update(targets)
         self._ambiguous(
             _Ambiguity(options, [cand.rule], "other blocks of the same numbered group stay unmatched (offset?)")
         )
@@ -487,6 +501,21 @@ class _Doubts(EngineState):
 
 #: Landing pairs up to which a rule's targets are weighed against rivals naming their every word.
 _FEW: Final = 256
+#: Open blocks of a doubtful numbered group offered to each of its keys: the nearest by block number. Offering
+#: every open block to every key made the report (and its making) grow with the square of the group.
+_NEAREST: Final = 4
+
+
+def _nearest(blocks: dict[str, list[tuple[tuple[int, ...], str]]], split: tuple[str, tuple[int, ...]]) -> list[str]:
+    """The open blocks of ``split``'s template nearest to its block numbers (at most ``_NEAREST``, in block order)."""
+    listed = blocks.get(split[0])
+    if not listed:
+        return []
+    at = bisect_left(listed, (split[1], ""))
+    low = max(0, min(at - _NEAREST // 2, len(listed) - _NEAREST))
+    return [e for _, e in listed[low : low + _NEAREST]]
+
+
 #: Prefixes that wrap a whole model (DDP, torch.compile, FSDP): no part of it.
 _WRAPPERS: Final = tuple(p for p in knowledge.KNOWN_PREFIXES if p == "module." or p.startswith("_"))
 
@@ -519,8 +548,7 @@ def _lands_by_convention(name: str, open_expected: set[str]) -> bool:
     return False
 
 
-#: Separators set aside when comparing spellings: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same.
 def _unseparated(name: str) -> str:
-    """``name`` without separators, in lower case (``h-0-Norm.weight`` -> ``h0normweight``); three C-level
-    replaces cost a fifth of a ``str.translate`` table."""
+    """``name`` without separators, in lower case: ``h-0-norm.weight`` and ``h.0.norm.weight`` read the same
+    (three C-level replaces cost a fifth of a ``str.translate`` table)."""
     return name.replace(".", "").replace("_", "").replace("-", "").lower()

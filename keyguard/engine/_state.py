@@ -135,7 +135,7 @@ class EngineState:
         self.deferred: list[tuple[Candidate, dict[str, str], set[str], dict[str, str]]] = []
         self.deferred_templates: set[str] = set()
         self.lookalikes: list[dict[str, list[str]]] = []  # keys a rule left for another reading (original -> targets)
-        self.endings: dict[int, dict[str, list[str]]] = {}
+        self.endings: dict[tuple[int, int], dict[tuple[str, str], list[str]]] = {}  # _Doubts._ending, per round
         self.templates: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> template(key), as the checks ask
         self.roots: frozenset[str] | None = None  # the model's top-level parts, once asked for
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
