@@ -133,15 +133,20 @@ class _Leftovers(EngineState):
             if info is None or info.shape is None:
                 continue
             holes, leaf = _hole_count(key), leaf_class(key)
-            fitting = [
-                other
-                for other in pool[:20_000]
-                if (o := self._info_of(other)) is not None
-                and o.shape == info.shape
-                and _hole_count(other) == holes
-                and leaf_class(other) == leaf
-                and _alike(key, other)
-            ]
+            fitting: list[str] = []
+            for other in pool[:20_000]:
+                if (
+                    (o := self._info_of(other)) is not None
+                    and o.shape == info.shape
+                    and _hole_count(other) == holes
+                    and leaf_class(other) == leaf
+                    and _alike(key, other)
+                ):
+                    fitting.append(other)
+                    if len(fitting) > _HINT_RIVALS:
+                        break
+            if len(fitting) > _HINT_RIVALS:
+                continue  # so many keys fit as well that no name can be clearly closer (and scoring them all costs)
             scored = sorted(
                 ((difflib.SequenceMatcher(None, key, other).ratio(), other) for other in fitting), reverse=True
             )
@@ -261,6 +266,10 @@ class _Leftovers(EngineState):
         )
 
 
+#: Keys of the same shape, leaf and index count that look alike, beyond which no "closest candidate" is hinted.
+_HINT_RIVALS: Final = 64
+
+
 def _hole_count(key: str) -> int:
     return template(key)[0].count(HOLE)
 
@@ -276,7 +285,11 @@ def _alike(a: str, b: str) -> bool:
     while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     left, right = a[head : len(a) - tail], b[head : len(b) - tail]
-    return not left or not right or difflib.SequenceMatcher(None, left, right).ratio() >= 0.5
+    if not left or not right:
+        return True
+    matcher = difflib.SequenceMatcher(None, left, right)
+    # the quick ratios bound the ratio from above: most unrelated pairs are told apart without computing it
+    return matcher.real_quick_ratio() >= 0.5 and matcher.quick_ratio() >= 0.5 and matcher.ratio() >= 0.5
 
 
 def _ignore_hint(keys: list[str]) -> str:
