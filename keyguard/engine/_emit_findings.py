@@ -5,15 +5,17 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from itertools import compress
-from typing import Any, Final
+from typing import Any
 
 from keyguard._dtypes import dtype_label
 from keyguard._patterns import template
 from keyguard.engine import _knowledge as knowledge
 from keyguard.engine._leftovers import _Leftovers
 from keyguard.engine._state import (
+    _DTYPE_OF,
     _EMBEDDING,
     _FLOAT_DTYPES,
+    _SHAPE_OF,
     _Accepted,
     _shape,
 )
@@ -35,8 +37,6 @@ from keyguard.report._build import EXAMPLES
 from keyguard.report._model import Example, Finding, Fix
 from keyguard.sources._keyset import TensorInfo
 
-_SHAPE_AND_DTYPE: Final = operator.itemgetter(slice(0, 2))  # (TensorInfo.shape, TensorInfo.dtype)
-
 
 class _Findings(_Leftovers):
     def _pair_findings(self) -> set[str]:
@@ -50,7 +50,11 @@ class _Findings(_Leftovers):
         ours = list(map(self.C.__getitem__, originals))
         theirs = list(map(self.E.__getitem__, targets))
         # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
-        differ = map(operator.ne, map(_SHAPE_AND_DTYPE, ours), map(_SHAPE_AND_DTYPE, theirs))  # one pass
+        differ = map(  # one lazy pass over both columns, nothing allocated per pair
+            operator.or_,
+            map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)),
+            map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)),
+        )
         for i in compress(range(len(originals)), differ):
             original, target, a, b = originals[i], targets[i], ours[i], theirs[i]
             if a.shape is not None and b.shape is not None and a.shape != b.shape:

@@ -322,7 +322,8 @@ class _Rounds(_Doubts):
         news = list(renamed.values())
         lands = list(map(self.open_e.__contains__, news))
         if all(lands):  # the usual case on large inputs: every renamed key lands (C-level, no per-key Python)
-            landed, stays = dict(zip(originals, news)), {}
+            # while no rule left a key renamed but open, every open key has its own name: renamed is the landing
+            landed, stays = (dict(zip(originals, news)) if self.first_rule else renamed), {}
         else:
             landed = dict(compress(zip(originals, news), lands))
             stays = dict(compress(zip(originals, news), map(operator.not_, lands)))
@@ -330,7 +331,10 @@ class _Rounds(_Doubts):
             self.cur = {}  # every open key landed (each landed key was open)
         else:
             deque(map(self.cur.__delitem__, landed), maxlen=0)
-        self.open_e.difference_update(landed.values())
+        if len(landed) == len(self.open_e):
+            self.open_e = set()  # every open expected key landed (each landed target was open)
+        else:
+            self.open_e.difference_update(landed.values())
         if self.resolved:
             self.resolved.update(landed)
         else:
