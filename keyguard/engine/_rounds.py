@@ -308,7 +308,11 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             self.deferred_templates |= suspicious  # no weaker rule may land this group piecemeal meanwhile
             return False
-        if self.deferred_templates and any(self._template(e)[0] in self.deferred_templates for e in pairs.values()):
+        if (
+            self.deferred_templates
+            and any(self._template(e)[0] in self.deferred_templates for e in pairs.values())
+            and not self._completes_deferred(pairs)
+        ):
             self.declined.add(cand.identity)
             return False
         index = len(self.accepted)

@@ -1,26 +1,41 @@
-"""Large numbered groups left doubtful: the report stays proportional to the keys (each key is offered a bounded
-number of readings), and every expected key is still accounted for."""
+"""Numbered groups a rule lands only partly: two rules that fill a group between them land it, and a group left
+doubtful stays proportional to the keys in the report (each key is offered a bounded number of readings) with every
+expected key accounted for."""
 
 from __future__ import annotations
 
 from keyguard import diagnose
-from keyguard.engine._doubts import _NEAREST
+from keyguard.engine._offsets import _NEAREST
+from keyguard.fixes._plan import Plan
 from keyguard.sources import TensorInfo
 
 
-def _half_prefixed_half_renamed(blocks: int) -> tuple[dict[str, TensorInfo], dict[str, TensorInfo]]:
-    """Odd blocks under an unknown prefix, even blocks with a segment renamed, all of one shape: the prefix lands
-    half of a numbered group while the other half stays open on both sides (an offset cannot be ruled out)."""
-    expected = {f"model.layers.{i // 10}.block.{i % 10}.attn.weight": TensorInfo((4, 4), "F32") for i in range(blocks)}
-    checkpoint = {
-        ("trunk." + key) if (i // 10) % 2 else key.replace(".attn.", ".attention."): info
-        for i, (key, info) in enumerate(expected.items())
+def _group(blocks: int) -> dict[str, TensorInfo]:
+    return {f"model.layers.{i // 10}.block.{i % 10}.attn.weight": TensorInfo((4, 4), "F32") for i in range(blocks)}
+
+
+def test_two_rules_that_fill_a_group_between_them_land_it() -> None:
+    """Odd layers under an unknown prefix, even layers with a segment renamed, all of one shape: the prefix alone
+    lands half of a numbered group while the other half stays open (an offset?), but the rename lands exactly that
+    half, every block under its own numbers."""
+    expected = _group(200)
+    truth = {
+        ("trunk." + key) if (i // 10) % 2 else key.replace(".attn.", ".attention."): key
+        for i, key in enumerate(expected)
     }
-    return checkpoint, expected
+    report = diagnose(dict(zip(truth, expected.values())), expected)
+    assert Plan(rules=report.plan.rules).mapping(list(truth)) == truth
+    assert report.summary.coverage_after == 1.0
+    assert {f.code for f in report.findings} == {"KG404", "KG101", "KG201"}
 
 
 def test_a_doubtful_group_offers_each_key_the_nearest_blocks_only() -> None:
-    checkpoint, expected = _half_prefixed_half_renamed(1000)
+    """Odd layers under an unknown prefix, even layers under names no rule can read: the prefix lands half of the
+    group while the other half stays open on both sides, so the group is shown with every reading."""
+    expected = _group(1000)
+    checkpoint = {
+        ("trunk." + key) if (i // 10) % 2 else f"legacy_{i}.w": info for i, (key, info) in enumerate(expected.items())
+    }
     report = diagnose(checkpoint, expected)
     offered = [
         readings for f in report.findings if f.code == "KG403" for readings in f.ctx.get("candidates", {}).values()
