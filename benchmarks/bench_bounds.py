@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import _common as c
@@ -81,15 +82,11 @@ def header_bound(path: str, size: int, rounds: int) -> dict[str, Any]:
         commands["read_safetensors, before"] = _reader(read, before=True)
         commands["baseline, before"] = _reader("pass", before=True)
     results = c.interleaved_commands(commands, rounds)
-    rows, figures = [], {}
-    for name, runs in results.items():
-        base = results["baseline, before" if name.endswith("before") else "baseline: import keyguard.sources"]
-        peak = c.Stats([float(m.peak_rss) for m in runs])
-        extra = peak.median - c.Stats([float(m.peak_rss) for m in base]).median
-        cpu = c.Stats([m.cpu for m in runs])
-        ratio = f"{extra / size:.2f}x" if not name.startswith("baseline") else ""
-        rows.append([name, f"{cpu.min:.2f}", f"{cpu.median:.2f}", c.mb(peak.median), c.mb(extra), ratio])
-        figures[name] = {"cpu_min": cpu.min, "cpu_median": cpu.median, "peak_rss": peak.median, "extra_rss": extra}
+    rows, figures = _memory_rows(
+        results,
+        size,
+        lambda name: "baseline, before" if name.endswith("before") else "baseline: import keyguard.sources",
+    )
     print(f"\n1. Reading a {N_TENSORS:,}-tensor header ({size / 1e6:.1f} MB), fresh processes:")
     print(c.table(["contender", "CPU min s", "CPU median s", "peak RSS MB", "extra MB", "extra / header"], rows))
     ratio = figures["read_safetensors"]["extra_rss"] / size
@@ -107,21 +104,29 @@ def index_bound(path: str, rounds: int) -> dict[str, Any]:
     if c.BEFORE:
         commands["keyguard inspect INDEX, before"] = c.keyguard_cli("inspect", path, before=True)
     results = c.interleaved_commands(commands, rounds)
-    base = c.Stats([float(m.peak_rss) for m in results["baseline: keyguard --version"]]).median
-    rows, figures = [], {}
-    for name, runs in results.items():
-        peak = c.Stats([float(m.peak_rss) for m in runs])
-        cpu = c.Stats([m.cpu for m in runs])
-        extra = peak.median - base
-        ratio = f"{extra / size:.2f}x" if not name.startswith("baseline") else ""
-        rows.append([name, f"{cpu.min:.2f}", f"{cpu.median:.2f}", c.mb(peak.median), c.mb(extra), ratio])
-        figures[name] = {"cpu_min": cpu.min, "cpu_median": cpu.median, "peak_rss": peak.median, "extra_rss": extra}
+    rows, figures = _memory_rows(results, size, lambda name: "baseline: keyguard --version")
     print(f"\n2. A {size / 1e6:.1f} MB index padded with {PADDING:,} empty objects, fresh processes:")
     print(c.table(["command", "CPU min s", "CPU median s", "peak RSS MB", "extra MB", "extra / file"], rows))
     ratio = figures["keyguard inspect INDEX"]["extra_rss"] / size
     print(f"target (bounded: extra peak RSS <= 1.5x the file): {'met' if ratio <= 1.5 else 'NOT met'} ({ratio:.2f}x)")
     figures["file_bytes"] = size
     return figures
+
+
+def _memory_rows(
+    results: dict[str, list[Any]], size: int, baseline: Callable[[str], str]
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """One row per contender: CPU time, peak RSS, and the extra peak RSS over its baseline's (``baseline(name)`` names
+    that contender), also as a multiple of ``size``."""
+    rows, figures = [], {}
+    for name, runs in results.items():
+        peak = c.Stats([float(m.peak_rss) for m in runs])
+        extra = peak.median - c.Stats([float(m.peak_rss) for m in results[baseline(name)]]).median
+        cpu = c.Stats([m.cpu for m in runs])
+        ratio = f"{extra / size:.2f}x" if not name.startswith("baseline") else ""
+        rows.append([name, f"{cpu.min:.2f}", f"{cpu.median:.2f}", c.mb(peak.median), c.mb(extra), ratio])
+        figures[name] = {"cpu_min": cpu.min, "cpu_median": cpu.median, "peak_rss": peak.median, "extra_rss": extra}
+    return rows, figures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,7 @@ class EngineState:
         self.deferred_templates: set[str] = set()
         self.lookalikes: list[dict[str, list[str]]] = []  # keys a rule left for another reading (original -> targets)
         self.endings: dict[tuple[int, int], dict[tuple[str, str], list[str]]] = {}  # _Doubts._ending, per round
-        self.templates: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> template(key), as the checks ask
+        self.template_cache: dict[str, tuple[str, tuple[int, ...]]] = {}  # key -> template(key), as the checks ask
         self.roots: frozenset[str] | None = None  # the model's top-level parts, once asked for
         self.declined: set[str] = set()  # candidates the rounds refused (identity): not offered again
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
@@ -168,9 +168,9 @@ class EngineState:
 
     def _template(self, key: str) -> tuple[str, tuple[int, ...]]:
         """``template(key)``, each key split once per diagnosis (the per-rule checks ask again every round)."""
-        found = self.templates.get(key)
+        found = self.template_cache.get(key)
         if found is None:
-            found = self.templates[key] = template(key)
+            found = self.template_cache[key] = template(key)
         return found
 
     def _renames_resolved(self, rule: Rule) -> bool:

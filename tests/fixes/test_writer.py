@@ -450,19 +450,27 @@ def test_large_tensors_are_copied_exactly(
             shutil.rmtree(folder)
 
 
-def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_chunk(
-    tmp_path: Path, save_st: Callable[..., Path]
-) -> None:
-    from keyguard.fixes._block_copy import CHUNK
+def _rows_and_checks(
+    path: Path,
+) -> tuple[list[tuple[str, str, tuple[int, ...], int, int]], dict[str, int], dict[str, str], int]:
+    """A written file's layout rows, every tensor's checksum, its metadata and its header length."""
     from keyguard.fixes._checksum import digest
 
-    src = save_st(tmp_path / "big.safetensors", big_tensors())
-    header, n, data = parts(src)
+    header, n, data = parts(path)
     meta = header.pop("__metadata__", {})
     rows = sorted(
         ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
     )
-    checks = {name: digest(data[start:end]) for name, _, _, start, end in rows}
+    return rows, {name: digest(data[start:end]) for name, _, _, start, end in rows}, meta, n
+
+
+def test_verification_of_a_large_file_catches_one_flipped_byte_past_the_first_chunk(
+    tmp_path: Path, save_st: Callable[..., Path]
+) -> None:
+    from keyguard.fixes._block_copy import CHUNK
+
+    src = save_st(tmp_path / "big.safetensors", big_tensors())
+    rows, checks, meta, n = _rows_and_checks(src)
     verify_written(str(src), rows, checks, meta)
     position = CHUNK + 12345  # inside the second buffer's worth of data
     victim = next(name for name, _, _, start, end in rows if start <= position < end)
@@ -517,15 +525,9 @@ def test_read_back_checksums_are_compared_and_used_only_where_the_header_confirm
     tmp_path: Path, save_st: Callable[..., Path]
 ) -> None:
     from keyguard.fixes._block_copy import ReadBack
-    from keyguard.fixes._checksum import digest
 
     src = save_st(tmp_path / "big.safetensors", big_tensors())
-    header, n, data = parts(src)
-    meta = header.pop("__metadata__", {})
-    rows = sorted(
-        ((k, v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()), key=lambda r: r[3]
-    )
-    checks = {name: digest(data[start:end]) for name, _, _, start, end in rows}
+    rows, checks, meta, n = _rows_and_checks(src)
     at = {name: (8 + n + start, 8 + n + end) for name, _, _, start, end in rows}
     victim = rows[1][0]
     wrong = ReadBack()

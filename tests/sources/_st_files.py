@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keyguard._dtypes import DTYPE_BITS
+from keyguard.sources import _safetensors_fast
 from keyguard.sources._keyset import TensorInfo
 
 #: One tensor of a table: name, dtype, shape.
@@ -162,3 +163,28 @@ def snapshot(path: str | os.PathLike[str]) -> tuple[bytes, int, int]:
     """The file's bytes, size and modification time, to check that reading left it alone."""
     stat = os.stat(path)
     return Path(path).read_bytes(), stat.st_size, stat.st_mtime_ns
+
+
+def fast_parse(text: str, base: int = 8) -> Any:
+    """The msgspec path on a header text, as ``read_safetensors`` calls it (``None``: it declines). It must leave
+    the header as it found it when it declines, empty it when it succeeds, and give the same answer read a piece at
+    a time."""
+    raw = bytearray(text.encode("utf-8", "surrogatepass"))
+    before = bytes(raw)
+    result = _safetensors_fast.parse_fast(raw, base, "f")
+    assert raw == (before if result is None else b"")  # restored when it declines, emptied when it succeeds
+    assert pieces_agree(before, base, result)
+    return result
+
+
+def pieces_agree(header: bytes, base: int, whole: Any) -> bool:
+    """Read a piece at a time (a large header is never held whole), the fast path gives the same answer, whatever
+    the piece size: cut inside the metadata, a key, a number, or between entries."""
+    saved = _safetensors_fast.PIECE
+    try:
+        for piece in (1, 5, 13, 64, 200):
+            _safetensors_fast.PIECE = piece
+            assert _safetensors_fast.parse_fast(bytearray(header), base, "f") == whole, piece
+    finally:
+        _safetensors_fast.PIECE = saved
+    return True

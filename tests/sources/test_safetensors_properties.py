@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from _hypothesis_profiles import examples
-from _st_files import canonical_header, expected_infos, json_layout_header, layout, nbytes, write_raw
+from _st_files import canonical_header, expected_infos, fast_parse, json_layout_header, layout, nbytes, write_raw
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -272,29 +272,6 @@ def test_mutated_headers(tmp_path: Path, mutant: tuple[dict[str, Any], str], fix
 
 
 # ------------------------------------------------------------------------ (d) the two parsers agree
-
-
-def fast_parse(text: str, base: int) -> Any:
-    """The fast parser as ``read_safetensors`` calls it, on the header's bytes (which it must not change)."""
-    raw = bytearray(text.encode("utf-8", "surrogatepass"))
-    before = bytes(raw)
-    result = _safetensors_fast.parse_fast(raw, base, "f")
-    assert raw == (before if result is None else b"")  # restored when it declines, emptied when it succeeds
-    assert pieces_agree(before, base, result)
-    return result
-
-
-def pieces_agree(header: bytes, base: int, whole: Any) -> bool:
-    """Read a piece at a time (a large header is never held whole), the fast path gives the same answer, whatever
-    the piece size: cut inside the metadata, a key, a number, or between entries."""
-    saved = _safetensors_fast.PIECE
-    try:
-        for piece in (1, 5, 13, 64, 200):
-            _safetensors_fast.PIECE = piece
-            assert _safetensors_fast.parse_fast(bytearray(header), base, "f") == whole, piece
-    finally:
-        _safetensors_fast.PIECE = saved
-    return True
 
 
 def compare_parsers(text: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from _st_files import (
     canonical_header,
     expected_infos,
+    fast_parse,
     json_layout_header,
     layout,
     snapshot,
@@ -44,32 +45,9 @@ def entry(dtype: str = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict[
     }
 
 
-def fast(text: str, base: int = 8) -> Any:
-    """The msgspec path on a header text (``None``: it declines); it must leave the header as it found it."""
-    raw = bytearray(text.encode("utf-8", "surrogatepass"))
-    before = bytes(raw)
-    result = _safetensors_fast.parse_fast(raw, base, "f")
-    assert raw == (before if result is None else b"")  # restored when it declines, emptied when it succeeds
-    assert pieces_agree(before, base, result)
-    return result
-
-
-def pieces_agree(header: bytes, base: int, whole: Any) -> bool:
-    """Read a piece at a time (a large header is never held whole), the fast path gives the same answer, whatever
-    the piece size: cut inside the metadata, a key, a number, or between entries."""
-    saved = _safetensors_fast.PIECE
-    try:
-        for piece in (1, 5, 13, 64, 200):
-            _safetensors_fast.PIECE = piece
-            assert _safetensors_fast.parse_fast(bytearray(header), base, "f") == whole, piece
-    finally:
-        _safetensors_fast.PIECE = saved
-    return True
-
-
 def parse_both(text: str, base: int = 8) -> tuple[Any, Any]:
     """Both parse paths on the same header text (the fast one may decline with ``None``)."""
-    return fast(text, base), _safetensors._parse_json("f", text, base, "f")
+    return fast_parse(text, base), _safetensors._parse_json("f", text, base, "f")
 
 
 # ------------------------------------------------------------------------------------------------ real files
@@ -162,7 +140,7 @@ def test_real_file_takes_the_fast_path(real_file: tuple[Path, dict[str, Any], di
     text = raw[8 : 8 + n].decode().rstrip(" ")
     canonical, via_json = parse_both(text, 8 + n)
     assert canonical is not None, "the safetensors library's own layout must take the fast path"
-    assert fast(raw[8 : 8 + n].decode(), 8 + n) is not None  # with its padding too
+    assert fast_parse(raw[8 : 8 + n].decode(), 8 + n) is not None  # with its padding too
     assert canonical[:2] == via_json[:2]
     assert canonical[2] == len(raw)  # written in order, so the fast path already knows where the data ends
 
@@ -838,10 +816,10 @@ def test_first_offending_tensor_is_named(tmp_path: Path, header: str, size: int,
 def test_fast_parser_never_raises_and_declines_what_it_cannot_prove() -> None:
     body = item("a")
     if _safetensors_fast.HAVE_MSGSPEC:
-        assert fast("{" + body + "}") is not None
+        assert fast_parse("{" + body + "}") is not None
     for text in ("x" + body + "}", " " + body + "}", '"' + body + "}", body + "}", "{" + body + "," + body + "}"):
-        assert fast(text) is None
+        assert fast_parse(text) is None
     for header, _ in LAYOUT_CASES.values():
-        result = fast(header)
+        result = fast_parse(header)
         if result is not None:  # coverage problems are left to the caller
             assert result[2] is None
