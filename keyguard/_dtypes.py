@@ -33,6 +33,30 @@ DTYPE_BITS: Final[dict[str, int]] = {
     "U64": 64,
 }
 
+#: The largest value a ``usize`` dimension may take: the safetensors library reads shapes as 64-bit integers.
+MAX_DIM: Final = 2**64 - 1
+
+
+def nbytes_or_none(dtype: str, shape: tuple[int, ...]) -> int | None:
+    """Bytes of a tensor, computed as the safetensors library does, or ``None`` where it refuses the tensor.
+
+    The element count is a running product that must stay within 64 bits at every step (even when a later
+    dimension is 0), so must the count in bits, and the bits must fill whole bytes.
+    """
+    bits = DTYPE_BITS.get(dtype)
+    if bits is None:
+        return None
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > MAX_DIM or dim > MAX_DIM:
+            return None
+    total = count * bits
+    if total > MAX_DIM or total % 8:
+        return None
+    return total // 8
+
+
 _TORCH_TO_SAFETENSORS: Final[dict[str, str]] = {
     "torch.bool": "BOOL",
     "torch.uint8": "U8",

@@ -52,7 +52,7 @@ class Candidate:
 
     @property
     def identity(self) -> str:
-        return self.rule.model_dump_json()
+        return repr(self.rule)  # every field, in order: equal rules, equal identities
 
     @property
     def complexity(self) -> int:

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeVar
-
-from pydantic import BaseModel, ConfigDict, ValidationError
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
 
 from keyguard._exceptions import PlanError
+from keyguard._record import Record
 from keyguard.fixes._rules import Applicability, Rename, ReplacePrefix, Rule, StripPrefix
 
 PLAN_FORMAT = "keyguard.plan/v1"
 V = TypeVar("V")
 
 
-class Plan(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Plan(Record):
     """Rules applied in order: each renaming rule rewrites the keys it matches, as left by the rules before it.
 
     ``Report.plan`` holds the safe rules of a diagnosis; a plan can also be written by hand, saved, reviewed and
     reused (``Plan.load`` / ``Plan.save``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     format: Literal["keyguard.plan/v1"] = "keyguard.plan/v1"
-    rules: list[Rule] = []
+    rules: list[Rule] = field(default_factory=list)
 
     # -- selection -------------------------------------------------------------------------------------------
     def at_least(self, level: Applicability | str = Applicability.safe) -> Plan:
@@ -126,6 +127,8 @@ class Plan(BaseModel):
             raise PlanError(str(exc)) from None
         if raw.get("format") != PLAN_FORMAT:
             raise PlanError(f"{os.fspath(path)}: not a keyguard plan (format is {raw.get('format')!r})")
+        from pydantic import ValidationError
+
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:

@@ -11,11 +11,11 @@ import enum
 import functools
 import re
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Final, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from keyguard._exceptions import PlanError
+from keyguard._record import Record, TaggedBy
 from keyguard._regex_budget import PatternTimeout, bounded, budget, match_all, runs_here
 
 
@@ -44,13 +44,17 @@ class Applicability(str, enum.Enum):
 _RANK = {Applicability.display_only: 0, Applicability.unsafe: 1, Applicability.safe: 2}
 
 
-class _Rule(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True, kw_only=True)
+class _Rule(Record):
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     applicability: Applicability = Applicability.safe
-    reason: str | None = Field(default=None, description="Code of the finding this rule fixes, e.g. KG101")
-    origin: Literal["inferred", "hint"] = Field(
-        default="inferred", description="How the rule came about: inferred by keyguard, or the user's --hint"
+    reason: str | None = field(
+        default=None, metadata={"description": "Code of the finding this rule fixes, e.g. KG101"}
+    )
+    origin: Literal["inferred", "hint"] = field(
+        default="inferred",
+        metadata={"description": "How the rule came about: inferred by keyguard, or the user's --hint"},
     )
     renames: ClassVar[bool] = True
 
@@ -66,6 +70,7 @@ class _Rule(BaseModel):
         return []
 
 
+@dataclass(frozen=True, kw_only=True)
 class StripPrefix(_Rule):
     """Remove ``prefix`` from every key that starts with it (``module.`` left by DDP)."""
 
@@ -82,17 +87,19 @@ class StripPrefix(_Rule):
         return [(f"^{re.escape(self.prefix)}", "")]
 
 
+@dataclass(frozen=True, kw_only=True)
 class AddPrefix(_Rule):
     """Prepend ``prefix`` to keys (only those whose first segment is in ``only``, when given)."""
 
     op: Literal["add_prefix"] = "add_prefix"
     prefix: str
     only: list[str] | None = None
-    _scope: frozenset[str] | None = PrivateAttr(default=None)
 
-    def model_post_init(self, context: object, /) -> None:
-        # a set, so that a scope of many first segments stays one lookup per key (a list made it quadratic)
-        self._scope = frozenset(self.only) if self.only is not None else None
+    @functools.cached_property
+    def _scope(self) -> frozenset[str] | None:
+        # a set, so that a scope of many first segments stays one lookup per key (a list made it quadratic); not a
+        # field, so neither compared nor written
+        return frozenset(self.only) if self.only is not None else None
 
     def rename(self, key: str) -> str | None:
         if self._scope is not None and key.split(".", 1)[0] not in self._scope:
@@ -110,6 +117,7 @@ class AddPrefix(_Rule):
         return [(rf"^((?:{scope})(?:\.|$))", f"{self.prefix}\\1")]
 
 
+@dataclass(frozen=True, kw_only=True)
 class ReplacePrefix(_Rule):
     """Replace the leading ``old`` with ``new`` (``transformer.`` -> ``model.``)."""
 
@@ -127,6 +135,7 @@ class ReplacePrefix(_Rule):
         return [(f"^{re.escape(self.old)}", self.new.replace("\\", "\\\\"))]
 
 
+@dataclass(frozen=True, kw_only=True)
 class Rename(_Rule):
     """Rewrite keys matching an anchored regular expression (``re.fullmatch``) into ``replacement``.
 
@@ -139,22 +148,15 @@ class Rename(_Rule):
     old: str = ""
     new: str = ""
 
-    @field_validator("pattern")
-    @classmethod
-    def _valid_regex(cls, value: str) -> str:
+    def __post_init__(self) -> None:
         try:
-            re.compile(value)
+            re.compile(self.pattern)
         except re.error as exc:
-            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _valid_replacement(self) -> Rename:
+            raise ValueError(f"invalid regular expression {self.pattern!r}: {exc}") from None
         try:  # a group the pattern does not have (``\\2`` with one group) is refused here, not while renaming
             _renamer(self.pattern, self.replacement)
         except re.error as exc:
             raise ValueError(f"replacement {self.replacement!r} does not fit pattern {self.pattern!r}: {exc}") from None
-        return self
 
     def rename(self, key: str) -> str | None:
         return _renamer(self.pattern, self.replacement)(key)
@@ -241,6 +243,7 @@ _TEMPLATE_TOKEN: Final = re.compile(r"\\g<([0-9]+)>|\\([0-9]{1,2})|\\(.)")
 _ESCAPES: Final = {"\\": "\\", "n": "\n", "t": "\t"}
 
 
+@dataclass(frozen=True, kw_only=True)
 class ShiftIndex(_Rule):
     """Add ``offset`` to the block index that follows ``prefix`` (``model.layers.16.`` -> ``model.layers.0.``)."""
 
@@ -292,6 +295,7 @@ def _index_text(index: tuple[int, ...] | list[int]) -> str:
     return ",".join(map(str, index))
 
 
+@dataclass(frozen=True, kw_only=True)
 class Remap(_Rule):
     """Rename the keys of one template into another, index by index.
 
@@ -307,11 +311,8 @@ class Remap(_Rule):
     new: str
     indices: dict[str, list[int]] | None = None
 
-    @field_validator("old")
-    @classmethod
-    def _valid_old(cls, value: str) -> str:
-        _template_regex(value)
-        return value
+    def __post_init__(self) -> None:
+        _template_regex(self.old)
 
     def rename(self, key: str) -> str | None:
         pattern, _ = _template_regex(self.old)
@@ -354,6 +355,7 @@ class Remap(_Rule):
         return [(f"^{pattern.pattern}$", "".join(pieces))]
 
 
+@dataclass(frozen=True, kw_only=True)
 class RemoveSegment(_Rule):
     """Remove the segment ``segment`` wherever it stands in a key, as often as it does (wrappers that sit inside
     keys: FSDP's ``_fsdp_wrapped_module`` around every layer, activation checkpointing's
@@ -376,6 +378,7 @@ class RemoveSegment(_Rule):
         return [(rf"^{escaped}\.|\.{escaped}(?=\.|$)", "")]
 
 
+@dataclass(frozen=True, kw_only=True)
 class MapKeys(_Rule):
     """Explicit key-to-key renames."""
 
@@ -392,6 +395,7 @@ class MapKeys(_Rule):
         return [(f"^{re.escape(old)}$", new.replace("\\", "\\\\")) for old, new in self.mapping.items()]
 
 
+@dataclass(frozen=True, kw_only=True)
 class _DataRule(_Rule):
     """A rule that changes tensors or drops keys rather than renaming: never safe, never renames."""
 
@@ -402,6 +406,7 @@ class _DataRule(_Rule):
         return None
 
 
+@dataclass(frozen=True, kw_only=True)
 class Transpose(_DataRule):
     """Transpose 2-D tensors (GPT-2 ``Conv1D`` weights into ``nn.Linear``). Changes data: never safe."""
 
@@ -412,6 +417,7 @@ class Transpose(_DataRule):
         return f"transpose {len(self.keys)} tensor(s)"
 
 
+@dataclass(frozen=True, kw_only=True)
 class Split(_DataRule):
     """Split one fused tensor into parts along ``dim`` (``qkv_proj`` -> ``q_proj``, ``k_proj``, ``v_proj``)."""
 
@@ -425,6 +431,7 @@ class Split(_DataRule):
         return f"split {self.source!r} into {len(self.targets)} along dim {self.dim}"
 
 
+@dataclass(frozen=True, kw_only=True)
 class Fuse(_DataRule):
     """Concatenate several tensors into one along ``dim``; with ``stack``, concatenate each run of ``parts``
     sources and stack the results along a new dim 0 (per-expert weights -> transformers 5 stacked experts)."""
@@ -441,6 +448,7 @@ class Fuse(_DataRule):
         return f"{verb} {len(self.sources)} tensors into {self.target!r}"
 
 
+@dataclass(frozen=True, kw_only=True)
 class Drop(_DataRule):
     """Leave keys out of the output (only with ``--drop-unexpected`` or an explicit plan)."""
 
@@ -464,7 +472,7 @@ Rule = Annotated[
     | Split
     | Fuse
     | Drop,
-    Field(discriminator="op"),
+    TaggedBy("op"),
 ]
 RENAMING_OPS = (
     "strip_prefix",

@@ -38,9 +38,7 @@ def make_finding(
     patterns, groups = summarize_patterns(keys, PATTERNS)
     if groups > PATTERNS:
         patterns.append(f"... and {groups - PATTERNS} more pattern(s)")
-    # built from keyguard's own typed values: constructed without a validation pass, which would copy key lists of
-    # up to millions of keys once more
-    return Finding.model_construct(
+    return Finding(
         code=kind.code,
         kind=kind.kind,
         severity=kind.severity,

@@ -1,12 +1,13 @@
-"""The report data model: one pydantic model, JSON ``"format": "keyguard.report/v1"``, many renderers."""
+"""The report data model: one set of records (``keyguard._record``), JSON ``"format": "keyguard.report/v1"``, many
+renderers."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, cast
 
 from keyguard._printable import printable
+from keyguard._record import Record
 from keyguard.fixes._plan import Plan
 from keyguard.fixes._rules import Applicability, Rule
 from keyguard.report._kinds import KINDS, Severity
@@ -17,48 +18,47 @@ DOCS_URL: str | None = None
 """Where the docs are published (ending in ``/``), once they are; ``Finding.url`` links there."""
 
 
-class Example(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Example(Record):
     """One concrete case of a finding: a checkpoint key, the expected key it maps to, and a detail."""
-
-    model_config = ConfigDict(frozen=True)
 
     checkpoint: str | None = None
     expected: str | None = None
     detail: str | None = None
 
 
-class Fix(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Fix(Record):
     """How a finding can be fixed: rules and how sure keyguard is."""
 
-    model_config = ConfigDict(frozen=True)
-
     applicability: Applicability
-    rules: list[Rule] = Field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
     note: str | None = None
 
 
-class Finding(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Finding(Record):
     """One explained problem covering a group of keys.
 
     ``message`` is rendered for people from ``ctx``; machines read ``code``/``kind``/``ctx``. Each checkpoint key
     and each expected key appears in at most one finding.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     code: str
     kind: str
     severity: Severity
     message: str
-    count: int = Field(description="number of keys the finding covers")
-    patterns: list[str] = Field(default_factory=list, description="the keys, numbered blocks collapsed")
-    examples: list[Example] = Field(default_factory=list)
+    count: int = field(metadata={"description": "number of keys the finding covers"})
+    patterns: list[str] = field(default_factory=list, metadata={"description": "the keys, numbered blocks collapsed"})
+    examples: list[Example] = field(default_factory=list)
     fix: Fix | None = None
-    benign: str | None = Field(default=None, description="why this is usually harmless, and the one-flag remedy")
+    benign: str | None = field(
+        default=None, metadata={"description": "why this is usually harmless, and the one-flag remedy"}
+    )
     hint: str | None = None
-    checkpoint_keys: list[str] = Field(default_factory=list)
-    expected_keys: list[str] = Field(default_factory=list)
-    ctx: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_keys: list[str] = field(default_factory=list)
+    expected_keys: list[str] = field(default_factory=list)
+    ctx: dict[str, Any] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -86,30 +86,27 @@ class Finding(BaseModel):
         return None if DOCS_URL is None else f"{DOCS_URL}findings/{self.code.lower()}.html"
 
 
-class SourceRef(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class SourceRef(Record):
     """Which source a side of the comparison came from."""
-
-    model_config = ConfigDict(frozen=True)
 
     location: str | None
     format: str
     tensors: int
 
-    @field_validator("location")
-    @classmethod
-    def _printable(cls, value: str | None) -> str | None:
-        return None if value is None else printable(value)  # a file name that is not UTF-8 is shown escaped
+    def __post_init__(self) -> None:
+        if self.location is not None:  # a file name that is not UTF-8 is shown escaped
+            object.__setattr__(self, "location", printable(self.location))
 
 
-class Summary(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Summary(Record):
     """Counts over the whole comparison. Coverage is the fraction of expected keys matched."""
-
-    model_config = ConfigDict(frozen=True)
 
     expected: int
     checkpoint: int
-    matched: int = Field(description="expected keys present under the same name with the same shape")
-    fixable: int = Field(description="further expected keys the safe plan maps correctly")
+    matched: int = field(metadata={"description": "expected keys present under the same name with the same shape"})
+    fixable: int = field(metadata={"description": "further expected keys the safe plan maps correctly"})
     missing: int
     unexpected: int
     shape_mismatches: int
@@ -151,7 +148,8 @@ class Summary(BaseModel):
         )
 
 
-class Report(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Report(Record):
     """The result of ``keyguard.diagnose``, and of every other check keyguard makes (``check`` says which).
 
     ``ok`` is True when nothing at or above ``error`` was found: for a diagnosis, ``load_state_dict(strict=True)``
@@ -159,25 +157,30 @@ class Report(BaseModel):
     severity the report is judged at (``fail_on``), and agrees with ``exit_code()``.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     format: Literal["keyguard.report/v1"] = "keyguard.report/v1"
-    check: Check = Field(
+    check: Check = field(
         default="state-dict",
-        description="what was checked: state-dict (a diagnosis for load_state_dict), adapter-files (an exported"
-        " adapter, from its files), adapter-keys (an adapter's keys against a live PEFT model), adapter-verify (a"
-        " loaded adapter's tensors against its file), xlora-preflight, xlora-verify, or refusal (nothing compared)",
+        metadata={
+            "description": "what was checked: state-dict (a diagnosis for load_state_dict), adapter-files (an exported"
+            " adapter, from its files), adapter-keys (an adapter's keys against a live PEFT model), adapter-verify (a"
+            " loaded adapter's tensors against its file), xlora-preflight, xlora-verify, or refusal (nothing compared)"
+        },
     )
-    fail_on: FailOn = Field(default="error", description="the severity at which the report fails (--fail-on)")
+    fail_on: FailOn = field(
+        default="error", metadata={"description": "the severity at which the report fails (--fail-on)"}
+    )
     ok: bool
     checkpoint: SourceRef
     expected: SourceRef
     summary: Summary
     findings: list[Finding]
-    plan: Plan = Field(default_factory=Plan)
-    unsafe_plan: Plan = Field(default_factory=Plan, description="safe rules plus those that need --unsafe-fixes")
+    plan: Plan = field(default_factory=Plan)
+    unsafe_plan: Plan = field(
+        default_factory=Plan, metadata={"description": "safe rules plus those that need --unsafe-fixes"}
+    )
 
-    @computed_field  # type: ignore[prop-decorator]
+    computed: ClassVar[tuple[str, ...]] = ("verdict",)
+
     @property
     def verdict(self) -> Verdict:
         """The closing verdict at ``fail_on``: passed or not, and the line that says so in the check's terms."""
@@ -200,7 +203,7 @@ class Report(BaseModel):
     def failing_on(self, fail_on: Severity | str) -> Report:
         """This report judged at another severity: a ``Severity`` (``"error"``, ``"warning"``, ...) or ``"never"``."""
         level = "never" if fail_on == "never" else Severity(fail_on).value
-        return self if level == self.fail_on else self.model_copy(update={"fail_on": level})
+        return self if level == self.fail_on else replace(self, fail_on=cast(FailOn, level))
 
     def exit_code(self, fail_on: Severity | str | None = None) -> int:
         """0 when nothing at or above ``fail_on`` remains, else 1; ``fail_on`` defaults to the report's own

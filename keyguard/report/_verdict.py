@@ -10,11 +10,10 @@ its own terms, and whether the report fails at the severity it is judged at (``R
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from keyguard._record import Record
 from keyguard.report._kinds import Severity
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,16 +91,17 @@ _XLORA_STOCK_CODES: Final = frozenset({"KG550", "KG551", "KG552", "KG553", "KG55
 _KEYGUARD_LOADS: Final = "KG556"
 
 
-class Verdict(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Verdict(Record):
     """The closing verdict of a report, at the severity it is judged at (``Report.fail_on``)."""
 
-    model_config = ConfigDict(frozen=True)
-
-    passed: bool = Field(description="no finding at or above fail_on remains: the command line exits 0")
-    exit_code: int = Field(description="0 when passed, else 1 (the command line's exit code for this report)")
-    errors: int = Field(description="findings at or above error")
-    warnings: int = Field(description="findings at warning")
-    message: str = Field(description="the closing line, in the terms of the report's check")
+    passed: bool = field(metadata={"description": "no finding at or above fail_on remains: the command line exits 0"})
+    exit_code: int = field(
+        metadata={"description": "0 when passed, else 1 (the command line's exit code for this report)"}
+    )
+    errors: int = field(metadata={"description": "findings at or above error"})
+    warnings: int = field(metadata={"description": "findings at warning"})
+    message: str = field(metadata={"description": "the closing line, in the terms of the report's check"})
 
 
 def verdict_of(report: Report) -> Verdict:

@@ -14,7 +14,7 @@ import re
 from itertools import repeat
 from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol, cast
 
-from keyguard._dtypes import DTYPE_BITS
+from keyguard._dtypes import DTYPE_BITS, nbytes_or_none
 from keyguard.sources._keyset import TensorInfo
 
 if TYPE_CHECKING:
@@ -27,8 +27,6 @@ try:
 except ImportError:  # pragma: no cover - the tests hide the module to exercise this
     HAVE_MSGSPEC = False
 
-#: The largest value a ``usize`` dimension may take: the safetensors library reads shapes as 64-bit integers.
-MAX_DIM: Final = 2**64 - 1
 #: The format's dtype names, each mapped to one shared string object (a million tensors share four of them).
 _DTYPE_NAMES: Final = {name: name for name in DTYPE_BITS}
 
@@ -243,23 +241,3 @@ def _tensors(
     # the decoded dict becomes the result: replacing values keeps its (hashed, ordered) keys without a rebuild
     entries.update(zip(entries, infos))
     return int(offsets[-1][1]) if in_order else None
-
-
-def nbytes_or_none(dtype: str, shape: tuple[int, ...]) -> int | None:
-    """Bytes of a tensor, computed as the safetensors library does, or ``None`` where it refuses the tensor.
-
-    The element count is a running product that must stay within 64 bits at every step (even when a later
-    dimension is 0), so must the count in bits, and the bits must fill whole bytes.
-    """
-    bits = DTYPE_BITS.get(dtype)
-    if bits is None:
-        return None
-    count = 1
-    for dim in shape:
-        count *= dim
-        if count > MAX_DIM or dim > MAX_DIM:
-            return None
-    total = count * bits
-    if total > MAX_DIM or total % 8:
-        return None
-    return total // 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -272,7 +273,7 @@ def test_applicability_is_ordered() -> None:
 
 def test_plans_and_rules_are_frozen() -> None:
     plan = Plan(rules=[StripPrefix(prefix="a.")])
-    with pytest.raises(ValueError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         plan.rules = []  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         plan.rules[0].prefix = "b."  # type: ignore[misc]

@@ -570,13 +570,34 @@ def test_a_header_read_in_pieces_gives_what_the_strict_path_gives(
         calls.append(result is not None)
         return result
 
-    monkeypatch.setattr(_safetensors, "parse_stream", counting)
+    monkeypatch.setattr(_safetensors_fast, "parse_stream", counting)
     pieces = read_safetensors(path)
     assert calls == [True]  # the fast path took it, piece by piece
     assert dict(pieces) == dict(whole) and list(pieces) == list(whole)
     assert pieces.metadata == whole.metadata == {"format": "pt", "note": "a" * 300}
     monkeypatch.setattr(_safetensors_fast, "HAVE_MSGSPEC", False)
     assert dict(read_safetensors(path)) == dict(whole)  # the strict path agrees
+
+
+@pytest.mark.skipif(not _safetensors_fast.HAVE_MSGSPEC, reason="the fast path needs msgspec")
+def test_small_headers_take_the_strict_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [(f"layers.{i}.w", "F16", (2, 3)) for i in range(40)]
+    path, _ = write_table(tmp_path / "small.safetensors", entries)
+    header_size = int.from_bytes(path.read_bytes()[:8], "little")
+    calls: list[bool] = []
+    stream = _safetensors_fast.parse_stream
+
+    def counting(*args: Any) -> Any:
+        result = stream(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_safetensors_fast, "parse_stream", counting)
+    monkeypatch.setattr(_safetensors, "FAST_FROM", header_size + 1)
+    small = read_safetensors(path)
+    assert calls == []  # below the threshold: json.loads, and msgspec is not needed
+    monkeypatch.setattr(_safetensors, "FAST_FROM", header_size)
+    assert dict(read_safetensors(path)) == dict(small) and calls == [True]
 
 
 def test_a_key_listed_in_two_pieces_is_refused_as_a_duplicate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
