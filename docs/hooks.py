@@ -334,7 +334,8 @@ def render_schema(model: Any, described: set[str]) -> str:
 
     A model with computed fields (the report's ``verdict``) is documented as it is written (serialization schema).
     """
-    mode = "serialization" if getattr(model, "model_computed_fields", None) else "validation"
+    computed = getattr(model, "computed", None) or getattr(model, "model_computed_fields", None)  # a record / a model
+    mode = "serialization" if computed else "validation"
     schema: dict[str, Any] = model.model_json_schema(mode=mode)
     defs: dict[str, Any] = schema.get("$defs", {})
     out = [*fields_table(schema), ""]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from keyguard._dtypes import dtype_label
 from keyguard._patterns import collapse
 from keyguard._printable import printable
+from keyguard._record import Record
 from keyguard.sources._keyset import KeySet
 
 
-class KeyGroupSummary(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class KeyGroupSummary(Record):
     """Keys sharing a pattern, a shape and a dtype."""
-
-    model_config = ConfigDict(frozen=True)
 
     pattern: str
     shape: list[int] | None
@@ -24,10 +23,9 @@ class KeyGroupSummary(BaseModel):
     complete: bool
 
 
-class SourceSummary(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class SourceSummary(Record):
     """The result of ``keyguard.summarize``; ``keyguard inspect --format json`` prints it."""
-
-    model_config = ConfigDict(frozen=True)
 
     format: str = "keyguard.inspect/v1"
     source: str | None

@@ -7,46 +7,58 @@ diagnosis of the source *as given*, before the plan, which is why that report ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from keyguard._record import Record
 from keyguard.fixes._plan import Plan
 from keyguard.report._model import Finding, Report
 
 LOAD_RESULT_FORMAT = "keyguard.load/v1"
 
 
-class LoadResult(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class LoadResult(Record):
     """A load that happened: what was loaded where, with which plan, and how much of it was verified.
 
     ``str(result)`` says it in a few lines; ``result.report`` is the diagnosis of the source before the plan (what
     ``load_state_dict`` returned before this type existed).
     """
 
-    model_config = ConfigDict(frozen=True)
-
     format: Literal["keyguard.load/v1"] = "keyguard.load/v1"
-    source: str | None = Field(description="the checkpoint or adapter folder (None for an in-memory state dict)")
-    target: str = Field(description="what it was loaded into: the module's class, or the adapter and its model")
-    loaded: int = Field(description="tensors loaded")
-    verified: int = Field(description="tensors compared with their source after loading, and equal")
-    plan: Plan = Field(description="the plan applied to the source's keys (empty: loaded as the keys stand)")
-    report: Report = Field(description="the diagnosis of the source as given, before the plan")
-    left_out: list[str] = Field(
-        default_factory=list, description="source keys not loaded: ignored, dropped as unexpected, or by the plan"
+    source: str | None = field(
+        metadata={"description": "the checkpoint or adapter folder (None for an in-memory state dict)"}
     )
-    kept: list[str] = Field(
-        default_factory=list, description="expected keys ignored and absent from the source: they keep their value"
+    target: str = field(
+        metadata={"description": "what it was loaded into: the module's class, or the adapter and its model"}
     )
-    assigned: bool = Field(default=False, description="tensors were assigned (the target was on the meta device)")
-    on_meta: list[str] = Field(
-        default_factory=list, description="non-persistent buffers in no checkpoint that stay on the meta device"
+    loaded: int = field(metadata={"description": "tensors loaded"})
+    verified: int = field(metadata={"description": "tensors compared with their source after loading, and equal"})
+    plan: Plan = field(
+        metadata={"description": "the plan applied to the source's keys (empty: loaded as the keys stand)"}
     )
-    notes: list[Finding] = Field(
+    report: Report = field(metadata={"description": "the diagnosis of the source as given, before the plan"})
+    left_out: list[str] = field(
         default_factory=list,
-        description="what the load did beyond the source's own tensors (KG620: a base weight the file carried"
-        " replaced the model's)",
+        metadata={"description": "source keys not loaded: ignored, dropped as unexpected, or by the plan"},
+    )
+    kept: list[str] = field(
+        default_factory=list,
+        metadata={"description": "expected keys ignored and absent from the source: they keep their value"},
+    )
+    assigned: bool = field(
+        default=False, metadata={"description": "tensors were assigned (the target was on the meta device)"}
+    )
+    on_meta: list[str] = field(
+        default_factory=list,
+        metadata={"description": "non-persistent buffers in no checkpoint that stay on the meta device"},
+    )
+    notes: list[Finding] = field(
+        default_factory=list,
+        metadata={
+            "description": "what the load did beyond the source's own tensors (KG620: a base weight the file carried"
+            " replaced the model's)"
+        },
     )
 
     @property
