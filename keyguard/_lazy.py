@@ -1,7 +1,7 @@
 """Lazy re-exports (PEP 562): a package's public names are imported from their private modules on first use.
 
 ``import keyguard`` and ``keyguard --version`` then cost a few milliseconds instead of importing every subpackage
-and building every pydantic model. Each package lists its names twice: as ``if TYPE_CHECKING:`` imports, which is
+and building every record class. Each package lists its names twice: as ``if TYPE_CHECKING:`` imports, which is
 what type checkers and the docs read, and as the ``{name: module}`` table given here, which is what runs; a test
 keeps the two equal.
 """

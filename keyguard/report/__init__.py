@@ -1,4 +1,4 @@
-"""Reports: findings as data (one pydantic model) and the renderers over it."""
+"""Reports: findings as data (one set of records, validated and written by pydantic) and the renderers over it."""
 
 from typing import TYPE_CHECKING
 
