@@ -91,6 +91,17 @@ def test_diagnose_of_safetensors_files_imports_what_it_needs_only(
     assert not modules & {"xml.etree.ElementTree", "subprocess"}, modules & {"xml.etree.ElementTree", "subprocess"}
 
 
+def test_inspect_of_a_safetensors_file_imports_neither_pydantic_nor_msgspec(
+    offline_env: dict[str, str], tmp_path: Path, small_pair: tuple[Path, Path]
+) -> None:
+    checkpoint, _ = small_pair
+    modules = modules_after(
+        f"from keyguard.cli import main; main(['inspect', {str(checkpoint)!r}])", offline_env, tmp_path
+    )
+    assert "keyguard._summary" in modules  # it did run
+    assert not top_level(modules) & {"pydantic", "msgspec", "torch"}, top_level(modules) & {"pydantic", "msgspec"}
+
+
 @pytest.mark.slow
 def test_check_adapter_imports_multiprocessing_only_in_parallel(
     offline_env: dict[str, str], tmp_path: Path, small_pair: tuple[Path, Path]
