@@ -1,9 +1,10 @@
 """keyguard's records: the data it hands out (reports, findings, plans, rules) as frozen dataclasses.
 
 A diagnosis builds and renders them without importing pydantic: importing it and building a first validator cost
-about as much CPU as a whole small ``keyguard diagnose`` now takes. pydantic still gives every record its validation, its JSON and its published JSON
-schema, through a ``TypeAdapter`` built the first time one of those is asked for, with the same method names as a
-pydantic model (``model_validate``, ``model_dump_json``, ``model_json_schema``, ...). A record's checks live in its
+about as much CPU as a whole small ``keyguard diagnose`` now takes. pydantic still gives every record its
+validation, its JSON and its published JSON schema, through a ``TypeAdapter`` built the first time one of those is
+asked for, with the same method names as a pydantic model (``model_validate``, ``model_dump_json``,
+``model_json_schema``, ...). A record's checks live in its
 ``__post_init__`` and run both when keyguard builds it and when pydantic validates user input into it.
 
 A field's description is ``field(metadata={"description": ...})``, which pydantic reads into the schema (the

@@ -49,6 +49,7 @@ def test_descriptions_come_from_field_metadata_also_when_inherited() -> None:
     assert strip["reason"]["description"] == "Code of the finding this rule fixes, e.g. KG101"  # declared on _Rule
     report = Report.model_json_schema()
     assert report["$defs"]["Summary"]["properties"]["fixable"]["description"].startswith("further expected keys")
+    assert schema["properties"]["rules"]["default"] == []  # stated, as when plans were pydantic models
 
 
 def test_rules_are_told_apart_by_op_with_one_clear_error() -> None:

@@ -26,7 +26,8 @@ class Plan(Record):
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     format: Literal["keyguard.plan/v1"] = "keyguard.plan/v1"
-    rules: list[Rule] = field(default_factory=list)
+    # the schema states the default, as it did when plans were pydantic models (a factory's default is not shown)
+    rules: list[Rule] = field(default_factory=list, metadata={"json_schema_extra": {"default": []}})
 
     # -- selection -------------------------------------------------------------------------------------------
     def at_least(self, level: Applicability | str = Applicability.safe) -> Plan:
