@@ -7,13 +7,13 @@ traceback unless ``--debug``); 3 an internal error (a bug in keyguard); 130 inte
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from keyguard._exceptions import KeyguardError
+from keyguard._gc import cyclic_gc_paused
 from keyguard._printable import printable
 from keyguard._version import __version__
 
@@ -103,10 +103,5 @@ def _run_without_cyclic_gc(runner: Runner, args: argparse.Namespace) -> int:
     A command builds large acyclic structures (an object or two per key, up to millions): the collector would
     rescan them over and over as they grow and find nothing to free; that was 10% of a diagnosis.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_paused():
         return runner(args)
-    finally:
-        if was_enabled:
-            gc.enable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from keyguard._gc import cyclic_gc_paused
 from keyguard._regex import compile_patterns
 from keyguard.engine._alignment_stage import _AlignmentStage
 from keyguard.engine._audit import _PlanAudit
@@ -75,10 +76,12 @@ def diagnose_keys(
     """``diagnose`` on key sets already read. ``align=False`` leaves out template alignment (whole modules matched
     by shape): the adapter checks use it, where both sides come from one architecture and only naming rules
     (prefixes, segments, adapter names) can be at fault."""
-    engine = _Engine(checkpoint, expected, compile_patterns(ignore, "ignore"), dict(hints or {}))
-    engine.aligning = align
-    engine.values = values
-    return engine.run()
+    patterns = compile_patterns(ignore, "ignore")
+    with cyclic_gc_paused():  # tables of every key, none in a cycle: see keyguard._gc
+        engine = _Engine(checkpoint, expected, patterns, dict(hints or {}))
+        engine.aligning = align
+        engine.values = values
+        return engine.run()
 
 
 class _Engine(_Rounds, _AlignmentStage, _Fusions, _PlanAudit, _Findings):

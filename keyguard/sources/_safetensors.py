@@ -21,7 +21,6 @@ installed.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Final, cast
 
 from keyguard._dtypes import DTYPE_BITS, MAX_DIM, nbytes_or_none
 from keyguard._exceptions import HeaderError, SourceError
+from keyguard._gc import cyclic_gc_paused
 from keyguard.sources._jsonfile import DuplicateKeyError, _no_constants, lone_surrogate, pairs_without_duplicates
 from keyguard.sources._keyset import KeySet, TensorInfo
 from keyguard.sources._readfile import open_regular
@@ -60,15 +60,10 @@ def read_safetensors(path: str | os.PathLike[str], *, name: str | None = None) -
     label = name if name is not None else os.path.basename(path)
     # Parsing allocates one small acyclic object per tensor; the cyclic GC has nothing to find in them and
     # rescanning them as they pile up costs more than the parse itself.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with cyclic_gc_paused():
         parsed, header, data_start, file_size = _read_header(path, label)
         if parsed is None:
             parsed = _parse_json(path, _decode(path, header), data_start, label)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     metadata, tensors, data_end = parsed
     if data_end is None:  # not known to be in order: sort and check coverage
         data_end = _check_coverage(path, tensors, data_start)
