@@ -554,15 +554,9 @@ def test_malformed_file(
     assert snapshot(path) == before
 
 
-@pytest.mark.parametrize("piece", [1, 7, 64, 1000])
-def test_a_header_read_in_pieces_gives_what_the_strict_path_gives(
-    tmp_path: Path, piece: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    entries = [(f"layers.{i}.w{'x' * (i % 5)}", "F16" if i % 3 else "F32", (i % 4, 3)) for i in range(60)]
-    path, _ = write_table(tmp_path / "many.safetensors", entries, metadata={"format": "pt", "note": "a" * 300})
-    whole = read_safetensors(path)
-    monkeypatch.setattr(_safetensors_fast, "PIECE", piece)
-    calls: list[int] = []
+def count_fast_parses(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each call of the msgspec path: whether it read the header (True) or left it to the strict path."""
+    calls: list[bool] = []
     stream = _safetensors_fast.parse_stream
 
     def counting(*args: Any) -> Any:
@@ -571,6 +565,18 @@ def test_a_header_read_in_pieces_gives_what_the_strict_path_gives(
         return result
 
     monkeypatch.setattr(_safetensors_fast, "parse_stream", counting)
+    return calls
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 1000])
+def test_a_header_read_in_pieces_gives_what_the_strict_path_gives(
+    tmp_path: Path, piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [(f"layers.{i}.w{'x' * (i % 5)}", "F16" if i % 3 else "F32", (i % 4, 3)) for i in range(60)]
+    path, _ = write_table(tmp_path / "many.safetensors", entries, metadata={"format": "pt", "note": "a" * 300})
+    whole = read_safetensors(path)
+    monkeypatch.setattr(_safetensors_fast, "PIECE", piece)
+    calls = count_fast_parses(monkeypatch)
     pieces = read_safetensors(path)
     assert calls == [True]  # the fast path took it, piece by piece
     assert dict(pieces) == dict(whole) and list(pieces) == list(whole)
@@ -584,15 +590,7 @@ def test_small_headers_take_the_strict_path(tmp_path: Path, monkeypatch: pytest.
     entries = [(f"layers.{i}.w", "F16", (2, 3)) for i in range(40)]
     path, _ = write_table(tmp_path / "small.safetensors", entries)
     header_size = int.from_bytes(path.read_bytes()[:8], "little")
-    calls: list[bool] = []
-    stream = _safetensors_fast.parse_stream
-
-    def counting(*args: Any) -> Any:
-        result = stream(*args)
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(_safetensors_fast, "parse_stream", counting)
+    calls = count_fast_parses(monkeypatch)
     monkeypatch.setattr(_safetensors, "FAST_FROM", header_size + 1)
     small = read_safetensors(path)
     assert calls == []  # below the threshold: json.loads, and msgspec is not needed
