@@ -145,7 +145,11 @@ class _Findings(_Leftovers):
     def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int, rules: list[Rule]) -> Finding:
         cand = acc.candidate
         rule = cand.rule
-        targets = list(map(self.resolved.__getitem__, keys))
+        resolved = self.resolved
+        # keys are often every resolved key in its order (one rule landed them all): then the targets are the
+        # values as they stand, not a lookup per key (checked, not assumed: a comparison of two lists is C-level)
+        whole = len(keys) == len(resolved) and keys == list(resolved)
+        targets = list(resolved.values()) if whole else list(map(resolved.__getitem__, keys))
         ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
         if casts:
             ctx["dtype_casts"] = casts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Final
@@ -90,7 +91,7 @@ def _dots(key: str, limit: int = MAX_PREFIX_DEPTH) -> list[int]:
 
 
 def prefix_candidates(
-    names: Sequence[str], open_names: set[str], expected: Sequence[str], open_expected: set[str]
+    names: Sequence[str], open_names: AbstractSet[str], expected: Sequence[str], open_expected: set[str]
 ) -> list[Candidate]:
     """Strip, add and replace prefix candidates, voted for by sampled keys."""
     votes: Counter[tuple[str, str, str]] = Counter()

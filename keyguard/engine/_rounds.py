@@ -47,9 +47,9 @@ class _Rounds(_Doubts):
         self.endings = {}  # open expected keys change between rounds
         names = list(self.by_cur)
         expected = list(self.E) if len(self.open_e) == len(self.E) else [k for k in self.E if k in self.open_e]
-        open_names = set(names)
         candidates = [
-            *prefix_candidates(names, open_names, expected, self.open_e),
+            # names is list(by_cur): its keys are the same set, asked in place of a copy (nothing renames meanwhile)
+            *prefix_candidates(names, self.by_cur.keys(), expected, self.open_e),
             *segment_candidates(names, expected),
             *shift_candidates(names, expected),
         ]
@@ -267,7 +267,9 @@ class _Rounds(_Doubts):
             # (``h-0-norm.weight`` for ``h.0.norm.weight``): that key is the better claimant. Alignment weighs both
             self.declined.add(cand.identity)
             return False
-        alike = self._lookalikes(pairs)
+        # a stripped prefix leaves each target the whole tail of its key (pairs come from the rule's own landing):
+        # _lookalikes would find exactly that, in a pass over every pair
+        alike = self._lookalikes(pairs) if not isinstance(cand.rule, StripPrefix) else {}
         if alike:
             # a key lands where another open key of the model looks just as right (``attentions.0.output.dense``
             # onto ``blocks.0.output.dense`` while ``blocks.0.attention.output.dense`` is as open, as shaped, and
@@ -281,19 +283,23 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             return False
         self._contest_exact(cand, renamed)
-        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
-        new_names = set(renamed.values())
-        if (
-            len(new_names) != len(renamed)
-            # (renamed is a subset of the open names: when it holds them all, no other key keeps a name)
-            or (
-                len(renamed) < len(self.by_cur)
-                and not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
-            )
-            or not new_names.isdisjoint(self.resolved.values())
-        ):
-            rules = [MapKeys(mapping=dict(pairs))]
-            renamed = dict(pairs)
+        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor. One prefix rule
+        # renames distinct names to distinct names (the tails differ); renaming every open name with nothing
+        # resolved, no other key keeps a name: then the set of new names would tell nothing
+        injective = len(rules) == 1 and isinstance(rules[0], (StripPrefix, ReplacePrefix))
+        if not (injective and len(renamed) >= len(self.by_cur) and not self.resolved):
+            new_names = set(renamed.values())
+            if (
+                len(new_names) != len(renamed)
+                # (renamed is a subset of the open names: when it holds them all, no other key keeps a name)
+                or (
+                    len(renamed) < len(self.by_cur)
+                    and not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
+                )
+                or not new_names.isdisjoint(self.resolved.values())
+            ):
+                rules = [MapKeys(mapping=dict(pairs))]
+                renamed = dict(pairs)
         if any(self._renames_resolved(rule) for rule in rules):
             rules = [MapKeys(mapping=dict(pairs))]
             renamed = dict(pairs)
@@ -318,7 +324,13 @@ class _Rounds(_Doubts):
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
-        originals = list(map(self.by_cur.pop, renamed))
+        if not self.first_rule and len(renamed) == len(self.by_cur):
+            # renamed holds open names only, here all of them; while no rule left a key renamed but open, every open
+            # key has its own name (by_cur maps each name to itself): the originals are the names, none stays open
+            originals = list(renamed)
+            self.by_cur = {}
+        else:
+            originals = list(map(self.by_cur.pop, renamed))
         accepted.touched = originals
         if self.first_rule:
             for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
