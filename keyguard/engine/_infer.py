@@ -50,6 +50,8 @@ class Candidate:
     landing: dict[str, str] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)  # the new name of each renamed key, in the same order
+    # filled by _Rounds._support: original keys of landing pairs that differ in shape or dtype (None: not checked)
+    differ: list[str] | None = None
 
     @property
     def identity(self) -> str:

@@ -72,9 +72,12 @@ class _Rounds(_Doubts):
             if not cand.landing:
                 break
             twin = next(
-                (s for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
+                ((s, o) for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
             )
-            support = twin if twin is not None else self._support(cand.landing)
+            if twin is not None:
+                support, cand.differ = twin[0], twin[1].differ
+            else:
+                support = self._support(cand)
             if support == 1 and cand.kind == "renamed" and not cand.known:
                 continue  # a segment rename seen on one key is no rule: template alignment weighs such keys
             if support:
@@ -173,15 +176,25 @@ class _Rounds(_Doubts):
                 kept.append(cand)
         return kept
 
-    def _support(self, landing: dict[str, str]) -> int:
-        """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns."""
+    def _support(self, cand: Candidate) -> int:
+        """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns. The
+        pairs differing in shape or dtype go to ``cand.differ``: the findings need that of every pair a rule lands."""
+        landing = cand.landing
         # until a rule leaves a key renamed but open (recorded in first_rule), every open key has its own name
-        originals = map(self.by_cur.__getitem__, landing) if self.first_rule else landing
-        ours = list(map(_SHAPE_OF, map(self.C.__getitem__, originals)))
-        theirs = list(map(_SHAPE_OF, map(self.E.__getitem__, landing.values())))
+        originals = list(map(self.by_cur.__getitem__, landing)) if self.first_rule else landing
+        ours_info = list(map(self.C.__getitem__, originals))
+        theirs_info = list(map(self.E.__getitem__, landing.values()))
+        ours = list(map(_SHAPE_OF, ours_info))
+        theirs = list(map(_SHAPE_OF, theirs_info))
         equal: int = sum(map(operator.eq, ours, theirs))
         if None in ours or None in theirs:
             equal += sum(1 for a, b in zip(ours, theirs) if (a is None or b is None) and a != b)
+        differ = map(  # as _Findings._pair_findings asks it: shapes or dtypes unequal (None included)
+            operator.or_,
+            map(operator.ne, ours, theirs),
+            map(operator.ne, map(_DTYPE_OF, ours_info), map(_DTYPE_OF, theirs_info)),
+        )
+        cand.differ = list(compress(originals, differ))
         return equal
 
     def _record_tie(
@@ -246,10 +259,12 @@ class _Rounds(_Doubts):
         if rules == [cand.rule] and len(cand.renamed) == len(cand.targets):
             # evaluate() already renamed every key; when all of them land, that is the landing (a copy: it is edited)
             landing = cand.landing
-            renamed = dict(landing) if len(landing) == len(cand.renamed) else dict(zip(cand.renamed, cand.targets))
+            from_landing = len(landing) == len(cand.renamed)
+            renamed = dict(landing) if from_landing else dict(zip(cand.renamed, cand.targets))
             if self.frozen:
                 renamed = {n: t for n, t in renamed.items() if n in self.by_cur}
         else:
+            from_landing = False
             renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
         if self._splits_siblings(cand, renamed):
             # the rule lands some children of a module and leaves their siblings elsewhere: two readings of one
@@ -299,10 +314,10 @@ class _Rounds(_Doubts):
                 or not new_names.isdisjoint(self.resolved.values())
             ):
                 rules = [MapKeys(mapping=dict(pairs))]
-                renamed = dict(pairs)
+                renamed, from_landing = dict(pairs), True
         if any(self._renames_resolved(rule) for rule in rules):
             rules = [MapKeys(mapping=dict(pairs))]
-            renamed = dict(pairs)
+            renamed, from_landing = dict(pairs), True
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
         suspicious = self._partial_groups(pairs, cand.rule)
         if suspicious:
@@ -360,6 +375,10 @@ class _Rounds(_Doubts):
         else:
             self.via = dict.fromkeys(landed, index)
         accepted.pairs = landed
+        if from_landing and cand.differ is not None:
+            # renamed holds pairs of the candidate's landing only (pairs are taken from it), so every landed pair
+            # is one _support compared: its differing pairs are this rule's
+            accepted.differ = cand.differ
         # a key that lands leaves play (no later rule renames it): only the keys that stay open may start a chain
         for original in stays:
             self.first_rule.setdefault(original, index)

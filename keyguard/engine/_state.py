@@ -68,6 +68,9 @@ class _Accepted:
     settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
     evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
     change: tuple[str, str, str] | None = None  # (old, new, phrase) as people read it, for aligned modules
+    # keys of ``pairs`` whose pair differs in shape or dtype, as the round compared them when every pair of the
+    # rule was one it compared (None: not compared; the findings compare them)
+    differ: list[str] | None = None
 
 
 @dataclass
