@@ -93,7 +93,8 @@ class _PlanAudit(EngineState):
             keys = (
                 [k for k in self.C if k not in resolved or via.get(k, -1) in below]
                 if below
-                else list(filterfalse(resolved.__contains__, self.C))  # C-level: runs over every key
+                # resolved holds checkpoint keys only: when it holds as many as C, every key is landed
+                else (list(filterfalse(resolved.__contains__, self.C)) if len(resolved) < len(self.C) else [])
             )
             if not keys:
                 return []

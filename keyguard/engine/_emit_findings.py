@@ -45,18 +45,9 @@ class _Findings(_Leftovers):
         transposed: list[str] = []
         dtype_diff: list[str] = []
         casts: Counter[int] = Counter()
-        originals = list(self.resolved)
-        targets = list(self.resolved.values())
-        ours = list(map(self.C.__getitem__, originals))
-        theirs = list(map(self.E.__getitem__, targets))
-        # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
-        differ = map(  # one lazy pass over both columns, nothing allocated per pair
-            operator.or_,
-            map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)),
-            map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)),
-        )
-        for i in compress(range(len(originals)), differ):
-            original, target, a, b = originals[i], targets[i], ours[i], theirs[i]
+        for original in self._differing():
+            target = self.resolved[original]
+            a, b = self.C[original], self.E[target]
             if a.shape is not None and b.shape is not None and a.shape != b.shape:
                 if len(a.shape) == 2 and a.shape == b.shape[::-1]:
                     transposed.append(original)
@@ -142,10 +133,48 @@ class _Findings(_Leftovers):
             self.findings.append(self._dtype_finding(dtype_diff))
         return problem
 
+    def _differing(self) -> list[str]:
+        """The resolved keys whose pair differs in shape or dtype, in the order of ``resolved``. Pairs a rule of the
+        rounds landed were compared when the round weighed the rule (``_Accepted.differ``); only the others are
+        looked up here."""
+        resolved, via = self.resolved, self.via
+        compared = {i: acc for i, acc in enumerate(self.accepted) if acc.differ is not None}
+        known: list[str] = []
+        for acc in compared.values():
+            # a released key leaves acc.pairs (and via): what is left of the rule's keys is acc.pairs
+            known += [k for k in acc.differ or () if k in acc.pairs]
+        # the keys a compared rule landed are acc.pairs (via[k] == i exactly for them, and each is resolved to the
+        # pair compared): when they are every resolved key, nothing is left to look up
+        covered = sum(len(acc.pairs) for acc in compared.values())
+        rest: list[str] = []
+        targets: list[str] = []
+        if not compared:
+            rest, targets = list(resolved), list(resolved.values())
+        elif covered < len(resolved):
+            rest = [k for k in resolved if via.get(k, -1) not in compared]
+            targets = list(map(resolved.__getitem__, rest))
+        ours = list(map(self.C.__getitem__, rest))
+        theirs = list(map(self.E.__getitem__, targets))
+        # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
+        differ = map(  # one lazy pass over both columns, nothing allocated per pair
+            operator.or_,
+            map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)),
+            map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)),
+        )
+        found = list(compress(rest, differ))
+        if known:
+            wanted = set(known).union(found)
+            found = list(compress(resolved, map(wanted.__contains__, resolved)))
+        return found
+
     def _rule_finding(self, acc: _Accepted, keys: list[str], casts: int, rules: list[Rule]) -> Finding:
         cand = acc.candidate
         rule = cand.rule
-        targets = list(map(self.resolved.__getitem__, keys))
+        resolved = self.resolved
+        # keys are often every resolved key in its order (one rule landed them all): then the targets are the
+        # values as they stand, not a lookup per key (checked, not assumed: a comparison of two lists is C-level)
+        whole = len(keys) == len(resolved) and keys == list(resolved)
+        targets = list(resolved.values()) if whole else list(map(resolved.__getitem__, keys))
         ctx: dict[str, Any] = {"count": len(keys), "rule": rule.describe()}
         if casts:
             ctx["dtype_casts"] = casts

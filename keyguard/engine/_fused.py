@@ -39,7 +39,8 @@ class _Fusions(EngineState):
                     original = self.by_cur[name]
                     self._take_fused(Split(source=name, targets=targets, sizes=sizes), [original], targets)
                     break
-        for target in [k for k in self.E if k in self.open_e]:
+        # nothing open in the model (every key matched): no pass over its keys to find that out
+        for target in [k for k in self.E if k in self.open_e] if self.open_e else []:
             parts = target.split(".")
             for i, segment in enumerate(parts):
                 pieces = knowledge.FUSIONS.get(segment)

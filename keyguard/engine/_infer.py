@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Final
@@ -49,6 +50,8 @@ class Candidate:
     landing: dict[str, str] = field(default_factory=dict)
     renamed: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)  # the new name of each renamed key, in the same order
+    # filled by _Rounds._support: original keys of landing pairs that differ in shape or dtype (None: not checked)
+    differ: list[str] | None = None
 
     @property
     def identity(self) -> str:
@@ -90,7 +93,7 @@ def _dots(key: str, limit: int = MAX_PREFIX_DEPTH) -> list[int]:
 
 
 def prefix_candidates(
-    names: Sequence[str], open_names: set[str], expected: Sequence[str], open_expected: set[str]
+    names: Sequence[str], open_names: AbstractSet[str], expected: Sequence[str], open_expected: set[str]
 ) -> list[Candidate]:
     """Strip, add and replace prefix candidates, voted for by sampled keys."""
     votes: Counter[tuple[str, str, str]] = Counter()

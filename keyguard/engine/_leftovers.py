@@ -30,11 +30,13 @@ MAX_CANDIDATES_SHOWN: Final = 2000
 
 class _Leftovers(EngineState):
     def _leftover_findings(self) -> None:
-        missing = [k for k in self.E if k in self.open_e]
-        unexpected = [k for k in self.C if k in self.cur]
+        # nothing open on a side: its leftovers are known empty without a pass over every key of that side
+        missing = [k for k in self.E if k in self.open_e] if self.open_e else []
+        unexpected = [k for k in self.C if k in self.cur] if self.cur else []
         tied = self.ex_set.tied_to()
         tied_groups = {k: g for g in self.ex_set.tied for k in g}
-        present = set(self.resolved.values())
+        # only a missing key of a tied group asks what is present
+        present = set(self.resolved.values()) if missing and tied_groups else set()
         categories: dict[str, list[str]] = {}
         for key in missing:
             group = tied_groups.get(key, ())

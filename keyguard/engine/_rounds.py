@@ -47,9 +47,9 @@ class _Rounds(_Doubts):
         self.endings = {}  # open expected keys change between rounds
         names = list(self.by_cur)
         expected = list(self.E) if len(self.open_e) == len(self.E) else [k for k in self.E if k in self.open_e]
-        open_names = set(names)
         candidates = [
-            *prefix_candidates(names, open_names, expected, self.open_e),
+            # names is list(by_cur): its keys are the same set, asked in place of a copy (nothing renames meanwhile)
+            *prefix_candidates(names, self.by_cur.keys(), expected, self.open_e),
             *segment_candidates(names, expected),
             *shift_candidates(names, expected),
         ]
@@ -72,9 +72,12 @@ class _Rounds(_Doubts):
             if not cand.landing:
                 break
             twin = next(
-                (s for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
+                ((s, o) for s, o in scored if len(o.landing) == len(cand.landing) and o.landing == cand.landing), None
             )
-            support = twin if twin is not None else self._support(cand.landing)
+            if twin is not None:
+                support, cand.differ = twin[0], twin[1].differ
+            else:
+                support = self._support(cand)
             if support == 1 and cand.kind == "renamed" and not cand.known:
                 continue  # a segment rename seen on one key is no rule: template alignment weighs such keys
             if support:
@@ -173,15 +176,25 @@ class _Rounds(_Doubts):
                 kept.append(cand)
         return kept
 
-    def _support(self, landing: dict[str, str]) -> int:
-        """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns."""
+    def _support(self, cand: Candidate) -> int:
+        """How many landing pairs have compatible shapes (equal, or unknown on a side); C-level over columns. The
+        pairs differing in shape or dtype go to ``cand.differ``: the findings need that of every pair a rule lands."""
+        landing = cand.landing
         # until a rule leaves a key renamed but open (recorded in first_rule), every open key has its own name
-        originals = map(self.by_cur.__getitem__, landing) if self.first_rule else landing
-        ours = list(map(_SHAPE_OF, map(self.C.__getitem__, originals)))
-        theirs = list(map(_SHAPE_OF, map(self.E.__getitem__, landing.values())))
+        originals = list(map(self.by_cur.__getitem__, landing)) if self.first_rule else landing
+        ours_info = list(map(self.C.__getitem__, originals))
+        theirs_info = list(map(self.E.__getitem__, landing.values()))
+        ours = list(map(_SHAPE_OF, ours_info))
+        theirs = list(map(_SHAPE_OF, theirs_info))
         equal: int = sum(map(operator.eq, ours, theirs))
         if None in ours or None in theirs:
             equal += sum(1 for a, b in zip(ours, theirs) if (a is None or b is None) and a != b)
+        differ = map(  # as _Findings._pair_findings asks it: shapes or dtypes unequal (None included)
+            operator.or_,
+            map(operator.ne, ours, theirs),
+            map(operator.ne, map(_DTYPE_OF, ours_info), map(_DTYPE_OF, theirs_info)),
+        )
+        cand.differ = list(compress(originals, differ))
         return equal
 
     def _record_tie(
@@ -246,10 +259,12 @@ class _Rounds(_Doubts):
         if rules == [cand.rule] and len(cand.renamed) == len(cand.targets):
             # evaluate() already renamed every key; when all of them land, that is the landing (a copy: it is edited)
             landing = cand.landing
-            renamed = dict(landing) if len(landing) == len(cand.renamed) else dict(zip(cand.renamed, cand.targets))
+            from_landing = len(landing) == len(cand.renamed)
+            renamed = dict(landing) if from_landing else dict(zip(cand.renamed, cand.targets))
             if self.frozen:
                 renamed = {n: t for n, t in renamed.items() if n in self.by_cur}
         else:
+            from_landing = False
             renamed = _rename_all(rules, [n for n in cand.renamed if n in self.by_cur])
         if self._splits_siblings(cand, renamed):
             # the rule lands some children of a module and leaves their siblings elsewhere: two readings of one
@@ -267,7 +282,9 @@ class _Rounds(_Doubts):
             # (``h-0-norm.weight`` for ``h.0.norm.weight``): that key is the better claimant. Alignment weighs both
             self.declined.add(cand.identity)
             return False
-        alike = self._lookalikes(pairs)
+        # a stripped prefix leaves each target the whole tail of its key (pairs come from the rule's own landing):
+        # _lookalikes would find exactly that, in a pass over every pair
+        alike = self._lookalikes(pairs) if not isinstance(cand.rule, StripPrefix) else {}
         if alike:
             # a key lands where another open key of the model looks just as right (``attentions.0.output.dense``
             # onto ``blocks.0.output.dense`` while ``blocks.0.attention.output.dense`` is as open, as shaped, and
@@ -281,22 +298,26 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             return False
         self._contest_exact(cand, renamed)
-        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor
-        new_names = set(renamed.values())
-        if (
-            len(new_names) != len(renamed)
-            # (renamed is a subset of the open names: when it holds them all, no other key keeps a name)
-            or (
-                len(renamed) < len(self.by_cur)
-                and not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
-            )
-            or not new_names.isdisjoint(self.resolved.values())
-        ):
-            rules = [MapKeys(mapping=dict(pairs))]
-            renamed = dict(pairs)
+        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor. One prefix rule
+        # renames distinct names to distinct names (the tails differ); renaming every open name with nothing
+        # resolved, no other key keeps a name: then the set of new names would tell nothing
+        injective = len(rules) == 1 and isinstance(rules[0], (StripPrefix, ReplacePrefix))
+        if not (injective and len(renamed) >= len(self.by_cur) and not self.resolved):
+            new_names = set(renamed.values())
+            if (
+                len(new_names) != len(renamed)
+                # (renamed is a subset of the open names: when it holds them all, no other key keeps a name)
+                or (
+                    len(renamed) < len(self.by_cur)
+                    and not new_names.isdisjoint(filterfalse(renamed.__contains__, self.by_cur))
+                )
+                or not new_names.isdisjoint(self.resolved.values())
+            ):
+                rules = [MapKeys(mapping=dict(pairs))]
+                renamed, from_landing = dict(pairs), True
         if any(self._renames_resolved(rule) for rule in rules):
             rules = [MapKeys(mapping=dict(pairs))]
-            renamed = dict(pairs)
+            renamed, from_landing = dict(pairs), True
         # judge the group with the rule as inferred, before narrowing: a scope must not hide the group's other blocks
         suspicious = self._partial_groups(pairs, cand.rule)
         if suspicious:
@@ -318,7 +339,13 @@ class _Rounds(_Doubts):
         index = len(self.accepted)
         accepted = _Accepted(cand.kind, rules, Applicability.safe, cand)
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
-        originals = list(map(self.by_cur.pop, renamed))
+        if not self.first_rule and len(renamed) == len(self.by_cur):
+            # renamed holds open names only, here all of them; while no rule left a key renamed but open, every open
+            # key has its own name (by_cur maps each name to itself): the originals are the names, none stays open
+            originals = list(renamed)
+            self.by_cur = {}
+        else:
+            originals = list(map(self.by_cur.pop, renamed))
         accepted.touched = originals
         if self.first_rule:
             for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
@@ -348,6 +375,10 @@ class _Rounds(_Doubts):
         else:
             self.via = dict.fromkeys(landed, index)
         accepted.pairs = landed
+        if from_landing and cand.differ is not None:
+            # renamed holds pairs of the candidate's landing only (pairs are taken from it), so every landed pair
+            # is one _support compared: its differing pairs are this rule's
+            accepted.differ = cand.differ
         # a key that lands leaves play (no later rule renames it): only the keys that stay open may start a chain
         for original in stays:
             self.first_rule.setdefault(original, index)

@@ -6,6 +6,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import compress, repeat
 from typing import Any, Final
 
@@ -68,6 +69,9 @@ class _Accepted:
     settled: bool = False  # applicability decided by its stage (template alignment), not re-judged at the end
     evidence: list[dict[str, str]] = field(default_factory=list)  # why the rule is as applicable as it is
     change: tuple[str, str, str] | None = None  # (old, new, phrase) as people read it, for aligned modules
+    # keys of ``pairs`` whose pair differs in shape or dtype, as the round compared them when every pair of the
+    # rule was one it compared (None: not compared; the findings compare them)
+    differ: list[str] | None = None
 
 
 @dataclass
@@ -118,13 +122,6 @@ class EngineState:
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
         self.open_e: set[str] = self.E.keys() - exact - self.held if exact or self.held else set(self.E)
-        # whole-side facts that let the per-rule checks skip work on large inputs (C-level scans, nothing hashed
-        # but the dtype names)
-        dtypes = set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values()))
-        self.shapes_all_known = None not in map(_SHAPE_OF, self.C.values()) and None not in map(
-            _SHAPE_OF, self.E.values()
-        )
-        self.dtypes_all_float = dtypes <= _FLOAT_DTYPES
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
         self.first_rule: dict[str, int] = {}  # open original key -> first accepted rule that renamed it
@@ -142,6 +139,17 @@ class EngineState:
         self.frozen: list[str] = []  # current names of keys declared ambiguous: no later rule may touch them
         self.fused: list[tuple[Rule, list[str], list[str]]] = []  # rule, checkpoint keys, expected keys
         self.findings: list[Finding] = []
+
+    # whole-side facts that let the per-rule checks skip work on large inputs (C-level scans, nothing hashed but the
+    # dtype names). Asked only once a rule is accepted: a checkpoint that matches as it stands never pays for them
+    # (C and E never change after __init__, so a fact computed late is the fact at the start)
+    @cached_property
+    def shapes_all_known(self) -> bool:
+        return None not in map(_SHAPE_OF, self.C.values()) and None not in map(_SHAPE_OF, self.E.values())
+
+    @cached_property
+    def dtypes_all_float(self) -> bool:
+        return set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values())) <= _FLOAT_DTYPES
 
     # ------------------------------------------------------------------------------------------ shared helpers
     def _ambiguous(self, ambiguity: _Ambiguity) -> None:
