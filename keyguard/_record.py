@@ -14,6 +14,7 @@ names properties that its JSON and its serialization schema include (the report'
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_type_hints
@@ -42,31 +43,35 @@ class Record:
         """The record as a JSON document."""
         return _adapter(type(self)).dump_json(self, indent=indent, **options).decode()
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> Self:
-        """A copy with some fields replaced; the record's checks run again on the result."""
-        return dataclasses.replace(self, **(update or {}))  # type: ignore[type-var]
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with some fields replaced (``deep``: the fields' values copied too); the record's checks run again
+        on the result."""
+        source = copy.deepcopy(self) if deep else self
+        return dataclasses.replace(source, **(update or {}))  # type: ignore[type-var]
 
     @classmethod
-    def model_validate(cls, obj: Any) -> Self:
-        """A record from a dict (or a record), validated.
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """A record from a dict (or a record), validated; ``options`` as pydantic's ``strict``, ``context``, ...
 
         Raises:
             pydantic.ValidationError: the input does not fit; its records name each problem.
         """
-        validated: Self = _adapter(cls).validate_python(obj)
+        validated: Self = _adapter(cls).validate_python(obj, **options)
         return validated
 
     @classmethod
-    def model_validate_json(cls, data: str | bytes) -> Self:
+    def model_validate_json(cls, data: str | bytes, **options: Any) -> Self:
         """A record from a JSON document, validated (``pydantic.ValidationError`` when it does not fit)."""
-        validated: Self = _adapter(cls).validate_json(data)
+        validated: Self = _adapter(cls).validate_json(data, **options)
         return validated
 
     @classmethod
-    def model_json_schema(cls, mode: Literal["validation", "serialization"] = "validation") -> dict[str, Any]:
+    def model_json_schema(
+        cls, mode: Literal["validation", "serialization"] = "validation", **options: Any
+    ) -> dict[str, Any]:
         """The JSON schema of the record: what it accepts (``validation``) or what it writes (``serialization``,
-        which also lists the computed fields)."""
-        return _adapter(cls).json_schema(mode=mode)
+        which also lists the computed fields); ``options`` as pydantic's ``by_alias``, ``ref_template``, ..."""
+        return _adapter(cls).json_schema(mode=mode, **options)
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> CoreSchema:

@@ -86,3 +86,16 @@ def test_derived_state_is_neither_a_field_nor_written() -> None:
     assert "_scope" not in rule.model_dump() and "_scope" not in rule.model_dump_json()
     assert rule == AddPrefix(prefix="model.", only=["layers"])
     assert Plan.model_validate_json(Plan(rules=[rule, StripPrefix(prefix="m.")]).model_dump_json()).rules[0] == rule
+
+
+def test_pydantic_options_pass_through() -> None:
+    report = small_report()
+    deep = report.model_copy(deep=True)
+    assert deep == report and deep.findings is not report.findings and deep.findings[0] is not report.findings[0]
+    shallow = report.model_copy()
+    assert shallow.findings is report.findings
+    with pytest.raises(ValidationError):  # strict: "3" is no int
+        Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}, strict=True)
+    assert Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}).rules[0].offset == 3
+    schema = Report.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert "#/components/schemas/SourceRef" in json.dumps(schema)
