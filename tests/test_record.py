@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 import keyguard
 from keyguard._record import Record
-from keyguard.fixes import AddPrefix, Plan, Remap, Rename, StripPrefix
+from keyguard.fixes import AddPrefix, Plan, Remap, Rename, ShiftIndex, StripPrefix
 from keyguard.report import Report
 from keyguard.sources import TensorInfo
 
@@ -96,6 +96,7 @@ def test_pydantic_options_pass_through() -> None:
     assert shallow.findings is report.findings
     with pytest.raises(ValidationError):  # strict: "3" is no int
         Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}, strict=True)
-    assert Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}).rules[0].offset == 3
+    (lax,) = Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}).rules
+    assert isinstance(lax, ShiftIndex) and lax.offset == 3
     schema = Report.model_json_schema(ref_template="#/components/schemas/{model}")
     assert "#/components/schemas/SourceRef" in json.dumps(schema)
