@@ -23,7 +23,7 @@ _OFFSET_WHY = (
 
 class _AlignmentStage(EngineState):
     def _align(self) -> None:
-        for key in self.held:
+        for key in self._side_ordered(self.held, self.C):
             self.cur[key] = key
             self.by_cur[key] = key
             self.open_e.add(key)
@@ -42,11 +42,11 @@ class _AlignmentStage(EngineState):
         if not self.by_cur or not self.open_e:
             return  # nothing open on one side: no list can read otherwise
         modules: dict[str, str] = {}  # checkpoint module contested -> the model module it reads in order
-        exact_by = _by_template([key for key in self.exact if key not in self.held])
+        exact_by = _by_template([key for key in self._side_ordered(self.exact, self.C) if key not in self.held])
         if not exact_by:
             return
         open_c = _by_template([name for name, original in self.by_cur.items() if name == original])
-        open_e = _by_template(list(self.open_e))
+        open_e = _by_template(self._side_ordered(self.open_e, self.E))
         for shape, matched in exact_by.items():
             ours, theirs = open_c.get(shape), open_e.get(shape)
             if not ours or not theirs or HOLE not in shape:
@@ -91,7 +91,9 @@ class _AlignmentStage(EngineState):
         """The other leaves of modules whose blocks were contested (a bias whose list lost a block, so that it
         cannot be paired in order by itself) are no more certain than their weight: contested with it, the
         module's in-order reading first."""
-        matched = [k for k in self.exact if k not in self.held and split_leaf(k)[0] in modules]
+        matched = [
+            k for k in self._side_ordered(self.exact, self.C) if k not in self.held and split_leaf(k)[0] in modules
+        ]
         if not matched:
             return
         ours = [n for n, o in self.by_cur.items() if n == o and split_leaf(n)[0] in modules]
@@ -184,7 +186,7 @@ class _AlignmentStage(EngineState):
 
     def _match_held_by_name(self) -> None:
         """Keys held out for a shape mismatch that alignment did not explain match by name again."""
-        for key in self.held:
+        for key in self._side_ordered(self.held, self.C):
             if self.cur.get(key) == key and key in self.open_e:
                 del self.cur[key]
                 del self.by_cur[key]

@@ -333,7 +333,7 @@ class _Doubts(_Offsets):
         index = self.endings.get((head, kept))
         if index is None:
             index = {}
-            for key in self.open_e:
+            for key in self._side_ordered(self.open_e, self.E):  # the model's order: readings listed reproducibly
                 parts = key.split(".")
                 if len(parts) > max(head, kept):
                     start = ".".join(parts[:head]) + "." if head else ""

@@ -174,6 +174,13 @@ class EngineState:
         ambiguity.keys = options
         self.ambiguities.append(ambiguity)
 
+    @staticmethod
+    def _side_ordered(keys: set[str], side: dict[str, TensorInfo]) -> list[str]:
+        """``keys`` in the order of ``side`` (the checkpoint's or the model's): a set's own order follows string
+        hashes, which change with ``PYTHONHASHSEED``, and whatever is built from it (candidates, findings, their
+        key lists) must not."""
+        return [k for k in side if k in keys] if keys else []
+
     def _template(self, key: str) -> tuple[str, tuple[int, ...]]:
         """``template(key)``, each key split once per diagnosis (the per-rule checks ask again every round)."""
         found = self.template_cache.get(key)
