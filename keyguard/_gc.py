@@ -3,8 +3,8 @@
 Reading a header and diagnosing keys allocate an object or a few per key, up to millions, none of them in a
 reference cycle: the collector would rescan them again and again as they pile up and find nothing to free (about
 10% of a large diagnosis, at whatever allocation a collection happens to fall on). Reference counting still frees
-everything as usual; the collector's previous state is restored after, so callers in the same process are not
-affected.
+everything as usual, and the collector's previous state is restored after. The pause is process-wide (Python has
+one collector): while a diagnosis runs, other threads' reference cycles wait for the next collection after it.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class Record:
     # -- pydantic's model API, for the code and the habits that use it --------------------------------------------
     def model_dump(self, *, mode: Literal["python", "json"] = "python", **options: Any) -> dict[str, Any]:
         """The record as a dict (``mode="json"``: JSON-compatible values); ``options`` as pydantic's ``exclude``,
-        ``exclude_defaults``, ``exclude_none``, ..."""
+        ``exclude_defaults``, ``exclude_none``, ... (``exclude_unset`` leaves nothing out: a dataclass does not
+        record which fields were given; ``exclude_defaults`` does what it is usually meant for)."""
         dumped: dict[str, Any] = _adapter(type(self)).dump_python(self, mode=mode, **options)
         return dumped
 
@@ -56,6 +57,12 @@ class Record:
         Raises:
             pydantic.ValidationError: the input does not fit; its records name each problem.
         """
+        if options.get("strict") and not isinstance(obj, cls):
+            # pydantic's strict mode takes only instances of a dataclass from Python objects; a record's data is a
+            # JSON document, so strict validation of a dict is strict validation of that document
+            import json
+
+            return cls.model_validate_json(json.dumps(obj), **options)
         validated: Self = _adapter(cls).validate_python(obj, **options)
         return validated
 

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 import keyguard
 from keyguard._record import Record
-from keyguard.fixes import AddPrefix, Plan, Remap, Rename, ShiftIndex, StripPrefix
-from keyguard.report import Report
+from keyguard.fixes import AddPrefix, Applicability, Plan, Remap, Rename, ShiftIndex, StripPrefix
+from keyguard.report import Finding, Report, Severity, Summary
 from keyguard.sources import TensorInfo
 
 
@@ -94,9 +94,33 @@ def test_pydantic_options_pass_through() -> None:
     assert deep == report and deep.findings is not report.findings and deep.findings[0] is not report.findings[0]
     shallow = report.model_copy()
     assert shallow.findings is report.findings
-    with pytest.raises(ValidationError):  # strict: "3" is no int
+    strict = Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": 3}]}, strict=True)
+    assert strict == Plan(rules=[ShiftIndex(prefix="a.", offset=3)])  # a dict is validated strictly, not refused
+    with pytest.raises(ValidationError, match="int"):  # strict: "3" is no int
         Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}, strict=True)
+    assert Summary.model_validate(report.summary.model_dump(), strict=True) == report.summary
     (lax,) = Plan.model_validate({"rules": [{"op": "shift_index", "prefix": "a.", "offset": "3"}]}).rules
     assert isinstance(lax, ShiftIndex) and lax.offset == 3
     schema = Report.model_json_schema(ref_template="#/components/schemas/{model}")
     assert "#/components/schemas/SourceRef" in json.dumps(schema)
+
+
+def test_enum_fields_given_as_text_become_members_or_fail_at_once() -> None:
+    rule = StripPrefix(prefix="module.", applicability="unsafe")  # type: ignore[arg-type]
+    assert rule.applicability is Applicability.unsafe
+    assert Plan(rules=[rule]).at_least("unsafe").rules == [rule]
+    with pytest.raises(ValueError, match="bogus"):
+        StripPrefix(prefix="module.", applicability="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bogus"):
+        Rename(pattern="a", replacement="b", applicability="bogus")  # type: ignore[arg-type]
+    finding = small_report().findings[0]
+    assert finding.model_copy(update={"severity": "warning"}).severity is Severity.warning
+    with pytest.raises(ValueError):
+        Finding(code="KG101", kind="extra_prefix", severity="loud", message="m", count=1)  # type: ignore[arg-type]
+
+
+def test_a_plan_takes_rules_not_dicts() -> None:
+    with pytest.raises(TypeError, match="model_validate"):
+        Plan(rules=[{"op": "strip_prefix", "prefix": "a."}])  # type: ignore[list-item]
+    plan = Plan(rules=(StripPrefix(prefix="a."),))  # type: ignore[arg-type]
+    assert plan == Plan(rules=[StripPrefix(prefix="a.")]) and type(plan.rules) is list

@@ -138,14 +138,14 @@ class _Findings(_Leftovers):
         rounds landed were compared when the round weighed the rule (``_Accepted.differ``); only the others are
         looked up here."""
         resolved, via = self.resolved, self.via
-        compared = {i: acc for i, acc in enumerate(self.accepted) if acc.differ is not None}
+        compared = {i: (acc, acc.differ) for i, acc in enumerate(self.accepted) if acc.differ is not None}
         known: list[str] = []
-        for acc in compared.values():
+        for acc, differ in compared.values():
             # a released key leaves acc.pairs (and via): what is left of the rule's keys is acc.pairs
-            known += [k for k in acc.differ or () if k in acc.pairs]
+            known += [k for k in differ if k in acc.pairs]
         # the keys a compared rule landed are acc.pairs (via[k] == i exactly for them, and each is resolved to the
         # pair compared): when they are every resolved key, nothing is left to look up
-        covered = sum(len(acc.pairs) for acc in compared.values())
+        covered = sum(len(acc.pairs) for acc, _ in compared.values())
         rest: list[str] = []
         targets: list[str] = []
         if not compared:
@@ -156,12 +156,12 @@ class _Findings(_Leftovers):
         ours = list(map(self.C.__getitem__, rest))
         theirs = list(map(self.E.__getitem__, targets))
         # compare whole columns in C; only the (usually few) differing pairs are looked at one by one
-        differ = map(  # one lazy pass over both columns, nothing allocated per pair
+        unequal = map(  # one lazy pass over both columns, nothing allocated per pair
             operator.or_,
             map(operator.ne, map(_SHAPE_OF, ours), map(_SHAPE_OF, theirs)),
             map(operator.ne, map(_DTYPE_OF, ours), map(_DTYPE_OF, theirs)),
         )
-        found = list(compress(rest, differ))
+        found = list(compress(rest, unequal))
         if known:
             wanted = set(known).union(found)
             found = list(compress(resolved, map(wanted.__contains__, resolved)))

@@ -341,7 +341,8 @@ class _Rounds(_Doubts):
         # move the renamed keys in bulk (C-level maps): this runs once per rule over up to every key
         if not self.first_rule and len(renamed) == len(self.by_cur):
             # renamed holds open names only, here all of them; while no rule left a key renamed but open, every open
-            # key has its own name (by_cur maps each name to itself): the originals are the names, none stays open
+            # key has its own name (by_cur maps each name to itself): the originals are the names, and by_cur
+            # empties (the keys renamed without landing are put back below)
             originals = list(renamed)
             self.by_cur = {}
         else:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from keyguard._exceptions import PlanError
 from keyguard._record import Record
-from keyguard.fixes._rules import Applicability, Rename, ReplacePrefix, Rule, StripPrefix
+from keyguard.fixes._rules import Applicability, Rename, ReplacePrefix, Rule, StripPrefix, _Rule
 
 PLAN_FORMAT = "keyguard.plan/v1"
 V = TypeVar("V")
@@ -28,6 +28,16 @@ class Plan(Record):
     format: Literal["keyguard.plan/v1"] = "keyguard.plan/v1"
     # the schema states the default, as it did when plans were pydantic models (a factory's default is not shown)
     rules: list[Rule] = field(default_factory=list, metadata={"json_schema_extra": {"default": []}})
+
+    def __post_init__(self) -> None:
+        rules = self.rules if type(self.rules) is list else list(self.rules)
+        stray = next((r for r in rules if not isinstance(r, _Rule)), None)
+        if stray is not None:  # a dict read from JSON: pydantic reads those (model_validate), the constructor does not
+            raise TypeError(
+                f"Plan(rules=...) takes rules (StripPrefix(...), Rename(...), ...), not {type(stray).__name__};"
+                " read a plan document with Plan.model_validate(...) or Plan.load(path)"
+            )
+        object.__setattr__(self, "rules", rules)
 
     # -- selection -------------------------------------------------------------------------------------------
     def at_least(self, level: Applicability | str = Applicability.safe) -> Plan:

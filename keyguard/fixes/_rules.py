@@ -58,6 +58,12 @@ class _Rule(Record):
     )
     renames: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        # "unsafe" given in Python is the member (pydantic converts it when it validates); anything else fails here,
+        # not later where the plan is selected or applied
+        if type(self.applicability) is not Applicability:
+            object.__setattr__(self, "applicability", Applicability(self.applicability))
+
     def rename(self, key: str) -> str | None:  # pragma: no cover - every rule overrides
         """The new name of ``key``, or ``None`` when the rule does not apply to it."""
         raise NotImplementedError
@@ -149,6 +155,7 @@ class Rename(_Rule):
     new: str = ""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             re.compile(self.pattern)
         except re.error as exc:
@@ -312,6 +319,7 @@ class Remap(_Rule):
     indices: dict[str, list[int]] | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _template_regex(self.old)
 
     def rename(self, key: str) -> str | None:

@@ -35,6 +35,10 @@ class Fix(Record):
     rules: list[Rule] = field(default_factory=list)
     note: str | None = None
 
+    def __post_init__(self) -> None:
+        if type(self.applicability) is not Applicability:  # "safe" given in Python: the member, or a ValueError
+            object.__setattr__(self, "applicability", Applicability(self.applicability))
+
 
 @dataclass(frozen=True, kw_only=True)
 class Finding(Record):
@@ -59,6 +63,10 @@ class Finding(Record):
     checkpoint_keys: list[str] = field(default_factory=list)
     expected_keys: list[str] = field(default_factory=list)
     ctx: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.severity) is not Severity:  # "error" given in Python: the member, or a ValueError
+            object.__setattr__(self, "severity", Severity(self.severity))
 
     @property
     def title(self) -> str:
