@@ -298,9 +298,10 @@ class _Rounds(_Doubts):
             self.declined.add(cand.identity)
             return False
         self._contest_exact(cand, renamed)
-        # a rename onto a name another key keeps, or two renames onto one name, would lose a tensor. One prefix rule
-        # renames distinct names to distinct names (the tails differ); renaming every open name with nothing
-        # resolved, no other key keeps a name: then the set of new names would tell nothing
+        # a rename onto a name another open or resolved key keeps, or two renames onto one name, would lose a tensor
+        # (keys held for a shape mismatch are not in either table, and the check below never looked at them). One
+        # prefix rule renames distinct names to distinct names (the tails differ); renaming every open name with
+        # nothing resolved, no open or resolved key keeps a name: then the set of new names would tell nothing
         injective = len(rules) == 1 and isinstance(rules[0], (StripPrefix, ReplacePrefix))
         if not (injective and len(renamed) >= len(self.by_cur) and not self.resolved):
             new_names = set(renamed.values())
