@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hints
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydantic import TypeAdapter
@@ -130,8 +130,6 @@ class TaggedBy:
         self.field = field
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> CoreSchema:
-        from typing import Annotated
-
         from pydantic import Discriminator
 
         schema: CoreSchema = handler.generate_schema(Annotated[source, Discriminator(self.field)])

@@ -4,14 +4,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from keyguard.sources import _safetensors
 
 
 @pytest.fixture(autouse=True)
-def fast_path_for_every_header(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fast_path_for_every_header(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_safetensors, "FAST_FROM", 0)
-    yield
