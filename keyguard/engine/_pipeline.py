@@ -52,6 +52,9 @@ def diagnose(
 
     Returns:
         A ``Report``: findings grouped with stable codes, a summary, and the safe fix plan.
+
+    The engine runs with Python's cyclic garbage collector paused (process-wide; restored after, also on errors):
+    its tables of every key hold no reference cycles, and collections would rescan them again and again.
     """
     compile_patterns(ignore, "ignore")  # PatternError before reading anything
     ck = read_keys(checkpoint, container=container)
