@@ -210,3 +210,40 @@ def test_summarize_patterns_read_in_chunks_agrees(keys: list[str], limit: int, c
 @example(keys=["a.1", "b\x00.2", "c.3\n.4", "d.05.6"], chunk=2)
 def test_templates_in_bulk_are_template_one_by_one(keys: list[str], chunk: int) -> None:
     assert templates(keys, chunk=chunk) == [template(k)[0] for k in keys]
+
+
+def _collapse_one_by_one(keys: list[str]) -> list[tuple[str, list[str], list[set[int]]]]:
+    """``collapse`` written the slow, obvious way: ``template`` on each key, groups in order of first appearance."""
+    groups: dict[str, tuple[list[str], list[set[int]]]] = {}
+    for key in keys:
+        shape, numbers = template(key)
+        if HOLE in key:
+            shape, numbers = "\x00\x00" + key, ()
+        members, values = groups.setdefault(shape, ([], [set() for _ in numbers]))
+        members.append(key)
+        for seen, number in zip(values, numbers):
+            seen.add(number)
+    return [(shape.removeprefix("\x00\x00"), members, values) for shape, (members, values) in groups.items()]
+
+
+# names with digits inside ("fc1"), zero-padded and non-ASCII digits, and the characters the bulk paths reserve
+MIXED_KEYS = st.one_of(
+    KEYS,
+    st.lists(
+        st.sampled_from(["a", ".", "0", "1", "7", "12", "fc1", "05", "\u0663", "é", "\x01", "\x02"]), max_size=8
+    ).map("".join),
+    st.text(st.sampled_from("a.01\n\x00"), max_size=6),
+)
+
+
+@given(st.lists(MIXED_KEYS, max_size=40), st.integers(1, 9))
+@example(keys=["m.3.fc1.w", "m.12.fc1.w", "m.3.fc2.w", "m.05.w", "m.0.w", "0.a", "a.10", "x.1a.y"], chunk=9)
+@example(keys=["a.\x01.b", "a.1.b", "a.\x02", "a.0"], chunk=9)
+@example(keys=["l.\u0663.w", "l.3.w", "é.1", "é.2"], chunk=9)
+def test_collapse_is_template_one_by_one(keys: list[str], chunk: int) -> None:
+    """The bulk paths (digit classes, the regex split, the digit runs) agree with ``template`` key by key."""
+    keys = list(dict.fromkeys(keys))
+    expected = _collapse_one_by_one(keys)
+    assert [(g.template, g.keys, g.numbers) for g in collapse(keys)] == expected
+    assert summarize_patterns(keys, 3, chunk=chunk)[1] == len(expected)
+    assert templates(keys, chunk=chunk) == [template(k)[0] for k in keys]

@@ -6,6 +6,7 @@ is shaped the same way whichever part of keyguard reports it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -16,6 +17,20 @@ from keyguard.report._model import Example, Finding, Fix
 #: Patterns listed per finding (the rest are counted), and concrete examples kept.
 PATTERNS: Final = 6
 EXAMPLES: Final = 3
+
+
+_MORE: Final = "... and {} more pattern(s)"  # the last item of a finding's patterns when it lists only some
+_MORE_COUNT: Final = re.compile(r"\.\.\. and ([0-9]+) more pattern\(s\)")
+
+
+def more_patterns(patterns: Sequence[str], shown: int) -> int:
+    """How many patterns of a finding are not among the first ``shown`` of ``patterns`` (counting those its last
+    item, ``... and N more pattern(s)``, stands for)."""
+    listed = list(patterns)
+    counted = _MORE_COUNT.fullmatch(listed[-1]) if listed else None
+    if counted is not None:
+        listed.pop()
+    return max(0, len(listed) - shown) + (int(counted.group(1)) if counted is not None else 0)
 
 
 def make_finding(
@@ -37,7 +52,7 @@ def make_finding(
     keys = pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys)
     patterns, groups = summarize_patterns(keys, PATTERNS)
     if groups > PATTERNS:
-        patterns.append(f"... and {groups - PATTERNS} more pattern(s)")
+        patterns.append(_MORE.format(groups - PATTERNS))
     return Finding(
         code=kind.code,
         kind=kind.kind,

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from keyguard.report._build import more_patterns
 from keyguard.report._kinds import Severity
 from keyguard.report._model import Example, Finding, Report
 from keyguard.report._next import NextStep
@@ -120,8 +121,9 @@ def render_table(
         listed = set(f.patterns[:4])
         for pattern in f.patterns[:4]:
             lines.append("    " + clip(pattern, width - 4))
-        if len(f.patterns) > 4:
-            lines.append(f"    ... ({len(f.patterns) - 4} more)")
+        more = more_patterns(f.patterns, 4)
+        if more:
+            lines.append(f"    ... and {more:,} more pattern(s)")
         for ex in f.examples[:2]:
             text = _example_text(ex)
             if text is None or (text in listed and not ex.detail):

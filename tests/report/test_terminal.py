@@ -199,3 +199,20 @@ def test_a_real_terminal_of_80_and_200_columns(
 
 def test_plain_removes_code_marks_only() -> None:
     assert plain("strip `module.` and `_orig_mod.` (a `x|y` pipe)") == "strip module. and _orig_mod. (a x|y pipe)"
+
+
+@pytest.mark.parametrize(
+    ("groups", "said"), [(4, None), (5, "... and 1 more pattern(s)"), (40, "... and 36 more pattern(s)")]
+)
+def test_the_table_counts_every_pattern_it_leaves_out(groups: int, said: str | None) -> None:
+    """A finding lists 6 patterns and counts the rest; the table shows 4 and says how many are left: all of them,
+    not the finding's list items (it said "(3 more)" for 40 groups)."""
+    names = [f"model.block{g}.layers.{i}.weight" for g in range(groups) for i in range(3)]
+    expected = {name: keyguard.TensorInfo((2,), "F32") for name in names}
+    report = keyguard.diagnose({"module." + name: info for name, info in expected.items()}, expected)
+    (finding,) = [f for f in report.findings if f.code == "KG101"]
+    assert finding.count == 3 * groups
+    text = report.render("table", width=120)
+    shown = [line.strip() for line in text.splitlines() if line.strip().startswith("module.model.block")]
+    assert len(shown) == min(groups, 4)
+    assert [line.strip() for line in text.splitlines() if "more pattern" in line] == ([said] if said else [])
