@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 from itertools import repeat
-from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol
 
 from keyguard._dtypes import DTYPE_BITS, nbytes_or_none
 from keyguard.sources._keyset import TensorInfo
@@ -27,8 +27,8 @@ try:
 except ImportError:  # pragma: no cover - the tests hide the module to exercise this
     HAVE_MSGSPEC = False
 
-#: The format's dtype names, each mapped to one shared string object (a million tensors share four of them).
-_DTYPE_NAMES: Final = {name: name for name in DTYPE_BITS}
+#: The format's dtype names (msgspec validates them and hands each as this one object: a million tensors share four)
+_DTYPE_NAMES: Final = tuple(DTYPE_BITS)
 
 # Canonical metadata: '{"__metadata__":{"k":"v",...}' then ',' (tensors follow) or '}' (none), no whitespace. A
 # JSON string is '"', then characters other than '"' and '\\' or a backslash and the character it escapes, then
@@ -42,7 +42,7 @@ if HAVE_MSGSPEC:
     _Count = Annotated[int, msgspec.Meta(ge=0)]
 
     class _Entry(msgspec.Struct, forbid_unknown_fields=True, gc=False):  # gc=False: 16 bytes less per entry
-        dtype: str
+        dtype: Literal[_DTYPE_NAMES]  # type: ignore[valid-type]  # a name the format does not know: strict path
         shape: tuple[_Count, ...]
         data_offsets: tuple[_Count, _Count]
 
@@ -137,16 +137,14 @@ def _parse(read: _Reader, size: int, base: int, label: str) -> Parsed | None:
         entries = _decode_piece(buffer, start, stop, opened=tensors is not None or match is not None)
         if entries is None:
             return None
-        position = _tensors(entries, base, label, shapes, position)
+        count = len(tensors) if tensors is not None else 0
+        position = _tensors(entries, base, label, shapes, position, entries if tensors is None else tensors)
         if position == _REFUSED:
             return None
         if tensors is None:
             tensors = entries
-        else:
-            count = len(tensors)
-            tensors.update(entries)
-            if len(tensors) != count + len(entries):
-                return None  # a key in two pieces: the strict path names it
+        elif len(tensors) != count + len(entries):
+            return None  # a key in two pieces: the strict path names it
         if not left:
             break
         del buffer[:stop]  # the comma that starts the next piece
@@ -196,24 +194,21 @@ def _tensors(
     label: str,
     canonical_shapes: dict[tuple[int, ...], tuple[int, ...]],
     position: int | None,
+    into: dict[str, Any],
 ) -> int | None:
-    """Check sizes column by column (each distinct shape and dtype once) and turn the entries into ``TensorInfo``s,
-    in place. Returns where the next tensor would start when every tensor so far starts where the one before ends
-    (``position``, from 0: the library writes them so), ``None`` when they are not in order, ``_REFUSED`` when the
-    entries are not provably valid.
+    """Check sizes column by column (each distinct shape and dtype once) and put the entries into ``into`` as
+    ``TensorInfo``s (``into`` may be ``entries`` itself: its values are replaced in place). Returns where the next
+    tensor would start when every tensor so far starts where the one before ends (``position``, from 0: the library
+    writes them so), ``None`` when they are not in order, ``_REFUSED`` when the entries are not provably valid.
 
-    Memory matters at a million tensors: equal shapes and dtypes end up as one shared object each, across pieces.
+    Memory matters at a million tensors: equal shapes and dtypes end up as one shared object each, across pieces
+    (msgspec hands each dtype name as the one object of its ``Literal``).
     """
     if not entries:
         return position
     values = entries.values()
-    named = list(map(_DTYPE_NAMES.get, map(operator.attrgetter("dtype"), values)))
-    if None in named:
-        return _REFUSED  # an unknown dtype: the strict path names it
-    dtypes = cast("list[str]", named)
-    for shape in set(map(operator.attrgetter("shape"), values)).difference(canonical_shapes):
-        canonical_shapes[shape] = shape
-    shapes = list(map(canonical_shapes.__getitem__, map(operator.attrgetter("shape"), values)))
+    dtypes: list[str] = list(map(_DTYPE, values))
+    shapes = list(map(canonical_shapes.setdefault, map(_SHAPE, values), map(_SHAPE, values)))
     distinct_dtypes = set(dtypes)
     if len(distinct_dtypes) == 1:  # the common case: the size depends on the shape alone
         (dtype,) = distinct_dtypes
@@ -226,7 +221,7 @@ def _tensors(
         if None in by_pair.values():
             return _REFUSED
         expected = map(by_pair.__getitem__, zip(shapes, dtypes))
-    offsets = list(map(operator.attrgetter("data_offsets"), values))
+    offsets = list(map(_OFFSETS, values))
     starts, ends = operator.itemgetter(0), operator.itemgetter(1)
     if not all(map(operator.eq, map(operator.sub, map(ends, offsets), map(starts, offsets)), expected)):
         return _REFUSED  # a size mismatch or an end before its start: the strict path names the first one
@@ -238,6 +233,11 @@ def _tensors(
     absolute = operator.add
     spans = zip(map(absolute, map(starts, offsets), repeat(base)), map(absolute, map(ends, offsets), repeat(base)))
     infos = map(tuple.__new__, repeat(TensorInfo), zip(shapes, dtypes, repeat(label), spans))
-    # the decoded dict becomes the result: replacing values keeps its (hashed, ordered) keys without a rebuild
-    entries.update(zip(entries, infos))
+    # into ``entries`` itself, replacing values keeps its (hashed, ordered) keys without a rebuild
+    into.update(zip(entries, infos))
     return int(offsets[-1][1]) if in_order else None
+
+
+_DTYPE: Final = operator.attrgetter("dtype")
+_SHAPE: Final = operator.attrgetter("shape")
+_OFFSETS: Final = operator.attrgetter("data_offsets")
