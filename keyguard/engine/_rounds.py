@@ -187,6 +187,9 @@ class _Rounds(_Doubts):
         ours = list(map(_SHAPE_OF, ours_info))
         theirs = list(map(_SHAPE_OF, theirs_info))
         equal: int = sum(map(operator.eq, ours, theirs))
+        if equal == len(ours) and self.one_dtype:
+            cand.differ = []  # equal shapes, and one dtype on both sides
+            return equal
         if None in ours or None in theirs:
             equal += sum(1 for a, b in zip(ours, theirs) if (a is None or b is None) and a != b)
         differ = map(  # as _Findings._pair_findings asks it: shapes or dtypes unequal (None included)

@@ -148,8 +148,18 @@ class EngineState:
         return None not in map(_SHAPE_OF, self.C.values()) and None not in map(_SHAPE_OF, self.E.values())
 
     @cached_property
+    def dtypes(self) -> tuple[frozenset[str | None], frozenset[str | None]]:
+        """Every dtype of each side (``None`` for unknown)."""
+        return frozenset(map(_DTYPE_OF, self.C.values())), frozenset(map(_DTYPE_OF, self.E.values()))
+
+    @cached_property
     def dtypes_all_float(self) -> bool:
-        return set(map(_DTYPE_OF, self.C.values())) | set(map(_DTYPE_OF, self.E.values())) <= _FLOAT_DTYPES
+        return self.dtypes[0] | self.dtypes[1] <= _FLOAT_DTYPES
+
+    @cached_property
+    def one_dtype(self) -> bool:
+        """Every tensor of both sides has one and the same known dtype: no pair can differ in dtype."""
+        return len(self.dtypes[0]) == 1 and self.dtypes[0] == self.dtypes[1] and None not in self.dtypes[0]
 
     # ------------------------------------------------------------------------------------------ shared helpers
     def _ambiguous(self, ambiguity: _Ambiguity) -> None:
