@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Final
 
-from keyguard._patterns import HOLE, template
+from keyguard._patterns import HOLE, collapse, template, templates
 from keyguard.engine._knowledge import INFIX_WRAPPERS, KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
 from keyguard.engine._segments import anywhere_rule, segment_rule
 from keyguard.fixes._rules import (
@@ -191,8 +191,8 @@ def near_prefix_candidates(
 
 def segment_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Candidate]:
     """Renamed, inserted and removed segments, found by comparing templates segment by segment."""
-    c_templates = Counter(template(n)[0] for n in sample(names, 4 * SAMPLE))
-    e_templates = Counter(template(k)[0] for k in sample(expected, 4 * SAMPLE))
+    c_templates = Counter(templates(sample(names, 4 * SAMPLE)))
+    e_templates = Counter(templates(sample(expected, 4 * SAMPLE)))
     masked: dict[tuple[int, tuple[str, ...]], list[tuple[str, ...]]] = {}
     removed: dict[tuple[str, ...], list[tuple[tuple[str, ...], int]]] = {}
     e_split = {t: tuple(t.split(".")) for t in e_templates}
@@ -247,10 +247,13 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
     c_first: dict[str, set[int]] = {}
     e_first: dict[str, set[int]] = {}
     for pool, target in ((sample(names, 4 * SAMPLE), c_first), (sample(expected, 4 * SAMPLE), e_first)):
-        for key in pool:
-            shape, numbers = template(key)
-            if numbers:
-                target.setdefault(shape, set()).add(numbers[0])
+        if any(HOLE in key for key in pool):  # a NUL inside a key: its template as ``template`` gives it
+            for key in pool:
+                shape, numbers = template(key)
+                if numbers:
+                    target.setdefault(shape, set()).add(numbers[0])
+        else:  # the same, in bulk
+            target.update((group.template, group.numbers[0]) for group in collapse(pool) if group.numbers)
     out: list[Candidate] = []
     for shape, c_numbers in c_first.items():
         e_numbers = e_first.get(shape)
