@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Final
 
-from keyguard._patterns import HOLE, collapse, template, templates
+from keyguard._patterns import HOLE, KeyGroup, collapse, template, templates
 from keyguard.engine._knowledge import INFIX_WRAPPERS, KNOWN_RENAMES, PEFT_ADAPTER_SEGMENTS, is_known_rename
 from keyguard.engine._segments import anywhere_rule, segment_rule
 from keyguard.fixes._rules import (
@@ -253,7 +253,8 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
                 if numbers:
                     target.setdefault(shape, set()).add(numbers[0])
         else:  # the same, in bulk
-            target.update((group.template, group.numbers[0]) for group in collapse(pool) if group.numbers)
+            groups: list[KeyGroup[None]] = collapse(pool)
+            target.update((group.template, group.numbers[0]) for group in groups if group.numbers)
     out: list[Candidate] = []
     for shape, c_numbers in c_first.items():
         e_numbers = e_first.get(shape)
