@@ -273,8 +273,15 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
     return list(unique.values())
 
 
-def evaluate(cand: Candidate, names: Sequence[str], open_expected: set[str]) -> None:
-    """Apply the candidate to every open checkpoint name; record what it renames and where names land."""
+def evaluate(
+    cand: Candidate, names: Sequence[str], open_expected: set[str], ordered: Sequence[str] | None = None
+) -> None:
+    """Apply the candidate to every open checkpoint name; record what it renames and where names land.
+
+    ``ordered``: the open expected keys in the model's order, when the caller has them. A prefix rule renaming the
+    names into exactly that sequence (both sides list their keys in one order, as a model saved and its own keys
+    do) lands every name without a lookup per name: on millions of keys those lookups miss the cache each time.
+    """
     rule = cand.rule
     renamed: list[str] = []
     targets: list[str] = []
@@ -285,7 +292,10 @@ def evaluate(cand: Candidate, names: Sequence[str], open_expected: set[str]) -> 
         renamed = list(compress(names, map(str.startswith, names, repeat(old))))
         tails: list[str] = list(map(operator.getitem, renamed, repeat(slice(len(old), None))))
         targets = list(map(prepend.__add__, tails)) if prepend else tails
-        landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
+        if ordered is not None and len(targets) == len(ordered) and all(map(operator.eq, targets, ordered)):
+            landing = dict(zip(renamed, targets))  # the open expected keys themselves, in order: every name lands
+        else:
+            landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
     else:
         for k in names:
             target = rule.rename(k)

@@ -65,7 +65,7 @@ class _Rounds(_Doubts):
         if len(names) > 4 * SAMPLE:
             contenders = self._screen(contenders, names)
         for cand in contenders:
-            evaluate(cand, names, self.open_e)
+            evaluate(cand, names, self.open_e, expected)  # expected: the open expected keys in the model's order
         # most landings first; a candidate landing exactly like one already scored shares its support
         by_size = sorted(contenders, key=lambda c: -len(c.landing))
         for cand in by_size:
@@ -182,8 +182,16 @@ class _Rounds(_Doubts):
         landing = cand.landing
         # until a rule leaves a key renamed but open (recorded in first_rule), every open key has its own name
         originals = list(map(self.by_cur.__getitem__, landing)) if self.first_rule else landing
-        ours_info = list(map(self.C.__getitem__, originals))
-        theirs_info = list(map(self.E.__getitem__, landing.values()))
+        # both sides in one order (every key of each, paired in turn): their tables are read in order, without a
+        # lookup per key (on millions of keys each lookup misses the cache)
+        if len(landing) == len(self.C) and all(map(operator.is_, originals, self.C)):
+            ours_info = list(self.C.values())
+        else:
+            ours_info = list(map(self.C.__getitem__, originals))
+        if len(landing) == len(self.E) and all(map(operator.eq, landing.values(), self.E)):
+            theirs_info = list(self.E.values())
+        else:
+            theirs_info = list(map(self.E.__getitem__, landing.values()))
         ours = list(map(_SHAPE_OF, ours_info))
         theirs = list(map(_SHAPE_OF, theirs_info))
         equal: int = sum(map(operator.eq, ours, theirs))

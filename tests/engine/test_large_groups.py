@@ -46,3 +46,29 @@ def test_a_doubtful_group_offers_each_key_the_nearest_blocks_only() -> None:
     assert max(map(len, offered)) <= 1 + _NEAREST
     in_report = {k for f in report.findings for k in f.expected_keys} | {k for r in offered for k in r}
     assert in_report == set(expected)  # blocks offered to no key are reported, as missing
+
+
+def _prefixed_pair(blocks: int) -> tuple[dict[str, TensorInfo], dict[str, TensorInfo]]:
+    """A model's keys and a checkpoint of them under ``module.``, in the same order; a few pairs differ in shape or
+    dtype (reported), the rest agree."""
+    expected = {
+        f"model.layers.{i}.mlp.w{j}.weight": TensorInfo((4, 4), "BF16") for i in range(blocks) for j in range(3)
+    }
+    checkpoint = {"module." + key: info for key, info in expected.items()}
+    checkpoint["module.model.layers.3.mlp.w1.weight"] = TensorInfo((4, 5), "BF16")
+    checkpoint["module.model.layers.7.mlp.w2.weight"] = TensorInfo((4, 4), "F32")
+    return checkpoint, expected
+
+
+def test_sides_in_one_order_are_read_in_order_with_the_same_report() -> None:
+    """When both sides list their keys in one order, a prefix rule's landing and the shapes of its pairs are read
+    in order instead of looked up key by key (on millions of keys every lookup misses the cache). The report is the
+    one the lookups give: the model's keys in another order take them."""
+    checkpoint, expected = _prefixed_pair(200)
+    in_order = diagnose(checkpoint, expected)
+    shuffled = diagnose(checkpoint, dict(reversed(list(expected.items()))))
+    assert in_order.model_dump() == shuffled.model_dump()
+    codes = {f.code: f for f in in_order.findings}
+    assert codes["KG101"].count == len(checkpoint) - 1  # all but the pair of another shape
+    assert codes["KG101"].ctx["dtype_casts"] == 1
+    assert codes["KG301"].checkpoint_keys == ["module.model.layers.3.mlp.w1.weight"]
