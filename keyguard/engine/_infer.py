@@ -273,6 +273,16 @@ def shift_candidates(names: Sequence[str], expected: Sequence[str]) -> list[Cand
     return list(unique.values())
 
 
+def _strips_onto(names: Sequence[str], targets: Sequence[str], cut: int) -> bool:
+    """Whether each name (each starts with the same ``cut`` characters) is those characters then its target: as
+    long as both and ending with it, compared without slicing a name."""
+    return (
+        len(names) == len(targets)
+        and all(map(str.endswith, names, targets))
+        and all(map(operator.eq, map(len, names), map(operator.add, map(len, targets), repeat(cut))))
+    )
+
+
 def evaluate(
     cand: Candidate, names: Sequence[str], open_expected: set[str], ordered: Sequence[str] | None = None
 ) -> None:
@@ -290,12 +300,18 @@ def evaluate(
         old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
         prepend = "" if isinstance(rule, StripPrefix) else rule.new
         renamed = list(compress(names, map(str.startswith, names, repeat(old))))
-        tails: list[str] = list(map(operator.getitem, renamed, repeat(slice(len(old), None))))
-        targets = list(map(prepend.__add__, tails)) if prepend else tails
-        if ordered is not None and len(targets) == len(ordered) and all(map(operator.eq, targets, ordered)):
-            landing = dict(zip(renamed, targets))  # the open expected keys themselves, in order: every name lands
+        if not prepend and ordered is not None and _strips_onto(renamed, ordered, len(old)):
+            # every name is the prefix then the open expected key in its turn: those keys are the targets (no new
+            # string per name: on a large checkpoint, memory first touched costs more than the work on it)
+            targets = list(ordered)
+            landing = dict(zip(renamed, targets))
         else:
-            landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
+            tails: list[str] = list(map(operator.getitem, renamed, repeat(slice(len(old), None))))
+            targets = list(map(prepend.__add__, tails)) if prepend else tails
+            if ordered is not None and len(targets) == len(ordered) and all(map(operator.eq, targets, ordered)):
+                landing = dict(zip(renamed, targets))  # the open expected keys, in order: every name lands
+            else:
+                landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
     else:
         for k in names:
             target = rule.rename(k)
