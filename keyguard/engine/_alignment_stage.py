@@ -26,7 +26,7 @@ class _AlignmentStage(EngineState):
         for key in self._side_ordered(self.held, self.C):
             self.cur[key] = key
             self.by_cur[key] = key
-            self.open_e.add(key)
+        self._reopen(self._side_ordered(self.held, self.C))
         try:
             self._contest_offsets()
             self._contest_list_heads()
@@ -357,8 +357,7 @@ class _AlignmentStage(EngineState):
             self.by_cur[name] = original
         for target in released:
             self.claimed.discard(target)
-            if target not in self.resolved.values():
-                self.open_e.add(target)
+        self._reopen(target for target in released if target not in self.resolved.values())
         self.ambiguities.remove(amb)
         if moved:
             rule = MapKeys(mapping=moved, applicability=Applicability.safe)

@@ -52,6 +52,8 @@ class Candidate:
     targets: list[str] = field(default_factory=list)  # the new name of each renamed key, in the same order
     # filled by _Rounds._support: original keys of landing pairs that differ in shape or dtype (None: not checked)
     differ: list[str] | None = None
+    # set by evaluate(): the targets were every open expected key, in order (each name landed, none looked up)
+    lands_all_open: bool = False
 
     @property
     def identity(self) -> str:
@@ -296,6 +298,7 @@ def evaluate(
     renamed: list[str] = []
     targets: list[str] = []
     landing: dict[str, str] = {}
+    cand.lands_all_open = False
     if isinstance(rule, (StripPrefix, ReplacePrefix)):  # the common case, in bulk with C-level maps
         old = rule.prefix if isinstance(rule, StripPrefix) else rule.old
         prepend = "" if isinstance(rule, StripPrefix) else rule.new
@@ -305,11 +308,13 @@ def evaluate(
             # string per name: on a large checkpoint, memory first touched costs more than the work on it)
             targets = list(ordered)
             landing = dict(zip(renamed, targets))
+            cand.lands_all_open = True
         else:
             tails: list[str] = list(map(operator.getitem, renamed, repeat(slice(len(old), None))))
             targets = list(map(prepend.__add__, tails)) if prepend else tails
             if ordered is not None and len(targets) == len(ordered) and all(map(operator.eq, targets, ordered)):
                 landing = dict(zip(renamed, targets))  # the open expected keys, in order: every name lands
+                cand.lands_all_open = True
             else:
                 landing = dict(compress(zip(renamed, targets), map(open_expected.__contains__, targets)))
     else:

@@ -66,6 +66,7 @@ class _Rounds(_Doubts):
             contenders = self._screen(contenders, names)
         for cand in contenders:
             evaluate(cand, names, self.open_e, expected)  # expected: the open expected keys in the model's order
+        evaluated = self._open_state()  # open_e as the landings saw it
         # most landings first; a candidate landing exactly like one already scored shares its support
         by_size = sorted(contenders, key=lambda c: -len(c.landing))
         for cand in by_size:
@@ -120,7 +121,7 @@ class _Rounds(_Doubts):
             if not pairs:
                 progress = True
                 continue
-            if self._accept(cand, pairs, shapes_agree=support == len(cand.landing)):
+            if self._accept(cand, pairs, shapes_agree=support == len(cand.landing), evaluated=evaluated):
                 progress = True
                 break  # names changed: re-generate candidates from what is left
         return progress
@@ -257,9 +258,21 @@ class _Rounds(_Doubts):
             _Ambiguity(options, [cand.rule, *(r.rule for r in rivals)], "several rules explain these keys equally well")
         )
 
-    def _accept(self, cand: Candidate, pairs: dict[str, str], *, shapes_agree: bool = False) -> bool:
+    def _open_state(self) -> tuple[int, int, int]:
+        """What tells that ``open_e`` still holds what it held: the same set, as large, nothing put back since."""
+        return id(self.open_e), len(self.open_e), self.reopened
+
+    def _accept(
+        self,
+        cand: Candidate,
+        pairs: dict[str, str],
+        *,
+        shapes_agree: bool = False,
+        evaluated: tuple[int, int, int] | None = None,
+    ) -> bool:
         """Take the rule (or its narrowed form) unless a doubt declines it; ``shapes_agree``: every key it lands has
-        the shape of its target (the round counted them), so no reading by shapes can contest it."""
+        the shape of its target (the round counted them), so no reading by shapes can contest it; ``evaluated``:
+        ``_open_state()`` when the candidate was evaluated."""
         if isinstance(cand.rule, ShiftIndex) and self._group_partly_resolved(cand.rule):
             # part of the numbered group already matches by name: an offset cannot be told from a coincidence
             self._contest_shift(cand.rule, pairs)
@@ -364,7 +377,11 @@ class _Rounds(_Doubts):
             for original in self.first_rule.keys() & set(originals):  # renamed before: now a chain of rules
                 self.chain.setdefault(original, [self.first_rule[original]]).append(index)
         news = list(renamed.values())
-        lands = list(map(self.open_e.__contains__, news))
+        if from_landing and cand.lands_all_open and evaluated is not None and self._open_state() == evaluated:
+            # every target was an open expected key when evaluated, and open_e holds what it held then: all land
+            lands = [True]
+        else:
+            lands = list(map(self.open_e.__contains__, news))
         if all(lands):  # the usual case on large inputs: every renamed key lands (C-level, no per-key Python)
             # while no rule left a key renamed but open, every open key has its own name: renamed is the landing
             landed, stays = (dict(zip(originals, news)) if self.first_rule else renamed), {}

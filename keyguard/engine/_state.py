@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import compress, repeat
@@ -122,6 +122,9 @@ class EngineState:
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
         self.open_e: set[str] = self.E.keys() - exact - self.held if exact or self.held else set(self.E)
+        # times keys were put back into open_e (``_reopen``): while it, open_e's identity and its size stay as they
+        # were, open_e holds what it held (keys only ever leave it otherwise)
+        self.reopened = 0
         self.accepted: list[_Accepted] = []
         self.via: dict[str, int] = {}  # resolved original key -> index of the accepted rule that resolved it
         self.first_rule: dict[str, int] = {}  # open original key -> first accepted rule that renamed it
@@ -180,9 +183,14 @@ class EngineState:
         for kept in options.values():
             self.claimed.update(kept)
         # a candidate left out (another shape) that nothing else claims stays open: reported as missing
-        self.open_e.update(t for t in offered if t not in self.claimed and t not in taken)
+        self._reopen(t for t in offered if t not in self.claimed and t not in taken)
         ambiguity.keys = options
         self.ambiguities.append(ambiguity)
+
+    def _reopen(self, keys: Iterable[str]) -> None:
+        """Put expected keys back into play (every addition to ``open_e`` goes through here: see ``reopened``)."""
+        self.reopened += 1
+        self.open_e.update(keys)
 
     @staticmethod
     def _side_ordered(keys: set[str], side: dict[str, TensorInfo]) -> list[str]:

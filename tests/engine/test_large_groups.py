@@ -4,6 +4,9 @@ expected key accounted for."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from keyguard import diagnose
 from keyguard.engine._offsets import _NEAREST
 from keyguard.fixes._plan import Plan
@@ -72,3 +75,20 @@ def test_sides_in_one_order_are_read_in_order_with_the_same_report() -> None:
     assert codes["KG101"].count == len(checkpoint) - 1  # all but the pair of another shape
     assert codes["KG101"].ctx["dtype_casts"] == 1
     assert codes["KG301"].checkpoint_keys == ["module.model.layers.3.mlp.w1.weight"]
+
+
+def test_every_addition_to_the_open_expected_keys_goes_through_reopen() -> None:
+    """The rounds skip looking up each target of a rule that landed every open expected key, in order, when the
+    open set is the one the rule was evaluated against: same object, same size, nothing put back since (keys only
+    leave it otherwise). That holds only while every addition goes through ``_reopen``, which counts them."""
+    import keyguard.engine
+
+    engine = Path(keyguard.engine.__file__).parent
+    adding = re.compile(r"open_e\.(add|update|symmetric_difference_update)\(|open_e\s*(\|=|\^=)")
+    found = [
+        f"{path.name}:{number}"
+        for path in sorted(engine.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if adding.search(line) and not line.strip().startswith("self.open_e.update(keys)")
+    ]
+    assert found == []
