@@ -122,7 +122,7 @@ class _AlignmentStage(EngineState):
         if not open_c:
             return
         lists: dict[tuple[str, str, str], list[str]] = {}
-        for key in self.exact:
+        for key in self._side_ordered(self.exact, self.C):  # in key order: a set's order follows string hashes
             place = _list_place(key) if key not in self.held else None
             if place is not None and place in open_c:
                 lists.setdefault(place, []).append(key)
@@ -132,7 +132,7 @@ class _AlignmentStage(EngineState):
         sizes = {rest.count(".") + 1 for _, rest in wanted}
         named: dict[tuple[str, str], list[str]] = {}
         listed: set[tuple[str, str, str]] = set()
-        for key in self.open_e:
+        for key in self._side_ordered(self.open_e, self.E):
             place = _list_place(key)
             if place is not None:
                 listed.add(place)

@@ -107,7 +107,10 @@ class EngineState:
         self.C = kept(ck)
         self.E = kept(ex)
         self.ignored = len(ck) - len(self.C) + len(ex) - len(self.E)
-        exact = self.C.keys() & self.E.keys()
+        # the model's keys as a set first (the open expected keys when nothing matches as it stands): asking a set
+        # for each checkpoint key misses the cache about once per key, a dict's table about twice
+        expected_keys = set(self.E)
+        exact = expected_keys.intersection(self.C)
         # same name, other shape: no match yet. Held out of the rule rounds (a shape mismatch is no evidence for a
         # rename), offered to template alignment (``layers.0.downsample`` may be the model's ``layers.1``), and
         # matched by name again if nothing explains them better (then reported as a shape mismatch)
@@ -121,7 +124,9 @@ class EngineState:
         open_c = [k for k in self.C if k not in exact and k not in self.held] if exact or self.held else list(self.C)
         self.cur: dict[str, str] = dict(zip(open_c, open_c))  # open key -> current name
         self.by_cur: dict[str, str] = dict(self.cur)  # current name -> open key (identical at the start)
-        self.open_e: set[str] = self.E.keys() - exact - self.held if exact or self.held else set(self.E)
+        if exact or self.held:
+            expected_keys.difference_update(exact, self.held)
+        self.open_e: set[str] = expected_keys
         # times keys were put back into open_e (``_reopen``): while it, open_e's identity and its size stay as they
         # were, open_e holds what it held (keys only ever leave it otherwise)
         self.reopened = 0
