@@ -52,7 +52,7 @@ class _Doubts(_Offsets):
                 or not isinstance(other.rule, (StripPrefix, ReplacePrefix, AddPrefix))
             ):
                 continue
-            clash = {n for n, t in other.landing.items() if n in pairs and pairs[n] != t}
+            clash = [n for n, t in other.landing.items() if n in pairs and pairs[n] != t]  # in key order
             if not clash:
                 continue
             own = [n for n in other.landing if n not in pairs and n not in taken_c]
