@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
+from collections.abc import Callable
 from itertools import compress, filterfalse
 
 from keyguard.engine import _knowledge as knowledge
@@ -423,19 +424,33 @@ class _Rounds(_Doubts):
     def _finalize(self) -> None:
         """Settle each rule's applicability on all the keys it helped map, then let no rule be more applicable
         than an earlier rule the same keys depend on (a plan applies them in order)."""
-        helped: dict[int, dict[str, str]] = {index: acc.pairs for index, acc in enumerate(self.accepted)}
-        for original, chain in self.chain.items():  # keys that reached their target through several rules
-            if original in self.resolved:
-                for index in chain[:-1]:
-                    helped[index] = {**helped[index], original: self.resolved[original]}
+        helped = self._helped(lambda index, chain: True)
         for index, acc in enumerate(self.accepted):
             acc.helped = len(helped[index])
-        for index, acc in enumerate(self.accepted):
-            if acc.settled:
-                continue
-            level, note = self._applicability(acc.candidate, helped.get(index, {}))
-            if level.rank < acc.applicability.rank:
-                acc.applicability, acc.note = level, note
+        # a rule is judged on every key it helped map (a key that would meet a tensor of another kind lowers it
+        # wherever it lands), and must also hold on the keys a plan of its level would land with it: a key reached
+        # through several rules counts there only while the others are as applicable (a rule the safe plan leaves
+        # out proves nothing for the rules before it). Judging only ever lowers a rule, so this settles
+        while True:
+            evidence = self._helped(
+                lambda index, chain: all(
+                    self.accepted[j].applicability.rank >= self.accepted[index].applicability.rank for j in chain
+                )
+            )
+            lowered = False
+            for index, acc in enumerate(self.accepted):
+                if acc.settled:
+                    continue
+                level, note = min(
+                    self._applicability(acc.candidate, helped[index]),
+                    self._applicability(acc.candidate, evidence[index]),
+                    key=lambda judged: judged[0].rank,
+                )
+                if level.rank < acc.applicability.rank:
+                    acc.applicability, acc.note = level, note
+                    lowered = True
+            if not lowered or not self.chain:
+                break
         used_by: dict[int, list[int]] = {}
         for original, chain in self.chain.items():
             if original in self.via:
@@ -456,6 +471,20 @@ class _Rounds(_Doubts):
         for acc in self.accepted:
             update = {"applicability": acc.applicability, "reason": _code(acc.candidate.kind)}
             acc.rules = [rule.model_copy(update=update) for rule in acc.rules]
+
+    def _helped(self, counts: Callable[[int, list[int]], bool]) -> dict[int, dict[str, str]]:
+        """Each accepted rule's pairs, with the keys that reached their target through it and later rules (a
+        ``chain``) where ``counts(rule index, chain)``."""
+        chained: dict[int, dict[str, str]] = {}
+        for original, chain in self.chain.items():
+            if original in self.resolved:
+                for index in chain[:-1]:
+                    if counts(index, chain):
+                        chained.setdefault(index, {})[original] = self.resolved[original]
+        return {
+            index: {**acc.pairs, **chained[index]} if index in chained else acc.pairs
+            for index, acc in enumerate(self.accepted)
+        }
 
     def _narrow(self, cand: Candidate, pairs: dict[str, str]) -> list[Rule]:
         """The candidate's rule, narrowed until it renames no key that is already right."""

@@ -622,10 +622,12 @@ def test_a_deep_prefix_strip_puts_a_head_norm_on_the_final_norm() -> None:
     )
 
 
-@_xfail("unsafe plan puts seq.1.norm.gamma on blocks.1.norm.weight")
 def test_an_interleaved_list_is_read_as_a_rename() -> None:
-    """``blocks.N`` / ``transitions.N`` interleaved into ``seq.{2N}`` / ``seq.{2N+1}``. Renaming ``seq`` to
-    ``blocks`` explains ``seq.1.norm`` as well as the interleaving does; the engine applies it (``unsafe``, MapKeys)."""
+    """Once broken (unsafe plan puts seq.1.norm.gamma on blocks.1.norm.weight); fixed, kept as a guard.
+    ``blocks.N`` / ``transitions.N`` interleaved into ``seq.{2N}`` / ``seq.{2N+1}``. ``seq.`` -> ``blocks.`` lands
+    ``seq.0.gamma`` alone and counted ``seq.1.norm.gamma``, reached only with a later unsafe rename, as a second
+    piece of evidence: it was safe, and the rename after it applied. Chained keys count only while the rest of their
+    chain is as applicable, so the prefix is a candidate (display only) and the rename depends on it."""
     check(
         explicit(
             expected={
@@ -2614,6 +2616,43 @@ def test_offsets_that_tie_leave_every_key_in_the_report() -> None:
                 "model.transitions.3.norm.running_var": "model.transitions.2.norm.running_var",
                 "model.transitions.3.norm.num_batches_tracked": "model.transitions.2.norm.num_batches_tracked",
                 "model.transitions.3.conv.weight": "model.transitions.2.conv.weight",
+            },
+        )
+    )
+
+
+def test_a_key_reached_through_a_rule_left_out_of_the_plan_proves_nothing() -> None:
+    """Once broken (safe plan puts ``model.module.norm.weight`` on ``patch_embed.norm.weight``; it is
+    ``norm.weight``). Stripping ``model.module.`` is declined (it lands ``patch_embed.proj`` but not its sibling,
+    renamed ``final_layer_norm``); then ``model.module.`` -> ``patch_embed.`` lands ``norm.weight`` alone, and a key
+    it reaches only with a later rule inferred from that single key counted as its second piece of evidence. A
+    chained key now counts for a rule only while the rest of its chain is as applicable: the later rule stays out of
+    the safe plan, so the key proves nothing for this one."""
+    check(
+        explicit(
+            expected={
+                "patch_embed.proj.bias": (4,),
+                "patch_embed.norm.weight": (4,),
+                "model.stages.0.blocks.2.attn.weight": (4, 8),
+                "model.stages.0.blocks.2.attn.bias": (4,),
+                "norm.weight": (4,),
+                "head.norms.0.bias": (4,),
+            },
+            checkpoint={
+                "model.module.patch_embed.proj.bias": (4,),
+                "model.module.patch_embed.final_layer_norm.weight": (4,),
+                "model.module.model.stages.0.blocks.2.attn.weight": (4, 8),
+                "model.module.model.stages.0.blocks.2.attn.bias": (4,),
+                "model.module.norm.weight": (4,),
+                "model.head.norms.0.bias": (4,),
+            },
+            truth={
+                "model.module.patch_embed.proj.bias": "patch_embed.proj.bias",
+                "model.module.patch_embed.final_layer_norm.weight": "patch_embed.norm.weight",
+                "model.module.model.stages.0.blocks.2.attn.weight": "model.stages.0.blocks.2.attn.weight",
+                "model.module.model.stages.0.blocks.2.attn.bias": "model.stages.0.blocks.2.attn.bias",
+                "model.module.norm.weight": "norm.weight",
+                "model.head.norms.0.bias": "head.norms.0.bias",
             },
         )
     )
