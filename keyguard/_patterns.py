@@ -7,6 +7,7 @@ import operator
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import compress, repeat
 from typing import Any, Final, Generic, TypeVar
 
@@ -145,8 +146,7 @@ def summarize_patterns(keys: Sequence[str], limit: int, *, chunk: int = 1 << 15)
     shown: dict[str, list[set[int]]] = {}  # the first ``limit`` templates -> their numbers so far
     for start in range(0, len(keys), chunk):
         columns = _Columns(list(keys[start : start + chunk]))
-        templates = columns.templates
-        distinct = dict.fromkeys(templates)
+        distinct = columns.distinct
         fresh = [t for t in distinct if t not in order]
         order.update(dict.fromkeys(fresh))
         for shape in fresh[: max(0, limit - len(shown))]:
@@ -223,10 +223,15 @@ class _Columns:
         get = self._flat.__getitem__
         return [set(map(int, set(map(get, map(operator.add, firsts, repeat(p)))))) for p in range(holes)]
 
+    @cached_property
+    def distinct(self) -> dict[str, None]:
+        """The templates, each once, in order of first appearance."""
+        return dict.fromkeys(self.templates)
+
     def numbers_of(self, shapes: list[str]) -> dict[str, list[set[int]]]:
         """``numbers`` of the keys of each of a few templates."""
         templates = self.templates
-        if len(shapes) == 1 and len(dict.fromkeys(templates)) == 1:
+        if len(shapes) == 1 and len(self.distinct) == 1:
             return {shapes[0]: self.numbers(range(len(templates)), shapes[0])}
         if self._flat is None:  # one C-level pass per template picks its keys (cheaper than visiting each key)
             return {

@@ -23,10 +23,11 @@ _OFFSET_WHY = (
 
 class _AlignmentStage(EngineState):
     def _align(self) -> None:
-        for key in self._side_ordered(self.held, self.C):
+        held = self._side_ordered(self.held, self.C)
+        for key in held:
             self.cur[key] = key
             self.by_cur[key] = key
-        self._reopen(self._side_ordered(self.held, self.C))
+        self._reopen(held)
         try:
             self._contest_offsets()
             self._contest_list_heads()

@@ -428,29 +428,12 @@ class _Rounds(_Doubts):
         for index, acc in enumerate(self.accepted):
             acc.helped = len(helped[index])
         # a rule is judged on every key it helped map (a key that would meet a tensor of another kind lowers it
-        # wherever it lands), and must also hold on the keys a plan of its level would land with it: a key reached
-        # through several rules counts there only while the others are as applicable (a rule the safe plan leaves
-        # out proves nothing for the rules before it). Judging only ever lowers a rule, so this settles
-        while True:
-            evidence = self._helped(
-                lambda index, chain: all(
-                    self.accepted[j].applicability.rank >= self.accepted[index].applicability.rank for j in chain
-                )
-            )
-            lowered = False
-            for index, acc in enumerate(self.accepted):
-                if acc.settled:
-                    continue
-                level, note = min(
-                    self._applicability(acc.candidate, helped[index]),
-                    self._applicability(acc.candidate, evidence[index]),
-                    key=lambda judged: judged[0].rank,
-                )
-                if level.rank < acc.applicability.rank:
-                    acc.applicability, acc.note = level, note
-                    lowered = True
-            if not lowered or not self.chain:
-                break
+        # wherever it lands), then on the keys a plan of its level would land with it: a key reached through several
+        # rules counts there only while the others are as applicable (a rule the safe plan leaves out proves nothing
+        # for the rules before it). Judging only ever lowers a rule, so this settles
+        self._judge(helped)
+        while self.chain and self._judge(self._helped(self._as_applicable)):
+            pass
         used_by: dict[int, list[int]] = {}
         for original, chain in self.chain.items():
             if original in self.via:
@@ -471,6 +454,24 @@ class _Rounds(_Doubts):
         for acc in self.accepted:
             update = {"applicability": acc.applicability, "reason": _code(acc.candidate.kind)}
             acc.rules = [rule.model_copy(update=update) for rule in acc.rules]
+
+    def _judge(self, evidence: dict[int, dict[str, str]]) -> bool:
+        """Lower each rule not settled by its stage to what ``evidence`` (its pairs, by rule index) supports;
+        whether any was lowered."""
+        lowered = False
+        for index, acc in enumerate(self.accepted):
+            if acc.settled:
+                continue
+            level, note = self._applicability(acc.candidate, evidence[index])
+            if level.rank < acc.applicability.rank:
+                acc.applicability, acc.note = level, note
+                lowered = True
+        return lowered
+
+    def _as_applicable(self, index: int, chain: list[int]) -> bool:
+        """Every rule of ``chain`` is at least as applicable as rule ``index``."""
+        rank = self.accepted[index].applicability.rank
+        return all(self.accepted[j].applicability.rank >= rank for j in chain)
 
     def _helped(self, counts: Callable[[int, list[int]], bool]) -> dict[int, dict[str, str]]:
         """Each accepted rule's pairs, with the keys that reached their target through it and later rules (a

@@ -20,7 +20,7 @@ EXAMPLES: Final = 3
 
 
 _MORE: Final = "... and {} more pattern(s)"  # the last item of a finding's patterns when it lists only some
-_MORE_COUNT: Final = re.compile(r"\.\.\. and ([0-9]+) more pattern\(s\)")
+_MORE_COUNT: Final = re.compile(re.escape(_MORE).replace(re.escape("{}"), "([0-9]+)"))
 
 
 def more_patterns(patterns: Sequence[str], shown: int) -> int:
@@ -31,6 +31,11 @@ def more_patterns(patterns: Sequence[str], shown: int) -> int:
     if counted is not None:
         listed.pop()
     return max(0, len(listed) - shown) + (int(counted.group(1)) if counted is not None else 0)
+
+
+def more_patterns_line(more: int) -> str:
+    """The line that stands for ``more`` patterns left out of a list."""
+    return _MORE.format(more)
 
 
 def make_finding(
@@ -52,7 +57,7 @@ def make_finding(
     keys = pattern_keys if pattern_keys is not None else (checkpoint_keys or expected_keys)
     patterns, groups = summarize_patterns(keys, PATTERNS)
     if groups > PATTERNS:
-        patterns.append(_MORE.format(groups - PATTERNS))
+        patterns.append(more_patterns_line(groups - PATTERNS))
     return Finding(
         code=kind.code,
         kind=kind.kind,

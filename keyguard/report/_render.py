@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from keyguard.report._build import more_patterns
+from keyguard.report._build import more_patterns, more_patterns_line
 from keyguard.report._kinds import Severity
 from keyguard.report._model import Example, Finding, Report
 from keyguard.report._next import NextStep
@@ -123,7 +123,7 @@ def render_table(
             lines.append("    " + clip(pattern, width - 4))
         more = more_patterns(f.patterns, 4)
         if more:
-            lines.append(f"    ... and {more:,} more pattern(s)")
+            lines.append("    " + more_patterns_line(more))
         for ex in f.examples[:2]:
             text = _example_text(ex)
             if text is None or (text in listed and not ex.detail):
